@@ -1,0 +1,293 @@
+//! Host-side agent client: one multiplexed connection, re-established on demand.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout_at};
+
+use crate::frame::{Decoder, Frame, FrameKind};
+use crate::messages::{AgentError, Hello, Request, Response, Welcome};
+use crate::PROTOCOL_VERSION;
+
+/// A byte stream to the agent.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
+
+/// How the host reaches the agent's channel.
+#[async_trait::async_trait]
+pub trait Transport: Send + Sync + Debug {
+    /// Opens a new byte stream to the agent's channel.
+    async fn connect(&self) -> io::Result<Box<dyn Stream>>;
+}
+
+/// The QEMU chardev socket behind the agent's virtio-serial port.
+#[derive(Debug, Clone)]
+pub struct UnixTransport {
+    path: PathBuf,
+}
+
+impl UnixTransport {
+    /// A transport connecting to the unix socket at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+}
+
+#[async_trait::async_trait]
+impl Transport for UnixTransport {
+    async fn connect(&self) -> io::Result<Box<dyn Stream>> {
+        Ok(Box::new(tokio::net::UnixStream::connect(&self.path).await?))
+    }
+}
+
+/// Opening a session with the agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Cannot open the agent channel
+    #[error("cannot open the agent channel: {0}")]
+    Io(#[from] io::Error),
+    /// The agent did not answer the handshake in time
+    #[error("the agent did not answer the handshake within {0:?}")]
+    Timeout(Duration),
+    /// The agent speaks another protocol version
+    #[error("the agent speaks protocol {agent}, the host speaks {host}")]
+    Protocol {
+        /// Version the agent announced.
+        agent: u32,
+        /// Version of this build.
+        host: u32,
+    },
+}
+
+/// A request to the agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No session with the agent could be opened
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The connection closed before the answer arrived
+    #[error("the agent connection closed before the answer arrived")]
+    Disconnected,
+    /// No answer in time
+    #[error("no answer from the agent within {0:?}")]
+    Timeout(Duration),
+    /// The agent refused or failed the request
+    #[error("agent: {0}")]
+    Agent(#[from] AgentError),
+    /// The agent answered something that does not fit the request
+    #[error("unexpected answer from the agent: {0}")]
+    Unexpected(String),
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Response, AgentError>>>>>;
+
+struct Conn {
+    writer: tokio::sync::Mutex<WriteHalf<Box<dyn Stream>>>,
+    pending: Pending,
+    closed: Arc<AtomicBool>,
+    welcome: Welcome,
+    reader: JoinHandle<()>,
+}
+
+impl Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").field("welcome", &self.welcome).finish_non_exhaustive()
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl Conn {
+    async fn send(&self, frame: &Frame) -> io::Result<()> {
+        let mut w = self.writer.lock().await;
+        w.write_all(&frame.encode()).await?;
+        w.flush().await
+    }
+}
+
+/// Client for one agent. Cheap to share; reconnects when the connection drops.
+#[derive(Debug)]
+pub struct AgentClient {
+    transport: Arc<dyn Transport>,
+    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    next_id: AtomicU64,
+}
+
+/// How often the handshake is repeated while the agent does not answer.
+const HELLO_INTERVAL: Duration = Duration::from_millis(200);
+
+impl AgentClient {
+    /// A client that reaches the agent through `transport`; connects lazily.
+    pub fn new(transport: Arc<dyn Transport>) -> Self {
+        Self {
+            transport,
+            conn: tokio::sync::Mutex::new(None),
+            next_id: AtomicU64::new(rand::random::<u32>().into()),
+        }
+    }
+
+    /// Waits until the agent answers a handshake, retrying until `deadline`.
+    pub async fn wait_ready(&self, deadline: Instant) -> Result<Welcome, ConnectError> {
+        loop {
+            match self.connection(deadline).await {
+                Ok(conn) => return Ok(conn.welcome.clone()),
+                Err(ConnectError::Io(e)) if Instant::now() < deadline => {
+                    tracing::trace!("agent channel not ready: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The session's `Welcome`, if a session is open.
+    pub async fn welcome(&self) -> Option<Welcome> {
+        let guard = self.conn.lock().await;
+        guard.as_ref().filter(|c| !c.closed.load(Ordering::SeqCst)).map(|c| c.welcome.clone())
+    }
+
+    /// Sends `request` and waits at most `limit` for its answer.
+    pub async fn call(&self, request: &Request, limit: Duration) -> Result<Response, CallError> {
+        let deadline = Instant::now() + limit;
+        let conn = self.connection(deadline).await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&conn.pending).insert(id, tx);
+        if conn.closed.load(Ordering::SeqCst) {
+            lock(&conn.pending).remove(&id);
+            return Err(CallError::Disconnected);
+        }
+        let frame = Frame::json(FrameKind::Request, id, request);
+        if conn.send(&frame).await.is_err() {
+            lock(&conn.pending).remove(&id);
+            conn.closed.store(true, Ordering::SeqCst);
+            return Err(CallError::Disconnected);
+        }
+        match timeout_at(deadline, rx).await {
+            Ok(Ok(answer)) => Ok(answer?),
+            Ok(Err(_)) => Err(CallError::Disconnected),
+            Err(_) => {
+                lock(&conn.pending).remove(&id);
+                Err(CallError::Timeout(limit))
+            }
+        }
+    }
+
+    /// Drops the current connection, if any.
+    pub async fn disconnect(&self) {
+        self.conn.lock().await.take();
+    }
+
+    async fn connection(&self, deadline: Instant) -> Result<Arc<Conn>, ConnectError> {
+        let mut guard = self.conn.lock().await;
+        if let Some(conn) = guard.as_ref() {
+            if !conn.closed.load(Ordering::SeqCst) {
+                return Ok(conn.clone());
+            }
+        }
+        *guard = None;
+        let conn = Arc::new(self.handshake(deadline).await?);
+        *guard = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn handshake(&self, deadline: Instant) -> Result<Conn, ConnectError> {
+        let stream = timeout_at(deadline, self.transport.connect())
+            .await
+            .map_err(|_| ConnectError::Io(io::ErrorKind::TimedOut.into()))??;
+        let (read, write) = tokio::io::split(stream);
+        let pending: Pending = Arc::default();
+        let closed = Arc::new(AtomicBool::new(false));
+        let (welcome_tx, mut welcome_rx) = mpsc::unbounded_channel();
+        let reader = tokio::spawn(read_loop(read, pending.clone(), closed.clone(), welcome_tx));
+        let session: u64 = rand::random();
+        let hello = Frame::json(FrameKind::Hello, session, &Hello { session, protocol: PROTOCOL_VERSION });
+        let writer = tokio::sync::Mutex::new(write);
+        let started = Instant::now();
+        loop {
+            {
+                let mut w = writer.lock().await;
+                w.write_all(&hello.encode()).await?;
+                w.flush().await?;
+            }
+            let wait_until = (Instant::now() + HELLO_INTERVAL).min(deadline);
+            loop {
+                match timeout_at(wait_until, welcome_rx.recv()).await {
+                    Ok(Some(w)) if w.session == session => {
+                        if w.protocol != PROTOCOL_VERSION {
+                            return Err(ConnectError::Protocol {
+                                agent: w.protocol,
+                                host: PROTOCOL_VERSION,
+                            });
+                        }
+                        return Ok(Conn { writer, pending, closed, welcome: w, reader });
+                    }
+                    Ok(Some(_)) => continue,
+                    Ok(None) => {
+                        return Err(ConnectError::Io(io::ErrorKind::ConnectionReset.into()));
+                    }
+                    Err(_) => break,
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(ConnectError::Timeout(started.elapsed()));
+            }
+        }
+    }
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut read: R,
+    pending: Pending,
+    closed: Arc<AtomicBool>,
+    welcome_tx: mpsc::UnboundedSender<Welcome>,
+) {
+    let mut decoder = Decoder::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match read.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        decoder.push(&buf[..n]);
+        while let Some(frame) = decoder.next_frame() {
+            match frame.kind {
+                FrameKind::Welcome => {
+                    if let Ok(w) = frame.parse::<Welcome>() {
+                        let _ = welcome_tx.send(w);
+                    }
+                }
+                FrameKind::Response => {
+                    let answer = frame.parse::<Result<Response, AgentError>>();
+                    let waiter = lock(&pending).remove(&frame.id);
+                    match (waiter, answer) {
+                        (Some(tx), Ok(answer)) => {
+                            let _ = tx.send(answer);
+                        }
+                        (_, Err(e)) => tracing::warn!("bad response frame from agent: {e}"),
+                        (None, Ok(_)) => tracing::debug!(id = frame.id, "late agent response"),
+                    }
+                }
+                other => tracing::debug!(?other, "ignoring frame from agent"),
+            }
+        }
+    }
+    closed.store(true, Ordering::SeqCst);
+    lock(&pending).clear();
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

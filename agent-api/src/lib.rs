@@ -1,0 +1,21 @@
+//! The protocol between the frakti host daemon and `frakti-agent` in the guest.
+//!
+//! The channel is one byte stream (a virtio-serial port) that may lose bytes in
+//! either direction whenever the host side reconnects. So every frame carries a
+//! magic, a length and a CRC: a reader that meets garbage skips forward to the
+//! next valid header. Each connection starts with a `Hello`/`Welcome` handshake
+//! carrying a fresh session id; nothing from an earlier connection is trusted.
+
+pub mod client;
+pub mod frame;
+pub mod messages;
+
+pub use client::{AgentClient, CallError, ConnectError, Transport, UnixTransport};
+pub use frame::{Decoder, Frame, FrameKind};
+pub use messages::{AgentError, GuestInfo, Hello, Request, Response, Welcome};
+
+/// Protocol version spoken by this build; bumped on incompatible changes.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Name of the virtio-serial port the agent listens on.
+pub const PORT_NAME: &str = "frakti.agent";

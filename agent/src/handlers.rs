@@ -1,0 +1,111 @@
+//! Request handlers.
+
+use std::fs;
+use std::time::Duration;
+
+use agent_api::messages::AgentErrorKind;
+use agent_api::{AgentError, GuestInfo, Request, Response};
+
+use crate::channel::Output;
+
+/// What the handlers know about the guest.
+#[derive(Debug)]
+pub struct State {
+    modules: Vec<String>,
+    is_init: bool,
+    output: Option<std::sync::mpsc::Sender<Output>>,
+}
+
+impl State {
+    /// State for an agent that loaded `modules`; `is_init` when running as PID 1.
+    pub fn new(modules: Vec<String>, is_init: bool) -> Self {
+        Self { modules, is_init, output: None }
+    }
+
+    /// Attaches the output queue, so shutdown can wait for the last answer to leave.
+    pub fn with_output(mut self, output: std::sync::mpsc::Sender<Output>) -> Self {
+        self.output = Some(output);
+        self
+    }
+
+    /// Carries out one request.
+    pub async fn handle(&self, request: Request) -> Result<Response, AgentError> {
+        match request {
+            Request::Ping => Ok(Response::Pong),
+            Request::GuestInfo => Ok(Response::GuestInfo(self.guest_info())),
+            Request::SetupSandbox { hostname } => {
+                set_hostname(&hostname)?;
+                Ok(Response::Done)
+            }
+            Request::Shutdown => Ok(Response::Done),
+        }
+    }
+
+    /// Powers the guest off once every queued answer has been written.
+    pub async fn shutdown(&self) {
+        if let Some(out) = &self.output {
+            let (ack_tx, ack_rx) = std::sync::mpsc::channel();
+            if out.send(Output::Flush(ack_tx)).is_ok() {
+                let _ = tokio::task::spawn_blocking(move || {
+                    ack_rx.recv_timeout(Duration::from_secs(2))
+                })
+                .await;
+            }
+        }
+        // Give the bytes time to cross the port before the device goes away.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tracing::info!("powering off");
+        if self.is_init {
+            crate::init::power_off();
+        }
+        std::process::exit(0);
+    }
+
+    fn guest_info(&self) -> GuestInfo {
+        let uname = nix::sys::utsname::uname().ok();
+        let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem = |key: &str| {
+            meminfo
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        GuestInfo {
+            kernel: uname
+                .as_ref()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            hostname: nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            mem_total_kib: mem("MemTotal:"),
+            mem_available_kib: mem("MemAvailable:"),
+            uptime_secs: fs::read_to_string("/proc/uptime")
+                .ok()
+                .and_then(|u| u.split_whitespace().next().and_then(|v| v.parse().ok()))
+                .unwrap_or(0.0),
+            modules_loaded: self.modules.clone(),
+        }
+    }
+}
+
+fn set_hostname(hostname: &str) -> Result<(), AgentError> {
+    if hostname.is_empty() {
+        return Ok(());
+    }
+    if hostname.len() > 64 || hostname.contains(['/', '\0', '\n']) {
+        return Err(AgentError::new(
+            AgentErrorKind::InvalidArgument,
+            format!("invalid hostname {hostname:?}"),
+        ));
+    }
+    nix::unistd::sethostname(hostname).map_err(|e| {
+        AgentError::new(AgentErrorKind::Internal, format!("sethostname {hostname}: {e}"))
+    })?;
+    let _ = fs::create_dir_all("/etc");
+    fs::write("/etc/hostname", format!("{hostname}\n")).map_err(|e| {
+        AgentError::new(AgentErrorKind::Internal, format!("write /etc/hostname: {e}"))
+    })
+}

@@ -1,0 +1,121 @@
+//! Guest preparation done by PID 1: console, mounts, kernel modules, reaping.
+
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use nix::mount::{MsFlags, mount};
+
+/// Directory in the initramfs holding the kernel modules and their load order.
+const MODULE_DIR: &str = "/lib/modules";
+
+/// Makes sure stdio reaches the console and mounts `/dev` so it exists.
+pub fn early() {
+    let _ = fs::create_dir_all("/dev");
+    let _ = mount(Some("devtmpfs"), "/dev", Some("devtmpfs"), MsFlags::MS_NOSUID, None::<&str>);
+    // The kernel opens /dev/console for init only if the initramfs has it.
+    // SAFETY: fcntl(F_GETFD) on a plain integer fd only queries its flags.
+    let stdout_ok = unsafe { libc::fcntl(1, libc::F_GETFD) } >= 0;
+    if !stdout_ok {
+        if let Ok(console) = fs::OpenOptions::new().read(true).write(true).open("/dev/console") {
+            for fd in 0..=2 {
+                // SAFETY: dup2 onto the standard descriptors, which nothing else owns yet.
+                unsafe { libc::dup2(console.as_raw_fd(), fd) };
+            }
+        }
+    }
+}
+
+/// Logs to stderr (the console); `frakti.log=<level>` on the kernel command line sets the level.
+pub fn logging() {
+    let level = fs::read_to_string("/proc/cmdline")
+        .ok()
+        .and_then(|c| {
+            c.split_whitespace().find_map(|w| w.strip_prefix("frakti.log=").map(str::to_owned))
+        })
+        .unwrap_or_else(|| "info".to_owned());
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_target(false)
+        .without_time()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+        .init();
+}
+
+/// Mounts the basic filesystems and loads kernel modules; returns the modules loaded.
+pub fn guest() -> Vec<String> {
+    let mounts: [(&str, &str, &str, MsFlags, Option<&str>); 6] = [
+        ("proc", "/proc", "proc", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None),
+        ("sysfs", "/sys", "sysfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None),
+        ("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620")),
+        ("shm", "/dev/shm", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777")),
+        ("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755")),
+        ("tmpfs", "/tmp", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777")),
+    ];
+    for (source, target, fstype, flags, data) in mounts {
+        let _ = fs::create_dir_all(target);
+        if let Err(e) = mount(Some(source), target, Some(fstype), flags, data) {
+            tracing::warn!("mount {fstype} on {target}: {e}");
+        }
+    }
+    load_modules(Path::new(MODULE_DIR))
+}
+
+fn load_modules(dir: &Path) -> Vec<String> {
+    let Ok(order) = fs::read_to_string(dir.join("load-order")) else {
+        tracing::warn!("no {}/load-order: no modules loaded", dir.display());
+        return Vec::new();
+    };
+    let mut loaded = Vec::new();
+    for name in order.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let file = match fs::File::open(dir.join(name)) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!("module {name}: {e}");
+                continue;
+            }
+        };
+        match nix::kmod::finit_module(&file, c"", nix::kmod::ModuleInitFlags::empty()) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => loaded.push(name.to_owned()),
+            Err(e) => tracing::warn!("module {name}: {e}"),
+        }
+    }
+    tracing::debug!(?loaded, "modules loaded");
+    loaded
+}
+
+/// Reaps every child that exits, as PID 1 must.
+pub async fn reap_orphans() {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let Ok(mut sigchld) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
+    else {
+        tracing::error!("cannot watch SIGCHLD: orphans will not be reaped");
+        return;
+    };
+    loop {
+        sigchld.recv().await;
+        while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            if status == WaitStatus::StillAlive {
+                break;
+            }
+            tracing::debug!(?status, "reaped");
+        }
+    }
+}
+
+/// Reports a fatal error and stops the guest (PID 1 must not just exit).
+pub fn fatal(message: &str) -> ! {
+    eprintln!("frakti-agent: fatal: {message}");
+    if std::process::id() == 1 {
+        power_off();
+    }
+    std::process::exit(1)
+}
+
+/// Flushes filesystems and powers the VM off.
+pub fn power_off() -> ! {
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    std::process::exit(0)
+}

@@ -1,0 +1,39 @@
+//! `frakti-agent`: PID 1 inside a frakti pod VM.
+//!
+//! It prepares the guest (mounts, kernel modules), opens the agent's
+//! virtio-serial port once and serves the host's requests on it for the life of
+//! the VM, accepting a new session whenever the host reconnects.
+
+mod channel;
+mod handlers;
+mod init;
+
+use std::time::Instant;
+
+fn main() {
+    let started = Instant::now();
+    let is_init = std::process::id() == 1;
+    if is_init {
+        init::early();
+    }
+    // The first line on the console: benchmarks time the boot up to here.
+    eprintln!("frakti-agent {}: init", env!("CARGO_PKG_VERSION"));
+    init::logging();
+    let modules = if is_init { init::guest() } else { Vec::new() };
+    tracing::info!(elapsed_ms = started.elapsed().as_millis(), "guest prepared");
+
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => init::fatal(&format!("cannot start the async runtime: {e}")),
+    };
+    let result = runtime.block_on(async {
+        if is_init {
+            tokio::spawn(init::reap_orphans());
+        }
+        let state = handlers::State::new(modules, is_init);
+        channel::serve(state).await
+    });
+    if let Err(e) = result {
+        init::fatal(&format!("agent stopped: {e:#}"));
+    }
+}

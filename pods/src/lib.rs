@@ -1,0 +1,17 @@
+//! Pod sandboxes: records, their state machine, persistence, and routing of
+//! each pod to a [`PodRuntime`]. This crate owns no I/O details of its own
+//! beyond its record store.
+
+pub mod model;
+pub mod runtime;
+pub mod service;
+pub mod store;
+
+pub use model::{
+    PodMetadata, PodResources, SandboxConfig, SandboxFilter, SandboxRecord, SandboxState,
+};
+pub use runtime::{PodRuntime, RuntimeError, RuntimeErrorKind, RuntimeEvent};
+pub use service::{
+    PodService, RemovePodError, RunPodError, StatusPodError, StopPodError,
+};
+pub use store::{Store, StoreError};

@@ -1,0 +1,122 @@
+//! Domain types for pod sandboxes, independent of the CRI wire format.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Identifies a pod to Kubernetes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodMetadata {
+    /// Pod name.
+    pub name: String,
+    /// Pod UID.
+    pub uid: String,
+    /// Pod namespace.
+    pub namespace: String,
+    /// Attempt number of this sandbox for the pod.
+    pub attempt: u32,
+}
+
+impl PodMetadata {
+    /// The key that must be unique among live sandboxes.
+    pub fn reservation_key(&self) -> String {
+        format!("{}_{}_{}_{}", self.name, self.namespace, self.uid, self.attempt)
+    }
+}
+
+/// Linux resource limits, as CRI expresses them (0 = unset).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodResources {
+    /// CFS period in microseconds.
+    pub cpu_period: i64,
+    /// CFS quota in microseconds per period.
+    pub cpu_quota: i64,
+    /// Relative CPU weight.
+    pub cpu_shares: i64,
+    /// Memory limit in bytes.
+    pub memory_limit_bytes: i64,
+}
+
+/// What the kubelet asked for when it ran the sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxConfig {
+    /// Pod identity.
+    pub metadata: Option<PodMetadata>,
+    /// Hostname for the pod.
+    pub hostname: String,
+    /// Directory for container logs on the host.
+    pub log_directory: String,
+    /// Labels, for selection.
+    pub labels: BTreeMap<String, String>,
+    /// Annotations, opaque to the runtime except those it documents.
+    pub annotations: BTreeMap<String, String>,
+    /// Runtime handler (RuntimeClass); empty is the default.
+    pub runtime_handler: String,
+    /// Resources of the whole pod, when the kubelet sent them.
+    pub resources: Option<PodResources>,
+    /// Sandbox overhead, when the kubelet sent it.
+    pub overhead: Option<PodResources>,
+}
+
+/// CRI sandbox states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SandboxState {
+    /// Running and able to host containers.
+    Ready,
+    /// Stopped, or its VM is gone.
+    NotReady,
+}
+
+/// A sandbox as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxRecord {
+    /// 64 hex characters.
+    pub id: String,
+    /// The request that created it.
+    pub config: SandboxConfig,
+    /// Current state.
+    pub state: SandboxState,
+    /// Why it is not ready, when it is not.
+    pub reason: String,
+    /// Creation time, nanoseconds since the epoch.
+    pub created_at_ns: i64,
+    /// Name of the runtime that runs it.
+    pub runtime: String,
+    /// Runtime-private state (e.g. the VM's pid and directories).
+    pub runtime_state: serde_json::Value,
+}
+
+impl SandboxRecord {
+    /// The pod's metadata (records are only created with metadata).
+    pub fn metadata(&self) -> Option<&PodMetadata> {
+        self.config.metadata.as_ref()
+    }
+}
+
+/// Which sandboxes `ListPodSandbox` returns; every set field must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SandboxFilter {
+    /// Exact id or unique prefix.
+    pub id: Option<String>,
+    /// State to match.
+    pub state: Option<SandboxState>,
+    /// Labels that must all be present with these values.
+    pub label_selector: BTreeMap<String, String>,
+}
+
+impl SandboxFilter {
+    /// Whether `record` passes the filter.
+    pub fn matches(&self, record: &SandboxRecord) -> bool {
+        if let Some(id) = &self.id {
+            if !record.id.starts_with(id.as_str()) {
+                return false;
+            }
+        }
+        if let Some(state) = self.state {
+            if record.state != state {
+                return false;
+            }
+        }
+        self.label_selector.iter().all(|(k, v)| record.config.labels.get(k) == Some(v))
+    }
+}

@@ -1,0 +1,77 @@
+//! The seam between pod bookkeeping and whatever actually runs a pod.
+
+use std::fmt::Debug;
+
+use crate::model::SandboxConfig;
+
+/// Something that can run pod sandboxes (a VM per pod, or host namespaces).
+#[async_trait::async_trait]
+pub trait PodRuntime: Send + Sync + Debug {
+    /// Short name, stored in each record.
+    fn name(&self) -> &'static str;
+
+    /// Whether the runtime can start pods now; `Err` carries the reason.
+    async fn ready(&self) -> Result<(), String>;
+
+    /// Starts the sandbox and returns the runtime-private state to persist.
+    async fn start_sandbox(
+        &self,
+        id: &str,
+        config: &SandboxConfig,
+    ) -> Result<serde_json::Value, RuntimeError>;
+
+    /// Stops the sandbox; succeeds if it is already stopped.
+    async fn stop_sandbox(&self, id: &str, state: &serde_json::Value) -> Result<(), RuntimeError>;
+
+    /// Releases everything the sandbox left behind; succeeds if nothing is left.
+    async fn remove_sandbox(&self, id: &str, state: &serde_json::Value)
+    -> Result<(), RuntimeError>;
+
+    /// Re-attaches to a sandbox after a daemon restart; `Ok(true)` if it still runs.
+    async fn adopt_sandbox(&self, id: &str, state: &serde_json::Value) -> Result<bool, RuntimeError>;
+
+    /// Extra facts for verbose status.
+    async fn sandbox_info(&self, id: &str, state: &serde_json::Value) -> serde_json::Value;
+}
+
+/// Something a runtime reports without being asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeEvent {
+    /// The sandbox stopped on its own (e.g. its VM died).
+    SandboxExited {
+        /// Sandbox id.
+        id: String,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// A runtime operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RuntimeError {
+    /// Broad class, for mapping to gRPC codes.
+    pub kind: RuntimeErrorKind,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl RuntimeError {
+    /// An error of `kind` with `message`.
+    pub fn new(kind: RuntimeErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+}
+
+/// Broad classes of runtime errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeErrorKind {
+    /// The request cannot be satisfied as given.
+    InvalidArgument,
+    /// The host lacks something the runtime needs (assets, devices).
+    Unavailable,
+    /// The operation did not finish in time.
+    DeadlineExceeded,
+    /// Anything else.
+    Internal,
+}

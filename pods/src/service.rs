@@ -1,0 +1,371 @@
+//! The pod service: validates, serialises operations per pod, persists, and
+//! routes each pod to its runtime.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+
+use crate::model::{SandboxConfig, SandboxFilter, SandboxRecord, SandboxState};
+use crate::runtime::{PodRuntime, RuntimeError, RuntimeEvent};
+use crate::store::{Store, StoreError};
+
+/// RunPodSandbox failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunPodError {
+    /// The request is invalid
+    #[error("invalid pod sandbox config: {0}")]
+    Invalid(String),
+    /// The pod's name is already taken by another sandbox
+    #[error("pod sandbox name {name:?} is reserved by sandbox {id}")]
+    NameReserved {
+        /// The reservation key.
+        name: String,
+        /// The sandbox holding it.
+        id: String,
+    },
+    /// The runtime is not ready to run pods
+    #[error("runtime not ready: {0}")]
+    NotReady(String),
+    /// The runtime failed to start the sandbox
+    #[error("cannot start pod sandbox: {0}")]
+    Runtime(#[from] RuntimeError),
+    /// The record could not be stored
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// StopPodSandbox failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StopPodError {
+    /// The id prefix matches several sandboxes
+    #[error("sandbox id prefix {0:?} is ambiguous")]
+    Ambiguous(String),
+    /// The runtime failed to stop the sandbox
+    #[error("cannot stop pod sandbox {id}: {source}")]
+    Runtime {
+        /// Sandbox id.
+        id: String,
+        /// The runtime's error.
+        source: RuntimeError,
+    },
+    /// The record could not be stored
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// RemovePodSandbox failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemovePodError {
+    /// The id prefix matches several sandboxes
+    #[error("sandbox id prefix {0:?} is ambiguous")]
+    Ambiguous(String),
+    /// Stopping the sandbox before removal failed
+    #[error(transparent)]
+    Stop(#[from] StopPodError),
+    /// The runtime failed to clean up
+    #[error("cannot remove pod sandbox {id}: {source}")]
+    Runtime {
+        /// Sandbox id.
+        id: String,
+        /// The runtime's error.
+        source: RuntimeError,
+    },
+    /// The record could not be deleted
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// PodSandboxStatus failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusPodError {
+    /// No such sandbox
+    #[error("pod sandbox {0:?} not found")]
+    NotFound(String),
+    /// The id prefix matches several sandboxes
+    #[error("sandbox id prefix {0:?} is ambiguous")]
+    Ambiguous(String),
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<SandboxRecord>>>;
+
+/// Pod sandboxes of one daemon.
+#[derive(Debug)]
+pub struct PodService {
+    store: Store,
+    runtime: Arc<dyn PodRuntime>,
+    handlers: Vec<String>,
+    /// One slot per known sandbox; the slot's lock serialises operations on it.
+    pods: Mutex<HashMap<String, Slot>>,
+    /// Reservation keys of sandboxes being created.
+    creating: Mutex<HashSet<String>>,
+}
+
+enum Lookup {
+    Found(String, Slot),
+    Missing,
+    Ambiguous,
+}
+
+impl PodService {
+    /// A service over `store` running pods on `runtime`; `handlers` are the
+    /// runtime handler names accepted besides the empty default.
+    pub fn new(store: Store, runtime: Arc<dyn PodRuntime>, handlers: Vec<String>) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            runtime,
+            handlers,
+            pods: Mutex::default(),
+            creating: Mutex::default(),
+        })
+    }
+
+    /// Runtime handler names this service accepts.
+    pub fn handlers(&self) -> &[String] {
+        &self.handlers
+    }
+
+    /// Whether the runtime can start pods.
+    pub async fn runtime_ready(&self) -> Result<(), String> {
+        self.runtime.ready().await
+    }
+
+    /// Loads stored sandboxes and re-adopts those still running.
+    pub async fn recover(&self) -> Result<usize, StoreError> {
+        let records = self.store.load_all()?;
+        let count = records.len();
+        for mut record in records {
+            if record.state == SandboxState::Ready {
+                match self.runtime.adopt_sandbox(&record.id, &record.runtime_state).await {
+                    Ok(true) => tracing::info!(id = %record.id, "re-adopted running sandbox"),
+                    Ok(false) => {
+                        tracing::warn!(id = %record.id, "sandbox died while the daemon was down");
+                        record.state = SandboxState::NotReady;
+                        record.reason = "sandbox exited while frakti was not running".into();
+                        self.store.save(&record)?;
+                    }
+                    Err(e) => {
+                        tracing::error!(id = %record.id, "cannot re-adopt sandbox: {e}");
+                        record.state = SandboxState::NotReady;
+                        record.reason = format!("cannot re-adopt: {e}");
+                        self.store.save(&record)?;
+                    }
+                }
+            }
+            let id = record.id.clone();
+            lock(&self.pods).insert(id, Arc::new(tokio::sync::Mutex::new(Some(record))));
+        }
+        Ok(count)
+    }
+
+    /// Applies runtime events (e.g. a VM that died) until the channel closes.
+    pub async fn watch_events(self: Arc<Self>, mut events: mpsc::UnboundedReceiver<RuntimeEvent>) {
+        while let Some(event) = events.recv().await {
+            match event {
+                RuntimeEvent::SandboxExited { id, reason } => {
+                    let Some(slot) = lock(&self.pods).get(&id).cloned() else { continue };
+                    let mut guard = slot.lock().await;
+                    let Some(record) = guard.as_mut() else { continue };
+                    if record.state == SandboxState::Ready {
+                        tracing::warn!(%id, "sandbox exited: {reason}");
+                        record.state = SandboxState::NotReady;
+                        record.reason = reason;
+                        if let Err(e) = self.store.save(record) {
+                            tracing::error!(%id, "cannot persist sandbox state: {e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Validates `config`, starts the sandbox and returns its id.
+    pub async fn run(&self, config: SandboxConfig) -> Result<String, RunPodError> {
+        let metadata = config
+            .metadata
+            .as_ref()
+            .ok_or_else(|| RunPodError::Invalid("metadata is required".into()))?;
+        for (field, value) in [("name", &metadata.name), ("namespace", &metadata.namespace)] {
+            if value.is_empty() {
+                return Err(RunPodError::Invalid(format!("metadata.{field} must not be empty")));
+            }
+        }
+        if !config.runtime_handler.is_empty() && !self.handlers.contains(&config.runtime_handler) {
+            return Err(RunPodError::Invalid(format!(
+                "unknown runtime handler {:?} (known: {:?})",
+                config.runtime_handler, self.handlers
+            )));
+        }
+        validate_hostname(&config.hostname).map_err(RunPodError::Invalid)?;
+        self.runtime.ready().await.map_err(RunPodError::NotReady)?;
+
+        let key = metadata.reservation_key();
+        let _reservation = self.reserve(&key).await?;
+        let id = new_id();
+        let runtime_state = self.runtime.start_sandbox(&id, &config).await?;
+        let record = SandboxRecord {
+            id: id.clone(),
+            config,
+            state: SandboxState::Ready,
+            reason: String::new(),
+            created_at_ns: now_ns(),
+            runtime: self.runtime.name().to_owned(),
+            runtime_state,
+        };
+        if let Err(e) = self.store.save(&record) {
+            // Without a record nobody could ever stop it: undo.
+            let _ = self.runtime.stop_sandbox(&id, &record.runtime_state).await;
+            let _ = self.runtime.remove_sandbox(&id, &record.runtime_state).await;
+            return Err(e.into());
+        }
+        lock(&self.pods).insert(id.clone(), Arc::new(tokio::sync::Mutex::new(Some(record))));
+        Ok(id)
+    }
+
+    async fn reserve(&self, key: &str) -> Result<Reservation<'_>, RunPodError> {
+        let slots: Vec<Slot> = lock(&self.pods).values().cloned().collect();
+        for slot in slots {
+            if let Some(r) = slot.lock().await.as_ref() {
+                if r.metadata().map(|m| m.reservation_key()).as_deref() == Some(key) {
+                    return Err(RunPodError::NameReserved { name: key.into(), id: r.id.clone() });
+                }
+            }
+        }
+        if !lock(&self.creating).insert(key.to_owned()) {
+            return Err(RunPodError::NameReserved { name: key.into(), id: "(being created)".into() });
+        }
+        Ok(Reservation { set: &self.creating, key: key.to_owned() })
+    }
+
+    /// Stops the sandbox; unknown ids and stopped sandboxes succeed.
+    pub async fn stop(&self, id: &str) -> Result<(), StopPodError> {
+        let (id, slot) = match self.lookup(id) {
+            Lookup::Found(id, slot) => (id, slot),
+            Lookup::Missing => return Ok(()),
+            Lookup::Ambiguous => return Err(StopPodError::Ambiguous(id.into())),
+        };
+        let mut guard = slot.lock().await;
+        let Some(record) = guard.as_mut() else { return Ok(()) };
+        self.runtime
+            .stop_sandbox(&id, &record.runtime_state)
+            .await
+            .map_err(|source| StopPodError::Runtime { id: id.clone(), source })?;
+        if record.state != SandboxState::NotReady || record.reason.is_empty() {
+            record.state = SandboxState::NotReady;
+            if record.reason.is_empty() {
+                record.reason = "stopped".into();
+            }
+            self.store.save(record)?;
+        }
+        Ok(())
+    }
+
+    /// Stops and removes the sandbox; unknown ids succeed.
+    pub async fn remove(&self, id: &str) -> Result<(), RemovePodError> {
+        let (id, slot) = match self.lookup(id) {
+            Lookup::Found(id, slot) => (id, slot),
+            Lookup::Missing => return Ok(()),
+            Lookup::Ambiguous => return Err(RemovePodError::Ambiguous(id.into())),
+        };
+        self.stop(&id).await?;
+        let mut guard = slot.lock().await;
+        let Some(record) = guard.as_ref() else { return Ok(()) };
+        self.runtime
+            .remove_sandbox(&id, &record.runtime_state)
+            .await
+            .map_err(|source| RemovePodError::Runtime { id: id.clone(), source })?;
+        self.store.delete(&id)?;
+        *guard = None;
+        lock(&self.pods).remove(&id);
+        Ok(())
+    }
+
+    /// The sandbox's record, and runtime facts when `verbose`.
+    pub async fn status(
+        &self,
+        id: &str,
+        verbose: bool,
+    ) -> Result<(SandboxRecord, Option<serde_json::Value>), StatusPodError> {
+        let slot = match self.lookup(id) {
+            Lookup::Found(_, slot) => slot,
+            Lookup::Missing => return Err(StatusPodError::NotFound(id.into())),
+            Lookup::Ambiguous => return Err(StatusPodError::Ambiguous(id.into())),
+        };
+        let record = slot.lock().await.clone().ok_or_else(|| StatusPodError::NotFound(id.into()))?;
+        let info = if verbose {
+            Some(self.runtime.sandbox_info(&record.id, &record.runtime_state).await)
+        } else {
+            None
+        };
+        Ok((record, info))
+    }
+
+    /// Sandboxes that pass `filter`, oldest first.
+    pub async fn list(&self, filter: &SandboxFilter) -> Vec<SandboxRecord> {
+        let slots: Vec<Slot> = lock(&self.pods).values().cloned().collect();
+        let mut out = Vec::new();
+        for slot in slots {
+            if let Some(r) = slot.lock().await.as_ref() {
+                if filter.matches(r) {
+                    out.push(r.clone());
+                }
+            }
+        }
+        out.sort_by(|a, b| a.created_at_ns.cmp(&b.created_at_ns).then(a.id.cmp(&b.id)));
+        out
+    }
+
+    fn lookup(&self, id: &str) -> Lookup {
+        let pods = lock(&self.pods);
+        if let Some(slot) = pods.get(id) {
+            return Lookup::Found(id.to_owned(), slot.clone());
+        }
+        if id.is_empty() {
+            return Lookup::Missing;
+        }
+        let mut matches = pods.iter().filter(|(k, _)| k.starts_with(id));
+        match (matches.next(), matches.next()) {
+            (Some((k, slot)), None) => Lookup::Found(k.clone(), slot.clone()),
+            (None, _) => Lookup::Missing,
+            (Some(_), Some(_)) => Lookup::Ambiguous,
+        }
+    }
+}
+
+struct Reservation<'a> {
+    set: &'a Mutex<HashSet<String>>,
+    key: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        lock(self.set).remove(&self.key);
+    }
+}
+
+fn validate_hostname(hostname: &str) -> Result<(), String> {
+    if hostname.len() > 64 {
+        return Err(format!("hostname {hostname:?} is longer than 64 characters"));
+    }
+    if let Some(c) = hostname.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.')) {
+        return Err(format!("hostname {hostname:?} contains {c:?}"));
+    }
+    Ok(())
+}
+
+/// A new random sandbox id: 64 lowercase hex characters.
+pub fn new_id() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

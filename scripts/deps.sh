@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Install what frakti's build, guest assets and tests need (Debian bookworm, as root).
+# Idempotent: only touches apt/pip when something is missing.
+set -euo pipefail
+
+APT_PKGS=(
+  qemu-system-x86            # qemu-system-x86_64, /usr/share/qemu/qboot.rom
+  qemu-utils                 # qemu-img
+  cpio                       # guest initramfs
+  kmod                       # depmod: modules.dep for the guest kernel's modules
+  lz4                        # Debian's bzImage payload is LZ4
+  containernetworking-plugins
+  iproute2
+  iptables
+  python3-venv
+  busybox-static
+)
+
+log() { echo "deps: $*"; }
+
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == 'install ok installed' ]] || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  log "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  log "apt packages present"
+fi
+
+if [[ ! -c /dev/net/tun ]]; then
+  log "creating /dev/net/tun"
+  mkdir -p /dev/net
+  mknod -m 0666 /dev/net/tun c 10 200
+fi
+
+PYENV_DIR=${PYENV_DIR:-$(pwd)/target/pyenv}
+if [[ ! -x $PYENV_DIR/bin/python ]]; then
+  log "creating venv $PYENV_DIR"
+  python3 -m venv "$PYENV_DIR"
+fi
+if ! "$PYENV_DIR/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
+  log "pip install grpcio grpcio-tools"
+  "$PYENV_DIR/bin/python" -m pip install -q --disable-pip-version-check grpcio grpcio-tools
+else
+  log "python venv ready ($PYENV_DIR)"
+fi
+log "ok"
