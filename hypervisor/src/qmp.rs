@@ -1,0 +1,205 @@
+//! A small QMP client: JSON lines over the QEMU monitor's unix socket.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::{broadcast, oneshot};
+use tokio::task::JoinHandle;
+
+/// A QMP exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QmpError {
+    /// Cannot reach the monitor socket
+    #[error("QMP socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// The monitor did not answer in time
+    #[error("QMP: no answer within {0:?}")]
+    Timeout(Duration),
+    /// The connection closed
+    #[error("QMP connection closed")]
+    Closed,
+    /// QEMU refused the command
+    #[error("QMP {command}: {class}: {desc}")]
+    Command {
+        /// The command sent.
+        command: String,
+        /// QMP error class.
+        class: String,
+        /// QEMU's description.
+        desc: String,
+    },
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, (String, String)>>>>>;
+
+/// A connected QMP session (capabilities negotiated).
+#[derive(Debug)]
+pub struct QmpClient {
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    pending: Pending,
+    events: broadcast::Sender<Value>,
+    next_id: AtomicU64,
+    reader: JoinHandle<()>,
+}
+
+impl Drop for QmpClient {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl QmpClient {
+    /// Connects to `path`, reads the greeting and negotiates capabilities.
+    pub async fn connect(path: &Path, limit: Duration) -> Result<Self, QmpError> {
+        let stream = tokio::time::timeout(limit, UnixStream::connect(path))
+            .await
+            .map_err(|_| QmpError::Timeout(limit))??;
+        let (read, write) = stream.into_split();
+        let pending: Pending = Arc::default();
+        let (events, _) = broadcast::channel(64);
+        let (greeting_tx, greeting_rx) = oneshot::channel();
+        let reader = tokio::spawn(read_loop(read, pending.clone(), events.clone(), greeting_tx));
+        let client = Self {
+            writer: tokio::sync::Mutex::new(write),
+            pending,
+            events,
+            next_id: AtomicU64::new(1),
+            reader,
+        };
+        tokio::time::timeout(limit, greeting_rx)
+            .await
+            .map_err(|_| QmpError::Timeout(limit))?
+            .map_err(|_| QmpError::Closed)?;
+        client.execute("qmp_capabilities", None, limit).await?;
+        Ok(client)
+    }
+
+    /// Subscribes to QMP events sent from now on.
+    pub fn events(&self) -> broadcast::Receiver<Value> {
+        self.events.subscribe()
+    }
+
+    /// Runs `command` with `arguments` and returns its `return` value.
+    pub async fn execute(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+        limit: Duration,
+    ) -> Result<Value, QmpError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut msg = json!({ "execute": command, "id": id });
+        if let Some(args) = arguments {
+            msg["arguments"] = args;
+        }
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(id, tx);
+        let mut line = msg.to_string();
+        line.push('\n');
+        let sent = self.writer.lock().await.write_all(line.as_bytes()).await;
+        if let Err(e) = sent {
+            lock(&self.pending).remove(&id);
+            return Err(e.into());
+        }
+        match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(Ok(value))) => Ok(value),
+            Ok(Ok(Err((class, desc)))) => {
+                Err(QmpError::Command { command: command.to_owned(), class, desc })
+            }
+            Ok(Err(_)) => Err(QmpError::Closed),
+            Err(_) => {
+                lock(&self.pending).remove(&id);
+                Err(QmpError::Timeout(limit))
+            }
+        }
+    }
+}
+
+async fn read_loop(
+    read: tokio::net::unix::OwnedReadHalf,
+    pending: Pending,
+    events: broadcast::Sender<Value>,
+    greeting: oneshot::Sender<()>,
+) {
+    let mut greeting = Some(greeting);
+    let mut lines = BufReader::new(read).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let Ok(msg) = serde_json::from_str::<Value>(&line) else {
+            tracing::debug!("QMP: unparsable line {line:?}");
+            continue;
+        };
+        if msg.get("QMP").is_some() {
+            if let Some(tx) = greeting.take() {
+                let _ = tx.send(());
+            }
+        } else if msg.get("event").is_some() {
+            let _ = events.send(msg);
+        } else if let Some(id) = msg.get("id").and_then(Value::as_u64) {
+            let Some(tx) = lock(&pending).remove(&id) else { continue };
+            let answer = match (msg.get("return"), msg.get("error")) {
+                (Some(ret), _) => Ok(ret.clone()),
+                (None, Some(err)) => Err((
+                    err["class"].as_str().unwrap_or("GenericError").to_owned(),
+                    err["desc"].as_str().unwrap_or("").to_owned(),
+                )),
+                (None, None) => Ok(Value::Null),
+            };
+            let _ = tx.send(answer);
+        }
+    }
+    lock(&pending).clear();
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncBufReadExt;
+    use tokio::net::UnixListener;
+
+    /// A scripted monitor: greets, then answers each command by name.
+    async fn fake_monitor(listener: UnixListener) {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (read, mut write) = stream.into_split();
+        write.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n").await.unwrap();
+        let mut lines = BufReader::new(read).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let msg: Value = serde_json::from_str(&line).unwrap();
+            let id = msg["id"].clone();
+            let reply = match msg["execute"].as_str().unwrap() {
+                "qmp_capabilities" => json!({"return": {}, "id": id}),
+                "query-status" => {
+                    write.write_all(b"{\"event\": \"STOP\", \"data\": {}}\n").await.unwrap();
+                    json!({"return": {"status": "running", "running": true}, "id": id})
+                }
+                _ => json!({"error": {"class": "CommandNotFound", "desc": "nope"}, "id": id}),
+            };
+            write.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn commands_errors_and_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        tokio::spawn(fake_monitor(listener));
+        let limit = Duration::from_secs(5);
+        let qmp = QmpClient::connect(&path, limit).await.unwrap();
+        let mut events = qmp.events();
+        let status = qmp.execute("query-status", None, limit).await.unwrap();
+        assert_eq!(status["status"], "running");
+        assert_eq!(events.recv().await.unwrap()["event"], "STOP");
+        let err = qmp.execute("bogus", Some(json!({"a": 1})), limit).await.unwrap_err();
+        assert!(matches!(err, QmpError::Command { ref class, .. } if class == "CommandNotFound"));
+    }
+}
