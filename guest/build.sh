@@ -23,7 +23,7 @@ MODULES=(
   virtio_pci_legacy_dev virtio_pci_modern_dev virtio_ring virtio virtio_pci
   virtio_console virtio_blk failover net_failover virtio_net fuse virtiofs overlay
   libcrc32c erofs vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport
-  virtio_mem
+  virtio_mem virtio_rng
 )
 
 # stamp_ok NAME KEY: NAME was built from inputs KEY. stamp_set NAME KEY records it.

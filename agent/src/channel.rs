@@ -59,7 +59,10 @@ pub async fn serve(state: State) -> anyhow::Result<()> {
         .context("start the writer thread")?;
 
     let state = Arc::new(state.with_output(out_tx.clone()));
-    let boot_id = format!("{:016x}", rand::random::<u64>());
+    // The kernel's boot id; reading it never waits for entropy (getrandom could).
+    let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
     let mut decoder = Decoder::new();
     while let Some(input) = in_rx.recv().await {
         match input {
@@ -68,6 +71,7 @@ pub async fn serve(state: State) -> anyhow::Result<()> {
                 decoder.reset();
             }
             Input::Data(bytes) => {
+                tracing::trace!(len = bytes.len(), "received");
                 decoder.push(&bytes);
                 while let Some(frame) = decoder.next_frame() {
                     dispatch(frame, &state, &out_tx, &boot_id);
@@ -124,6 +128,7 @@ fn dispatch(frame: Frame, state: &Arc<State>, out: &std::sync::mpsc::Sender<Outp
 }
 
 fn read_port(mut port: File, tx: mpsc::Sender<Input>) {
+    tracing::trace!("reader started");
     let mut buf = vec![0u8; 64 * 1024];
     let mut connected = false;
     loop {
@@ -138,6 +143,7 @@ fn read_port(mut port: File, tx: mpsc::Sender<Input>) {
                 std::thread::sleep(DISCONNECTED_BACKOFF);
             }
             Ok(n) => {
+                tracing::trace!(n, "read from port");
                 connected = true;
                 if tx.blocking_send(Input::Data(buf[..n].to_vec())).is_err() {
                     return;

@@ -9,10 +9,18 @@ use nix::mount::{MsFlags, mount};
 /// Directory in the initramfs holding the kernel modules and their load order.
 const MODULE_DIR: &str = "/lib/modules";
 
-/// Makes sure stdio reaches the console and mounts `/dev` so it exists.
+/// Mounts `/dev` and `/proc` and makes sure stdio reaches the console.
 pub fn early() {
     let _ = fs::create_dir_all("/dev");
     let _ = mount(Some("devtmpfs"), "/dev", Some("devtmpfs"), MsFlags::MS_NOSUID, None::<&str>);
+    let _ = fs::create_dir_all("/proc");
+    let _ = mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    );
     // The kernel opens /dev/console for init only if the initramfs has it.
     // SAFETY: fcntl(F_GETFD) on a plain integer fd only queries its flags.
     let stdout_ok = unsafe { libc::fcntl(1, libc::F_GETFD) } >= 0;
@@ -45,8 +53,7 @@ pub fn logging() {
 
 /// Mounts the basic filesystems and loads kernel modules; returns the modules loaded.
 pub fn guest() -> Vec<String> {
-    let mounts: [(&str, &str, &str, MsFlags, Option<&str>); 6] = [
-        ("proc", "/proc", "proc", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None),
+    let mounts: [(&str, &str, &str, MsFlags, Option<&str>); 5] = [
         ("sysfs", "/sys", "sysfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None),
         ("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620")),
         ("shm", "/dev/shm", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777")),

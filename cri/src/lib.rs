@@ -1,6 +1,18 @@
-//! CRI `runtime.v1` services.
+//! CRI `runtime.v1` gRPC services. This crate validates and translates CRI
+//! messages into domain calls on `pods` (and later `images`) and maps their
+//! errors to gRPC status codes; it holds no logic of its own.
+
+mod convert;
+mod errors;
+mod runtime;
+
+pub use runtime::{ImageService, RuntimeService};
+
 pub mod proto {
-    //! Generated CRI types, clients and servers.
+    //! Generated CRI types, clients and servers (from the vendored `api.proto`).
     #![allow(missing_docs, clippy::all, unused_qualifications, missing_debug_implementations)]
     tonic::include_proto!("runtime.v1");
 }
+
+/// The CRI API version served.
+pub const CRI_API_VERSION: &str = "v1";

@@ -166,6 +166,11 @@ impl Qemu {
             "virtio-serial-pci,id=vser0,max_ports=4".into(),
             "-device".into(),
             format!("virtserialport,chardev=agent,name={}", AGENT_PORT),
+            // Entropy for the guest: without it getrandom() blocks early in boot.
+            "-object".into(),
+            "rng-random,id=rng0,filename=/dev/urandom".into(),
+            "-device".into(),
+            "virtio-rng-pci,rng=rng0".into(),
             "-pidfile".into(),
             p("qemu.pid"),
         ]);

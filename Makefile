@@ -1,0 +1,48 @@
+# frakti: `make run` starts the runtime, `make test` runs every test.
+# Every target installs what is missing first (scripts/deps.sh) and is quick when nothing changed.
+SHELL := /bin/bash
+CARGO ?= cargo
+HOST_TARGET := x86_64-unknown-linux-gnu
+AGENT_BIN := target/$(HOST_TARGET)/release/frakti-agent
+GUEST_DIR := target/guest
+PYTHON := target/pyenv/bin/python
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: all deps build agent guest run test bench lint clean
+
+all: build
+
+deps:
+	@bash scripts/deps.sh
+
+# The daemon and tools (release), then the static agent and the guest assets.
+build: deps
+	$(CARGO) build --release --workspace --exclude agent
+	@$(MAKE) --no-print-directory guest
+
+agent:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p agent --target $(HOST_TARGET)
+	@mkdir -p $(GUEST_DIR)
+	strip -o $(GUEST_DIR)/frakti-agent $(AGENT_BIN)
+
+guest: agent
+	bash guest/build.sh $(GUEST_DIR)/frakti-agent $(GUEST_DIR)
+
+# Starts frakti in the foreground with its embedded defaults
+# (socket /run/frakti/frakti.sock). Extra flags: make run ARGS="--accel tcg".
+run: build
+	./target/release/frakti $(ARGS)
+
+test: build
+	$(CARGO) test --release --workspace
+	$(PYTHON) tests/python/test_cri.py
+
+bench: build
+	./target/release/frakti-bench $(ARGS)
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --all-targets --workspace -- -D warnings
+
+clean:
+	$(CARGO) clean

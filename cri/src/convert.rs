@@ -1,0 +1,188 @@
+//! CRI messages <-> domain types.
+
+use std::collections::HashMap;
+
+use pods::{PodMetadata, PodResources, SandboxConfig, SandboxFilter, SandboxRecord, SandboxState};
+
+use crate::proto;
+
+/// The kubelet's `NamespaceMode::NODE`.
+const NAMESPACE_MODE_NODE: i32 = proto::NamespaceMode::Node as i32;
+
+/// Translates a RunPodSandbox config; `Err` names what is invalid.
+pub fn sandbox_config(
+    config: proto::PodSandboxConfig,
+    runtime_handler: String,
+) -> Result<SandboxConfig, String> {
+    let linux = config.linux.unwrap_or_default();
+    if let Some(ns) = linux.security_context.as_ref().and_then(|s| s.namespace_options.as_ref()) {
+        for (what, mode) in [("network", ns.network), ("pid", ns.pid), ("ipc", ns.ipc)] {
+            if mode == NAMESPACE_MODE_NODE {
+                return Err(format!(
+                    "pods in the host {what} namespace cannot run in a VM sandbox \
+                     (host-namespace pods are not supported yet)"
+                ));
+            }
+        }
+    }
+    let resources = |r: Option<proto::LinuxContainerResources>| {
+        r.map(|r| PodResources {
+            cpu_period: r.cpu_period,
+            cpu_quota: r.cpu_quota,
+            cpu_shares: r.cpu_shares,
+            memory_limit_bytes: r.memory_limit_in_bytes,
+        })
+    };
+    Ok(SandboxConfig {
+        metadata: config.metadata.map(|m| PodMetadata {
+            name: m.name,
+            uid: m.uid,
+            namespace: m.namespace,
+            attempt: m.attempt,
+        }),
+        hostname: config.hostname,
+        log_directory: config.log_directory,
+        labels: config.labels.into_iter().collect(),
+        annotations: config.annotations.into_iter().collect(),
+        runtime_handler,
+        resources: resources(linux.resources),
+        overhead: resources(linux.overhead),
+    })
+}
+
+fn metadata(record: &SandboxRecord) -> Option<proto::PodSandboxMetadata> {
+    record.metadata().map(|m| proto::PodSandboxMetadata {
+        name: m.name.clone(),
+        uid: m.uid.clone(),
+        namespace: m.namespace.clone(),
+        attempt: m.attempt,
+    })
+}
+
+fn state(state: SandboxState) -> i32 {
+    match state {
+        SandboxState::Ready => proto::PodSandboxState::SandboxReady as i32,
+        SandboxState::NotReady => proto::PodSandboxState::SandboxNotready as i32,
+    }
+}
+
+fn map(m: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// A record as a `PodSandbox` list entry.
+pub fn pod_sandbox(record: &SandboxRecord) -> proto::PodSandbox {
+    proto::PodSandbox {
+        id: record.id.clone(),
+        metadata: metadata(record),
+        state: state(record.state),
+        created_at: record.created_at_ns,
+        labels: map(&record.config.labels),
+        annotations: map(&record.config.annotations),
+        runtime_handler: record.config.runtime_handler.clone(),
+    }
+}
+
+/// A record as a `PodSandboxStatus`.
+pub fn pod_sandbox_status(record: &SandboxRecord) -> proto::PodSandboxStatus {
+    proto::PodSandboxStatus {
+        id: record.id.clone(),
+        metadata: metadata(record),
+        state: state(record.state),
+        created_at: record.created_at_ns,
+        network: Some(proto::PodSandboxNetworkStatus::default()),
+        linux: Some(proto::LinuxPodSandboxStatus {
+            namespaces: Some(proto::Namespace {
+                options: Some(proto::NamespaceOption::default()),
+            }),
+        }),
+        labels: map(&record.config.labels),
+        annotations: map(&record.config.annotations),
+        runtime_handler: record.config.runtime_handler.clone(),
+    }
+}
+
+/// Translates a ListPodSandbox filter; `Err` names what is invalid.
+pub fn sandbox_filter(filter: Option<proto::PodSandboxFilter>) -> Result<SandboxFilter, String> {
+    let Some(f) = filter else { return Ok(SandboxFilter::default()) };
+    let state = match f.state.map(|s| s.state) {
+        None => None,
+        Some(s) if s == proto::PodSandboxState::SandboxReady as i32 => Some(SandboxState::Ready),
+        Some(s) if s == proto::PodSandboxState::SandboxNotready as i32 => {
+            Some(SandboxState::NotReady)
+        }
+        Some(other) => return Err(format!("unknown pod sandbox state {other} in filter")),
+    };
+    Ok(SandboxFilter {
+        id: (!f.id.is_empty()).then_some(f.id),
+        state,
+        label_selector: f.label_selector.into_iter().collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_network_is_refused() {
+        let config = proto::PodSandboxConfig {
+            linux: Some(proto::LinuxPodSandboxConfig {
+                security_context: Some(proto::LinuxSandboxSecurityContext {
+                    namespace_options: Some(proto::NamespaceOption {
+                        network: NAMESPACE_MODE_NODE,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let err = sandbox_config(config, String::new()).unwrap_err();
+        assert!(err.contains("host network namespace"), "{err}");
+    }
+
+    #[test]
+    fn resources_and_overhead_are_carried() {
+        let res = proto::LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            memory_limit_in_bytes: 1 << 28,
+            ..Default::default()
+        };
+        let config = proto::PodSandboxConfig {
+            linux: Some(proto::LinuxPodSandboxConfig {
+                resources: Some(res.clone()),
+                overhead: Some(proto::LinuxContainerResources {
+                    memory_limit_in_bytes: 1 << 20,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let c = sandbox_config(config, "frakti".into()).unwrap();
+        assert_eq!(c.resources.unwrap().cpu_quota, 50_000);
+        assert_eq!(c.resources.unwrap().memory_limit_bytes, 1 << 28);
+        assert_eq!(c.overhead.unwrap().memory_limit_bytes, 1 << 20);
+        assert_eq!(c.runtime_handler, "frakti");
+    }
+
+    #[test]
+    fn filter_state_is_checked() {
+        let f = proto::PodSandboxFilter {
+            state: Some(proto::PodSandboxStateValue { state: 7 }),
+            ..Default::default()
+        };
+        assert!(sandbox_filter(Some(f)).unwrap_err().contains('7'));
+        let f = proto::PodSandboxFilter {
+            id: "ab".into(),
+            state: Some(proto::PodSandboxStateValue { state: 1 }),
+            ..Default::default()
+        };
+        let got = sandbox_filter(Some(f)).unwrap();
+        assert_eq!(got.id.as_deref(), Some("ab"));
+        assert_eq!(got.state, Some(SandboxState::NotReady));
+    }
+}

@@ -1,0 +1,266 @@
+//! Configuration: embedded defaults, an optional TOML file, then flags.
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use hypervisor::AccelMode;
+use serde::{Deserialize, Serialize};
+
+/// Default location of the config file.
+pub const DEFAULT_CONFIG: &str = "/etc/frakti/config.toml";
+/// Least memory (MiB) a pod VM may be given.
+pub const MIN_MEMORY_MIB: u64 = vm::sizing::MIN_MEMORY_MIB;
+
+/// frakti: a Kubernetes CRI runtime that runs every pod in its own VM.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// TOML config file; flags override its keys [default: /etc/frakti/config.toml, if present].
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Unix socket to serve the CRI on.
+    #[arg(long)]
+    pub listen: Option<PathBuf>,
+    /// Persistent data (records, later images).
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// Runtime files of running pods (sockets, pidfiles, logs).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// vCPUs of a pod VM without a CPU limit.
+    #[arg(long)]
+    pub cpu: Option<u32>,
+    /// Memory in MiB of a pod VM without a memory limit.
+    #[arg(long)]
+    pub memory: Option<u64>,
+    /// Accelerator: auto (probe KVM, fall back to TCG), kvm or tcg.
+    #[arg(long)]
+    pub accel: Option<String>,
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Guest kernel (uncompressed vmlinux) [default: built guest assets].
+    #[arg(long)]
+    pub guest_kernel: Option<PathBuf>,
+    /// Guest initramfs holding frakti-agent [default: built guest assets].
+    #[arg(long)]
+    pub guest_initrd: Option<PathBuf>,
+    /// QEMU binary.
+    #[arg(long)]
+    pub qemu: Option<PathBuf>,
+    /// Seconds a pod VM may take to boot until its agent answers.
+    #[arg(long)]
+    pub boot_timeout: Option<u64>,
+}
+
+/// The config file's keys (all optional); the same names as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<PathBuf>,
+    root: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    cpu: Option<u32>,
+    memory: Option<u64>,
+    accel: Option<String>,
+    log_level: Option<String>,
+    guest_kernel: Option<PathBuf>,
+    guest_initrd: Option<PathBuf>,
+    qemu: Option<PathBuf>,
+    qemu_firmware: Option<PathBuf>,
+    qemu_sandbox: Option<bool>,
+    boot_timeout: Option<u64>,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Config {
+    /// CRI socket.
+    pub listen: PathBuf,
+    /// Persistent data directory.
+    pub root: PathBuf,
+    /// Runtime state directory.
+    pub state_dir: PathBuf,
+    /// Default vCPUs.
+    pub cpu: u32,
+    /// Default memory, MiB.
+    pub memory: u64,
+    /// Accelerator policy.
+    pub accel: AccelMode,
+    /// Log filter.
+    pub log_level: String,
+    /// Guest kernel.
+    pub guest_kernel: PathBuf,
+    /// Guest initramfs.
+    pub guest_initrd: PathBuf,
+    /// QEMU binary.
+    pub qemu: PathBuf,
+    /// QEMU firmware (qboot).
+    pub qemu_firmware: PathBuf,
+    /// Confine QEMU with its seccomp sandbox.
+    pub qemu_sandbox: bool,
+    /// Boot timeout, seconds.
+    pub boot_timeout: u64,
+}
+
+/// The configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file cannot be read
+    #[error("cannot read config file {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    /// The config file is not valid TOML for frakti
+    #[error("invalid config file {0}: {1}")]
+    Parse(PathBuf, String),
+    /// A key has an unusable value
+    #[error("invalid config: key `{key}`: {message}")]
+    Value {
+        /// The key (same name as the flag).
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Value { key, message: message.into() }
+}
+
+impl Config {
+    /// Merges defaults, the config file (explicit, or the default one if present) and flags.
+    pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None if Path::new(DEFAULT_CONFIG).exists() => read_file(Path::new(DEFAULT_CONFIG))?,
+            None => FileConfig::default(),
+        };
+        Self::merge(cli, file)
+    }
+
+    fn merge(cli: &Cli, file: FileConfig) -> Result<Self, ConfigError> {
+        let guest_dir = default_guest_dir();
+        let accel = cli.accel.clone().or(file.accel).unwrap_or_else(|| "auto".into());
+        let config = Self {
+            listen: cli.listen.clone().or(file.listen).unwrap_or_else(|| "/run/frakti/frakti.sock".into()),
+            root: cli.root.clone().or(file.root).unwrap_or_else(|| "/var/lib/frakti".into()),
+            state_dir: cli.state_dir.clone().or(file.state_dir).unwrap_or_else(|| "/run/frakti".into()),
+            cpu: cli.cpu.or(file.cpu).unwrap_or(1),
+            memory: cli.memory.or(file.memory).unwrap_or(512),
+            accel: accel.parse().map_err(|e: String| invalid("accel", e))?,
+            log_level: cli.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".into()),
+            guest_kernel: cli
+                .guest_kernel
+                .clone()
+                .or(file.guest_kernel)
+                .unwrap_or_else(|| guest_dir.join("vmlinux")),
+            guest_initrd: cli
+                .guest_initrd
+                .clone()
+                .or(file.guest_initrd)
+                .unwrap_or_else(|| guest_dir.join("initramfs.img")),
+            qemu: cli.qemu.clone().or(file.qemu).unwrap_or_else(|| "/usr/bin/qemu-system-x86_64".into()),
+            qemu_firmware: file.qemu_firmware.unwrap_or_else(|| "/usr/share/qemu/qboot.rom".into()),
+            qemu_sandbox: file.qemu_sandbox.unwrap_or(true),
+            boot_timeout: cli.boot_timeout.or(file.boot_timeout).unwrap_or(60),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.cpu == 0 || self.cpu > 255 {
+            return Err(invalid("cpu", format!("{} is not between 1 and 255", self.cpu)));
+        }
+        if self.memory < MIN_MEMORY_MIB {
+            return Err(invalid(
+                "memory",
+                format!("{} MiB is below the {MIN_MEMORY_MIB} MiB a guest needs", self.memory),
+            ));
+        }
+        if self.boot_timeout == 0 {
+            return Err(invalid("boot_timeout", "must be at least 1 second"));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log_level)
+            .map_err(|e| invalid("log_level", format!("{:?}: {e}", self.log_level)))?;
+        for (key, path) in [("listen", &self.listen), ("root", &self.root), ("state_dir", &self.state_dir)] {
+            if !path.is_absolute() {
+                return Err(invalid(key, format!("{} is not an absolute path", path.display())));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse(path.into(), e.to_string()))
+}
+
+/// Where `make build` leaves the guest assets, relative to the binary
+/// (`target/release/frakti` -> `target/guest`), else the installed location.
+fn default_guest_dir() -> PathBuf {
+    let installed = PathBuf::from("/usr/share/frakti/guest");
+    let Ok(exe) = std::env::current_exe() else { return installed };
+    let Some(bin_dir) = exe.parent() else { return installed };
+    [bin_dir.join("../guest"), bin_dir.join("guest")]
+        .into_iter()
+        .find(|d| d.join("vmlinux").exists())
+        .unwrap_or(installed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::parse_from(std::iter::once("frakti").chain(args.iter().copied()))
+    }
+
+    fn file(text: &str) -> FileConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::merge(&cli(&[]), FileConfig::default()).unwrap();
+        assert_eq!(c.listen, PathBuf::from("/run/frakti/frakti.sock"));
+        assert_eq!(c.root, PathBuf::from("/var/lib/frakti"));
+        assert_eq!(c.state_dir, PathBuf::from("/run/frakti"));
+        assert_eq!((c.cpu, c.memory, c.accel), (1, 512, AccelMode::Auto));
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let f = file("cpu = 2\nmemory = 1024\naccel = \"kvm\"\nroot = \"/srv/frakti\"\n");
+        let c = Config::merge(&cli(&["--cpu", "3", "--accel", "tcg"]), f).unwrap();
+        assert_eq!((c.cpu, c.memory, c.accel), (3, 1024, AccelMode::Tcg));
+        assert_eq!(c.root, PathBuf::from("/srv/frakti"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = Config::merge(&cli(&["--cpu", "0"]), FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("key `cpu`"), "{err}");
+        let err = Config::merge(&cli(&["--memory", "16"]), FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("key `memory`"), "{err}");
+        let err = Config::merge(&cli(&["--accel", "xen"]), FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("key `accel`"), "{err}");
+        let err = Config::merge(&cli(&["--log-level", "info,[=bad"]), FileConfig::default());
+        assert!(err.unwrap_err().to_string().contains("key `log_level`"));
+        let err = Config::merge(&cli(&["--root", "relative"]), FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("key `root`"), "{err}");
+    }
+
+    #[test]
+    fn unknown_file_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "cpus = 2\n").unwrap();
+        let err = read_file(&path).unwrap_err().to_string();
+        assert!(err.contains("cpus"), "{err}");
+        std::fs::write(&path, "memory = \"lots\"\n").unwrap();
+        let err = read_file(&path).unwrap_err().to_string();
+        assert!(err.contains("memory"), "{err}");
+        assert!(matches!(read_file(&dir.path().join("missing.toml")), Err(ConfigError::Read(..))));
+    }
+}

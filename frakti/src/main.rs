@@ -1,0 +1,125 @@
+//! The frakti daemon: serves the CRI on a unix socket and runs every pod
+//! sandbox as its own VM.
+
+mod config;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use cri::proto::image_service_server::ImageServiceServer;
+use cri::proto::runtime_service_server::RuntimeServiceServer;
+use hypervisor::{Qemu, QemuConfig};
+use pods::{PodService, Store};
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::wrappers::UnixListenerStream;
+use vm::{VmRuntime, VmRuntimeConfig};
+
+use crate::config::{Cli, Config};
+
+fn main() {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("frakti: {e}");
+            std::process::exit(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log_level))
+        .with_target(false)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
+    let result = runtime.context("start the async runtime").and_then(|rt| rt.block_on(serve(config)));
+    if let Err(e) = result {
+        tracing::error!("{e:#}");
+        eprintln!("frakti: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    for dir in [&config.root, &config.state_dir] {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let qemu = Qemu::new(QemuConfig {
+        binary: config.qemu.clone(),
+        firmware: config.qemu_firmware.clone(),
+        seccomp: config.qemu_sandbox,
+    });
+    let vm_runtime = Arc::new(VmRuntime::new(
+        VmRuntimeConfig {
+            state_dir: config.state_dir.clone(),
+            kernel: config.guest_kernel.clone(),
+            initrd: config.guest_initrd.clone(),
+            default_vcpus: config.cpu,
+            default_memory_mib: config.memory,
+            accel: config.accel,
+            boot_timeout: Duration::from_secs(config.boot_timeout),
+            extra_cmdline: Vec::new(),
+        },
+        Arc::new(qemu),
+        events_tx,
+    ));
+    let store = Store::open(&config.root).context("open the record store")?;
+    let pods = PodService::new(store, vm_runtime.clone(), vec!["frakti".into()]);
+    let recovered = pods.recover().await.context("load pod records")?;
+    tracing::info!(recovered, "pod records loaded");
+    tokio::spawn(pods.clone().watch_events(events_rx));
+    {
+        // Probe the accelerator now, so the first pod does not wait for it.
+        let vm_runtime = vm_runtime.clone();
+        tokio::spawn(async move {
+            vm_runtime.accel().await;
+        });
+    }
+
+    let listener = bind(&config.listen)?;
+    let info = serde_json::to_value(&config).unwrap_or_default();
+    let runtime_service = cri::RuntimeService::new(pods, info);
+    tracing::info!(socket = %config.listen.display(), version = env!("CARGO_PKG_VERSION"), "frakti serving the CRI");
+    tonic::transport::Server::builder()
+        .add_service(RuntimeServiceServer::new(runtime_service))
+        .add_service(ImageServiceServer::new(cri::ImageService))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
+        .await
+        .context("serve the CRI")?;
+    let _ = std::fs::remove_file(&config.listen);
+    tracing::info!("frakti stopped; pod VMs keep running");
+    Ok(())
+}
+
+/// Binds the CRI socket, replacing a stale socket file but never a live server.
+fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("another process is serving {}", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("remove stale {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("bind {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    Ok(listener)
+}
+
+async fn shutdown_signal() {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}

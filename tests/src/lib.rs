@@ -1,0 +1,236 @@
+//! A real frakti daemon on a private socket, state and root, for tests and benchmarks.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use cri::proto::image_service_client::ImageServiceClient;
+use cri::proto::runtime_service_client::RuntimeServiceClient;
+use cri::proto::{self, PodSandboxConfig, PodSandboxMetadata};
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The daemon binary: `$FRAKTI_BIN`, else `target/release/frakti`.
+pub fn frakti_bin() -> PathBuf {
+    std::env::var_os("FRAKTI_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/release/frakti"))
+}
+
+/// The guest assets: `$FRAKTI_GUEST_DIR`, else `target/guest`.
+pub fn guest_dir() -> PathBuf {
+    std::env::var_os("FRAKTI_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/guest"))
+}
+
+/// A frakti daemon process with its own directories.
+#[derive(Debug)]
+pub struct Daemon {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+impl Daemon {
+    /// Starts a daemon with `extra` flags (e.g. `--accel tcg`) and waits until it answers.
+    pub async fn start(extra: &[&str]) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("frakti-e2e-").tempdir()?;
+        let guest = guest_dir();
+        let mut args: Vec<String> = vec![
+            "--listen".into(),
+            dir.path().join("frakti.sock").display().to_string(),
+            "--root".into(),
+            dir.path().join("root").display().to_string(),
+            "--state-dir".into(),
+            dir.path().join("state").display().to_string(),
+            "--guest-kernel".into(),
+            guest.join("vmlinux").display().to_string(),
+            "--guest-initrd".into(),
+            guest.join("initramfs.img").display().to_string(),
+            "--memory".into(),
+            "256".into(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let mut daemon = Self { dir, child: None, args };
+        daemon.spawn().await?;
+        Ok(daemon)
+    }
+
+    /// The CRI socket path.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("frakti.sock")
+    }
+
+    /// The daemon's private top directory.
+    pub fn dir_path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The daemon's state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// The daemon's log file (stdout and stderr).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("frakti.log")
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
+        let child = Command::new(frakti_bin())
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {}", frakti_bin().display()))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("frakti exited with {status}: {}", self.log());
+                }
+            }
+            if let Ok(mut c) = self.runtime().await {
+                if c.version(proto::VersionRequest { version: "v1".into() }).await.is_ok() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("frakti did not answer within 30 s: {}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A channel to the daemon's socket.
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        let path = self.socket();
+        let channel = Endpoint::try_from("http://localhost")?
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+                }
+            }))
+            .await?;
+        Ok(channel)
+    }
+
+    /// A RuntimeService client.
+    pub async fn runtime(&self) -> anyhow::Result<RuntimeServiceClient<Channel>> {
+        Ok(RuntimeServiceClient::new(self.channel().await?))
+    }
+
+    /// An ImageService client.
+    pub async fn images(&self) -> anyhow::Result<ImageServiceClient<Channel>> {
+        Ok(ImageServiceClient::new(self.channel().await?))
+    }
+
+    /// Sends `signal` to the daemon and waits for it to exit.
+    pub fn kill(&mut self, signal: i32) {
+        if let Some(mut child) = self.child.take() {
+            let pid = i32::try_from(child.id()).unwrap_or(0);
+            // SAFETY: kill(2) with a pid we spawned and still hold unreaped.
+            unsafe { libc::kill(pid, signal) };
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the daemon again with the same directories and flags.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill(libc::SIGTERM);
+        self.spawn().await
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill(libc::SIGKILL);
+        // Never leave VMs behind: kill every QEMU whose files are in our state dir.
+        let state = self.state_dir().display().to_string();
+        for pid in pids_with_arg(&state) {
+            // SAFETY: kill(2) on a QEMU process this test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Pids of processes with an argument containing `needle`.
+pub fn pids_with_arg(needle: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .collect()
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn process_running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next()))
+        .is_some_and(|state| state != Some('Z'))
+}
+
+/// A pod config with `name` (uid and hostname derived from it) and `labels`.
+pub fn pod_config(name: &str, labels: &[(&str, &str)]) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        labels: labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+        ..Default::default()
+    }
+}
+
+/// Runs a pod and returns its id.
+pub async fn run_pod(
+    client: &mut RuntimeServiceClient<Channel>,
+    config: PodSandboxConfig,
+) -> Result<String, tonic::Status> {
+    let req = proto::RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() };
+    Ok(client.run_pod_sandbox(req).await?.into_inner().pod_sandbox_id)
+}
+
+/// Verbose status: the record and the parsed `info` JSON.
+pub async fn pod_status(
+    client: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+) -> Result<(proto::PodSandboxStatus, serde_json::Value), tonic::Status> {
+    let req = proto::PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: true };
+    let resp = client.pod_sandbox_status(req).await?.into_inner();
+    let info = resp
+        .info
+        .get("info")
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or(serde_json::Value::Null);
+    Ok((resp.status.unwrap_or_default(), info))
+}
+
+/// The QEMU pid from verbose info.
+pub fn vm_pid(info: &serde_json::Value) -> i32 {
+    info["vm"]["pid"].as_i64().and_then(|p| i32::try_from(p).ok()).unwrap_or(0)
+}

@@ -1,0 +1,395 @@
+//! `VmRuntime`: runs every pod sandbox as its own VM, with `frakti-agent` as
+//! the guest's PID 1, reached over a virtio-serial channel.
+
+pub mod sizing;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent_api::{AgentClient, Request, Response, UnixTransport};
+use hypervisor::{Accel, AccelMode, Hypervisor, LaunchError, Process, VmEndpoints, VmSpec};
+use pods::{PodRuntime, RuntimeError, RuntimeErrorKind, RuntimeEvent, SandboxConfig};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{OnceCell, mpsc};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+pub use sizing::{VmSize, size_for};
+
+/// How long a KVM probe boot may take before KVM is judged unusable.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the guest gets to power off after the agent's shutdown.
+const POWEROFF_GRACE: Duration = Duration::from_secs(3);
+/// How long QEMU gets to quit before it is killed.
+const QUIT_GRACE: Duration = Duration::from_secs(2);
+/// Deadline for small agent requests.
+const AGENT_CALL: Duration = Duration::from_secs(10);
+
+/// Settings of the VM runtime.
+#[derive(Debug, Clone)]
+pub struct VmRuntimeConfig {
+    /// Per-pod runtime files go to `<state_dir>/<pod id>/`.
+    pub state_dir: PathBuf,
+    /// Guest kernel (uncompressed PVH vmlinux).
+    pub kernel: PathBuf,
+    /// Guest initramfs with the agent as `/init`.
+    pub initrd: PathBuf,
+    /// vCPUs of a pod without a CPU limit.
+    pub default_vcpus: u32,
+    /// Memory (MiB) of a pod without a memory limit.
+    pub default_memory_mib: u64,
+    /// Accelerator policy.
+    pub accel: AccelMode,
+    /// How long a guest may take to boot until its agent answers.
+    pub boot_timeout: Duration,
+    /// Extra kernel command-line words (e.g. `frakti.log=debug`).
+    pub extra_cmdline: Vec<String>,
+}
+
+/// What is persisted per VM sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmState {
+    /// PID of QEMU.
+    pub pid: i32,
+    /// The pod's runtime directory.
+    pub dir: PathBuf,
+    /// Accelerator used.
+    pub accel: Accel,
+    /// vCPUs given.
+    pub vcpus: u32,
+    /// Memory given, MiB.
+    pub memory_mib: u64,
+    /// The agent's boot id at start.
+    pub boot_id: String,
+}
+
+/// The accelerator verdict and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccelVerdict {
+    /// The accelerator chosen.
+    pub accel: Accel,
+    /// Why it was chosen.
+    pub reason: String,
+}
+
+#[derive(Debug)]
+struct Vm {
+    endpoints: VmEndpoints,
+    agent: Arc<AgentClient>,
+    stopping: Arc<AtomicBool>,
+    watcher: JoinHandle<()>,
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+/// Runs pod sandboxes as VMs.
+#[derive(Debug)]
+pub struct VmRuntime {
+    config: VmRuntimeConfig,
+    hypervisor: Arc<dyn Hypervisor>,
+    accel: OnceCell<AccelVerdict>,
+    vms: Mutex<HashMap<String, Arc<Vm>>>,
+    events: mpsc::UnboundedSender<RuntimeEvent>,
+}
+
+impl VmRuntime {
+    /// A runtime on `hypervisor`; exits of VMs are reported on `events`.
+    pub fn new(
+        config: VmRuntimeConfig,
+        hypervisor: Arc<dyn Hypervisor>,
+        events: mpsc::UnboundedSender<RuntimeEvent>,
+    ) -> Self {
+        Self { config, hypervisor, accel: OnceCell::new(), vms: Mutex::default(), events }
+    }
+
+    /// The accelerator for all VMs, probed once (a real KVM boot in `auto` mode).
+    pub async fn accel(&self) -> &AccelVerdict {
+        self.accel
+            .get_or_init(|| async {
+                let verdict = self.choose_accel().await;
+                tracing::info!(accel = %verdict.accel, "accelerator chosen: {}", verdict.reason);
+                verdict
+            })
+            .await
+    }
+
+    async fn choose_accel(&self) -> AccelVerdict {
+        let verdict = |accel, reason: String| AccelVerdict { accel, reason };
+        match self.config.accel {
+            AccelMode::Kvm => return verdict(Accel::Kvm, "forced by configuration".into()),
+            AccelMode::Tcg => return verdict(Accel::Tcg, "forced by configuration".into()),
+            AccelMode::Auto => {}
+        }
+        if let Err(why) = hypervisor::accel::kvm_device_usable() {
+            return verdict(Accel::Tcg, format!("KVM unavailable ({why})"));
+        }
+        let spec = VmSpec {
+            id: "accel-probe".into(),
+            dir: self.config.state_dir.join("accel-probe"),
+            vcpus: 1,
+            memory_mib: 256,
+            kernel: self.config.kernel.clone(),
+            initrd: self.config.initrd.clone(),
+            extra_cmdline: Vec::new(),
+            accel: Accel::Kvm,
+        };
+        let started = Instant::now();
+        let result = match self.hypervisor.launch(&spec).await {
+            Ok(vm) => {
+                let agent = AgentClient::new(Arc::new(UnixTransport::new(&vm.agent_socket)));
+                let ready = wait_boot(&agent, &vm, started + PROBE_TIMEOUT).await;
+                let _ = self.hypervisor.stop(&spec.id, &vm, Duration::ZERO).await;
+                ready
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let _ = std::fs::remove_dir_all(&spec.dir);
+        match result {
+            Ok(()) => verdict(
+                Accel::Kvm,
+                format!("a KVM probe guest booted in {:.2?}", started.elapsed()),
+            ),
+            Err(why) => verdict(Accel::Tcg, format!("a KVM probe guest did not come up: {why}")),
+        }
+    }
+
+    fn vm(&self, id: &str) -> Option<Arc<Vm>> {
+        lock(&self.vms).get(id).cloned()
+    }
+
+    /// Records a running VM and watches its process.
+    fn track(&self, id: &str, endpoints: VmEndpoints, agent: Arc<AgentClient>) -> Result<(), RuntimeError> {
+        let process = Process::open(endpoints.pid).map_err(|e| {
+            RuntimeError::new(RuntimeErrorKind::Internal, format!("watch VM process: {e}"))
+        })?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let events = self.events.clone();
+        let (id_owned, flag) = (id.to_owned(), stopping.clone());
+        let dir = endpoints.console_log.parent().map(Path::to_path_buf).unwrap_or_default();
+        let watcher = tokio::spawn(async move {
+            process.exited().await;
+            if !flag.load(Ordering::SeqCst) {
+                let reason = format!(
+                    "VM process {} exited unexpectedly (see {}/qemu.log and console.log)",
+                    process.pid(),
+                    dir.display()
+                );
+                let _ = events.send(RuntimeEvent::SandboxExited { id: id_owned, reason });
+            }
+        });
+        let vm = Arc::new(Vm { endpoints, agent, stopping, watcher });
+        lock(&self.vms).insert(id.to_owned(), vm);
+        Ok(())
+    }
+
+    fn endpoints_from(&self, state: &VmState) -> VmEndpoints {
+        VmEndpoints {
+            pid: state.pid,
+            control_socket: state.dir.join("qmp.sock"),
+            agent_socket: state.dir.join("agent.sock"),
+            console_log: state.dir.join("console.log"),
+        }
+    }
+
+    async fn boot(&self, id: &str, config: &SandboxConfig, dir: &Path) -> Result<VmState, RuntimeError> {
+        let accel = self.accel().await.accel;
+        let max_vcpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let size = size_for(
+            config,
+            self.config.default_vcpus,
+            self.config.default_memory_mib,
+            u32::try_from(max_vcpus).unwrap_or(u32::MAX),
+        );
+        let spec = VmSpec {
+            id: id.to_owned(),
+            dir: dir.to_path_buf(),
+            vcpus: size.vcpus,
+            memory_mib: size.memory_mib,
+            kernel: self.config.kernel.clone(),
+            initrd: self.config.initrd.clone(),
+            extra_cmdline: self.config.extra_cmdline.clone(),
+            accel,
+        };
+        let started = Instant::now();
+        let endpoints = self.hypervisor.launch(&spec).await.map_err(|e| match e {
+            LaunchError::Missing { .. } => RuntimeError::new(RuntimeErrorKind::Unavailable, e.to_string()),
+            other => RuntimeError::new(RuntimeErrorKind::Internal, other.to_string()),
+        })?;
+        let agent = Arc::new(AgentClient::new(Arc::new(UnixTransport::new(&endpoints.agent_socket))));
+        let stop_vm = async |why: String| {
+            let _ = self.hypervisor.stop(id, &endpoints, Duration::ZERO).await;
+            why
+        };
+        if let Err(why) = wait_boot(&agent, &endpoints, started + self.config.boot_timeout).await {
+            let tail = console_tail(&endpoints.console_log);
+            let why = stop_vm(why).await;
+            return Err(RuntimeError::new(
+                RuntimeErrorKind::DeadlineExceeded,
+                format!("the pod VM did not come up: {why}; console: {tail}"),
+            ));
+        }
+        let welcome = agent.welcome().await;
+        let setup = Request::SetupSandbox { hostname: config.hostname.clone() };
+        if let Err(e) = agent.call(&setup, AGENT_CALL).await {
+            let why = stop_vm(e.to_string()).await;
+            return Err(RuntimeError::new(RuntimeErrorKind::Internal, format!("set up the guest: {why}")));
+        }
+        tracing::info!(%id, pid = endpoints.pid, %accel, vcpus = size.vcpus, memory_mib = size.memory_mib,
+            boot = ?started.elapsed(), "pod VM ready");
+        let state = VmState {
+            pid: endpoints.pid,
+            dir: dir.to_path_buf(),
+            accel,
+            vcpus: size.vcpus,
+            memory_mib: size.memory_mib,
+            boot_id: welcome.map(|w| w.boot_id).unwrap_or_default(),
+        };
+        if let Err(e) = self.track(id, endpoints.clone(), agent) {
+            let _ = stop_vm(String::new()).await;
+            return Err(e);
+        }
+        Ok(state)
+    }
+}
+
+/// Waits for the agent's handshake, failing early if the VM process exits.
+async fn wait_boot(agent: &AgentClient, vm: &VmEndpoints, deadline: Instant) -> Result<(), String> {
+    let process = Process::open(vm.pid).map_err(|e| format!("VM process: {e}"))?;
+    tokio::select! {
+        r = agent.wait_ready(deadline) => r.map(drop).map_err(|e| e.to_string()),
+        () = process.exited() => Err("the VM process exited during boot".into()),
+    }
+}
+
+/// The last lines of the guest console, for error messages.
+fn console_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(5).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+fn parse_state(state: &serde_json::Value) -> Result<VmState, RuntimeError> {
+    serde_json::from_value(state.clone()).map_err(|e| {
+        RuntimeError::new(RuntimeErrorKind::Internal, format!("unreadable VM state: {e}"))
+    })
+}
+
+#[async_trait::async_trait]
+impl PodRuntime for VmRuntime {
+    fn name(&self) -> &'static str {
+        "vm"
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        for (what, path) in [("guest kernel", &self.config.kernel), ("guest initramfs", &self.config.initrd)] {
+            if !path.exists() {
+                return Err(format!("{what} {} not found (run `make build`)", path.display()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn start_sandbox(
+        &self,
+        id: &str,
+        config: &SandboxConfig,
+    ) -> Result<serde_json::Value, RuntimeError> {
+        let dir = self.config.state_dir.join(id);
+        match self.boot(id, config, &dir).await {
+            Ok(state) => serde_json::to_value(state)
+                .map_err(|e| RuntimeError::new(RuntimeErrorKind::Internal, e.to_string())),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    async fn stop_sandbox(&self, id: &str, state: &serde_json::Value) -> Result<(), RuntimeError> {
+        let vm_state = parse_state(state)?;
+        let (endpoints, agent) = match self.vm(id) {
+            Some(vm) => {
+                vm.stopping.store(true, Ordering::SeqCst);
+                (vm.endpoints.clone(), Some(vm.agent.clone()))
+            }
+            None => (self.endpoints_from(&vm_state), None),
+        };
+        if let (Some(agent), Ok(process)) = (agent, Process::open(endpoints.pid)) {
+            if process.is_running() {
+                // Graceful first: the guest syncs and powers off.
+                let asked = agent.call(&Request::Shutdown, Duration::from_secs(2)).await;
+                if matches!(asked, Ok(Response::Done)) {
+                    let _ = tokio::time::timeout(POWEROFF_GRACE, process.exited()).await;
+                }
+            }
+        }
+        self.hypervisor
+            .stop(id, &endpoints, QUIT_GRACE)
+            .await
+            .map_err(|e| RuntimeError::new(RuntimeErrorKind::Internal, e.to_string()))?;
+        lock(&self.vms).remove(id);
+        Ok(())
+    }
+
+    async fn remove_sandbox(&self, id: &str, state: &serde_json::Value) -> Result<(), RuntimeError> {
+        self.stop_sandbox(id, state).await?;
+        let dir = parse_state(state)?.dir;
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(RuntimeError::new(
+                RuntimeErrorKind::Internal,
+                format!("remove {}: {e}", dir.display()),
+            )),
+        }
+    }
+
+    async fn adopt_sandbox(&self, id: &str, state: &serde_json::Value) -> Result<bool, RuntimeError> {
+        let vm_state = parse_state(state)?;
+        let endpoints = match self.hypervisor.adopt(id, &vm_state.dir, vm_state.pid) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::info!(%id, "not re-adopting: {e}");
+                return Ok(false);
+            }
+        };
+        let agent = Arc::new(AgentClient::new(Arc::new(UnixTransport::new(&endpoints.agent_socket))));
+        match agent.wait_ready(Instant::now() + Duration::from_secs(5)).await {
+            Ok(w) if w.boot_id != vm_state.boot_id && !vm_state.boot_id.is_empty() => {
+                tracing::warn!(%id, "guest rebooted since it was started");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(%id, "VM runs but its agent does not answer yet: {e}"),
+        }
+        self.track(id, endpoints, agent)?;
+        Ok(true)
+    }
+
+    async fn sandbox_info(&self, id: &str, state: &serde_json::Value) -> serde_json::Value {
+        let mut info = serde_json::json!({ "runtime": "vm", "vm": state });
+        if let Ok(s) = parse_state(state) {
+            let running = Process::open(s.pid).is_ok_and(|p| p.is_running());
+            info["running"] = running.into();
+            if running {
+                info["qemu_rss_kib"] = hypervisor::process::rss_kib(s.pid).into();
+            }
+        }
+        if let Some(vm) = self.vm(id) {
+            if let Ok(Response::GuestInfo(guest)) = vm.agent.call(&Request::GuestInfo, Duration::from_secs(3)).await {
+                info["guest"] = serde_json::to_value(guest).unwrap_or_default();
+            }
+        }
+        info
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
