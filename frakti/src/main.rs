@@ -21,6 +21,9 @@ use vm::{VmRuntime, VmRuntimeConfig};
 
 use crate::config::{Cli, Config};
 
+/// How long in-flight CRI calls may run on after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 fn main() {
     let cli = Cli::parse();
     let config = match Config::load(&cli) {
@@ -33,6 +36,7 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log_level))
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
     let result = runtime.context("start the async runtime").and_then(|rt| rt.block_on(serve(config)));
@@ -84,12 +88,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let info = serde_json::to_value(&config).unwrap_or_default();
     let runtime_service = cri::RuntimeService::new(pods, info);
     tracing::info!(socket = %config.listen.display(), version = env!("CARGO_PKG_VERSION"), "frakti serving the CRI");
-    tonic::transport::Server::builder()
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(runtime_service))
         .add_service(ImageServiceServer::new(cri::ImageService))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
-        .await
-        .context("serve the CRI")?;
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+    let stop = async {
+        shutdown_signal().await;
+        let _ = stop_tx.send(());
+        // Connected clients get a moment to finish their calls, not forever.
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+        tracing::warn!("clients still connected after {SHUTDOWN_GRACE:?}; closing anyway");
+    };
+    tokio::select! {
+        served = server => served.context("serve the CRI")?,
+        () = stop => {}
+    }
     let _ = std::fs::remove_file(&config.listen);
     tracing::info!("frakti stopped; pod VMs keep running");
     Ok(())

@@ -264,7 +264,12 @@ async fn wait_boot(agent: &AgentClient, vm: &VmEndpoints, deadline: Instant) -> 
     let process = Process::open(vm.pid).map_err(|e| format!("VM process: {e}"))?;
     tokio::select! {
         r = agent.wait_ready(deadline) => r.map(drop).map_err(|e| e.to_string()),
-        () = process.exited() => Err("the VM process exited during boot".into()),
+        () = process.exited() => {
+            let log = vm.console_log.with_file_name("qemu.log");
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            let last = log.trim().lines().last().unwrap_or("no output").to_owned();
+            Err(format!("the VM process exited during boot ({last})"))
+        }
     }
 }
 
