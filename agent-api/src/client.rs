@@ -13,9 +13,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout_at};
 
+use crate::PROTOCOL_VERSION;
 use crate::frame::{Decoder, Frame, FrameKind};
 use crate::messages::{AgentError, Hello, Request, Response, Welcome};
-use crate::PROTOCOL_VERSION;
 
 /// A byte stream to the agent.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -99,7 +99,9 @@ struct Conn {
 
 impl Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conn").field("welcome", &self.welcome).finish_non_exhaustive()
+        f.debug_struct("Conn")
+            .field("welcome", &self.welcome)
+            .finish_non_exhaustive()
     }
 }
 
@@ -126,7 +128,7 @@ pub struct AgentClient {
 }
 
 /// How often the handshake is repeated while the agent does not answer.
-const HELLO_INTERVAL: Duration = Duration::from_millis(200);
+const HELLO_INTERVAL: Duration = Duration::from_millis(50);
 
 impl AgentClient {
     /// A client that reaches the agent through `transport`; connects lazily.
@@ -145,7 +147,7 @@ impl AgentClient {
                 Ok(conn) => return Ok(conn.welcome.clone()),
                 Err(ConnectError::Io(e)) if Instant::now() < deadline => {
                     tracing::trace!("agent channel not ready: {e}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -155,7 +157,10 @@ impl AgentClient {
     /// The session's `Welcome`, if a session is open.
     pub async fn welcome(&self) -> Option<Welcome> {
         let guard = self.conn.lock().await;
-        guard.as_ref().filter(|c| !c.closed.load(Ordering::SeqCst)).map(|c| c.welcome.clone())
+        guard
+            .as_ref()
+            .filter(|c| !c.closed.load(Ordering::SeqCst))
+            .map(|c| c.welcome.clone())
     }
 
     /// Sends `request` and waits at most `limit` for its answer.
@@ -192,10 +197,10 @@ impl AgentClient {
 
     async fn connection(&self, deadline: Instant) -> Result<Arc<Conn>, ConnectError> {
         let mut guard = self.conn.lock().await;
-        if let Some(conn) = guard.as_ref() {
-            if !conn.closed.load(Ordering::SeqCst) {
-                return Ok(conn.clone());
-            }
+        if let Some(conn) = guard.as_ref()
+            && !conn.closed.load(Ordering::SeqCst)
+        {
+            return Ok(conn.clone());
         }
         *guard = None;
         let conn = Arc::new(self.handshake(deadline).await?);
@@ -213,7 +218,14 @@ impl AgentClient {
         let (welcome_tx, mut welcome_rx) = mpsc::unbounded_channel();
         let reader = tokio::spawn(read_loop(read, pending.clone(), closed.clone(), welcome_tx));
         let session: u64 = rand::random();
-        let hello = Frame::json(FrameKind::Hello, session, &Hello { session, protocol: PROTOCOL_VERSION });
+        let hello = Frame::json(
+            FrameKind::Hello,
+            session,
+            &Hello {
+                session,
+                protocol: PROTOCOL_VERSION,
+            },
+        );
         let writer = tokio::sync::Mutex::new(write);
         let started = Instant::now();
         loop {
@@ -232,7 +244,13 @@ impl AgentClient {
                                 host: PROTOCOL_VERSION,
                             });
                         }
-                        return Ok(Conn { writer, pending, closed, welcome: w, reader });
+                        return Ok(Conn {
+                            writer,
+                            pending,
+                            closed,
+                            welcome: w,
+                            reader,
+                        });
                     }
                     Ok(Some(_)) => continue,
                     Ok(None) => {

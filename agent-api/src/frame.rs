@@ -136,7 +136,11 @@ impl Decoder {
             }
             let mut id = [0u8; 8];
             id.copy_from_slice(&self.buf[8..16]);
-            let frame = Frame { kind, id: u64::from_le_bytes(id), payload: payload.to_vec() };
+            let frame = Frame {
+                kind,
+                id: u64::from_le_bytes(id),
+                payload: payload.to_vec(),
+            };
             self.buf.drain(..HEADER_LEN + len);
             return Some(frame);
         }
@@ -169,7 +173,11 @@ mod tests {
     use super::*;
 
     fn frame(id: u64, body: &str) -> Frame {
-        Frame { kind: FrameKind::Request, id, payload: body.as_bytes().to_vec() }
+        Frame {
+            kind: FrameKind::Request,
+            id,
+            payload: body.as_bytes().to_vec(),
+        }
     }
 
     #[test]
@@ -186,7 +194,11 @@ mod tests {
             while let Some(f) = d.next_frame() {
                 got.push(f);
             }
-            assert_eq!(got, vec![frame(1, "{\"a\":1}"), frame(2, "")], "split at {split}");
+            assert_eq!(
+                got,
+                vec![frame(1, "{\"a\":1}"), frame(2, "")],
+                "split at {split}"
+            );
         }
     }
 

@@ -97,6 +97,9 @@ pub enum AgentErrorKind {
 impl AgentError {
     /// An error of `kind` with `message`.
     pub fn new(kind: AgentErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
 }

@@ -82,7 +82,12 @@ pub async fn serve(state: State) -> anyhow::Result<()> {
     bail!("the port reader stopped")
 }
 
-fn dispatch(frame: Frame, state: &Arc<State>, out: &std::sync::mpsc::Sender<Output>, boot_id: &str) {
+fn dispatch(
+    frame: Frame,
+    state: &Arc<State>,
+    out: &std::sync::mpsc::Sender<Output>,
+    boot_id: &str,
+) {
     match frame.kind {
         FrameKind::Hello => match frame.parse::<Hello>() {
             Ok(hello) => {

@@ -11,15 +11,19 @@ use crate::channel::Output;
 /// What the handlers know about the guest.
 #[derive(Debug)]
 pub struct State {
-    modules: Vec<String>,
+    modules: crate::init::LoadedModules,
     is_init: bool,
     output: Option<std::sync::mpsc::Sender<Output>>,
 }
 
 impl State {
     /// State for an agent that loaded `modules`; `is_init` when running as PID 1.
-    pub fn new(modules: Vec<String>, is_init: bool) -> Self {
-        Self { modules, is_init, output: None }
+    pub fn new(modules: crate::init::LoadedModules, is_init: bool) -> Self {
+        Self {
+            modules,
+            is_init,
+            output: None,
+        }
     }
 
     /// Attaches the output queue, so shutdown can wait for the last answer to leave.
@@ -86,7 +90,11 @@ impl State {
                 .ok()
                 .and_then(|u| u.split_whitespace().next().and_then(|v| v.parse().ok()))
                 .unwrap_or(0.0),
-            modules_loaded: self.modules.clone(),
+            modules_loaded: self
+                .modules
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
         }
     }
 }
@@ -102,10 +110,16 @@ fn set_hostname(hostname: &str) -> Result<(), AgentError> {
         ));
     }
     nix::unistd::sethostname(hostname).map_err(|e| {
-        AgentError::new(AgentErrorKind::Internal, format!("sethostname {hostname}: {e}"))
+        AgentError::new(
+            AgentErrorKind::Internal,
+            format!("sethostname {hostname}: {e}"),
+        )
     })?;
     let _ = fs::create_dir_all("/etc");
     fs::write("/etc/hostname", format!("{hostname}\n")).map_err(|e| {
-        AgentError::new(AgentErrorKind::Internal, format!("write /etc/hostname: {e}"))
+        AgentError::new(
+            AgentErrorKind::Internal,
+            format!("write /etc/hostname: {e}"),
+        )
     })
 }

@@ -12,7 +12,13 @@ const MODULE_DIR: &str = "/lib/modules";
 /// Mounts `/dev` and `/proc` and makes sure stdio reaches the console.
 pub fn early() {
     let _ = fs::create_dir_all("/dev");
-    let _ = mount(Some("devtmpfs"), "/dev", Some("devtmpfs"), MsFlags::MS_NOSUID, None::<&str>);
+    let _ = mount(
+        Some("devtmpfs"),
+        "/dev",
+        Some("devtmpfs"),
+        MsFlags::MS_NOSUID,
+        None::<&str>,
+    );
     let _ = fs::create_dir_all("/proc");
     let _ = mount(
         Some("proc"),
@@ -24,12 +30,15 @@ pub fn early() {
     // The kernel opens /dev/console for init only if the initramfs has it.
     // SAFETY: fcntl(F_GETFD) on a plain integer fd only queries its flags.
     let stdout_ok = unsafe { libc::fcntl(1, libc::F_GETFD) } >= 0;
-    if !stdout_ok {
-        if let Ok(console) = fs::OpenOptions::new().read(true).write(true).open("/dev/console") {
-            for fd in 0..=2 {
-                // SAFETY: dup2 onto the standard descriptors, which nothing else owns yet.
-                unsafe { libc::dup2(console.as_raw_fd(), fd) };
-            }
+    if !stdout_ok
+        && let Ok(console) = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/console")
+    {
+        for fd in 0..=2 {
+            // SAFETY: dup2 onto the standard descriptors, which nothing else owns yet.
+            unsafe { libc::dup2(console.as_raw_fd(), fd) };
         }
     }
 }
@@ -39,7 +48,8 @@ pub fn logging() {
     let level = fs::read_to_string("/proc/cmdline")
         .ok()
         .and_then(|c| {
-            c.split_whitespace().find_map(|w| w.strip_prefix("frakti.log=").map(str::to_owned))
+            c.split_whitespace()
+                .find_map(|w| w.strip_prefix("frakti.log=").map(str::to_owned))
         })
         .unwrap_or_else(|| "info".to_owned());
     tracing_subscriber::fmt()
@@ -51,14 +61,52 @@ pub fn logging() {
         .init();
 }
 
-/// Mounts the basic filesystems and loads kernel modules; returns the modules loaded.
-pub fn guest() -> Vec<String> {
+/// Kernel modules loaded so far, shared with the request handlers.
+pub type LoadedModules = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// The module that brings up the agent's channel; it and everything before it
+/// in the load order are loaded before the agent serves, the rest after.
+const CHANNEL_MODULE: &str = "virtio_console.ko";
+
+/// Mounts the basic filesystems and loads the channel's kernel modules; the
+/// remaining modules load on a background thread.
+pub fn guest() -> LoadedModules {
     let mounts: [(&str, &str, &str, MsFlags, Option<&str>); 5] = [
-        ("sysfs", "/sys", "sysfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None),
-        ("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620")),
-        ("shm", "/dev/shm", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777")),
-        ("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755")),
-        ("tmpfs", "/tmp", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777")),
+        (
+            "sysfs",
+            "/sys",
+            "sysfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None,
+        ),
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620"),
+        ),
+        (
+            "shm",
+            "/dev/shm",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=1777"),
+        ),
+        (
+            "tmpfs",
+            "/run",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755"),
+        ),
+        (
+            "tmpfs",
+            "/tmp",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=1777"),
+        ),
     ];
     for (source, target, fstype, flags, data) in mounts {
         let _ = fs::create_dir_all(target);
@@ -66,16 +114,36 @@ pub fn guest() -> Vec<String> {
             tracing::warn!("mount {fstype} on {target}: {e}");
         }
     }
-    load_modules(Path::new(MODULE_DIR))
-}
-
-fn load_modules(dir: &Path) -> Vec<String> {
+    let dir = Path::new(MODULE_DIR);
+    let loaded = LoadedModules::default();
     let Ok(order) = fs::read_to_string(dir.join("load-order")) else {
         tracing::warn!("no {}/load-order: no modules loaded", dir.display());
-        return Vec::new();
+        return loaded;
     };
-    let mut loaded = Vec::new();
-    for name in order.lines().map(str::trim).filter(|l| !l.is_empty()) {
+    let names: Vec<String> = order
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let split = names
+        .iter()
+        .position(|n| n == CHANNEL_MODULE)
+        .map_or(names.len(), |i| i + 1);
+    let (now, later) = names.split_at(split);
+    load_modules(dir, now, &loaded);
+    let (later, shared) = (later.to_vec(), loaded.clone());
+    let spawned = std::thread::Builder::new()
+        .name("modules".into())
+        .spawn(move || load_modules(Path::new(MODULE_DIR), &later, &shared));
+    if let Err(e) = spawned {
+        tracing::warn!("cannot load the remaining modules: {e}");
+    }
+    loaded
+}
+
+fn load_modules(dir: &Path, names: &[String], loaded: &LoadedModules) {
+    for name in names {
         let file = match fs::File::open(dir.join(name)) {
             Ok(f) => f,
             Err(e) => {
@@ -84,12 +152,16 @@ fn load_modules(dir: &Path) -> Vec<String> {
             }
         };
         match nix::kmod::finit_module(&file, c"", nix::kmod::ModuleInitFlags::empty()) {
-            Ok(()) | Err(nix::errno::Errno::EEXIST) => loaded.push(name.to_owned()),
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {
+                loaded
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(name.clone());
+            }
             Err(e) => tracing::warn!("module {name}: {e}"),
         }
     }
-    tracing::debug!(?loaded, "modules loaded");
-    loaded
+    tracing::debug!(count = names.len(), "modules loaded");
 }
 
 /// Reaps every child that exits, as PID 1 must.

@@ -19,10 +19,17 @@ fn main() {
     // The first line on the console: benchmarks time the boot up to here.
     eprintln!("frakti-agent {}: init", env!("CARGO_PKG_VERSION"));
     init::logging();
-    let modules = if is_init { init::guest() } else { Vec::new() };
+    let modules = if is_init {
+        init::guest()
+    } else {
+        init::LoadedModules::default()
+    };
     tracing::info!(elapsed_ms = started.elapsed().as_millis(), "guest prepared");
 
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => init::fatal(&format!("cannot start the async runtime: {e}")),
     };

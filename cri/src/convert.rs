@@ -15,7 +15,11 @@ pub fn sandbox_config(
     runtime_handler: String,
 ) -> Result<SandboxConfig, String> {
     let linux = config.linux.unwrap_or_default();
-    if let Some(ns) = linux.security_context.as_ref().and_then(|s| s.namespace_options.as_ref()) {
+    if let Some(ns) = linux
+        .security_context
+        .as_ref()
+        .and_then(|s| s.namespace_options.as_ref())
+    {
         for (what, mode) in [("network", ns.network), ("pid", ns.pid), ("ipc", ns.ipc)] {
             if mode == NAMESPACE_MODE_NODE {
                 return Err(format!(
@@ -104,7 +108,9 @@ pub fn pod_sandbox_status(record: &SandboxRecord) -> proto::PodSandboxStatus {
 
 /// Translates a ListPodSandbox filter; `Err` names what is invalid.
 pub fn sandbox_filter(filter: Option<proto::PodSandboxFilter>) -> Result<SandboxFilter, String> {
-    let Some(f) = filter else { return Ok(SandboxFilter::default()) };
+    let Some(f) = filter else {
+        return Ok(SandboxFilter::default());
+    };
     let state = match f.state.map(|s| s.state) {
         None => None,
         Some(s) if s == proto::PodSandboxState::SandboxReady as i32 => Some(SandboxState::Ready),

@@ -1,6 +1,8 @@
 //! Domain errors -> gRPC status codes.
 
-use pods::{RemovePodError, RunPodError, RuntimeError, RuntimeErrorKind, StatusPodError, StopPodError};
+use pods::{
+    RemovePodError, RunPodError, RuntimeError, RuntimeErrorKind, StatusPodError, StopPodError,
+};
 use tonic::{Code, Status};
 
 fn runtime_code(e: &RuntimeError) -> Code {

@@ -10,7 +10,12 @@ pub use runtime::{ImageService, RuntimeService};
 
 pub mod proto {
     //! Generated CRI types, clients and servers (from the vendored `api.proto`).
-    #![allow(missing_docs, clippy::all, unused_qualifications, missing_debug_implementations)]
+    #![allow(
+        missing_docs,
+        clippy::all,
+        unused_qualifications,
+        missing_debug_implementations
+    )]
     tonic::include_proto!("runtime.v1");
 }
 

@@ -22,15 +22,22 @@ impl RuntimeService {
     pub fn new(pods: Arc<PodService>, config_info: serde_json::Value) -> Self {
         let network_ready = Err((
             "NetworkPluginNotReady".to_owned(),
-            "frakti does not configure pod networking yet: pods get no network interface".to_owned(),
+            "frakti does not configure pod networking yet: pods get no network interface"
+                .to_owned(),
         ));
-        Self { pods, network_ready, config_info }
+        Self {
+            pods,
+            network_ready,
+            config_info,
+        }
     }
 }
 
 fn require_id(id: &str, field: &str) -> Result<(), Status> {
     if id.is_empty() {
-        return Err(Status::invalid_argument(format!("{field} must not be empty")));
+        return Err(Status::invalid_argument(format!(
+            "{field} must not be empty"
+        )));
     }
     Ok(())
 }
@@ -40,7 +47,12 @@ fn condition(kind: &str, state: Result<(), (String, String)>) -> proto::RuntimeC
         Ok(()) => (true, String::new(), String::new()),
         Err((reason, message)) => (false, reason, message),
     };
-    proto::RuntimeCondition { r#type: kind.to_owned(), status, reason, message }
+    proto::RuntimeCondition {
+        r#type: kind.to_owned(),
+        status,
+        reason,
+        message,
+    }
 }
 
 #[tonic::async_trait]
@@ -74,10 +86,15 @@ impl proto::runtime_service_server::RuntimeService for RuntimeService {
             name: String::new(),
             features: Some(proto::RuntimeHandlerFeatures::default()),
         }];
-        handlers.extend(self.pods.handlers().iter().map(|name| proto::RuntimeHandler {
-            name: name.clone(),
-            features: Some(proto::RuntimeHandlerFeatures::default()),
-        }));
+        handlers.extend(
+            self.pods
+                .handlers()
+                .iter()
+                .map(|name| proto::RuntimeHandler {
+                    name: name.clone(),
+                    features: Some(proto::RuntimeHandlerFeatures::default()),
+                }),
+        );
         let mut info = HashMap::new();
         if request.get_ref().verbose {
             info.insert("config".to_owned(), self.config_info.to_string());
@@ -98,15 +115,21 @@ impl proto::runtime_service_server::RuntimeService for RuntimeService {
         let config = req
             .config
             .ok_or_else(|| Status::invalid_argument("config is required (metadata is required)"))?;
-        let config =
-            convert::sandbox_config(config, req.runtime_handler).map_err(Status::invalid_argument)?;
-        let name = config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+        let config = convert::sandbox_config(config, req.runtime_handler)
+            .map_err(Status::invalid_argument)?;
+        let name = config
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
         let id = self.pods.run(config).await.map_err(|e| {
             tracing::warn!(pod = %name, "RunPodSandbox failed: {e}");
             e.status()
         })?;
         tracing::info!(pod = %name, %id, "pod sandbox ready");
-        Ok(Response::new(proto::RunPodSandboxResponse { pod_sandbox_id: id }))
+        Ok(Response::new(proto::RunPodSandboxResponse {
+            pod_sandbox_id: id,
+        }))
     }
 
     async fn stop_pod_sandbox(
@@ -135,8 +158,11 @@ impl proto::runtime_service_server::RuntimeService for RuntimeService {
     ) -> Result<Response<proto::PodSandboxStatusResponse>, Status> {
         let req = request.into_inner();
         require_id(&req.pod_sandbox_id, "pod_sandbox_id")?;
-        let (record, info) =
-            self.pods.status(&req.pod_sandbox_id, req.verbose).await.map_err(|e| e.status())?;
+        let (record, info) = self
+            .pods
+            .status(&req.pod_sandbox_id, req.verbose)
+            .await
+            .map_err(|e| e.status())?;
         let mut info_map = HashMap::new();
         if let Some(mut info) = info {
             info["state_reason"] = record.reason.clone().into();
@@ -154,9 +180,15 @@ impl proto::runtime_service_server::RuntimeService for RuntimeService {
         &self,
         request: Request<proto::ListPodSandboxRequest>,
     ) -> Result<Response<proto::ListPodSandboxResponse>, Status> {
-        let filter =
-            convert::sandbox_filter(request.into_inner().filter).map_err(Status::invalid_argument)?;
-        let items = self.pods.list(&filter).await.iter().map(convert::pod_sandbox).collect();
+        let filter = convert::sandbox_filter(request.into_inner().filter)
+            .map_err(Status::invalid_argument)?;
+        let items = self
+            .pods
+            .list(&filter)
+            .await
+            .iter()
+            .map(convert::pod_sandbox)
+            .collect();
         Ok(Response::new(proto::ListPodSandboxResponse { items }))
     }
 }

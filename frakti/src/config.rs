@@ -123,7 +123,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Value { key, message: message.into() }
+    ConfigError::Value {
+        key,
+        message: message.into(),
+    }
 }
 
 impl Config {
@@ -139,15 +142,35 @@ impl Config {
 
     fn merge(cli: &Cli, file: FileConfig) -> Result<Self, ConfigError> {
         let guest_dir = default_guest_dir();
-        let accel = cli.accel.clone().or(file.accel).unwrap_or_else(|| "auto".into());
+        let accel = cli
+            .accel
+            .clone()
+            .or(file.accel)
+            .unwrap_or_else(|| "auto".into());
         let config = Self {
-            listen: cli.listen.clone().or(file.listen).unwrap_or_else(|| "/run/frakti/frakti.sock".into()),
-            root: cli.root.clone().or(file.root).unwrap_or_else(|| "/var/lib/frakti".into()),
-            state_dir: cli.state_dir.clone().or(file.state_dir).unwrap_or_else(|| "/run/frakti".into()),
+            listen: cli
+                .listen
+                .clone()
+                .or(file.listen)
+                .unwrap_or_else(|| "/run/frakti/frakti.sock".into()),
+            root: cli
+                .root
+                .clone()
+                .or(file.root)
+                .unwrap_or_else(|| "/var/lib/frakti".into()),
+            state_dir: cli
+                .state_dir
+                .clone()
+                .or(file.state_dir)
+                .unwrap_or_else(|| "/run/frakti".into()),
             cpu: cli.cpu.or(file.cpu).unwrap_or(1),
             memory: cli.memory.or(file.memory).unwrap_or(512),
             accel: accel.parse().map_err(|e: String| invalid("accel", e))?,
-            log_level: cli.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".into()),
+            log_level: cli
+                .log_level
+                .clone()
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".into()),
             guest_kernel: cli
                 .guest_kernel
                 .clone()
@@ -158,8 +181,14 @@ impl Config {
                 .clone()
                 .or(file.guest_initrd)
                 .unwrap_or_else(|| guest_dir.join("initramfs.img")),
-            qemu: cli.qemu.clone().or(file.qemu).unwrap_or_else(|| "/usr/bin/qemu-system-x86_64".into()),
-            qemu_firmware: file.qemu_firmware.unwrap_or_else(|| "/usr/share/qemu/qboot.rom".into()),
+            qemu: cli
+                .qemu
+                .clone()
+                .or(file.qemu)
+                .unwrap_or_else(|| "/usr/bin/qemu-system-x86_64".into()),
+            qemu_firmware: file
+                .qemu_firmware
+                .unwrap_or_else(|| "/usr/share/qemu/qboot.rom".into()),
             qemu_sandbox: file.qemu_sandbox.unwrap_or(true),
             boot_timeout: cli.boot_timeout.or(file.boot_timeout).unwrap_or(60),
         };
@@ -169,12 +198,18 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.cpu == 0 || self.cpu > 255 {
-            return Err(invalid("cpu", format!("{} is not between 1 and 255", self.cpu)));
+            return Err(invalid(
+                "cpu",
+                format!("{} is not between 1 and 255", self.cpu),
+            ));
         }
         if self.memory < MIN_MEMORY_MIB {
             return Err(invalid(
                 "memory",
-                format!("{} MiB is below the {MIN_MEMORY_MIB} MiB a guest needs", self.memory),
+                format!(
+                    "{} MiB is below the {MIN_MEMORY_MIB} MiB a guest needs",
+                    self.memory
+                ),
             ));
         }
         if self.boot_timeout == 0 {
@@ -182,9 +217,16 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| invalid("log_level", format!("{:?}: {e}", self.log_level)))?;
-        for (key, path) in [("listen", &self.listen), ("root", &self.root), ("state_dir", &self.state_dir)] {
+        for (key, path) in [
+            ("listen", &self.listen),
+            ("root", &self.root),
+            ("state_dir", &self.state_dir),
+        ] {
             if !path.is_absolute() {
-                return Err(invalid(key, format!("{} is not an absolute path", path.display())));
+                return Err(invalid(
+                    key,
+                    format!("{} is not an absolute path", path.display()),
+                ));
             }
         }
         Ok(())
@@ -200,8 +242,12 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
 /// (`target/release/frakti` -> `target/guest`), else the installed location.
 fn default_guest_dir() -> PathBuf {
     let installed = PathBuf::from("/usr/share/frakti/guest");
-    let Ok(exe) = std::env::current_exe() else { return installed };
-    let Some(bin_dir) = exe.parent() else { return installed };
+    let Ok(exe) = std::env::current_exe() else {
+        return installed;
+    };
+    let Some(bin_dir) = exe.parent() else {
+        return installed;
+    };
     [bin_dir.join("../guest"), bin_dir.join("guest")]
         .into_iter()
         .find(|d| d.join("vmlinux").exists())
@@ -261,6 +307,9 @@ mod tests {
         std::fs::write(&path, "memory = \"lots\"\n").unwrap();
         let err = read_file(&path).unwrap_err().to_string();
         assert!(err.contains("memory"), "{err}");
-        assert!(matches!(read_file(&dir.path().join("missing.toml")), Err(ConfigError::Read(..))));
+        assert!(matches!(
+            read_file(&dir.path().join("missing.toml")),
+            Err(ConfigError::Read(..))
+        ));
     }
 }

@@ -38,8 +38,12 @@ fn main() {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
-    let result = runtime.context("start the async runtime").and_then(|rt| rt.block_on(serve(config)));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build();
+    let result = runtime
+        .context("start the async runtime")
+        .and_then(|rt| rt.block_on(serve(config)));
     if let Err(e) = result {
         tracing::error!("{e:#}");
         eprintln!("frakti: {e:#}");
@@ -129,8 +133,10 @@ fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 }
 
 async fn shutdown_signal() {
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         std::future::pending::<()>().await;
         return;
     };

@@ -25,7 +25,9 @@ impl FromStr for AccelMode {
             "auto" => Ok(Self::Auto),
             "kvm" => Ok(Self::Kvm),
             "tcg" => Ok(Self::Tcg),
-            other => Err(format!("unknown accelerator {other:?} (expected auto, kvm or tcg)")),
+            other => Err(format!(
+                "unknown accelerator {other:?} (expected auto, kvm or tcg)"
+            )),
         }
     }
 }

@@ -39,7 +39,11 @@ impl Process {
 
     /// Whether the process still runs (a zombie counts as exited).
     pub fn is_running(&self) -> bool {
-        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: polls one valid descriptor without blocking.
         let n = unsafe { libc::poll(&mut pfd, 1, 0) };
         n == 0
@@ -47,14 +51,9 @@ impl Process {
 
     /// Waits until the process exits, then reaps it if it is our child.
     pub async fn exited(&self) {
-        loop {
-            match self.fd.readable().await {
-                Ok(mut guard) => {
-                    guard.retain_ready();
-                    break;
-                }
-                Err(_) => return,
-            }
+        // Readable once the process has exited; an error means the fd is gone.
+        if let Ok(mut guard) = self.fd.readable().await {
+            guard.retain_ready();
         }
         reap(self.pid);
     }
@@ -96,9 +95,14 @@ pub fn rss_kib(pid: i32) -> Option<u64> {
 mod tests {
     use super::*;
 
+    // `Process::exited` reaps the child: that is what the test checks.
+    #[allow(clippy::zombie_processes)]
     #[tokio::test]
     async fn sees_a_child_exit_and_reaps_it() {
-        let child = std::process::Command::new("sleep").arg("0.2").spawn().unwrap();
+        let child = std::process::Command::new("sleep")
+            .arg("0.2")
+            .spawn()
+            .unwrap();
         let pid = i32::try_from(child.id()).unwrap();
         let p = Process::open(pid).unwrap();
         assert!(p.is_running());
@@ -115,12 +119,18 @@ mod tests {
         assert!(rss_kib(i32::try_from(std::process::id()).unwrap()).unwrap() > 0);
     }
 
+    #[allow(clippy::zombie_processes)]
     #[tokio::test]
     async fn kill_is_seen() {
-        let child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let p = Process::open(i32::try_from(child.id()).unwrap()).unwrap();
         p.signal(Signal::SIGKILL);
-        tokio::time::timeout(std::time::Duration::from_secs(5), p.exited()).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), p.exited())
+            .await
+            .unwrap();
         assert!(!p.is_running());
     }
 }

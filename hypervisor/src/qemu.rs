@@ -93,9 +93,16 @@ impl Qemu {
     pub fn new(config: QemuConfig) -> Self {
         let seccomp = config.seccomp && supports_sandbox(&config.binary);
         if config.seccomp && !seccomp {
-            tracing::warn!("{} has no -sandbox support: QEMU runs unconfined", config.binary.display());
+            tracing::warn!(
+                "{} has no -sandbox support: QEMU runs unconfined",
+                config.binary.display()
+            );
         }
-        Self { config, seccomp, tsc_khz: host_tsc_khz() }
+        Self {
+            config,
+            seccomp,
+            tsc_khz: host_tsc_khz(),
+        }
     }
 
     /// The configuration in use.
@@ -161,7 +168,10 @@ impl Qemu {
             "-mon".into(),
             "chardev=qmp,mode=control".into(),
             "-chardev".into(),
-            format!("socket,id=agent,path={},server=on,wait=off", p("agent.sock")),
+            format!(
+                "socket,id=agent,path={},server=on,wait=off",
+                p("agent.sock")
+            ),
             "-device".into(),
             "virtio-serial-pci,id=vser0,max_ports=4".into(),
             "-device".into(),
@@ -214,7 +224,10 @@ impl Hypervisor for Qemu {
             ("guest initramfs", &spec.initrd),
         ] {
             if !path.exists() {
-                return Err(LaunchError::Missing { what, path: path.clone() });
+                return Err(LaunchError::Missing {
+                    what,
+                    path: path.clone(),
+                });
             }
         }
         let dir = &spec.dir;
@@ -228,7 +241,9 @@ impl Hypervisor for Qemu {
         }
         let log_path = dir.join("qemu.log");
         let log = fs::File::create(&log_path).map_err(|e| LaunchError::Dir(log_path.clone(), e))?;
-        let log2 = log.try_clone().map_err(|e| LaunchError::Dir(log_path.clone(), e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| LaunchError::Dir(log_path.clone(), e))?;
         let args = self.args(spec);
         tracing::debug!(binary = %self.config.binary.display(), ?args, "starting QEMU");
         let child = Command::new(&self.config.binary)
@@ -243,14 +258,17 @@ impl Hypervisor for Qemu {
         let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
         // The child is watched through its pidfd from here on and reaped by the watcher.
         drop(child);
-        let proc = Process::open(pid).map_err(|e| LaunchError::Spawn(self.config.binary.clone(), e))?;
+        let proc =
+            Process::open(pid).map_err(|e| LaunchError::Spawn(self.config.binary.clone(), e))?;
         let qmp = dir.join("qmp.sock");
         let started = tokio::time::Instant::now();
         loop {
             if !proc.is_running() {
                 process::reap(pid);
                 let log = fs::read_to_string(&log_path).unwrap_or_default();
-                return Err(LaunchError::Exited(log.trim().lines().last().unwrap_or("").to_owned()));
+                return Err(LaunchError::Exited(
+                    log.trim().lines().last().unwrap_or("").to_owned(),
+                ));
             }
             if qmp.exists() && dir.join("agent.sock").exists() {
                 return Ok(Self::endpoints(dir, pid));
@@ -271,15 +289,20 @@ impl Hypervisor for Qemu {
             return Err(AdoptError::Gone(pid));
         }
         let name = vm_name(id);
-        let ours = process::cmdline(pid).is_some_and(|args| args.iter().any(|a| *a == name));
+        let ours = process::cmdline(pid).is_some_and(|args| args.contains(&name));
         if !ours {
-            return Err(AdoptError::NotOurs { pid, id: id.to_owned() });
+            return Err(AdoptError::NotOurs {
+                pid,
+                id: id.to_owned(),
+            });
         }
         Ok(Self::endpoints(dir, pid))
     }
 
     async fn stop(&self, id: &str, vm: &VmEndpoints, grace: Duration) -> Result<(), StopError> {
-        let Ok(proc) = Process::open(vm.pid) else { return Ok(()) };
+        let Ok(proc) = Process::open(vm.pid) else {
+            return Ok(());
+        };
         if !proc.is_running() {
             process::reap(vm.pid);
             return Ok(());
@@ -289,10 +312,10 @@ impl Hypervisor for Qemu {
             return Ok(());
         }
         let limit = Duration::from_secs(1);
-        if let Ok(qmp) = QmpClient::connect(&vm.control_socket, limit).await {
-            if let Err(e) = qmp.execute("quit", None, limit).await {
-                tracing::debug!(%id, "QMP quit: {e}");
-            }
+        if let Ok(qmp) = QmpClient::connect(&vm.control_socket, limit).await
+            && let Err(e) = qmp.execute("quit", None, limit).await
+        {
+            tracing::debug!(%id, "QMP quit: {e}");
         }
         if tokio::time::timeout(grace, proc.exited()).await.is_ok() {
             return Ok(());
@@ -347,11 +370,18 @@ mod tests {
     }
 
     fn qemu(seccomp: bool) -> Qemu {
-        Qemu { config: QemuConfig::default(), seccomp, tsc_khz: Some(2_445_430) }
+        Qemu {
+            config: QemuConfig::default(),
+            seccomp,
+            tsc_khz: Some(2_445_430),
+        }
     }
 
     fn after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
-        args.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect()
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
     }
 
     #[test]
@@ -361,12 +391,16 @@ mod tests {
         assert_eq!(after(&args, "-smp"), ["2"]);
         assert_eq!(after(&args, "-m"), ["512M"]);
         assert_eq!(after(&args, "-name"), ["frakti-abc"]);
-        assert!(after(&args, "-object").contains(&"memory-backend-memfd,id=mem,size=512M,share=on"));
+        assert!(
+            after(&args, "-object").contains(&"memory-backend-memfd,id=mem,size=512M,share=on")
+        );
         assert!(!args.contains(&"-cpu".to_string()));
         let append = after(&args, "-append")[0];
         assert!(append.contains("tsc_early_khz=2445430"));
         assert!(append.ends_with("frakti.log=debug"));
-        assert!(after(&args, "-device").contains(&"virtserialport,chardev=agent,name=frakti.agent"));
+        assert!(
+            after(&args, "-device").contains(&"virtserialport,chardev=agent,name=frakti.agent")
+        );
         assert_eq!(after(&args, "-sandbox").len(), 1);
     }
 

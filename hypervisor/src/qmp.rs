@@ -65,7 +65,12 @@ impl QmpClient {
         let pending: Pending = Arc::default();
         let (events, _) = broadcast::channel(64);
         let (greeting_tx, greeting_rx) = oneshot::channel();
-        let reader = tokio::spawn(read_loop(read, pending.clone(), events.clone(), greeting_tx));
+        let reader = tokio::spawn(read_loop(
+            read,
+            pending.clone(),
+            events.clone(),
+            greeting_tx,
+        ));
         let client = Self {
             writer: tokio::sync::Mutex::new(write),
             pending,
@@ -109,9 +114,11 @@ impl QmpClient {
         }
         match tokio::time::timeout(limit, rx).await {
             Ok(Ok(Ok(value))) => Ok(value),
-            Ok(Ok(Err((class, desc)))) => {
-                Err(QmpError::Command { command: command.to_owned(), class, desc })
-            }
+            Ok(Ok(Err((class, desc)))) => Err(QmpError::Command {
+                command: command.to_owned(),
+                class,
+                desc,
+            }),
             Ok(Err(_)) => Err(QmpError::Closed),
             Err(_) => {
                 lock(&self.pending).remove(&id);
@@ -141,7 +148,9 @@ async fn read_loop(
         } else if msg.get("event").is_some() {
             let _ = events.send(msg);
         } else if let Some(id) = msg.get("id").and_then(Value::as_u64) {
-            let Some(tx) = lock(&pending).remove(&id) else { continue };
+            let Some(tx) = lock(&pending).remove(&id) else {
+                continue;
+            };
             let answer = match (msg.get("return"), msg.get("error")) {
                 (Some(ret), _) => Ok(ret.clone()),
                 (None, Some(err)) => Err((
@@ -170,7 +179,10 @@ mod tests {
     async fn fake_monitor(listener: UnixListener) {
         let (stream, _) = listener.accept().await.unwrap();
         let (read, mut write) = stream.into_split();
-        write.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n").await.unwrap();
+        write
+            .write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n")
+            .await
+            .unwrap();
         let mut lines = BufReader::new(read).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             let msg: Value = serde_json::from_str(&line).unwrap();
@@ -178,12 +190,18 @@ mod tests {
             let reply = match msg["execute"].as_str().unwrap() {
                 "qmp_capabilities" => json!({"return": {}, "id": id}),
                 "query-status" => {
-                    write.write_all(b"{\"event\": \"STOP\", \"data\": {}}\n").await.unwrap();
+                    write
+                        .write_all(b"{\"event\": \"STOP\", \"data\": {}}\n")
+                        .await
+                        .unwrap();
                     json!({"return": {"status": "running", "running": true}, "id": id})
                 }
                 _ => json!({"error": {"class": "CommandNotFound", "desc": "nope"}, "id": id}),
             };
-            write.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
+            write
+                .write_all(format!("{reply}\n").as_bytes())
+                .await
+                .unwrap();
         }
     }
 
@@ -199,7 +217,10 @@ mod tests {
         let status = qmp.execute("query-status", None, limit).await.unwrap();
         assert_eq!(status["status"], "running");
         assert_eq!(events.recv().await.unwrap()["event"], "STOP");
-        let err = qmp.execute("bogus", Some(json!({"a": 1})), limit).await.unwrap_err();
+        let err = qmp
+            .execute("bogus", Some(json!({"a": 1})), limit)
+            .await
+            .unwrap_err();
         assert!(matches!(err, QmpError::Command { ref class, .. } if class == "CommandNotFound"));
     }
 }

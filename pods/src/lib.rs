@@ -11,7 +11,5 @@ pub use model::{
     PodMetadata, PodResources, SandboxConfig, SandboxFilter, SandboxRecord, SandboxState,
 };
 pub use runtime::{PodRuntime, RuntimeError, RuntimeErrorKind, RuntimeEvent};
-pub use service::{
-    PodService, RemovePodError, RunPodError, StatusPodError, StopPodError,
-};
+pub use service::{PodService, RemovePodError, RunPodError, StatusPodError, StopPodError};
 pub use store::{Store, StoreError};

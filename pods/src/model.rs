@@ -20,7 +20,10 @@ pub struct PodMetadata {
 impl PodMetadata {
     /// The key that must be unique among live sandboxes.
     pub fn reservation_key(&self) -> String {
-        format!("{}_{}_{}_{}", self.name, self.namespace, self.uid, self.attempt)
+        format!(
+            "{}_{}_{}_{}",
+            self.name, self.namespace, self.uid, self.attempt
+        )
     }
 }
 
@@ -107,16 +110,18 @@ pub struct SandboxFilter {
 impl SandboxFilter {
     /// Whether `record` passes the filter.
     pub fn matches(&self, record: &SandboxRecord) -> bool {
-        if let Some(id) = &self.id {
-            if !record.id.starts_with(id.as_str()) {
-                return false;
-            }
+        if let Some(id) = &self.id
+            && !record.id.starts_with(id.as_str())
+        {
+            return false;
         }
-        if let Some(state) = self.state {
-            if record.state != state {
-                return false;
-            }
+        if let Some(state) = self.state
+            && record.state != state
+        {
+            return false;
         }
-        self.label_selector.iter().all(|(k, v)| record.config.labels.get(k) == Some(v))
+        self.label_selector
+            .iter()
+            .all(|(k, v)| record.config.labels.get(k) == Some(v))
     }
 }

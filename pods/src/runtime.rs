@@ -28,7 +28,11 @@ pub trait PodRuntime: Send + Sync + Debug {
     -> Result<(), RuntimeError>;
 
     /// Re-attaches to a sandbox after a daemon restart; `Ok(true)` if it still runs.
-    async fn adopt_sandbox(&self, id: &str, state: &serde_json::Value) -> Result<bool, RuntimeError>;
+    async fn adopt_sandbox(
+        &self,
+        id: &str,
+        state: &serde_json::Value,
+    ) -> Result<bool, RuntimeError>;
 
     /// Extra facts for verbose status.
     async fn sandbox_info(&self, id: &str, state: &serde_json::Value) -> serde_json::Value;
@@ -59,7 +63,10 @@ pub struct RuntimeError {
 impl RuntimeError {
     /// An error of `kind` with `message`.
     pub fn new(kind: RuntimeErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
 }
 

@@ -137,7 +137,11 @@ impl PodService {
         let count = records.len();
         for mut record in records {
             if record.state == SandboxState::Ready {
-                match self.runtime.adopt_sandbox(&record.id, &record.runtime_state).await {
+                match self
+                    .runtime
+                    .adopt_sandbox(&record.id, &record.runtime_state)
+                    .await
+                {
                     Ok(true) => tracing::info!(id = %record.id, "re-adopted running sandbox"),
                     Ok(false) => {
                         tracing::warn!(id = %record.id, "sandbox died while the daemon was down");
@@ -164,9 +168,13 @@ impl PodService {
         while let Some(event) = events.recv().await {
             match event {
                 RuntimeEvent::SandboxExited { id, reason } => {
-                    let Some(slot) = lock(&self.pods).get(&id).cloned() else { continue };
+                    let Some(slot) = lock(&self.pods).get(&id).cloned() else {
+                        continue;
+                    };
                     let mut guard = slot.lock().await;
-                    let Some(record) = guard.as_mut() else { continue };
+                    let Some(record) = guard.as_mut() else {
+                        continue;
+                    };
                     if record.state == SandboxState::Ready {
                         tracing::warn!(%id, "sandbox exited: {reason}");
                         record.state = SandboxState::NotReady;
@@ -188,7 +196,9 @@ impl PodService {
             .ok_or_else(|| RunPodError::Invalid("metadata is required".into()))?;
         for (field, value) in [("name", &metadata.name), ("namespace", &metadata.namespace)] {
             if value.is_empty() {
-                return Err(RunPodError::Invalid(format!("metadata.{field} must not be empty")));
+                return Err(RunPodError::Invalid(format!(
+                    "metadata.{field} must not be empty"
+                )));
             }
         }
         if !config.runtime_handler.is_empty() && !self.handlers.contains(&config.runtime_handler) {
@@ -216,7 +226,10 @@ impl PodService {
         if let Err(e) = self.store.save(&record) {
             // Without a record nobody could ever stop it: undo.
             let _ = self.runtime.stop_sandbox(&id, &record.runtime_state).await;
-            let _ = self.runtime.remove_sandbox(&id, &record.runtime_state).await;
+            let _ = self
+                .runtime
+                .remove_sandbox(&id, &record.runtime_state)
+                .await;
             return Err(e.into());
         }
         lock(&self.pods).insert(id.clone(), Arc::new(tokio::sync::Mutex::new(Some(record))));
@@ -226,16 +239,25 @@ impl PodService {
     async fn reserve(&self, key: &str) -> Result<Reservation<'_>, RunPodError> {
         let slots: Vec<Slot> = lock(&self.pods).values().cloned().collect();
         for slot in slots {
-            if let Some(r) = slot.lock().await.as_ref() {
-                if r.metadata().map(|m| m.reservation_key()).as_deref() == Some(key) {
-                    return Err(RunPodError::NameReserved { name: key.into(), id: r.id.clone() });
-                }
+            if let Some(r) = slot.lock().await.as_ref()
+                && r.metadata().map(|m| m.reservation_key()).as_deref() == Some(key)
+            {
+                return Err(RunPodError::NameReserved {
+                    name: key.into(),
+                    id: r.id.clone(),
+                });
             }
         }
         if !lock(&self.creating).insert(key.to_owned()) {
-            return Err(RunPodError::NameReserved { name: key.into(), id: "(being created)".into() });
+            return Err(RunPodError::NameReserved {
+                name: key.into(),
+                id: "(being created)".into(),
+            });
         }
-        Ok(Reservation { set: &self.creating, key: key.to_owned() })
+        Ok(Reservation {
+            set: &self.creating,
+            key: key.to_owned(),
+        })
     }
 
     /// Stops the sandbox; unknown ids and stopped sandboxes succeed.
@@ -246,11 +268,16 @@ impl PodService {
             Lookup::Ambiguous => return Err(StopPodError::Ambiguous(id.into())),
         };
         let mut guard = slot.lock().await;
-        let Some(record) = guard.as_mut() else { return Ok(()) };
+        let Some(record) = guard.as_mut() else {
+            return Ok(());
+        };
         self.runtime
             .stop_sandbox(&id, &record.runtime_state)
             .await
-            .map_err(|source| StopPodError::Runtime { id: id.clone(), source })?;
+            .map_err(|source| StopPodError::Runtime {
+                id: id.clone(),
+                source,
+            })?;
         if record.state != SandboxState::NotReady || record.reason.is_empty() {
             record.state = SandboxState::NotReady;
             if record.reason.is_empty() {
@@ -270,11 +297,16 @@ impl PodService {
         };
         self.stop(&id).await?;
         let mut guard = slot.lock().await;
-        let Some(record) = guard.as_ref() else { return Ok(()) };
+        let Some(record) = guard.as_ref() else {
+            return Ok(());
+        };
         self.runtime
             .remove_sandbox(&id, &record.runtime_state)
             .await
-            .map_err(|source| RemovePodError::Runtime { id: id.clone(), source })?;
+            .map_err(|source| RemovePodError::Runtime {
+                id: id.clone(),
+                source,
+            })?;
         self.store.delete(&id)?;
         *guard = None;
         lock(&self.pods).remove(&id);
@@ -292,9 +324,17 @@ impl PodService {
             Lookup::Missing => return Err(StatusPodError::NotFound(id.into())),
             Lookup::Ambiguous => return Err(StatusPodError::Ambiguous(id.into())),
         };
-        let record = slot.lock().await.clone().ok_or_else(|| StatusPodError::NotFound(id.into()))?;
+        let record = slot
+            .lock()
+            .await
+            .clone()
+            .ok_or_else(|| StatusPodError::NotFound(id.into()))?;
         let info = if verbose {
-            Some(self.runtime.sandbox_info(&record.id, &record.runtime_state).await)
+            Some(
+                self.runtime
+                    .sandbox_info(&record.id, &record.runtime_state)
+                    .await,
+            )
         } else {
             None
         };
@@ -306,10 +346,10 @@ impl PodService {
         let slots: Vec<Slot> = lock(&self.pods).values().cloned().collect();
         let mut out = Vec::new();
         for slot in slots {
-            if let Some(r) = slot.lock().await.as_ref() {
-                if filter.matches(r) {
-                    out.push(r.clone());
-                }
+            if let Some(r) = slot.lock().await.as_ref()
+                && filter.matches(r)
+            {
+                out.push(r.clone());
             }
         }
         out.sort_by(|a, b| a.created_at_ns.cmp(&b.created_at_ns).then(a.id.cmp(&b.id)));
@@ -346,9 +386,14 @@ impl Drop for Reservation<'_> {
 
 fn validate_hostname(hostname: &str) -> Result<(), String> {
     if hostname.len() > 64 {
-        return Err(format!("hostname {hostname:?} is longer than 64 characters"));
+        return Err(format!(
+            "hostname {hostname:?} is longer than 64 characters"
+        ));
     }
-    if let Some(c) = hostname.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.')) {
+    if let Some(c) = hostname
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.'))
+    {
         return Err(format!("hostname {hostname:?} contains {c:?}"));
     }
     Ok(())

@@ -93,7 +93,10 @@ mod tests {
     fn record(id: &str) -> SandboxRecord {
         SandboxRecord {
             id: id.into(),
-            config: SandboxConfig { hostname: "h".into(), ..Default::default() },
+            config: SandboxConfig {
+                hostname: "h".into(),
+                ..Default::default()
+            },
             state: SandboxState::Ready,
             reason: String::new(),
             created_at_ns: 1,

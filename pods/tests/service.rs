@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use pods::{
-    PodMetadata, PodRuntime, PodService, RunPodError, RuntimeError, RuntimeErrorKind,
-    RuntimeEvent, SandboxConfig, SandboxFilter, SandboxState, StatusPodError, Store,
+    PodMetadata, PodRuntime, PodService, RunPodError, RuntimeError, RuntimeErrorKind, RuntimeEvent,
+    SandboxConfig, SandboxFilter, SandboxState, StatusPodError, Store,
 };
 
 /// Records calls and keeps a fake "running" flag per sandbox.
@@ -21,7 +21,10 @@ impl FakeRuntime {
         self.calls.lock().unwrap().clone()
     }
     fn log(&self, call: &str, id: &str) {
-        self.calls.lock().unwrap().push(format!("{call} {}", &id[..8]));
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("{call} {}", &id[..8]));
     }
 }
 
@@ -57,7 +60,13 @@ impl PodRuntime for FakeRuntime {
     }
     async fn adopt_sandbox(&self, id: &str, _s: &serde_json::Value) -> Result<bool, RuntimeError> {
         self.log("adopt", id);
-        Ok(self.running.lock().unwrap().get(id).copied().unwrap_or(false))
+        Ok(self
+            .running
+            .lock()
+            .unwrap()
+            .get(id)
+            .copied()
+            .unwrap_or(false))
     }
     async fn sandbox_info(&self, id: &str, _s: &serde_json::Value) -> serde_json::Value {
         serde_json::json!({"id": id})
@@ -73,7 +82,10 @@ fn config(name: &str, labels: &[(&str, &str)]) -> SandboxConfig {
             attempt: 0,
         }),
         hostname: name.into(),
-        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         ..Default::default()
     }
 }
@@ -89,7 +101,10 @@ async fn lifecycle_is_idempotent() {
     let svc = service(dir.path(), rt.clone());
     let id = svc.run(config("a", &[])).await.unwrap();
     assert_eq!(id.len(), 64);
-    assert_eq!(svc.status(&id, false).await.unwrap().0.state, SandboxState::Ready);
+    assert_eq!(
+        svc.status(&id, false).await.unwrap().0.state,
+        SandboxState::Ready
+    );
 
     svc.stop(&id).await.unwrap();
     svc.stop(&id).await.unwrap();
@@ -98,17 +113,23 @@ async fn lifecycle_is_idempotent() {
 
     svc.remove(&id).await.unwrap();
     svc.remove(&id).await.unwrap();
-    assert!(matches!(svc.status(&id, false).await, Err(StatusPodError::NotFound(_))));
+    assert!(matches!(
+        svc.status(&id, false).await,
+        Err(StatusPodError::NotFound(_))
+    ));
     svc.stop("unknown").await.unwrap();
     svc.remove("unknown").await.unwrap();
     let short = &id[..8];
-    assert_eq!(rt.calls(), vec![
-        format!("start {short}"),
-        format!("stop {short}"),
-        format!("stop {short}"),
-        format!("stop {short}"),
-        format!("remove {short}"),
-    ]);
+    assert_eq!(
+        rt.calls(),
+        vec![
+            format!("start {short}"),
+            format!("stop {short}"),
+            format!("stop {short}"),
+            format!("stop {short}"),
+            format!("remove {short}"),
+        ]
+    );
 }
 
 #[tokio::test]
@@ -123,14 +144,20 @@ async fn bad_input_is_rejected_and_names_are_reserved() {
     c = config("x", &[]);
     c.runtime_handler = "nope".into();
     let err = svc.run(c).await.unwrap_err();
-    assert!(err.to_string().contains("unknown runtime handler \"nope\""), "{err}");
+    assert!(
+        err.to_string().contains("unknown runtime handler \"nope\""),
+        "{err}"
+    );
     let mut c = config("x", &[]);
     c.hostname = "bad host".into();
     assert!(matches!(svc.run(c).await, Err(RunPodError::Invalid(_))));
 
     let id = svc.run(config("dup", &[])).await.unwrap();
     let err = svc.run(config("dup", &[])).await.unwrap_err();
-    assert!(matches!(err, RunPodError::NameReserved { id: ref held, .. } if *held == id), "{err}");
+    assert!(
+        matches!(err, RunPodError::NameReserved { id: ref held, .. } if *held == id),
+        "{err}"
+    );
     svc.remove(&id).await.unwrap();
     svc.run(config("dup", &[])).await.unwrap();
 }
@@ -152,7 +179,10 @@ async fn start_failure_leaves_no_record() {
 async fn list_filters() {
     let dir = tempfile::tempdir().unwrap();
     let svc = service(dir.path(), Arc::new(FakeRuntime::default()));
-    let a = svc.run(config("a", &[("app", "web"), ("tier", "1")])).await.unwrap();
+    let a = svc
+        .run(config("a", &[("app", "web"), ("tier", "1")]))
+        .await
+        .unwrap();
     let b = svc.run(config("b", &[("app", "web")])).await.unwrap();
     let c = svc.run(config("c", &[("app", "db")])).await.unwrap();
     svc.stop(&c).await.unwrap();
@@ -168,9 +198,15 @@ async fn list_filters() {
         ..Default::default()
     };
     assert_eq!(ids(svc.list(&web).await), want);
-    let ready = SandboxFilter { state: Some(SandboxState::Ready), ..Default::default() };
+    let ready = SandboxFilter {
+        state: Some(SandboxState::Ready),
+        ..Default::default()
+    };
     assert_eq!(ids(svc.list(&ready).await), want);
-    let by_id = SandboxFilter { id: Some(c[..10].into()), ..Default::default() };
+    let by_id = SandboxFilter {
+        id: Some(c[..10].into()),
+        ..Default::default()
+    };
     assert_eq!(ids(svc.list(&by_id).await), vec![c.clone()]);
     let none = SandboxFilter {
         label_selector: BTreeMap::from([("app".into(), "web".into()), ("tier".into(), "2".into())]),
@@ -190,21 +226,40 @@ async fn exit_event_marks_not_ready_and_recover_readopts() {
 
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let watcher = tokio::spawn(svc.clone().watch_events(rx));
-    tx.send(RuntimeEvent::SandboxExited { id: died.clone(), reason: "qemu killed".into() })
-        .unwrap();
+    tx.send(RuntimeEvent::SandboxExited {
+        id: died.clone(),
+        reason: "qemu killed".into(),
+    })
+    .unwrap();
     drop(tx);
     watcher.await.unwrap();
     let (rec, _) = svc.status(&died, false).await.unwrap();
-    assert_eq!((rec.state, rec.reason.as_str()), (SandboxState::NotReady, "qemu killed"));
+    assert_eq!(
+        (rec.state, rec.reason.as_str()),
+        (SandboxState::NotReady, "qemu killed")
+    );
 
     // A new service over the same store, as after a daemon restart.
     rt.running.lock().unwrap().insert(dead.clone(), false);
     let svc2 = service(dir.path(), rt.clone());
     assert_eq!(svc2.recover().await.unwrap(), 3);
-    assert_eq!(svc2.status(&alive, false).await.unwrap().0.state, SandboxState::Ready);
-    assert_eq!(svc2.status(&dead, false).await.unwrap().0.state, SandboxState::NotReady);
-    assert_eq!(svc2.status(&died, false).await.unwrap().0.state, SandboxState::NotReady);
-    assert!(!rt.calls().iter().any(|c| c == &format!("adopt {}", &died[..8])));
+    assert_eq!(
+        svc2.status(&alive, false).await.unwrap().0.state,
+        SandboxState::Ready
+    );
+    assert_eq!(
+        svc2.status(&dead, false).await.unwrap().0.state,
+        SandboxState::NotReady
+    );
+    assert_eq!(
+        svc2.status(&died, false).await.unwrap().0.state,
+        SandboxState::NotReady
+    );
+    assert!(
+        !rt.calls()
+            .iter()
+            .any(|c| c == &format!("adopt {}", &died[..8]))
+    );
     svc2.remove(&alive).await.unwrap();
     assert!(!rt.running.lock().unwrap().contains_key(&alive));
 }

@@ -58,7 +58,11 @@ impl Daemon {
             "256".into(),
         ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let mut daemon = Self { dir, child: None, args };
+        let mut daemon = Self {
+            dir,
+            child: None,
+            args,
+        };
         daemon.spawn().await?;
         Ok(daemon)
     }
@@ -89,7 +93,10 @@ impl Daemon {
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
         let child = Command::new(frakti_bin())
             .args(&self.args)
             .stdin(Stdio::null())
@@ -100,15 +107,19 @@ impl Daemon {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    bail!("frakti exited with {status}: {}", self.log());
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("frakti exited with {status}: {}", self.log());
             }
-            if let Ok(mut c) = self.runtime().await {
-                if c.version(proto::VersionRequest { version: "v1".into() }).await.is_ok() {
-                    return Ok(());
-                }
+            if let Ok(mut c) = self.runtime().await
+                && c.version(proto::VersionRequest {
+                    version: "v1".into(),
+                })
+                .await
+                .is_ok()
+            {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 bail!("frakti did not answer within 30 s: {}", self.log());
@@ -124,7 +135,9 @@ impl Daemon {
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let path = path.clone();
                 async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
                 }
             }))
             .await?;
@@ -172,7 +185,9 @@ impl Drop for Daemon {
 
 /// Pids of processes with an argument containing `needle`.
 pub fn pids_with_arg(needle: &str) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
@@ -187,7 +202,10 @@ pub fn pids_with_arg(needle: &str) -> Vec<i32> {
 pub fn process_running(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next()))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().chars().next())
+        })
         .is_some_and(|state| state != Some('Z'))
 }
 
@@ -201,7 +219,10 @@ pub fn pod_config(name: &str, labels: &[(&str, &str)]) -> PodSandboxConfig {
             attempt: 0,
         }),
         hostname: name.into(),
-        labels: labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect(),
         ..Default::default()
     }
 }
@@ -211,8 +232,15 @@ pub async fn run_pod(
     client: &mut RuntimeServiceClient<Channel>,
     config: PodSandboxConfig,
 ) -> Result<String, tonic::Status> {
-    let req = proto::RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() };
-    Ok(client.run_pod_sandbox(req).await?.into_inner().pod_sandbox_id)
+    let req = proto::RunPodSandboxRequest {
+        config: Some(config),
+        runtime_handler: String::new(),
+    };
+    Ok(client
+        .run_pod_sandbox(req)
+        .await?
+        .into_inner()
+        .pod_sandbox_id)
 }
 
 /// Verbose status: the record and the parsed `info` JSON.
@@ -220,7 +248,10 @@ pub async fn pod_status(
     client: &mut RuntimeServiceClient<Channel>,
     id: &str,
 ) -> Result<(proto::PodSandboxStatus, serde_json::Value), tonic::Status> {
-    let req = proto::PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: true };
+    let req = proto::PodSandboxStatusRequest {
+        pod_sandbox_id: id.into(),
+        verbose: true,
+    };
     let resp = client.pod_sandbox_status(req).await?.into_inner();
     let info = resp
         .info
@@ -232,5 +263,8 @@ pub async fn pod_status(
 
 /// The QEMU pid from verbose info.
 pub fn vm_pid(info: &serde_json::Value) -> i32 {
-    info["vm"]["pid"].as_i64().and_then(|p| i32::try_from(p).ok()).unwrap_or(0)
+    info["vm"]["pid"]
+        .as_i64()
+        .and_then(|p| i32::try_from(p).ok())
+        .unwrap_or(0)
 }

@@ -10,23 +10,44 @@ fn help_and_config_errors() {
     let help = Command::new(frakti_bin()).arg("--help").output().unwrap();
     assert!(help.status.success());
     let text = String::from_utf8_lossy(&help.stdout);
-    for flag in ["--listen", "--root", "--state-dir", "--cpu", "--memory", "--accel", "--log-level", "--config"] {
+    for flag in [
+        "--listen",
+        "--root",
+        "--state-dir",
+        "--cpu",
+        "--memory",
+        "--accel",
+        "--log-level",
+        "--config",
+    ] {
         assert!(text.contains(flag), "--help lacks {flag}");
     }
 
-    let out = Command::new(frakti_bin()).args(["--cpu", "0"]).output().unwrap();
+    let out = Command::new(frakti_bin())
+        .args(["--cpu", "0"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("key `cpu`"));
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("config.toml");
     std::fs::write(&cfg, "memory = 512\nacel = \"tcg\"\n").unwrap();
-    let out = Command::new(frakti_bin()).arg("--config").arg(&cfg).output().unwrap();
+    let out = Command::new(frakti_bin())
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("acel") && err.contains(&cfg.display().to_string()), "{err}");
+    assert!(
+        err.contains("acel") && err.contains(&cfg.display().to_string()),
+        "{err}"
+    );
 
-    let out = Command::new(frakti_bin()).args(["--config", "/nonexistent/frakti.toml"]).output();
+    let out = Command::new(frakti_bin())
+        .args(["--config", "/nonexistent/frakti.toml"])
+        .output();
     assert_eq!(out.unwrap().status.code(), Some(2));
 }
 
@@ -36,7 +57,9 @@ async fn config_file_keys_apply_and_auto_accel_boots() {
     let cfg = dir.path().join("config.toml");
     // The file sets memory; --accel is left to auto (probe KVM, else TCG).
     std::fs::write(&cfg, "memory = 192\ncpu = 1\nlog_level = \"debug\"\n").unwrap();
-    let daemon = Daemon::start(&["--config", cfg.to_str().unwrap()]).await.unwrap();
+    let daemon = Daemon::start(&["--config", cfg.to_str().unwrap()])
+        .await
+        .unwrap();
     let mut c = daemon.runtime().await.unwrap();
     let id = run_pod(&mut c, pod_config("auto", &[])).await.unwrap();
     let (_, info) = pod_status(&mut c, &id).await.unwrap();
@@ -45,11 +68,16 @@ async fn config_file_keys_apply_and_auto_accel_boots() {
     let accel = info["vm"]["accel"].as_str().unwrap().to_owned();
     assert!(accel == "kvm" || accel == "tcg", "{info}");
     let log = daemon.log();
-    let verdict = log.lines().find(|l| l.contains("accelerator chosen")).expect("verdict logged");
+    let verdict = log
+        .lines()
+        .find(|l| l.contains("accelerator chosen"))
+        .expect("verdict logged");
     assert!(verdict.contains(&format!("accel={accel}")), "{verdict}");
     if accel == "tcg" {
         assert!(verdict.contains("KVM"), "the reason names KVM: {verdict}");
     }
     assert!(log.contains("DEBUG"), "log_level from the file applies");
-    c.remove_pod_sandbox(proto::RemovePodSandboxRequest { pod_sandbox_id: id }).await.unwrap();
+    c.remove_pod_sandbox(proto::RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await
+        .unwrap();
 }

@@ -24,10 +24,19 @@ async fn vm_death_and_daemon_restart() {
     loop {
         let (status, info) = pod_status(&mut c, &doomed).await.unwrap();
         if status.state == NOT_READY {
-            assert!(info["state_reason"].as_str().unwrap().contains("exited unexpectedly"), "{info}");
+            assert!(
+                info["state_reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("exited unexpectedly"),
+                "{info}"
+            );
             break;
         }
-        assert!(Instant::now() < deadline, "pod still READY 5 s after its VM was killed");
+        assert!(
+            Instant::now() < deadline,
+            "pod still READY 5 s after its VM was killed"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(pod_status(&mut c, &survivor).await.unwrap().0.state, READY);
@@ -42,28 +51,44 @@ async fn vm_death_and_daemon_restart() {
     assert_eq!(vm_pid(&info), survivor_pid);
     // The agent answers the new daemon (reconnect over the same port).
     assert_eq!(info["guest"]["hostname"], "survivor", "{info}");
-    assert_eq!(pod_status(&mut c, &doomed).await.unwrap().0.state, NOT_READY);
+    assert_eq!(
+        pod_status(&mut c, &doomed).await.unwrap().0.state,
+        NOT_READY
+    );
 
     // A VM that dies while the daemon is down shows NOTREADY after restart.
     daemon.kill(libc::SIGTERM);
-    assert!(process_running(survivor_pid), "SIGTERM of the daemon must not stop pods");
+    assert!(
+        process_running(survivor_pid),
+        "SIGTERM of the daemon must not stop pods"
+    );
     // SAFETY: kill(2) on our pod's QEMU while no daemon runs.
     unsafe { libc::kill(survivor_pid, libc::SIGKILL) };
     tokio::time::sleep(Duration::from_millis(200)).await;
     daemon.restart().await.unwrap();
     let mut c = daemon.runtime().await.unwrap();
-    assert_eq!(pod_status(&mut c, &survivor).await.unwrap().0.state, NOT_READY);
+    assert_eq!(
+        pod_status(&mut c, &survivor).await.unwrap().0.state,
+        NOT_READY
+    );
 
     // Both can still be stopped and removed.
     for id in [&doomed, &survivor] {
-        c.stop_pod_sandbox(proto::StopPodSandboxRequest { pod_sandbox_id: id.to_string() })
-            .await
-            .unwrap();
-        c.remove_pod_sandbox(proto::RemovePodSandboxRequest { pod_sandbox_id: id.to_string() })
-            .await
-            .unwrap();
+        c.stop_pod_sandbox(proto::StopPodSandboxRequest {
+            pod_sandbox_id: id.to_string(),
+        })
+        .await
+        .unwrap();
+        c.remove_pod_sandbox(proto::RemovePodSandboxRequest {
+            pod_sandbox_id: id.to_string(),
+        })
+        .await
+        .unwrap();
     }
-    let list = c.list_pod_sandbox(proto::ListPodSandboxRequest::default()).await.unwrap();
+    let list = c
+        .list_pod_sandbox(proto::ListPodSandboxRequest::default())
+        .await
+        .unwrap();
     assert!(list.into_inner().items.is_empty());
 }
 
@@ -76,11 +101,20 @@ async fn restarted_daemon_stops_adopted_vm() {
     daemon.kill(libc::SIGKILL);
     daemon.restart().await.unwrap();
     let mut c = daemon.runtime().await.unwrap();
-    c.stop_pod_sandbox(proto::StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await.unwrap();
-    assert!(!process_running(pid), "adopted VM still runs after StopPodSandbox");
+    c.stop_pod_sandbox(proto::StopPodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    assert!(
+        !process_running(pid),
+        "adopted VM still runs after StopPodSandbox"
+    );
     assert_eq!(pod_status(&mut c, &id).await.unwrap().0.state, NOT_READY);
-    c.remove_pod_sandbox(proto::RemovePodSandboxRequest { pod_sandbox_id: id.clone() })
-        .await
-        .unwrap();
+    c.remove_pod_sandbox(proto::RemovePodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    })
+    .await
+    .unwrap();
     assert!(!daemon.state_dir().join(&id).exists());
 }

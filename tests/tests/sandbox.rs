@@ -14,31 +14,57 @@ async fn version_status_and_bad_input() {
     let daemon = Daemon::start(&["--accel", "tcg"]).await.unwrap();
     let mut c = daemon.runtime().await.unwrap();
 
-    let v = c.version(proto::VersionRequest { version: "v1".into() }).await.unwrap().into_inner();
-    assert_eq!((v.runtime_name.as_str(), v.runtime_api_version.as_str()), ("frakti", "v1"));
+    let v = c
+        .version(proto::VersionRequest {
+            version: "v1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (v.runtime_name.as_str(), v.runtime_api_version.as_str()),
+        ("frakti", "v1")
+    );
     assert_eq!(v.runtime_version, env!("CARGO_PKG_VERSION"));
 
-    let s = c.status(proto::StatusRequest { verbose: true }).await.unwrap().into_inner();
+    let s = c
+        .status(proto::StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
     let conditions = s.status.unwrap().conditions;
     let cond = |t: &str| conditions.iter().find(|c| c.r#type == t).cloned().unwrap();
     assert!(cond("RuntimeReady").status);
     assert!(!cond("NetworkReady").status);
     assert!(!cond("NetworkReady").reason.is_empty());
     assert!(s.runtime_handlers.iter().any(|h| h.name == "frakti"));
-    assert!(s.info["config"].contains("\"accel\":\"tcg\""), "{:?}", s.info);
+    assert!(
+        s.info["config"].contains("\"accel\":\"tcg\""),
+        "{:?}",
+        s.info
+    );
 
     // Bad input: clear InvalidArgument, nothing created.
     let run = |config: proto::PodSandboxConfig, handler: &str| proto::RunPodSandboxRequest {
         config: Some(config),
         runtime_handler: handler.into(),
     };
-    let err = c.run_pod_sandbox(run(proto::PodSandboxConfig::default(), "")).await.unwrap_err();
+    let err = c
+        .run_pod_sandbox(run(proto::PodSandboxConfig::default(), ""))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("metadata"), "{}", err.message());
-    let err = c.run_pod_sandbox(run(pod_config("", &[]), "")).await.unwrap_err();
+    let err = c
+        .run_pod_sandbox(run(pod_config("", &[]), ""))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("metadata.name"), "{}", err.message());
-    let err = c.run_pod_sandbox(run(pod_config("x", &[]), "gvisor")).await.unwrap_err();
+    let err = c
+        .run_pod_sandbox(run(pod_config("x", &[]), "gvisor"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("gvisor"), "{}", err.message());
     let mut bad_host = pod_config("x", &[]);
@@ -59,25 +85,55 @@ async fn version_status_and_bad_input() {
     let err = c.run_pod_sandbox(run(host_net, "")).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("host network"), "{}", err.message());
-    let err = c.run_pod_sandbox(proto::RunPodSandboxRequest::default()).await.unwrap_err();
+    let err = c
+        .run_pod_sandbox(proto::RunPodSandboxRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 
     // Unknown ids.
-    let status = |id: &str| proto::PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: false };
-    assert_eq!(c.pod_sandbox_status(status("nope")).await.unwrap_err().code(), Code::NotFound);
-    assert_eq!(c.pod_sandbox_status(status("")).await.unwrap_err().code(), Code::InvalidArgument);
-    c.stop_pod_sandbox(proto::StopPodSandboxRequest { pod_sandbox_id: "nope".into() }).await.unwrap();
-    c.remove_pod_sandbox(proto::RemovePodSandboxRequest { pod_sandbox_id: "nope".into() })
+    let status = |id: &str| proto::PodSandboxStatusRequest {
+        pod_sandbox_id: id.into(),
+        verbose: false,
+    };
+    assert_eq!(
+        c.pod_sandbox_status(status("nope"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        c.pod_sandbox_status(status("")).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    c.stop_pod_sandbox(proto::StopPodSandboxRequest {
+        pod_sandbox_id: "nope".into(),
+    })
+    .await
+    .unwrap();
+    c.remove_pod_sandbox(proto::RemovePodSandboxRequest {
+        pod_sandbox_id: "nope".into(),
+    })
+    .await
+    .unwrap();
+    let listed = c
+        .list_pod_sandbox(proto::ListPodSandboxRequest::default())
         .await
         .unwrap();
-    let listed = c.list_pod_sandbox(proto::ListPodSandboxRequest::default()).await.unwrap();
     assert!(listed.into_inner().items.is_empty());
 
     // RPCs not built yet are honest about it.
-    let err = c.create_container(proto::CreateContainerRequest::default()).await.unwrap_err();
+    let err = c
+        .create_container(proto::CreateContainerRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
     let mut images = daemon.images().await.unwrap();
-    let err = images.list_images(proto::ListImagesRequest::default()).await.unwrap_err();
+    let err = images
+        .list_images(proto::ListImagesRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
 }
 
@@ -131,22 +187,37 @@ async fn pod_vm_lifecycle() {
     assert_eq!(err.code(), Code::AlreadyExists, "{}", err.message());
 
     // Filters.
-    let list = |filter: proto::PodSandboxFilter| proto::ListPodSandboxRequest { filter: Some(filter) };
+    let list = |filter: proto::PodSandboxFilter| proto::ListPodSandboxRequest {
+        filter: Some(filter),
+    };
     let ids = |r: tonic::Response<proto::ListPodSandboxResponse>| {
-        r.into_inner().items.into_iter().map(|p| p.id).collect::<Vec<_>>()
+        r.into_inner()
+            .items
+            .into_iter()
+            .map(|p| p.id)
+            .collect::<Vec<_>>()
     };
     let by_label = proto::PodSandboxFilter {
         label_selector: [("app".to_string(), "web".to_string())].into(),
         ..Default::default()
     };
-    assert_eq!(ids(c.list_pod_sandbox(list(by_label)).await.unwrap()), vec![id.clone()]);
+    assert_eq!(
+        ids(c.list_pod_sandbox(list(by_label)).await.unwrap()),
+        vec![id.clone()]
+    );
     let wrong_label = proto::PodSandboxFilter {
         label_selector: [("app".to_string(), "db".to_string())].into(),
         ..Default::default()
     };
     assert!(ids(c.list_pod_sandbox(list(wrong_label)).await.unwrap()).is_empty());
-    let by_prefix = proto::PodSandboxFilter { id: id[..12].into(), ..Default::default() };
-    assert_eq!(ids(c.list_pod_sandbox(list(by_prefix)).await.unwrap()), vec![id.clone()]);
+    let by_prefix = proto::PodSandboxFilter {
+        id: id[..12].into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(c.list_pod_sandbox(list(by_prefix)).await.unwrap()),
+        vec![id.clone()]
+    );
     let not_ready = proto::PodSandboxFilter {
         state: Some(proto::PodSandboxStateValue { state: NOT_READY }),
         ..Default::default()
@@ -155,25 +226,38 @@ async fn pod_vm_lifecycle() {
 
     // Stop twice: NOTREADY, VM gone.
     for _ in 0..2 {
-        c.stop_pod_sandbox(proto::StopPodSandboxRequest { pod_sandbox_id: id.clone() })
-            .await
-            .unwrap();
+        c.stop_pod_sandbox(proto::StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .unwrap();
     }
     let (status, _) = pod_status(&mut c, &id).await.unwrap();
     assert_eq!(status.state, NOT_READY);
     assert!(!process_running(pid));
-    assert_eq!(ids(c.list_pod_sandbox(list(not_ready)).await.unwrap()), vec![id.clone()]);
+    assert_eq!(
+        ids(c.list_pod_sandbox(list(not_ready)).await.unwrap()),
+        vec![id.clone()]
+    );
 
     // Remove twice: gone, files too.
     for _ in 0..2 {
-        c.remove_pod_sandbox(proto::RemovePodSandboxRequest { pod_sandbox_id: id.clone() })
-            .await
-            .unwrap();
+        c.remove_pod_sandbox(proto::RemovePodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .unwrap();
     }
     let err = pod_status(&mut c, &id).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     assert!(!daemon.state_dir().join(&id).exists());
-    assert!(!daemon.dir_path().join("root/sandboxes").join(format!("{id}.json")).exists());
+    assert!(
+        !daemon
+            .dir_path()
+            .join("root/sandboxes")
+            .join(format!("{id}.json"))
+            .exists()
+    );
 
     // The daemon log says why each step happened.
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -106,7 +106,13 @@ impl VmRuntime {
         hypervisor: Arc<dyn Hypervisor>,
         events: mpsc::UnboundedSender<RuntimeEvent>,
     ) -> Self {
-        Self { config, hypervisor, accel: OnceCell::new(), vms: Mutex::default(), events }
+        Self {
+            config,
+            hypervisor,
+            accel: OnceCell::new(),
+            vms: Mutex::default(),
+            events,
+        }
     }
 
     /// The accelerator for all VMs, probed once (a real KVM boot in `auto` mode).
@@ -156,7 +162,10 @@ impl VmRuntime {
                 Accel::Kvm,
                 format!("a KVM probe guest booted in {:.2?}", started.elapsed()),
             ),
-            Err(why) => verdict(Accel::Tcg, format!("a KVM probe guest did not come up: {why}")),
+            Err(why) => verdict(
+                Accel::Tcg,
+                format!("a KVM probe guest did not come up: {why}"),
+            ),
         }
     }
 
@@ -165,14 +174,23 @@ impl VmRuntime {
     }
 
     /// Records a running VM and watches its process.
-    fn track(&self, id: &str, endpoints: VmEndpoints, agent: Arc<AgentClient>) -> Result<(), RuntimeError> {
+    fn track(
+        &self,
+        id: &str,
+        endpoints: VmEndpoints,
+        agent: Arc<AgentClient>,
+    ) -> Result<(), RuntimeError> {
         let process = Process::open(endpoints.pid).map_err(|e| {
             RuntimeError::new(RuntimeErrorKind::Internal, format!("watch VM process: {e}"))
         })?;
         let stopping = Arc::new(AtomicBool::new(false));
         let events = self.events.clone();
         let (id_owned, flag) = (id.to_owned(), stopping.clone());
-        let dir = endpoints.console_log.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = endpoints
+            .console_log
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         let watcher = tokio::spawn(async move {
             process.exited().await;
             if !flag.load(Ordering::SeqCst) {
@@ -181,10 +199,18 @@ impl VmRuntime {
                     process.pid(),
                     dir.display()
                 );
-                let _ = events.send(RuntimeEvent::SandboxExited { id: id_owned, reason });
+                let _ = events.send(RuntimeEvent::SandboxExited {
+                    id: id_owned,
+                    reason,
+                });
             }
         });
-        let vm = Arc::new(Vm { endpoints, agent, stopping, watcher });
+        let vm = Arc::new(Vm {
+            endpoints,
+            agent,
+            stopping,
+            watcher,
+        });
         lock(&self.vms).insert(id.to_owned(), vm);
         Ok(())
     }
@@ -198,7 +224,12 @@ impl VmRuntime {
         }
     }
 
-    async fn boot(&self, id: &str, config: &SandboxConfig, dir: &Path) -> Result<VmState, RuntimeError> {
+    async fn boot(
+        &self,
+        id: &str,
+        config: &SandboxConfig,
+        dir: &Path,
+    ) -> Result<VmState, RuntimeError> {
         let accel = self.accel().await.accel;
         let max_vcpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let size = size_for(
@@ -219,10 +250,14 @@ impl VmRuntime {
         };
         let started = Instant::now();
         let endpoints = self.hypervisor.launch(&spec).await.map_err(|e| match e {
-            LaunchError::Missing { .. } => RuntimeError::new(RuntimeErrorKind::Unavailable, e.to_string()),
+            LaunchError::Missing { .. } => {
+                RuntimeError::new(RuntimeErrorKind::Unavailable, e.to_string())
+            }
             other => RuntimeError::new(RuntimeErrorKind::Internal, other.to_string()),
         })?;
-        let agent = Arc::new(AgentClient::new(Arc::new(UnixTransport::new(&endpoints.agent_socket))));
+        let agent = Arc::new(AgentClient::new(Arc::new(UnixTransport::new(
+            &endpoints.agent_socket,
+        ))));
         let stop_vm = async |why: String| {
             let _ = self.hypervisor.stop(id, &endpoints, Duration::ZERO).await;
             why
@@ -236,10 +271,15 @@ impl VmRuntime {
             ));
         }
         let welcome = agent.welcome().await;
-        let setup = Request::SetupSandbox { hostname: config.hostname.clone() };
+        let setup = Request::SetupSandbox {
+            hostname: config.hostname.clone(),
+        };
         if let Err(e) = agent.call(&setup, AGENT_CALL).await {
             let why = stop_vm(e.to_string()).await;
-            return Err(RuntimeError::new(RuntimeErrorKind::Internal, format!("set up the guest: {why}")));
+            return Err(RuntimeError::new(
+                RuntimeErrorKind::Internal,
+                format!("set up the guest: {why}"),
+            ));
         }
         tracing::info!(%id, pid = endpoints.pid, %accel, vcpus = size.vcpus, memory_mib = size.memory_mib,
             boot = ?started.elapsed(), "pod VM ready");
@@ -282,7 +322,10 @@ fn console_tail(path: &Path) -> String {
 
 fn parse_state(state: &serde_json::Value) -> Result<VmState, RuntimeError> {
     serde_json::from_value(state.clone()).map_err(|e| {
-        RuntimeError::new(RuntimeErrorKind::Internal, format!("unreadable VM state: {e}"))
+        RuntimeError::new(
+            RuntimeErrorKind::Internal,
+            format!("unreadable VM state: {e}"),
+        )
     })
 }
 
@@ -293,9 +336,15 @@ impl PodRuntime for VmRuntime {
     }
 
     async fn ready(&self) -> Result<(), String> {
-        for (what, path) in [("guest kernel", &self.config.kernel), ("guest initramfs", &self.config.initrd)] {
+        for (what, path) in [
+            ("guest kernel", &self.config.kernel),
+            ("guest initramfs", &self.config.initrd),
+        ] {
             if !path.exists() {
-                return Err(format!("{what} {} not found (run `make build`)", path.display()));
+                return Err(format!(
+                    "{what} {} not found (run `make build`)",
+                    path.display()
+                ));
             }
         }
         Ok(())
@@ -326,13 +375,13 @@ impl PodRuntime for VmRuntime {
             }
             None => (self.endpoints_from(&vm_state), None),
         };
-        if let (Some(agent), Ok(process)) = (agent, Process::open(endpoints.pid)) {
-            if process.is_running() {
-                // Graceful first: the guest syncs and powers off.
-                let asked = agent.call(&Request::Shutdown, Duration::from_secs(2)).await;
-                if matches!(asked, Ok(Response::Done)) {
-                    let _ = tokio::time::timeout(POWEROFF_GRACE, process.exited()).await;
-                }
+        if let (Some(agent), Ok(process)) = (agent, Process::open(endpoints.pid))
+            && process.is_running()
+        {
+            // Graceful first: the guest syncs and powers off.
+            let asked = agent.call(&Request::Shutdown, Duration::from_secs(2)).await;
+            if matches!(asked, Ok(Response::Done)) {
+                let _ = tokio::time::timeout(POWEROFF_GRACE, process.exited()).await;
             }
         }
         self.hypervisor
@@ -343,7 +392,11 @@ impl PodRuntime for VmRuntime {
         Ok(())
     }
 
-    async fn remove_sandbox(&self, id: &str, state: &serde_json::Value) -> Result<(), RuntimeError> {
+    async fn remove_sandbox(
+        &self,
+        id: &str,
+        state: &serde_json::Value,
+    ) -> Result<(), RuntimeError> {
         self.stop_sandbox(id, state).await?;
         let dir = parse_state(state)?.dir;
         match std::fs::remove_dir_all(&dir) {
@@ -356,7 +409,11 @@ impl PodRuntime for VmRuntime {
         }
     }
 
-    async fn adopt_sandbox(&self, id: &str, state: &serde_json::Value) -> Result<bool, RuntimeError> {
+    async fn adopt_sandbox(
+        &self,
+        id: &str,
+        state: &serde_json::Value,
+    ) -> Result<bool, RuntimeError> {
         let vm_state = parse_state(state)?;
         let endpoints = match self.hypervisor.adopt(id, &vm_state.dir, vm_state.pid) {
             Ok(e) => e,
@@ -365,8 +422,13 @@ impl PodRuntime for VmRuntime {
                 return Ok(false);
             }
         };
-        let agent = Arc::new(AgentClient::new(Arc::new(UnixTransport::new(&endpoints.agent_socket))));
-        match agent.wait_ready(Instant::now() + Duration::from_secs(5)).await {
+        let agent = Arc::new(AgentClient::new(Arc::new(UnixTransport::new(
+            &endpoints.agent_socket,
+        ))));
+        match agent
+            .wait_ready(Instant::now() + Duration::from_secs(5))
+            .await
+        {
             Ok(w) if w.boot_id != vm_state.boot_id && !vm_state.boot_id.is_empty() => {
                 tracing::warn!(%id, "guest rebooted since it was started");
             }
@@ -386,10 +448,13 @@ impl PodRuntime for VmRuntime {
                 info["qemu_rss_kib"] = hypervisor::process::rss_kib(s.pid).into();
             }
         }
-        if let Some(vm) = self.vm(id) {
-            if let Ok(Response::GuestInfo(guest)) = vm.agent.call(&Request::GuestInfo, Duration::from_secs(3)).await {
-                info["guest"] = serde_json::to_value(guest).unwrap_or_default();
-            }
+        if let Some(vm) = self.vm(id)
+            && let Ok(Response::GuestInfo(guest)) = vm
+                .agent
+                .call(&Request::GuestInfo, Duration::from_secs(3))
+                .await
+        {
+            info["guest"] = serde_json::to_value(guest).unwrap_or_default();
         }
         info
     }

@@ -25,14 +25,21 @@ pub fn size_for(
 ) -> VmSize {
     let limits = config.resources.unwrap_or_default();
     let overhead = config.overhead.unwrap_or_default();
-    let vcpus = cpu_limit_ceil(&limits).unwrap_or(default_vcpus).clamp(1, max_vcpus.max(1));
+    let vcpus = cpu_limit_ceil(&limits)
+        .unwrap_or(default_vcpus)
+        .clamp(1, max_vcpus.max(1));
     let memory_mib = if limits.memory_limit_bytes > 0 {
-        let bytes = limits.memory_limit_bytes.saturating_add(overhead.memory_limit_bytes.max(0));
+        let bytes = limits
+            .memory_limit_bytes
+            .saturating_add(overhead.memory_limit_bytes.max(0));
         u64::try_from(bytes).unwrap_or(u64::MAX).div_ceil(1 << 20)
     } else {
         default_memory_mib
     };
-    VmSize { vcpus, memory_mib: memory_mib.max(MIN_MEMORY_MIB) }
+    VmSize {
+        vcpus,
+        memory_mib: memory_mib.max(MIN_MEMORY_MIB),
+    }
 }
 
 fn cpu_limit_ceil(r: &PodResources) -> Option<u32> {
@@ -49,27 +56,63 @@ mod tests {
     use super::*;
 
     fn cfg(limits: Option<PodResources>, overhead: Option<PodResources>) -> SandboxConfig {
-        SandboxConfig { resources: limits, overhead, ..Default::default() }
+        SandboxConfig {
+            resources: limits,
+            overhead,
+            ..Default::default()
+        }
     }
 
     fn res(quota: i64, period: i64, mem: i64) -> PodResources {
-        PodResources { cpu_quota: quota, cpu_period: period, memory_limit_bytes: mem, cpu_shares: 0 }
+        PodResources {
+            cpu_quota: quota,
+            cpu_period: period,
+            memory_limit_bytes: mem,
+            cpu_shares: 0,
+        }
     }
 
     #[test]
     fn defaults_without_limits() {
-        assert_eq!(size_for(&cfg(None, None), 1, 512, 8), VmSize { vcpus: 1, memory_mib: 512 });
-        assert_eq!(size_for(&cfg(None, None), 3, 64, 8), VmSize { vcpus: 3, memory_mib: 128 });
+        assert_eq!(
+            size_for(&cfg(None, None), 1, 512, 8),
+            VmSize {
+                vcpus: 1,
+                memory_mib: 512
+            }
+        );
+        assert_eq!(
+            size_for(&cfg(None, None), 3, 64, 8),
+            VmSize {
+                vcpus: 3,
+                memory_mib: 128
+            }
+        );
     }
 
     #[test]
     fn limits_plus_overhead() {
         // 1.5 CPUs -> 2 vCPUs; 256 MiB + 64 MiB overhead.
-        let c = cfg(Some(res(150_000, 100_000, 256 << 20)), Some(res(0, 0, 64 << 20)));
-        assert_eq!(size_for(&c, 1, 512, 8), VmSize { vcpus: 2, memory_mib: 320 });
+        let c = cfg(
+            Some(res(150_000, 100_000, 256 << 20)),
+            Some(res(0, 0, 64 << 20)),
+        );
+        assert_eq!(
+            size_for(&c, 1, 512, 8),
+            VmSize {
+                vcpus: 2,
+                memory_mib: 320
+            }
+        );
         // Exactly 2 CPUs stays 2; an odd byte count rounds up to the next MiB.
         let c = cfg(Some(res(200_000, 100_000, (100 << 20) + 1)), None);
-        assert_eq!(size_for(&c, 1, 512, 8), VmSize { vcpus: 2, memory_mib: 128 });
+        assert_eq!(
+            size_for(&c, 1, 512, 8),
+            VmSize {
+                vcpus: 2,
+                memory_mib: 128
+            }
+        );
         let c = cfg(Some(res(200_000, 100_000, (300 << 20) + 1)), None);
         assert_eq!(size_for(&c, 1, 512, 8).memory_mib, 301);
     }
@@ -77,9 +120,21 @@ mod tests {
     #[test]
     fn caps_and_floors() {
         let c = cfg(Some(res(1_600_000, 100_000, 1 << 20)), None);
-        assert_eq!(size_for(&c, 1, 512, 4), VmSize { vcpus: 4, memory_mib: MIN_MEMORY_MIB });
+        assert_eq!(
+            size_for(&c, 1, 512, 4),
+            VmSize {
+                vcpus: 4,
+                memory_mib: MIN_MEMORY_MIB
+            }
+        );
         // Only a memory limit: CPUs from the default.
         let c = cfg(Some(res(0, 100_000, 1 << 30)), None);
-        assert_eq!(size_for(&c, 2, 512, 4), VmSize { vcpus: 2, memory_mib: 1024 });
+        assert_eq!(
+            size_for(&c, 2, 512, 4),
+            VmSize {
+                vcpus: 2,
+                memory_mib: 1024
+            }
+        );
     }
 }
