@@ -1,0 +1,128 @@
+//! Named network namespaces, bind-mounted under `/run/netns` so that
+//! `ip netns` and CNI plugins can reach them by path.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, unshare};
+
+/// Where named namespaces live (the `ip netns` convention).
+pub const NETNS_DIR: &str = "/run/netns";
+
+/// A network namespace operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    /// Cannot create the network namespace
+    #[error("cannot create network namespace {0}: {1}")]
+    Create(PathBuf, String),
+    /// Cannot remove the network namespace
+    #[error("cannot remove network namespace {0}: {1}")]
+    Remove(PathBuf, String),
+}
+
+/// A named network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// The namespace called `name` (it may not exist yet).
+    pub fn new(name: impl Into<String>) -> Self {
+        Self { name: name.into() }
+    }
+
+    /// The namespace's name (for `ip -n`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its bind-mount path.
+    pub fn path(&self) -> PathBuf {
+        Path::new(NETNS_DIR).join(&self.name)
+    }
+
+    /// Creates the namespace; an existing one with this name is kept.
+    pub fn create(&self) -> Result<(), NetnsError> {
+        let path = self.path();
+        let err = |e: String| NetnsError::Create(path.clone(), e);
+        if is_mounted_netns(&path) {
+            return Ok(());
+        }
+        fs::create_dir_all(NETNS_DIR).map_err(|e| err(e.to_string()))?;
+        fs::File::create(&path).map_err(|e| err(e.to_string()))?;
+        let target = path.clone();
+        // unshare() moves only the calling thread: do it on a throw-away thread.
+        let made = std::thread::spawn(move || -> Result<(), String> {
+            unshare(CloneFlags::CLONE_NEWNET).map_err(|e| format!("unshare: {e}"))?;
+            mount(
+                Some("/proc/thread-self/ns/net"),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| format!("bind mount: {e}"))
+        })
+        .join()
+        .map_err(|_| err("namespace thread panicked".into()))?;
+        if let Err(e) = made {
+            let _ = fs::remove_file(&path);
+            return Err(err(e));
+        }
+        Ok(())
+    }
+
+    /// Whether the namespace exists.
+    pub fn exists(&self) -> bool {
+        is_mounted_netns(&self.path())
+    }
+
+    /// Unmounts and deletes the namespace; a missing one is not an error.
+    pub fn remove(&self) -> Result<(), NetnsError> {
+        let path = self.path();
+        if !path.exists() {
+            return Ok(());
+        }
+        match umount2(&path, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(NetnsError::Remove(path, e.to_string())),
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(NetnsError::Remove(path, e.to_string())),
+        }
+    }
+}
+
+/// Whether `path` is a mounted network namespace (nsfs).
+fn is_mounted_netns(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == 0x6e73_6673)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_is_idempotent_and_remove_cleans_up() {
+        let ns = Netns::new(format!("frakti-unit-{}", std::process::id()));
+        ns.create().unwrap();
+        assert!(ns.exists());
+        ns.create().unwrap();
+        // It is a real, separate namespace: only a loopback device inside.
+        let out = std::process::Command::new("ip")
+            .args(["-n", ns.name(), "-o", "link"])
+            .output()
+            .unwrap();
+        let links = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(links.lines().count(), 1, "{links}");
+        assert!(links.contains("lo:"));
+        ns.remove().unwrap();
+        assert!(!ns.exists());
+        assert!(!ns.path().exists());
+        ns.remove().unwrap();
+    }
+}
