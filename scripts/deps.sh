@@ -12,6 +12,7 @@ APT_PKGS=(
   containernetworking-plugins
   iproute2
   iptables
+  iputils-ping               # network tests reach pod IPs
   python3-venv
   busybox-static
 )

@@ -12,7 +12,9 @@ pub mod messages;
 
 pub use client::{AgentClient, CallError, ConnectError, Transport, UnixTransport};
 pub use frame::{Decoder, Frame, FrameKind};
-pub use messages::{AgentError, GuestInfo, Hello, Request, Response, Welcome};
+pub use messages::{
+    AgentError, GuestInfo, Hello, NetInterface, NetRoute, Request, Response, Welcome,
+};
 
 /// Protocol version spoken by this build; bumped on incompatible changes.
 pub const PROTOCOL_VERSION: u32 = 1;

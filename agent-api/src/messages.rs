@@ -37,8 +37,35 @@ pub enum Request {
         /// Hostname for the guest; empty leaves it unchanged.
         hostname: String,
     },
+    /// Configures the guest's network interfaces and routes (idempotent).
+    ConfigureNetwork {
+        /// Interfaces, found in the guest by MAC address.
+        interfaces: Vec<NetInterface>,
+        /// Routes to add.
+        routes: Vec<NetRoute>,
+    },
     /// Syncs and powers the guest off after answering.
     Shutdown,
+}
+
+/// A guest network interface to configure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetInterface {
+    /// MAC address of the virtio-net device.
+    pub mac: String,
+    /// MTU to set.
+    pub mtu: u32,
+    /// Addresses in CIDR form (IPv4 or IPv6).
+    pub addresses: Vec<String>,
+}
+
+/// A route to add in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetRoute {
+    /// Destination in CIDR form.
+    pub destination: String,
+    /// Next hop, if any.
+    pub gateway: Option<String>,
 }
 
 /// Agent -> host successful answers.

@@ -41,6 +41,10 @@ impl State {
                 set_hostname(&hostname)?;
                 Ok(Response::Done)
             }
+            Request::ConfigureNetwork { interfaces, routes } => {
+                crate::net::configure(&interfaces, &routes).await?;
+                Ok(Response::Done)
+            }
             Request::Shutdown => Ok(Response::Done),
         }
     }

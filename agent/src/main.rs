@@ -7,6 +7,7 @@
 mod channel;
 mod handlers;
 mod init;
+mod net;
 
 use std::time::Instant;
 

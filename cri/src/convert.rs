@@ -2,7 +2,10 @@
 
 use std::collections::HashMap;
 
-use pods::{PodMetadata, PodResources, SandboxConfig, SandboxFilter, SandboxRecord, SandboxState};
+use pods::{
+    PodMetadata, PodResources, PortMapping, SandboxConfig, SandboxFilter, SandboxRecord,
+    SandboxState,
+};
 
 use crate::proto;
 
@@ -51,6 +54,22 @@ pub fn sandbox_config(
         runtime_handler,
         resources: resources(linux.resources),
         overhead: resources(linux.overhead),
+        port_mappings: config
+            .port_mappings
+            .iter()
+            .map(|p| PortMapping {
+                protocol: proto::Protocol::try_from(p.protocol)
+                    .map_or("tcp", |p| match p {
+                        proto::Protocol::Tcp => "tcp",
+                        proto::Protocol::Udp => "udp",
+                        proto::Protocol::Sctp => "sctp",
+                    })
+                    .to_owned(),
+                container_port: p.container_port,
+                host_port: p.host_port,
+                host_ip: p.host_ip.clone(),
+            })
+            .collect(),
     })
 }
 
@@ -94,7 +113,15 @@ pub fn pod_sandbox_status(record: &SandboxRecord) -> proto::PodSandboxStatus {
         metadata: metadata(record),
         state: state(record.state),
         created_at: record.created_at_ns,
-        network: Some(proto::PodSandboxNetworkStatus::default()),
+        network: Some(proto::PodSandboxNetworkStatus {
+            ip: record.ips.first().cloned().unwrap_or_default(),
+            additional_ips: record
+                .ips
+                .iter()
+                .skip(1)
+                .map(|ip| proto::PodIp { ip: ip.clone() })
+                .collect(),
+        }),
         linux: Some(proto::LinuxPodSandboxStatus {
             namespaces: Some(proto::Namespace {
                 options: Some(proto::NamespaceOption::default()),

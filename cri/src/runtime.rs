@@ -13,23 +13,13 @@ use crate::{CRI_API_VERSION, convert, proto};
 #[derive(Debug, Clone)]
 pub struct RuntimeService {
     pods: Arc<PodService>,
-    network_ready: Result<(), (String, String)>,
     config_info: serde_json::Value,
 }
 
 impl RuntimeService {
     /// Serves `pods`; `config_info` is shown by verbose `Status`.
     pub fn new(pods: Arc<PodService>, config_info: serde_json::Value) -> Self {
-        let network_ready = Err((
-            "NetworkPluginNotReady".to_owned(),
-            "frakti does not configure pod networking yet: pods get no network interface"
-                .to_owned(),
-        ));
-        Self {
-            pods,
-            network_ready,
-            config_info,
-        }
+        Self { pods, config_info }
     }
 }
 
@@ -78,9 +68,14 @@ impl proto::runtime_service_server::RuntimeService for RuntimeService {
             .runtime_ready()
             .await
             .map_err(|m| ("GuestAssetsMissing".to_owned(), m));
+        let network_ready = self
+            .pods
+            .network_ready()
+            .await
+            .map_err(|m| ("NetworkPluginNotReady".to_owned(), m));
         let conditions = vec![
             condition("RuntimeReady", runtime_ready),
-            condition("NetworkReady", self.network_ready.clone()),
+            condition("NetworkReady", network_ready),
         ];
         let mut handlers = vec![proto::RuntimeHandler {
             name: String::new(),

@@ -51,6 +51,13 @@ pub struct Cli {
     /// Seconds a pod VM may take to boot until its agent answers.
     #[arg(long)]
     pub boot_timeout: Option<u64>,
+    /// CNI configuration directory; the first .conflist/.conf by name is used.
+    #[arg(long)]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// CNI plugin directories (repeat the flag or separate with commas)
+    /// [default: /opt/cni/bin,/usr/lib/cni].
+    #[arg(long, value_delimiter = ',')]
+    pub cni_bin_dir: Vec<PathBuf>,
 }
 
 /// The config file's keys (all optional); the same names as the flags.
@@ -70,6 +77,8 @@ struct FileConfig {
     qemu_firmware: Option<PathBuf>,
     qemu_sandbox: Option<bool>,
     boot_timeout: Option<u64>,
+    cni_conf_dir: Option<PathBuf>,
+    cni_bin_dir: Option<Vec<PathBuf>>,
 }
 
 /// The effective configuration.
@@ -101,6 +110,10 @@ pub struct Config {
     pub qemu_sandbox: bool,
     /// Boot timeout, seconds.
     pub boot_timeout: u64,
+    /// CNI configuration directory.
+    pub cni_conf_dir: PathBuf,
+    /// CNI plugin directories.
+    pub cni_bin_dir: Vec<PathBuf>,
 }
 
 /// The configuration is unusable.
@@ -191,6 +204,15 @@ impl Config {
                 .unwrap_or_else(|| "/usr/share/qemu/qboot.rom".into()),
             qemu_sandbox: file.qemu_sandbox.unwrap_or(true),
             boot_timeout: cli.boot_timeout.or(file.boot_timeout).unwrap_or(60),
+            cni_conf_dir: cli
+                .cni_conf_dir
+                .clone()
+                .or(file.cni_conf_dir)
+                .unwrap_or_else(|| "/etc/cni/net.d".into()),
+            cni_bin_dir: Some(cli.cni_bin_dir.clone())
+                .filter(|d| !d.is_empty())
+                .or(file.cni_bin_dir)
+                .unwrap_or_else(network::cni::default_bin_dirs),
         };
         config.validate()?;
         Ok(config)
@@ -273,6 +295,29 @@ mod tests {
         assert_eq!(c.root, PathBuf::from("/var/lib/frakti"));
         assert_eq!(c.state_dir, PathBuf::from("/run/frakti"));
         assert_eq!((c.cpu, c.memory, c.accel), (1, 512, AccelMode::Auto));
+        assert_eq!(c.cni_conf_dir, PathBuf::from("/etc/cni/net.d"));
+        assert_eq!(
+            c.cni_bin_dir,
+            [PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]
+        );
+    }
+
+    #[test]
+    fn cni_bin_dir_is_a_list() {
+        let c = Config::merge(
+            &cli(&["--cni-bin-dir", "/a,/b", "--cni-bin-dir", "/c"]),
+            FileConfig::default(),
+        );
+        assert_eq!(
+            c.unwrap().cni_bin_dir,
+            [PathBuf::from("/a"), "/b".into(), "/c".into()]
+        );
+        let f = file("cni_bin_dir = [\"/x\"]\ncni_conf_dir = \"/etc/x\"\n");
+        let c = Config::merge(&cli(&[]), f).unwrap();
+        assert_eq!(
+            (c.cni_bin_dir, c.cni_conf_dir),
+            (vec![PathBuf::from("/x")], PathBuf::from("/etc/x"))
+        );
     }
 
     #[test]

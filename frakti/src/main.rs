@@ -13,6 +13,7 @@ use clap::Parser;
 use cri::proto::image_service_server::ImageServiceServer;
 use cri::proto::runtime_service_server::RuntimeServiceServer;
 use hypervisor::{Qemu, QemuConfig};
+use network::Cni;
 use pods::{PodService, Store};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -71,6 +72,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             accel: config.accel,
             boot_timeout: Duration::from_secs(config.boot_timeout),
             extra_cmdline: Vec::new(),
+            cni: Some(Arc::new(Cni::new(
+                config.cni_conf_dir.clone(),
+                config.cni_bin_dir.clone(),
+            ))),
         },
         Arc::new(qemu),
         events_tx,
@@ -90,7 +95,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let listener = bind(&config.listen)?;
     let info = serde_json::to_value(&config).unwrap_or_default();
-    let runtime_service = cri::RuntimeService::new(pods, info);
+    let runtime_service = cri::RuntimeService::new(pods.clone(), info);
+    match pods.network_ready().await {
+        Ok(()) => {}
+        Err(e) => tracing::warn!("pod networking not ready: {e}"),
+    }
+    if let Ok(cni) = Cni::new(config.cni_conf_dir.clone(), config.cni_bin_dir.clone()).load() {
+        tracing::info!(network = cni.name(), source = %cni.source, "CNI configuration");
+    }
     tracing::info!(socket = %config.listen.display(), version = env!("CARGO_PKG_VERSION"), "frakti serving the CRI");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()

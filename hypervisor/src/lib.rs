@@ -34,6 +34,19 @@ pub struct VmSpec {
     pub extra_cmdline: Vec<String>,
     /// Accelerator to use.
     pub accel: Accel,
+    /// Network namespace the VMM runs in (its taps live there).
+    pub netns: Option<PathBuf>,
+    /// Network interfaces, each backed by a tap in `netns`.
+    pub nics: Vec<NicSpec>,
+}
+
+/// A virtio-net device backed by a tap device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicSpec {
+    /// The tap device's name.
+    pub tap: String,
+    /// The MAC address the guest sees.
+    pub mac: String,
 }
 
 /// A running VM's process and its control endpoints.

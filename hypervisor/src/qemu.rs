@@ -2,6 +2,7 @@
 //! shared-memfd RAM (ready for virtio-fs), QMP on a unix socket.
 
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -184,6 +185,17 @@ impl Qemu {
             "-pidfile".into(),
             p("qemu.pid"),
         ]);
+        for (i, nic) in spec.nics.iter().enumerate() {
+            args.extend([
+                "-netdev".into(),
+                format!(
+                    "tap,id=net{i},ifname={},script=no,downscript=no,vhost=off",
+                    nic.tap
+                ),
+                "-device".into(),
+                format!("virtio-net-pci,netdev=net{i},mac={}", nic.mac),
+            ]);
+        }
         if self.seccomp {
             args.extend([
                 "-sandbox".into(),
@@ -246,7 +258,27 @@ impl Hypervisor for Qemu {
             .map_err(|e| LaunchError::Dir(log_path.clone(), e))?;
         let args = self.args(spec);
         tracing::debug!(binary = %self.config.binary.display(), ?args, "starting QEMU");
-        let child = Command::new(&self.config.binary)
+        let netns = match &spec.netns {
+            Some(path) => {
+                Some(fs::File::open(path).map_err(|e| LaunchError::Dir(path.clone(), e))?)
+            }
+            None => None,
+        };
+        let mut command = Command::new(&self.config.binary);
+        if let Some(ns) = &netns {
+            let fd = ns.as_raw_fd();
+            // SAFETY: between fork and exec the closure only calls setns(2), which is
+            // async-signal-safe; `ns` is kept open until after spawn returns.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command
             .args(&args)
             .stdin(Stdio::null())
             .stdout(log)
@@ -255,6 +287,7 @@ impl Hypervisor for Qemu {
             .process_group(0)
             .spawn()
             .map_err(|e| LaunchError::Spawn(self.config.binary.clone(), e))?;
+        drop(netns);
         let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
         // The child is watched through its pidfd from here on and reaped by the watcher.
         drop(child);
@@ -355,6 +388,7 @@ fn host_tsc_khz() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::NicSpec;
 
     fn spec(accel: Accel) -> VmSpec {
         VmSpec {
@@ -366,6 +400,11 @@ mod tests {
             initrd: "/i".into(),
             extra_cmdline: vec!["frakti.log=debug".into()],
             accel,
+            netns: None,
+            nics: vec![NicSpec {
+                tap: "tap0".into(),
+                mac: "02:00:00:00:00:01".into(),
+            }],
         }
     }
 
@@ -402,6 +441,13 @@ mod tests {
             after(&args, "-device").contains(&"virtserialport,chardev=agent,name=frakti.agent")
         );
         assert_eq!(after(&args, "-sandbox").len(), 1);
+        assert_eq!(
+            after(&args, "-netdev"),
+            ["tap,id=net0,ifname=tap0,script=no,downscript=no,vhost=off"]
+        );
+        assert!(
+            after(&args, "-device").contains(&"virtio-net-pci,netdev=net0,mac=02:00:00:00:00:01")
+        );
     }
 
     #[test]

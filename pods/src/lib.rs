@@ -8,8 +8,9 @@ pub mod service;
 pub mod store;
 
 pub use model::{
-    PodMetadata, PodResources, SandboxConfig, SandboxFilter, SandboxRecord, SandboxState,
+    PodMetadata, PodResources, PortMapping, SandboxConfig, SandboxFilter, SandboxRecord,
+    SandboxState,
 };
-pub use runtime::{PodRuntime, RuntimeError, RuntimeErrorKind, RuntimeEvent};
+pub use runtime::{PodRuntime, RuntimeError, RuntimeErrorKind, RuntimeEvent, StartedSandbox};
 pub use service::{PodService, RemovePodError, RunPodError, StatusPodError, StopPodError};
 pub use store::{Store, StoreError};

@@ -59,6 +59,22 @@ pub struct SandboxConfig {
     pub resources: Option<PodResources>,
     /// Sandbox overhead, when the kubelet sent it.
     pub overhead: Option<PodResources>,
+    /// hostPort mappings.
+    #[serde(default)]
+    pub port_mappings: Vec<PortMapping>,
+}
+
+/// A hostPort mapping of the pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapping {
+    /// `tcp`, `udp` or `sctp`.
+    pub protocol: String,
+    /// Port inside the pod.
+    pub container_port: i32,
+    /// Port on the host.
+    pub host_port: i32,
+    /// Host address, empty for all.
+    pub host_ip: String,
 }
 
 /// CRI sandbox states.
@@ -87,6 +103,9 @@ pub struct SandboxRecord {
     pub runtime: String,
     /// Runtime-private state (e.g. the VM's pid and directories).
     pub runtime_state: serde_json::Value,
+    /// The pod's IP addresses, the primary first.
+    #[serde(default)]
+    pub ips: Vec<String>,
 }
 
 impl SandboxRecord {

@@ -13,12 +13,15 @@ pub trait PodRuntime: Send + Sync + Debug {
     /// Whether the runtime can start pods now; `Err` carries the reason.
     async fn ready(&self) -> Result<(), String>;
 
-    /// Starts the sandbox and returns the runtime-private state to persist.
+    /// Whether pods can get a network now; `Err` carries the reason.
+    async fn network_ready(&self) -> Result<(), String>;
+
+    /// Starts the sandbox; returns the runtime-private state to persist and the pod's IPs.
     async fn start_sandbox(
         &self,
         id: &str,
         config: &SandboxConfig,
-    ) -> Result<serde_json::Value, RuntimeError>;
+    ) -> Result<StartedSandbox, RuntimeError>;
 
     /// Stops the sandbox; succeeds if it is already stopped.
     async fn stop_sandbox(&self, id: &str, state: &serde_json::Value) -> Result<(), RuntimeError>;
@@ -36,6 +39,15 @@ pub trait PodRuntime: Send + Sync + Debug {
 
     /// Extra facts for verbose status.
     async fn sandbox_info(&self, id: &str, state: &serde_json::Value) -> serde_json::Value;
+}
+
+/// A sandbox the runtime started.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartedSandbox {
+    /// Runtime-private state to persist.
+    pub state: serde_json::Value,
+    /// The pod's IP addresses, the primary first.
+    pub ips: Vec<String>,
 }
 
 /// Something a runtime reports without being asked.

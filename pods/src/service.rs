@@ -131,6 +131,11 @@ impl PodService {
         self.runtime.ready().await
     }
 
+    /// Whether pods can get a network.
+    pub async fn network_ready(&self) -> Result<(), String> {
+        self.runtime.network_ready().await
+    }
+
     /// Loads stored sandboxes and re-adopts those still running.
     pub async fn recover(&self) -> Result<usize, StoreError> {
         let records = self.store.load_all()?;
@@ -213,7 +218,7 @@ impl PodService {
         let key = metadata.reservation_key();
         let _reservation = self.reserve(&key).await?;
         let id = new_id();
-        let runtime_state = self.runtime.start_sandbox(&id, &config).await?;
+        let started = self.runtime.start_sandbox(&id, &config).await?;
         let record = SandboxRecord {
             id: id.clone(),
             config,
@@ -221,7 +226,8 @@ impl PodService {
             reason: String::new(),
             created_at_ns: now_ns(),
             runtime: self.runtime.name().to_owned(),
-            runtime_state,
+            runtime_state: started.state,
+            ips: started.ips,
         };
         if let Err(e) = self.store.save(&record) {
             // Without a record nobody could ever stop it: undo.

@@ -102,6 +102,7 @@ mod tests {
             created_at_ns: 1,
             runtime: "fake".into(),
             runtime_state: serde_json::json!({"pid": 1}),
+            ips: vec!["10.0.0.2".into()],
         }
     }
 

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use pods::{
     PodMetadata, PodRuntime, PodService, RunPodError, RuntimeError, RuntimeErrorKind, RuntimeEvent,
-    SandboxConfig, SandboxFilter, SandboxState, StatusPodError, Store,
+    SandboxConfig, SandboxFilter, SandboxState, StartedSandbox, StatusPodError, Store,
 };
 
 /// Records calls and keeps a fake "running" flag per sandbox.
@@ -36,17 +36,23 @@ impl PodRuntime for FakeRuntime {
     async fn ready(&self) -> Result<(), String> {
         Ok(())
     }
+    async fn network_ready(&self) -> Result<(), String> {
+        Err("no network in the fake".into())
+    }
     async fn start_sandbox(
         &self,
         id: &str,
         _config: &SandboxConfig,
-    ) -> Result<serde_json::Value, RuntimeError> {
+    ) -> Result<StartedSandbox, RuntimeError> {
         if let Some(msg) = self.fail_start.lock().unwrap().clone() {
             return Err(RuntimeError::new(RuntimeErrorKind::Internal, msg));
         }
         self.log("start", id);
         self.running.lock().unwrap().insert(id.into(), true);
-        Ok(serde_json::json!({"fake": id}))
+        Ok(StartedSandbox {
+            state: serde_json::json!({"fake": id}),
+            ips: vec!["10.9.0.2".into()],
+        })
     }
     async fn stop_sandbox(&self, id: &str, _s: &serde_json::Value) -> Result<(), RuntimeError> {
         self.log("stop", id);

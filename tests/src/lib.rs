@@ -56,6 +56,9 @@ impl Daemon {
             guest.join("initramfs.img").display().to_string(),
             "--memory".into(),
             "256".into(),
+            // An empty CNI directory: the embedded default network.
+            "--cni-conf-dir".into(),
+            dir.path().join("net.d").display().to_string(),
         ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let mut daemon = Self {
@@ -130,18 +133,7 @@ impl Daemon {
 
     /// A channel to the daemon's socket.
     pub async fn channel(&self) -> anyhow::Result<Channel> {
-        let path = self.socket();
-        let channel = Endpoint::try_from("http://localhost")?
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            }))
-            .await?;
-        Ok(channel)
+        channel(&self.socket()).await
     }
 
     /// A RuntimeService client.
@@ -171,8 +163,44 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Stops and removes every pod through the CRI, so that a failed test
+    /// leaves no namespace, CNI allocation or VM behind.
+    fn remove_all_pods(&self) {
+        let socket = self.socket();
+        let worker = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let mut c = connect(&socket).await.ok()?;
+                let pods = c
+                    .list_pod_sandbox(proto::ListPodSandboxRequest::default())
+                    .await
+                    .ok()?;
+                for pod in pods.into_inner().items {
+                    let req = proto::RemovePodSandboxRequest {
+                        pod_sandbox_id: pod.id,
+                    };
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(30), c.remove_pod_sandbox(req))
+                            .await;
+                }
+                Some(())
+            });
+        });
+        let _ = worker.join();
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if self.child.is_some() {
+            self.remove_all_pods();
+        }
         self.kill(libc::SIGKILL);
         // Never leave VMs behind: kill every QEMU whose files are in our state dir.
         let state = self.state_dir().display().to_string();
@@ -181,6 +209,24 @@ impl Drop for Daemon {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
+}
+
+/// A channel to the CRI socket at `path`.
+pub async fn channel(path: &Path) -> anyhow::Result<Channel> {
+    let path = path.to_path_buf();
+    let channel = Endpoint::try_from("http://localhost")?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await?;
+    Ok(channel)
+}
+
+async fn connect(path: &Path) -> anyhow::Result<RuntimeServiceClient<Channel>> {
+    Ok(RuntimeServiceClient::new(channel(path).await?))
 }
 
 /// Pids of processes with an argument containing `needle`.

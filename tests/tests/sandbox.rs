@@ -35,8 +35,8 @@ async fn version_status_and_bad_input() {
     let conditions = s.status.unwrap().conditions;
     let cond = |t: &str| conditions.iter().find(|c| c.r#type == t).cloned().unwrap();
     assert!(cond("RuntimeReady").status);
-    assert!(!cond("NetworkReady").status);
-    assert!(!cond("NetworkReady").reason.is_empty());
+    // An empty CNI directory: the embedded default network is ready.
+    assert!(cond("NetworkReady").status, "{:?}", cond("NetworkReady"));
     assert!(s.runtime_handlers.iter().any(|h| h.name == "frakti"));
     assert!(
         s.info["config"].contains("\"accel\":\"tcg\""),

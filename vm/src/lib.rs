@@ -1,6 +1,7 @@
 //! `VmRuntime`: runs every pod sandbox as its own VM, with `frakti-agent` as
 //! the guest's PID 1, reached over a virtio-serial channel.
 
+pub mod net;
 pub mod sizing;
 
 use std::collections::HashMap;
@@ -10,8 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent_api::{AgentClient, Request, Response, UnixTransport};
-use hypervisor::{Accel, AccelMode, Hypervisor, LaunchError, Process, VmEndpoints, VmSpec};
-use pods::{PodRuntime, RuntimeError, RuntimeErrorKind, RuntimeEvent, SandboxConfig};
+use hypervisor::{
+    Accel, AccelMode, Hypervisor, LaunchError, NicSpec, Process, VmEndpoints, VmSpec,
+};
+use network::Cni;
+use pods::{
+    PodRuntime, RuntimeError, RuntimeErrorKind, RuntimeEvent, SandboxConfig, StartedSandbox,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OnceCell, mpsc};
 use tokio::task::JoinHandle;
@@ -47,10 +53,12 @@ pub struct VmRuntimeConfig {
     pub boot_timeout: Duration,
     /// Extra kernel command-line words (e.g. `frakti.log=debug`).
     pub extra_cmdline: Vec<String>,
+    /// CNI networking for pods; `None` leaves pods without a network.
+    pub cni: Option<Arc<Cni>>,
 }
 
 /// What is persisted per VM sandbox.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmState {
     /// PID of QEMU.
     pub pid: i32,
@@ -64,6 +72,9 @@ pub struct VmState {
     pub memory_mib: u64,
     /// The agent's boot id at start.
     pub boot_id: String,
+    /// The pod's network, if it has one.
+    #[serde(default)]
+    pub network: Option<net::PodNetwork>,
 }
 
 /// The accelerator verdict and why.
@@ -145,6 +156,8 @@ impl VmRuntime {
             initrd: self.config.initrd.clone(),
             extra_cmdline: Vec::new(),
             accel: Accel::Kvm,
+            netns: None,
+            nics: Vec::new(),
         };
         let started = Instant::now();
         let result = match self.hypervisor.launch(&spec).await {
@@ -229,6 +242,7 @@ impl VmRuntime {
         id: &str,
         config: &SandboxConfig,
         dir: &Path,
+        pod_net: Option<&net::PodNetwork>,
     ) -> Result<VmState, RuntimeError> {
         let accel = self.accel().await.accel;
         let max_vcpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -247,6 +261,14 @@ impl VmRuntime {
             initrd: self.config.initrd.clone(),
             extra_cmdline: self.config.extra_cmdline.clone(),
             accel,
+            netns: pod_net.map(|n| network::Netns::new(n.netns.clone()).path()),
+            nics: pod_net
+                .map(|n| NicSpec {
+                    tap: n.tap.tap.clone(),
+                    mac: n.tap.mac.clone(),
+                })
+                .into_iter()
+                .collect(),
         };
         let started = Instant::now();
         let endpoints = self.hypervisor.launch(&spec).await.map_err(|e| match e {
@@ -281,6 +303,17 @@ impl VmRuntime {
                 format!("set up the guest: {why}"),
             ));
         }
+        if let Some(n) = pod_net {
+            let (interfaces, routes) = net::guest_config(n);
+            let request = Request::ConfigureNetwork { interfaces, routes };
+            if let Err(e) = agent.call(&request, AGENT_CALL).await {
+                let why = stop_vm(e.to_string()).await;
+                return Err(RuntimeError::new(
+                    RuntimeErrorKind::Internal,
+                    format!("configure the guest network: {why}"),
+                ));
+            }
+        }
         tracing::info!(%id, pid = endpoints.pid, %accel, vcpus = size.vcpus, memory_mib = size.memory_mib,
             boot = ?started.elapsed(), "pod VM ready");
         let state = VmState {
@@ -290,6 +323,7 @@ impl VmRuntime {
             vcpus: size.vcpus,
             memory_mib: size.memory_mib,
             boot_id: welcome.map(|w| w.boot_id).unwrap_or_default(),
+            network: pod_net.cloned(),
         };
         if let Err(e) = self.track(id, endpoints.clone(), agent) {
             let _ = stop_vm(String::new()).await;
@@ -350,16 +384,41 @@ impl PodRuntime for VmRuntime {
         Ok(())
     }
 
+    async fn network_ready(&self) -> Result<(), String> {
+        match &self.config.cni {
+            Some(cni) => cni.status().map(drop).map_err(|e| e.to_string()),
+            None => Err("pod networking is disabled".into()),
+        }
+    }
+
     async fn start_sandbox(
         &self,
         id: &str,
         config: &SandboxConfig,
-    ) -> Result<serde_json::Value, RuntimeError> {
+    ) -> Result<StartedSandbox, RuntimeError> {
         let dir = self.config.state_dir.join(id);
-        match self.boot(id, config, &dir).await {
-            Ok(state) => serde_json::to_value(state)
-                .map_err(|e| RuntimeError::new(RuntimeErrorKind::Internal, e.to_string())),
+        let network = match &self.config.cni {
+            Some(cni) => Some(net::setup(cni, id, config).await.map_err(|e| {
+                RuntimeError::new(RuntimeErrorKind::Internal, format!("pod network: {e}"))
+            })?),
+            None => None,
+        };
+        match self.boot(id, config, &dir, network.as_ref()).await {
+            Ok(state) => {
+                let ips = network
+                    .as_ref()
+                    .map(|n| n.result.pod_ips())
+                    .unwrap_or_default();
+                let state = serde_json::to_value(state)
+                    .map_err(|e| RuntimeError::new(RuntimeErrorKind::Internal, e.to_string()))?;
+                Ok(StartedSandbox { state, ips })
+            }
             Err(e) => {
+                if let (Some(cni), Some(n)) = (&self.config.cni, &network) {
+                    if let Err(why) = net::teardown(cni, n).await {
+                        tracing::warn!(%id, "cleaning up the pod network: {why}");
+                    }
+                }
                 let _ = std::fs::remove_dir_all(&dir);
                 Err(e)
             }
@@ -389,6 +448,17 @@ impl PodRuntime for VmRuntime {
             .await
             .map_err(|e| RuntimeError::new(RuntimeErrorKind::Internal, e.to_string()))?;
         lock(&self.vms).remove(id);
+        if let Some(network) = &vm_state.network {
+            let cni = self.config.cni.clone().unwrap_or_else(|| {
+                Arc::new(Cni::new(PathBuf::new(), network::cni::default_bin_dirs()))
+            });
+            net::teardown(&cni, network).await.map_err(|e| {
+                RuntimeError::new(
+                    RuntimeErrorKind::Internal,
+                    format!("pod network teardown: {e}"),
+                )
+            })?;
+        }
         Ok(())
     }
 

@@ -103,6 +103,8 @@ async fn floor_boot(daemon: &Daemon, accel: Accel, i: usize) -> anyhow::Result<f
         initrd: guest_dir().join("initramfs.img"),
         extra_cmdline: Vec::new(),
         accel,
+        netns: None,
+        nics: Vec::new(),
     };
     let console = dir.join("console.log");
     let begin = Instant::now();

@@ -1,0 +1,221 @@
+//! Pod networking with Debian's CNI plugins, real namespaces and real VMs.
+
+use std::path::Path;
+use std::process::Command;
+
+use cri::proto;
+use e2e::{Daemon, pids_with_arg, pod_config, pod_status, run_pod};
+use tonic::Code;
+
+/// These tests look at host-wide state (namespaces, iptables): one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn ping(ip: &str) -> bool {
+    Command::new("ping")
+        .args(["-c", "2", "-W", "3", ip])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn is_qemu(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("qemu"))
+}
+
+fn ipam_file(ip: &str) -> String {
+    format!("/var/lib/cni/networks/frakti/{ip}")
+}
+
+fn netns(id: &str) -> String {
+    format!("/run/netns/frakti-{id}")
+}
+
+#[tokio::test]
+async fn pods_get_reachable_ips_and_leave_nothing_behind() {
+    let _serial = SERIAL.lock().await;
+    let daemon = Daemon::start(&["--accel", "tcg"]).await.unwrap();
+    let mut c = daemon.runtime().await.unwrap();
+    let mut config = pod_config("net-a", &[]);
+    config.port_mappings.push(proto::PortMapping {
+        protocol: proto::Protocol::Tcp as i32,
+        container_port: 80,
+        host_port: 18_081,
+        host_ip: String::new(),
+    });
+    let a = run_pod(&mut c, config).await.unwrap();
+    let b = run_pod(&mut c, pod_config("net-b", &[])).await.unwrap();
+
+    let ip_of = |status: &proto::PodSandboxStatus| status.network.clone().unwrap().ip;
+    let ip_a = ip_of(&pod_status(&mut c, &a).await.unwrap().0);
+    let ip_b = ip_of(&pod_status(&mut c, &b).await.unwrap().0);
+    assert!(
+        ip_a.starts_with("10.77.") && ip_b.starts_with("10.77."),
+        "{ip_a} {ip_b}"
+    );
+    assert_ne!(ip_a, ip_b);
+
+    // The guests answer on their pod IPs: traffic crosses veth, tc and tap into the VM.
+    assert!(ping(&ip_a), "pod A at {ip_a} does not answer");
+    assert!(ping(&ip_b), "pod B at {ip_b} does not answer");
+
+    // What CNI and frakti set up is really there.
+    assert!(Path::new(&netns(&a)).exists());
+    let links = sh(&format!("ip -n frakti-{a} -o link"));
+    assert!(links.contains("eth0") && links.contains("tap0"), "{links}");
+    assert!(Path::new(&ipam_file(&ip_a)).exists());
+    assert!(
+        sh("iptables -t nat -S").contains("18081"),
+        "no hostPort DNAT rule"
+    );
+
+    // Stop A: DEL ran, the namespace is gone, B is untouched.
+    c.stop_pod_sandbox(proto::StopPodSandboxRequest {
+        pod_sandbox_id: a.clone(),
+    })
+    .await
+    .unwrap();
+    assert!(!Path::new(&netns(&a)).exists());
+    assert!(
+        !Path::new(&ipam_file(&ip_a)).exists(),
+        "IPAM allocation of {ip_a} left"
+    );
+    assert!(
+        !sh("iptables -t nat -S").contains("18081"),
+        "hostPort rule left"
+    );
+    assert!(!ping(&ip_a));
+    assert!(ping(&ip_b));
+    // Stopping again is fine.
+    c.stop_pod_sandbox(proto::StopPodSandboxRequest {
+        pod_sandbox_id: a.clone(),
+    })
+    .await
+    .unwrap();
+    for id in [&a, &b] {
+        c.remove_pod_sandbox(proto::RemovePodSandboxRequest {
+            pod_sandbox_id: id.to_string(),
+        })
+        .await
+        .unwrap();
+    }
+    assert!(!Path::new(&netns(&b)).exists());
+    assert!(!Path::new(&ipam_file(&ip_b)).exists());
+    assert!(!sh("ip -o link").contains(&a[..8]));
+}
+
+#[tokio::test]
+async fn stop_after_daemon_restart_runs_del() {
+    let _serial = SERIAL.lock().await;
+    let mut daemon = Daemon::start(&["--accel", "tcg"]).await.unwrap();
+    let mut c = daemon.runtime().await.unwrap();
+    let id = run_pod(&mut c, pod_config("net-restart", &[]))
+        .await
+        .unwrap();
+    let ip = pod_status(&mut c, &id).await.unwrap().0.network.unwrap().ip;
+    daemon.kill(libc::SIGKILL);
+    daemon.restart().await.unwrap();
+    let mut c = daemon.runtime().await.unwrap();
+    // The IP survives the restart in the record.
+    assert_eq!(
+        pod_status(&mut c, &id).await.unwrap().0.network.unwrap().ip,
+        ip
+    );
+    assert!(ping(&ip));
+    c.stop_pod_sandbox(proto::StopPodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    assert!(
+        !Path::new(&ipam_file(&ip)).exists(),
+        "DEL did not run after the restart"
+    );
+    assert!(!Path::new(&netns(&id)).exists());
+    c.remove_pod_sandbox(proto::RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn broken_cni_config_is_reported_and_cleaned_up() {
+    let _serial = SERIAL.lock().await;
+    let daemon = Daemon::start(&["--accel", "tcg"]).await.unwrap();
+    let conf_dir = daemon.dir_path().join("net.d");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    let mut c = daemon.runtime().await.unwrap();
+    let network_ready =
+        async |c: &mut cri::proto::runtime_service_client::RuntimeServiceClient<_>| {
+            let s = c
+                .status(proto::StatusRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+            s.status
+                .unwrap()
+                .conditions
+                .into_iter()
+                .find(|c| c.r#type == "NetworkReady")
+                .unwrap()
+        };
+
+    // A plugin that does not exist: NetworkReady=false naming it; pods refused.
+    std::fs::write(
+        conf_dir.join("10-missing.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"broken","plugins":[{"type":"no-such-plugin"}]}"#,
+    )
+    .unwrap();
+    let cond = network_ready(&mut c).await;
+    assert!(!cond.status);
+    assert_eq!(cond.reason, "NetworkPluginNotReady");
+    assert!(cond.message.contains("no-such-plugin"), "{}", cond.message);
+    let before = sh("ls /run/netns");
+    let err = run_pod(&mut c, pod_config("broken-1", &[]))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("no-such-plugin"),
+        "{}",
+        err.message()
+    );
+
+    // A plugin that fails: the error names it, and nothing is left behind.
+    std::fs::write(
+        conf_dir.join("10-missing.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"broken","plugins":[{"type":"bridge","bridge":"frakti-bad0",
+            "ipam":{"type":"host-local","ranges":[[{"subnet":"not-a-subnet"}]]}}]}"#,
+    )
+    .unwrap();
+    let err = run_pod(&mut c, pod_config("broken-2", &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Internal);
+    assert!(
+        err.message().contains("CNI plugin bridge ADD failed"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        sh("ls /run/netns"),
+        before,
+        "a network namespace was left behind"
+    );
+    let state = daemon.state_dir().display().to_string();
+    let vms: Vec<i32> = pids_with_arg(&state)
+        .into_iter()
+        .filter(|p| is_qemu(*p))
+        .collect();
+    assert!(vms.is_empty(), "a VM was left: {vms:?}");
+    let list = c
+        .list_pod_sandbox(proto::ListPodSandboxRequest::default())
+        .await
+        .unwrap();
+    assert!(list.into_inner().items.is_empty());
+
+    // The directory is read anew: removing the broken file brings the default back.
+    std::fs::remove_file(conf_dir.join("10-missing.conflist")).unwrap();
+    assert!(network_ready(&mut c).await.status);
+}
