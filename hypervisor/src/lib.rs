@@ -86,6 +86,22 @@ pub enum StopError {
     Unkillable(i32),
 }
 
+/// Hot-plugging a device failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HotplugError {
+    /// The VMM refused or did not answer
+    #[error("hot-plug of {device}: {source}")]
+    Qmp {
+        /// The device.
+        device: String,
+        /// The VMM's answer.
+        source: QmpError,
+    },
+    /// No free hot-plug slot
+    #[error("no free hot-plug slot for {0}")]
+    NoSlot(String),
+}
+
 /// A virtual machine monitor.
 #[async_trait::async_trait]
 pub trait Hypervisor: Send + Sync + Debug {
@@ -100,4 +116,12 @@ pub trait Hypervisor: Send + Sync + Debug {
 
     /// Stops the VMM: asks it to quit, waits `grace`, then kills it. Succeeds if already gone.
     async fn stop(&self, id: &str, vm: &VmEndpoints, grace: Duration) -> Result<(), StopError>;
+
+    /// Hot-plugs NIC number `index` backed by `nic`'s tap (in the VMM's namespace).
+    async fn add_nic(
+        &self,
+        vm: &VmEndpoints,
+        index: usize,
+        nic: &NicSpec,
+    ) -> Result<(), HotplugError>;
 }

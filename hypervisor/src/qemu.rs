@@ -14,7 +14,7 @@ use nix::sys::signal::Signal;
 use crate::accel::Accel;
 use crate::process::{self, Process};
 use crate::qmp::QmpClient;
-use crate::{AdoptError, Hypervisor, StopError, VmEndpoints, VmSpec};
+use crate::{AdoptError, HotplugError, Hypervisor, NicSpec, StopError, VmEndpoints, VmSpec};
 
 /// Kernel command line that boots reliably and fast under TCG (DESIGN.md §3).
 const BASE_CMDLINE: &[&str] = &[
@@ -185,6 +185,13 @@ impl Qemu {
             "-pidfile".into(),
             p("qemu.pid"),
         ]);
+        // Hot-plug slots on q35: one PCIe root port each.
+        for port in 1..=HOTPLUG_PORTS {
+            args.extend([
+                "-device".into(),
+                format!("pcie-root-port,id=rp{port},bus=pcie.0,chassis={port},slot={port}"),
+            ]);
+        }
         for (i, nic) in spec.nics.iter().enumerate() {
             args.extend([
                 "-netdev".into(),
@@ -214,6 +221,9 @@ impl Qemu {
         }
     }
 }
+
+/// PCIe root ports created for hot-plug (NICs take the first ones).
+const HOTPLUG_PORTS: usize = 4;
 
 /// The virtio-serial port name the agent looks for.
 const AGENT_PORT: &str = "frakti.agent";
@@ -332,6 +342,39 @@ impl Hypervisor for Qemu {
         Ok(Self::endpoints(dir, pid))
     }
 
+    async fn add_nic(
+        &self,
+        vm: &VmEndpoints,
+        index: usize,
+        nic: &NicSpec,
+    ) -> Result<(), HotplugError> {
+        let device = format!("nic{index}");
+        if index >= HOTPLUG_PORTS {
+            return Err(HotplugError::NoSlot(device));
+        }
+        let err = |source| HotplugError::Qmp {
+            device: device.clone(),
+            source,
+        };
+        let limit = Duration::from_secs(10);
+        let qmp = self.qmp(vm).await.map_err(err)?;
+        let netdev = serde_json::json!({
+            "type": "tap", "id": format!("net{index}"), "ifname": nic.tap,
+            "script": "no", "downscript": "no", "vhost": false,
+        });
+        qmp.execute("netdev_add", Some(netdev), limit)
+            .await
+            .map_err(err)?;
+        let dev = serde_json::json!({
+            "driver": "virtio-net-pci", "id": device, "netdev": format!("net{index}"),
+            "mac": nic.mac, "bus": format!("rp{}", index + 1),
+        });
+        qmp.execute("device_add", Some(dev), limit)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
     async fn stop(&self, id: &str, vm: &VmEndpoints, grace: Duration) -> Result<(), StopError> {
         let Ok(proc) = Process::open(vm.pid) else {
             return Ok(());
@@ -358,6 +401,12 @@ impl Hypervisor for Qemu {
         tokio::time::timeout(Duration::from_secs(10), proc.exited())
             .await
             .map_err(|_| StopError::Unkillable(vm.pid))
+    }
+}
+
+impl Qemu {
+    async fn qmp(&self, vm: &VmEndpoints) -> Result<QmpClient, crate::QmpError> {
+        QmpClient::connect(&vm.control_socket, Duration::from_secs(5)).await
     }
 }
 
@@ -388,7 +437,6 @@ fn host_tsc_khz() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::NicSpec;
 
     fn spec(accel: Accel) -> VmSpec {
         VmSpec {

@@ -5,6 +5,6 @@ pub mod cni;
 pub mod netns;
 pub mod tap;
 
-pub use cni::{Cni, CniConfig, CniError, CniResult, PortMapping};
+pub use cni::{Attachment, Cni, CniConfig, CniError, CniResult, PortMapping};
 pub use netns::{Netns, NetnsError};
 pub use tap::{TapError, TapLink};

@@ -86,6 +86,14 @@ pub struct AccelVerdict {
     pub reason: String,
 }
 
+/// What a failed start must undo.
+struct Undo<'a> {
+    id: &'a str,
+    vm: Option<VmEndpoints>,
+    netns: Option<network::Netns>,
+    network: Option<net::PodNetwork>,
+}
+
 #[derive(Debug)]
 struct Vm {
     endpoints: VmEndpoints,
@@ -242,8 +250,34 @@ impl VmRuntime {
         id: &str,
         config: &SandboxConfig,
         dir: &Path,
-        pod_net: Option<&net::PodNetwork>,
     ) -> Result<VmState, RuntimeError> {
+        let mut undo = Undo {
+            id,
+            vm: None,
+            netns: None,
+            network: None,
+        };
+        match self.boot_steps(id, config, dir, &mut undo).await {
+            Ok(state) => Ok(state),
+            Err(e) => {
+                self.undo(undo).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Boots the VM while CNI sets up the pod's network, then hot-plugs the
+    /// NIC: the network's set-up time hides behind the guest's boot.
+    async fn boot_steps<'a>(
+        &self,
+        id: &'a str,
+        config: &SandboxConfig,
+        dir: &Path,
+        undo: &mut Undo<'a>,
+    ) -> Result<VmState, RuntimeError> {
+        let internal = |what: &str, e: String| {
+            RuntimeError::new(RuntimeErrorKind::Internal, format!("{what}: {e}"))
+        };
         let accel = self.accel().await.accel;
         let max_vcpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let size = size_for(
@@ -252,6 +286,16 @@ impl VmRuntime {
             self.config.default_memory_mib,
             u32::try_from(max_vcpus).unwrap_or(u32::MAX),
         );
+        let netns = match &self.config.cni {
+            Some(_) => {
+                let ns = net::netns_for(id);
+                ns.create()
+                    .map_err(|e| internal("pod network", e.to_string()))?;
+                undo.netns = Some(ns.clone());
+                Some(ns)
+            }
+            None => None,
+        };
         let spec = VmSpec {
             id: id.to_owned(),
             dir: dir.to_path_buf(),
@@ -261,14 +305,8 @@ impl VmRuntime {
             initrd: self.config.initrd.clone(),
             extra_cmdline: self.config.extra_cmdline.clone(),
             accel,
-            netns: pod_net.map(|n| network::Netns::new(n.netns.clone()).path()),
-            nics: pod_net
-                .map(|n| NicSpec {
-                    tap: n.tap.tap.clone(),
-                    mac: n.tap.mac.clone(),
-                })
-                .into_iter()
-                .collect(),
+            netns: netns.as_ref().map(network::Netns::path),
+            nics: Vec::new(),
         };
         let started = Instant::now();
         let endpoints = self.hypervisor.launch(&spec).await.map_err(|e| match e {
@@ -277,16 +315,35 @@ impl VmRuntime {
             }
             other => RuntimeError::new(RuntimeErrorKind::Internal, other.to_string()),
         })?;
+        undo.vm = Some(endpoints.clone());
         let agent = Arc::new(AgentClient::new(Arc::new(UnixTransport::new(
             &endpoints.agent_socket,
         ))));
-        let stop_vm = async |why: String| {
-            let _ = self.hypervisor.stop(id, &endpoints, Duration::ZERO).await;
-            why
+        let attach = async {
+            let (Some(cni), Some(ns)) = (&self.config.cni, &netns) else {
+                return (None, Ok(()));
+            };
+            let pod_net = match net::setup(cni, ns, id, config).await {
+                Ok(n) => n,
+                Err(e) => return (None, Err(e)),
+            };
+            let nic = NicSpec {
+                tap: pod_net.tap.tap.clone(),
+                mac: pod_net.tap.mac.clone(),
+            };
+            let plugged = self
+                .hypervisor
+                .add_nic(&endpoints, 0, &nic)
+                .await
+                .map_err(|e| e.to_string());
+            (Some(pod_net), plugged)
         };
-        if let Err(why) = wait_boot(&agent, &endpoints, started + self.config.boot_timeout).await {
+        let booted = wait_boot(&agent, &endpoints, started + self.config.boot_timeout);
+        let ((pod_net, plugged), booted) = tokio::join!(attach, booted);
+        undo.network = pod_net.clone();
+        plugged.map_err(|e| internal("pod network", e))?;
+        if let Err(why) = booted {
             let tail = console_tail(&endpoints.console_log);
-            let why = stop_vm(why).await;
             return Err(RuntimeError::new(
                 RuntimeErrorKind::DeadlineExceeded,
                 format!("the pod VM did not come up: {why}; console: {tail}"),
@@ -296,23 +353,17 @@ impl VmRuntime {
         let setup = Request::SetupSandbox {
             hostname: config.hostname.clone(),
         };
-        if let Err(e) = agent.call(&setup, AGENT_CALL).await {
-            let why = stop_vm(e.to_string()).await;
-            return Err(RuntimeError::new(
-                RuntimeErrorKind::Internal,
-                format!("set up the guest: {why}"),
-            ));
-        }
-        if let Some(n) = pod_net {
+        agent
+            .call(&setup, AGENT_CALL)
+            .await
+            .map_err(|e| internal("set up the guest", e.to_string()))?;
+        if let Some(n) = &pod_net {
             let (interfaces, routes) = net::guest_config(n);
             let request = Request::ConfigureNetwork { interfaces, routes };
-            if let Err(e) = agent.call(&request, AGENT_CALL).await {
-                let why = stop_vm(e.to_string()).await;
-                return Err(RuntimeError::new(
-                    RuntimeErrorKind::Internal,
-                    format!("configure the guest network: {why}"),
-                ));
-            }
+            agent
+                .call(&request, AGENT_CALL)
+                .await
+                .map_err(|e| internal("configure the guest network", e.to_string()))?;
         }
         tracing::info!(%id, pid = endpoints.pid, %accel, vcpus = size.vcpus, memory_mib = size.memory_mib,
             boot = ?started.elapsed(), "pod VM ready");
@@ -323,13 +374,28 @@ impl VmRuntime {
             vcpus: size.vcpus,
             memory_mib: size.memory_mib,
             boot_id: welcome.map(|w| w.boot_id).unwrap_or_default(),
-            network: pod_net.cloned(),
+            network: pod_net,
         };
-        if let Err(e) = self.track(id, endpoints.clone(), agent) {
-            let _ = stop_vm(String::new()).await;
-            return Err(e);
-        }
+        self.track(id, endpoints, agent)?;
         Ok(state)
+    }
+
+    /// Undoes a failed start: the VM, then the network, then the namespace.
+    async fn undo(&self, undo: Undo<'_>) {
+        if let Some(vm) = &undo.vm {
+            let _ = self.hypervisor.stop(undo.id, vm, Duration::ZERO).await;
+        }
+        match (&self.config.cni, &undo.network, &undo.netns) {
+            (Some(cni), Some(n), _) => {
+                if let Err(why) = net::teardown(cni, n).await {
+                    tracing::warn!(id = undo.id, "cleaning up the pod network: {why}");
+                }
+            }
+            (_, None, Some(ns)) => {
+                let _ = ns.remove();
+            }
+            _ => {}
+        }
     }
 }
 
@@ -397,15 +463,10 @@ impl PodRuntime for VmRuntime {
         config: &SandboxConfig,
     ) -> Result<StartedSandbox, RuntimeError> {
         let dir = self.config.state_dir.join(id);
-        let network = match &self.config.cni {
-            Some(cni) => Some(net::setup(cni, id, config).await.map_err(|e| {
-                RuntimeError::new(RuntimeErrorKind::Internal, format!("pod network: {e}"))
-            })?),
-            None => None,
-        };
-        match self.boot(id, config, &dir, network.as_ref()).await {
+        match self.boot(id, config, &dir).await {
             Ok(state) => {
-                let ips = network
+                let ips = state
+                    .network
                     .as_ref()
                     .map(|n| n.result.pod_ips())
                     .unwrap_or_default();
@@ -414,11 +475,6 @@ impl PodRuntime for VmRuntime {
                 Ok(StartedSandbox { state, ips })
             }
             Err(e) => {
-                if let (Some(cni), Some(n)) = (&self.config.cni, &network) {
-                    if let Err(why) = net::teardown(cni, n).await {
-                        tracing::warn!(%id, "cleaning up the pod network: {why}");
-                    }
-                }
                 let _ = std::fs::remove_dir_all(&dir);
                 Err(e)
             }

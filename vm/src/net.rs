@@ -48,11 +48,19 @@ fn attachment(id: &str, netns: &Netns, ifname: &str, config: &SandboxConfig) -> 
     }
 }
 
-/// Creates the namespace, runs CNI ADD (loopback and the pod network) and the
-/// tap mirror. On failure everything done so far is undone.
-pub async fn setup(cni: &Cni, id: &str, config: &SandboxConfig) -> Result<PodNetwork, String> {
-    let netns = Netns::new(format!("frakti-{id}"));
-    netns.create().map_err(|e| e.to_string())?;
+/// The pod's network namespace (`/run/netns/frakti-<id>`).
+pub fn netns_for(id: &str) -> Netns {
+    Netns::new(format!("frakti-{id}"))
+}
+
+/// Runs CNI ADD (loopback and the pod network) in `netns` and mirrors the CNI
+/// interface to a tap. On failure the CNI part is undone; the namespace stays.
+pub async fn setup(
+    cni: &Cni,
+    netns: &Netns,
+    id: &str,
+    config: &SandboxConfig,
+) -> Result<PodNetwork, String> {
     let port_mappings: Vec<PortMapping> = config
         .port_mappings
         .iter()
@@ -64,21 +72,14 @@ pub async fn setup(cni: &Cni, id: &str, config: &SandboxConfig) -> Result<PodNet
             host_ip: p.host_ip.clone(),
         })
         .collect();
-    let cni_config = match cni.load() {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = netns.remove();
-            return Err(e.to_string());
-        }
-    };
-    let loopback = attachment(id, &netns, "lo", config);
-    let pod = attachment(id, &netns, IFNAME, config);
+    let cni_config = cni.load().map_err(|e| e.to_string())?;
+    let loopback = attachment(id, netns, "lo", config);
+    let pod = attachment(id, netns, IFNAME, config);
     let undo = async |why: String, added: bool| {
         if added {
             let _ = cni.del(&cni_config, &pod, None, &port_mappings).await;
         }
         let _ = cni.del(&cni.loopback(), &loopback, None, &[]).await;
-        let _ = netns.remove();
         why
     };
     if let Err(e) = cni.add(&cni.loopback(), &loopback, &[]).await {
@@ -89,7 +90,7 @@ pub async fn setup(cni: &Cni, id: &str, config: &SandboxConfig) -> Result<PodNet
         // A failed ADD may have left state behind: DEL cleans it (spec §DEL).
         Err(e) => return Err(undo(e.to_string(), true).await),
     };
-    let tap = match network::tap::setup(&netns, IFNAME, TAP).await {
+    let tap = match network::tap::setup(netns, IFNAME, TAP).await {
         Ok(t) => t,
         Err(e) => return Err(undo(e.to_string(), true).await),
     };

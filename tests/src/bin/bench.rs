@@ -57,10 +57,13 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    // Host memory of one idle pod.
+    // Host memory of one idle pod, and ICMP round trips host -> pod IP.
     let id = run_pod(&mut c, pod_config("bench-idle", &[])).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (_, info) = pod_status(&mut c, &id).await?;
+    let (status, info) = pod_status(&mut c, &id).await?;
+    let pod_ip = status.network.map(|n| n.ip).unwrap_or_default();
+    let mut pod_rtt = ping_rtts(&pod_ip, 40)?;
+    let mut floor_rtt = plain_netns_rtts(daemon.dir_path(), 40).await?;
     let pid = vm_pid(&info);
     let rss_kib = hypervisor::process::rss_kib(pid).unwrap_or(0);
     c.remove_pod_sandbox(proto::RemovePodSandboxRequest { pod_sandbox_id: id })
@@ -81,6 +84,11 @@ async fn main() -> anyhow::Result<()> {
         "ratio pod start / floor: p50 {:.3}  p90 {:.3}",
         s50 / f50,
         s90 / f90
+    );
+    let (p50, f50) = (percentile(&mut pod_rtt, 50), percentile(&mut floor_rtt, 50));
+    println!(
+        "ping host -> pod IP: p50 {p50:.3} ms; plain netns on the same CNI network, no VM: p50 {f50:.3} ms; ratio {:.1}",
+        p50 / f50
     );
     println!(
         "idle pod host RSS: {:.1} MiB (QEMU, the pod's only host process)",
@@ -128,6 +136,55 @@ async fn floor_boot(daemon: &Daemon, accel: Accel, i: usize) -> anyhow::Result<f
     let _ = child.kill();
     let _ = child.wait();
     Ok(took)
+}
+
+/// Round-trip times (ms) of `count` pings to `ip`.
+fn ping_rtts(ip: &str, count: usize) -> anyhow::Result<Vec<f64>> {
+    let out = std::process::Command::new("ping")
+        .args(["-c", &count.to_string(), "-i", "0.05", "-W", "2", ip])
+        .output()
+        .context("run ping")?;
+    let rtts: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.split("time=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    if rtts.is_empty() {
+        bail!("no ping replies from {ip}");
+    }
+    Ok(rtts)
+}
+
+/// The floor for pod network latency: a namespace on the same CNI network, no VM.
+async fn plain_netns_rtts(dir: &std::path::Path, count: usize) -> anyhow::Result<Vec<f64>> {
+    let cni = network::Cni::new(dir.join("net.d"), network::cni::default_bin_dirs());
+    let config = cni.load()?;
+    let ns = network::Netns::new(format!("frakti-bench-{}", std::process::id()));
+    ns.create()?;
+    let attachment = network::cni::Attachment {
+        container_id: ns.name().to_owned(),
+        netns: ns.path(),
+        ifname: "eth0".into(),
+        pod_namespace: "bench".into(),
+        pod_name: "floor".into(),
+        pod_uid: "floor".into(),
+    };
+    let result = cni.add(&config, &attachment, &[]).await;
+    let rtts = match &result {
+        Ok(r) => ping_rtts(r.pod_ips().first().map_or("", String::as_str), count),
+        Err(e) => Err(anyhow::anyhow!("CNI ADD for the floor: {e}")),
+    };
+    let _ = cni
+        .del(&config, &attachment, result.as_ref().ok(), &[])
+        .await;
+    let _ = ns.remove();
+    rtts
 }
 
 fn percentile(values: &mut [f64], p: usize) -> f64 {
