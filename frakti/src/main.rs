@@ -84,6 +84,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let pods = PodService::new(store, vm_runtime.clone(), vec!["frakti".into()]);
     let recovered = pods.recover().await.context("load pod records")?;
     tracing::info!(recovered, "pod records loaded");
+    let known = pods
+        .list(&pods::SandboxFilter::default())
+        .await
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    vm_runtime.sweep_orphans(&known);
     tokio::spawn(pods.clone().watch_events(events_rx));
     {
         // Probe the accelerator now, so the first pod does not wait for it.

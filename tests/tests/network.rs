@@ -50,7 +50,10 @@ async fn pods_get_reachable_ips_and_leave_nothing_behind() {
     let b = run_pod(&mut c, pod_config("net-b", &[])).await.unwrap();
 
     let ip_of = |status: &proto::PodSandboxStatus| status.network.clone().unwrap().ip;
-    let ip_a = ip_of(&pod_status(&mut c, &a).await.unwrap().0);
+    let (status_a, info_a) = pod_status(&mut c, &a).await.unwrap();
+    let ip_a = ip_of(&status_a);
+    // CNI CHECK passes on a healthy pod (the default network speaks CNI 1.0.0).
+    assert_eq!(info_a["network_check"], "ok", "{info_a}");
     let ip_b = ip_of(&pod_status(&mut c, &b).await.unwrap().0);
     assert!(
         ip_a.starts_with("10.77.") && ip_b.starts_with("10.77."),
@@ -147,20 +150,19 @@ async fn broken_cni_config_is_reported_and_cleaned_up() {
     let conf_dir = daemon.dir_path().join("net.d");
     std::fs::create_dir_all(&conf_dir).unwrap();
     let mut c = daemon.runtime().await.unwrap();
-    let network_ready =
-        async |c: &mut cri::proto::runtime_service_client::RuntimeServiceClient<_>| {
-            let s = c
-                .status(proto::StatusRequest::default())
-                .await
-                .unwrap()
-                .into_inner();
-            s.status
-                .unwrap()
-                .conditions
-                .into_iter()
-                .find(|c| c.r#type == "NetworkReady")
-                .unwrap()
-        };
+    let network_ready = async |c: &mut proto::runtime_service_client::RuntimeServiceClient<_>| {
+        let s = c
+            .status(proto::StatusRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        s.status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.r#type == "NetworkReady")
+            .unwrap()
+    };
 
     // A plugin that does not exist: NetworkReady=false naming it; pods refused.
     std::fs::write(

@@ -118,3 +118,42 @@ async fn restarted_daemon_stops_adopted_vm() {
     .unwrap();
     assert!(!daemon.state_dir().join(&id).exists());
 }
+
+#[tokio::test]
+async fn start_sweeps_pods_without_a_record() {
+    // What a daemon killed in the middle of RunPodSandbox leaves: a pod
+    // directory and a running process named after the pod, but no record.
+    let daemon = Daemon::start(&["--accel", "tcg"]).await.unwrap();
+    let orphan = "ab".repeat(32);
+    let dir = daemon.state_dir().join(&orphan);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut stray = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import time; time.sleep(300)",
+            "-name",
+            &format!("frakti-{orphan}"),
+        ])
+        .spawn()
+        .unwrap();
+    let pid = i32::try_from(stray.id()).unwrap();
+    std::fs::write(dir.join("qemu.pid"), format!("{pid}\n")).unwrap();
+    // A directory that is not a pod's is left alone.
+    std::fs::create_dir_all(daemon.state_dir().join("keep-me")).unwrap();
+
+    let mut daemon = daemon;
+    daemon.restart().await.unwrap();
+    let exited = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(Some(_)) = stray.try_wait() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(exited.is_ok(), "the orphan's process still runs");
+    assert!(!dir.exists());
+    assert!(daemon.state_dir().join("keep-me").exists());
+    assert!(daemon.log().contains("swept the remains"));
+}

@@ -190,6 +190,39 @@ impl VmRuntime {
         }
     }
 
+    /// Kills and deletes what pods without a record left in the state
+    /// directory (a daemon killed in the middle of RunPodSandbox): their VM
+    /// process, files and network namespace. Returns how many were swept.
+    pub fn sweep_orphans(&self, known: &std::collections::HashSet<String>) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.config.state_dir) else {
+            return 0;
+        };
+        let mut swept = 0;
+        for entry in entries.flatten() {
+            let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let is_pod_dir = id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit());
+            if !is_pod_dir || known.contains(&id) || !entry.path().is_dir() {
+                continue;
+            }
+            let pid = std::fs::read_to_string(entry.path().join("qemu.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok());
+            if let Some(pid) = pid
+                && let Ok(endpoints) = self.hypervisor.adopt(&id, &entry.path(), pid)
+                && let Ok(p) = Process::open(endpoints.pid)
+            {
+                p.signal(nix::sys::signal::Signal::SIGKILL);
+            }
+            let _ = net::netns_for(&id).remove();
+            let _ = std::fs::remove_dir_all(entry.path());
+            tracing::warn!(%id, ?pid, "swept the remains of a pod without a record");
+            swept += 1;
+        }
+        swept
+    }
+
     fn vm(&self, id: &str) -> Option<Arc<Vm>> {
         lock(&self.vms).get(id).cloned()
     }
@@ -572,6 +605,17 @@ impl PodRuntime for VmRuntime {
             info["running"] = running.into();
             if running {
                 info["qemu_rss_kib"] = hypervisor::process::rss_kib(s.pid).into();
+            }
+            // CNI CHECK: does the network still look as ADD left it?
+            if let (true, Some(cni), Some(n)) = (running, &self.config.cni, &s.network) {
+                let checked = cni
+                    .check(&n.config, &n.attachment, &n.result, &n.port_mappings)
+                    .await;
+                info["network_check"] = match checked {
+                    Ok(true) => "ok".into(),
+                    Ok(false) => "not supported by the CNI version".into(),
+                    Err(e) => e.to_string().into(),
+                };
             }
         }
         if let Some(vm) = self.vm(id)
