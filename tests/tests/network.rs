@@ -221,3 +221,52 @@ async fn broken_cni_config_is_reported_and_cleaned_up() {
     std::fs::remove_file(conf_dir.join("10-missing.conflist")).unwrap();
     assert!(network_ready(&mut c).await.status);
 }
+
+#[tokio::test]
+async fn dual_stack_pod() {
+    let _serial = SERIAL.lock().await;
+    let daemon = Daemon::start(&["--accel", "tcg"]).await.unwrap();
+    let conf_dir = daemon.dir_path().join("net.d");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    let ipam = daemon.dir_path().join("ipam");
+    std::fs::write(
+        conf_dir.join("10-dual.conflist"),
+        format!(
+            r#"{{"cniVersion":"1.0.0","name":"dual","plugins":[{{"type":"bridge","bridge":"frakti-t6",
+            "isGateway":true,"ipMasq":true,"ipam":{{"type":"host-local","dataDir":"{}",
+            "ranges":[[{{"subnet":"10.78.0.0/16"}}],[{{"subnet":"fd78::/64"}}]],
+            "routes":[{{"dst":"0.0.0.0/0"}},{{"dst":"::/0"}}]}}}}]}}"#,
+            ipam.display()
+        ),
+    )
+    .unwrap();
+    let mut c = daemon.runtime().await.unwrap();
+    let id = run_pod(&mut c, pod_config("dual", &[])).await.unwrap();
+    let net = pod_status(&mut c, &id).await.unwrap().0.network.unwrap();
+    assert!(net.ip.starts_with("10.78."), "{net:?}");
+    let v6 = net
+        .additional_ips
+        .first()
+        .map(|ip| ip.ip.clone())
+        .unwrap_or_default();
+    assert!(v6.starts_with("fd78::"), "{net:?}");
+    assert!(ping(&net.ip), "IPv4 {} does not answer", net.ip);
+    let v6_ok = Command::new("ping")
+        .args(["-6", "-c", "2", "-W", "3", &v6])
+        .output()
+        .unwrap();
+    assert!(v6_ok.status.success(), "IPv6 {v6} does not answer");
+    c.remove_pod_sandbox(proto::RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await
+        .unwrap();
+    let left: Vec<_> = std::fs::read_dir(ipam.join("dual"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("10.") || n.starts_with("fd"))
+        .collect();
+    assert!(left.is_empty(), "IPAM allocations left: {left:?}");
+    let _ = Command::new("ip")
+        .args(["link", "del", "frakti-t6"])
+        .status();
+}
