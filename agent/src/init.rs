@@ -68,6 +68,9 @@ pub type LoadedModules = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 /// in the load order are loaded before the agent serves, the rest after.
 const CHANNEL_MODULE: &str = "virtio_console.ko";
 
+/// The network driver and its dependencies, in load order.
+const NET_MODULES: [&str; 3] = ["failover.ko", "net_failover.ko", "virtio_net.ko"];
+
 /// Mounts the basic filesystems and loads the channel's kernel modules; the
 /// remaining modules load on a background thread.
 pub fn guest() -> LoadedModules {
@@ -132,7 +135,10 @@ pub fn guest() -> LoadedModules {
         .map_or(names.len(), |i| i + 1);
     let (now, later) = names.split_at(split);
     load_modules(dir, now, &loaded);
-    let (later, shared) = (later.to_vec(), loaded.clone());
+    // The network driver is the next thing the host waits for: load it first.
+    let mut later = later.to_vec();
+    later.sort_by_key(|name| !NET_MODULES.contains(&name.as_str()));
+    let shared = loaded.clone();
     let spawned = std::thread::Builder::new()
         .name("modules".into())
         .spawn(move || load_modules(Path::new(MODULE_DIR), &later, &shared));

@@ -349,6 +349,7 @@ impl VmRuntime {
             other => RuntimeError::new(RuntimeErrorKind::Internal, other.to_string()),
         })?;
         undo.vm = Some(endpoints.clone());
+        tracing::debug!(%id, elapsed = ?started.elapsed(), "VMM started");
         let agent = Arc::new(AgentClient::new(Arc::new(UnixTransport::new(
             &endpoints.agent_socket,
         ))));
@@ -364,11 +365,13 @@ impl VmRuntime {
                 tap: pod_net.tap.tap.clone(),
                 mac: pod_net.tap.mac.clone(),
             };
+            tracing::debug!(%id, elapsed = ?started.elapsed(), "CNI added");
             let plugged = self
                 .hypervisor
                 .add_nic(&endpoints, 0, &nic)
                 .await
                 .map_err(|e| e.to_string());
+            tracing::debug!(%id, elapsed = ?started.elapsed(), "NIC hot-plugged");
             (Some(pod_net), plugged)
         };
         let booted = wait_boot(&agent, &endpoints, started + self.config.boot_timeout);
@@ -382,6 +385,7 @@ impl VmRuntime {
                 format!("the pod VM did not come up: {why}; console: {tail}"),
             ));
         }
+        tracing::debug!(%id, elapsed = ?started.elapsed(), "agent answered");
         let welcome = agent.welcome().await;
         let setup = Request::SetupSandbox {
             hostname: config.hostname.clone(),
