@@ -14,12 +14,17 @@ use crate::{CRI_API_VERSION, convert, proto};
 pub struct RuntimeService {
     pods: Arc<PodService>,
     config_info: serde_json::Value,
+    pod_cidr: Arc<std::sync::Mutex<String>>,
 }
 
 impl RuntimeService {
     /// Serves `pods`; `config_info` is shown by verbose `Status`.
     pub fn new(pods: Arc<PodService>, config_info: serde_json::Value) -> Self {
-        Self { pods, config_info }
+        Self {
+            pods,
+            config_info,
+            pod_cidr: Arc::default(),
+        }
     }
 }
 
@@ -93,12 +98,45 @@ impl proto::runtime_service_server::RuntimeService for RuntimeService {
         let mut info = HashMap::new();
         if request.get_ref().verbose {
             info.insert("config".to_owned(), self.config_info.to_string());
+            let cidr = self.pod_cidr.lock().map(|c| c.clone()).unwrap_or_default();
+            info.insert("podCIDR".to_owned(), cidr);
         }
         Ok(Response::new(proto::StatusResponse {
             status: Some(proto::RuntimeStatus { conditions }),
             info,
             runtime_handlers: handlers,
             features: Some(proto::RuntimeFeatures::default()),
+        }))
+    }
+
+    async fn update_runtime_config(
+        &self,
+        request: Request<proto::UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<proto::UpdateRuntimeConfigResponse>, Status> {
+        let cidr = request
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        // Pod addresses come from the CNI configuration; the node's pod CIDR
+        // is recorded for operators (verbose Status) and logged.
+        tracing::info!(pod_cidr = %cidr, "kubelet set the node's pod CIDR");
+        if let Ok(mut stored) = self.pod_cidr.lock() {
+            *stored = cidr;
+        }
+        Ok(Response::new(proto::UpdateRuntimeConfigResponse {}))
+    }
+
+    async fn runtime_config(
+        &self,
+        _request: Request<proto::RuntimeConfigRequest>,
+    ) -> Result<Response<proto::RuntimeConfigResponse>, Status> {
+        // frakti creates no systemd units: cgroup paths are plain cgroupfs paths.
+        Ok(Response::new(proto::RuntimeConfigResponse {
+            linux: Some(proto::LinuxRuntimeConfiguration {
+                cgroup_driver: proto::CgroupDriver::Cgroupfs as i32,
+            }),
         }))
     }
 

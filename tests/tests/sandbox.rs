@@ -44,6 +44,31 @@ async fn version_status_and_bad_input() {
         s.info
     );
 
+    // Kubelet's start-up calls.
+    let rc = c
+        .runtime_config(proto::RuntimeConfigRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        rc.linux.unwrap().cgroup_driver,
+        proto::CgroupDriver::Cgroupfs as i32
+    );
+    let update = proto::UpdateRuntimeConfigRequest {
+        runtime_config: Some(proto::RuntimeConfig {
+            network_config: Some(proto::NetworkConfig {
+                pod_cidr: "10.244.1.0/24".into(),
+            }),
+        }),
+    };
+    c.update_runtime_config(update).await.unwrap();
+    let s = c
+        .status(proto::StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.info["podCIDR"], "10.244.1.0/24");
+
     // Bad input: clear InvalidArgument, nothing created.
     let run = |config: proto::PodSandboxConfig, handler: &str| proto::RunPodSandboxRequest {
         config: Some(config),
