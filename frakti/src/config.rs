@@ -51,6 +51,9 @@ pub struct Cli {
     /// Seconds a pod VM may take to boot until its agent answers.
     #[arg(long)]
     pub boot_timeout: Option<u64>,
+    /// Registry hosts configuration (containerd layout: `<host>/hosts.toml`) [default: /etc/frakti/certs.d].
+    #[arg(long)]
+    pub registry_config_dir: Option<PathBuf>,
 }
 
 /// The config file's keys (all optional); the same names as the flags.
@@ -70,6 +73,7 @@ struct FileConfig {
     qemu_firmware: Option<PathBuf>,
     qemu_sandbox: Option<bool>,
     boot_timeout: Option<u64>,
+    registry_config_dir: Option<PathBuf>,
 }
 
 /// The effective configuration.
@@ -101,6 +105,8 @@ pub struct Config {
     pub qemu_sandbox: bool,
     /// Boot timeout, seconds.
     pub boot_timeout: u64,
+    /// Registry hosts configuration directory (mirrors, TLS, plain HTTP).
+    pub registry_config_dir: PathBuf,
 }
 
 /// The configuration is unusable.
@@ -191,6 +197,11 @@ impl Config {
                 .unwrap_or_else(|| "/usr/share/qemu/qboot.rom".into()),
             qemu_sandbox: file.qemu_sandbox.unwrap_or(true),
             boot_timeout: cli.boot_timeout.or(file.boot_timeout).unwrap_or(60),
+            registry_config_dir: cli
+                .registry_config_dir
+                .clone()
+                .or(file.registry_config_dir)
+                .unwrap_or_else(|| "/etc/frakti/certs.d".into()),
         };
         config.validate()?;
         Ok(config)
@@ -221,6 +232,7 @@ impl Config {
             ("listen", &self.listen),
             ("root", &self.root),
             ("state_dir", &self.state_dir),
+            ("registry_config_dir", &self.registry_config_dir),
         ] {
             if !path.is_absolute() {
                 return Err(invalid(
@@ -273,6 +285,26 @@ mod tests {
         assert_eq!(c.root, PathBuf::from("/var/lib/frakti"));
         assert_eq!(c.state_dir, PathBuf::from("/run/frakti"));
         assert_eq!((c.cpu, c.memory, c.accel), (1, 512, AccelMode::Auto));
+        assert_eq!(c.registry_config_dir, PathBuf::from("/etc/frakti/certs.d"));
+    }
+
+    #[test]
+    fn registry_config_dir_from_file_and_flag() {
+        let f = file("registry_config_dir = \"/srv/certs.d\"\n");
+        let c = Config::merge(&cli(&[]), f).unwrap();
+        assert_eq!(c.registry_config_dir, PathBuf::from("/srv/certs.d"));
+        let f = file("registry_config_dir = \"/srv/certs.d\"\n");
+        let c = Config::merge(&cli(&["--registry-config-dir", "/x"]), f).unwrap();
+        assert_eq!(c.registry_config_dir, PathBuf::from("/x"));
+        let err = Config::merge(
+            &cli(&["--registry-config-dir", "rel"]),
+            FileConfig::default(),
+        );
+        assert!(
+            err.unwrap_err()
+                .to_string()
+                .contains("key `registry_config_dir`")
+        );
     }
 
     #[test]

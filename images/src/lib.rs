@@ -27,7 +27,7 @@ pub use store::ContentStore;
 pub use unpack::UnpackError;
 
 /// Registry credentials for one pull.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub enum Credentials {
     /// No credentials.
     #[default]
@@ -186,7 +186,7 @@ struct Inner {
     images: Mutex<BTreeMap<String, Image>>,
     in_flight: Mutex<HashMap<String, usize>>,
     locks: KeyedLocks,
-    clients: Mutex<HashMap<Endpoint, oci_client::Client>>,
+    clients: Mutex<HashMap<(Endpoint, Credentials), oci_client::Client>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -295,6 +295,12 @@ impl ImageStore {
         let top = image.chain_ids.last()?;
         let hex = store::digest_hex(top).ok()?;
         Some(self.inner.dir.join("snapshots").join(hex))
+    }
+
+    /// The image's config as stored (JSON), for verbose status.
+    pub fn config(&self, image: &Image) -> Option<serde_json::Value> {
+        let bytes = self.inner.content.read(&image.id).ok()?;
+        serde_json::from_slice(&bytes).ok()
     }
 
     /// All images.

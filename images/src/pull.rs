@@ -29,6 +29,8 @@ const MANIFEST_TYPES: &[&str] = &[
 const MAX_METADATA: u64 = 8 << 20;
 /// Layers downloaded at once per pull.
 const PARALLEL_DOWNLOADS: usize = 3;
+/// Registry clients kept (one per endpoint and credentials).
+const MAX_CLIENTS: usize = 64;
 /// How often download progress is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
@@ -394,10 +396,16 @@ impl Drop for AbortOnDrop {
 }
 
 impl ImageStore {
-    fn client(&self, ep: &Endpoint) -> oci_client::Client {
+    /// A client for `ep` used with `creds` only: the registry client keeps
+    /// the first credentials (and tokens) it authenticated with.
+    fn client(&self, ep: &Endpoint, creds: &Credentials) -> oci_client::Client {
+        let key = (ep.clone(), creds.clone());
         let mut clients = lock(&self.inner.clients);
-        if let Some(c) = clients.get(ep) {
+        if let Some(c) = clients.get(&key) {
             return c.clone();
+        }
+        if clients.len() >= MAX_CLIENTS {
+            clients.clear();
         }
         let mut extra = Vec::new();
         for ca in &ep.ca {
@@ -425,7 +433,7 @@ impl ImageStore {
             ..Default::default()
         };
         let c = oci_client::Client::new(config);
-        clients.insert(ep.clone(), c.clone());
+        clients.insert(key, c.clone());
         c
     }
 
@@ -484,7 +492,7 @@ impl ImageStore {
             registry: ep.url(),
             reference: parsed.whole(),
         };
-        let client = self.client(ep);
+        let client = self.client(ep, creds);
         let auth = auth(creds);
         let remote = match (parsed.digest(), parsed.tag()) {
             (Some(d), _) => {
