@@ -14,6 +14,9 @@ APT_PKGS=(
   iptables
   python3-venv
   busybox-static
+  docker-registry            # image tests: the CNCF distribution registry on 127.0.0.1
+  apache2-utils              # htpasswd for the registry auth test
+  skopeo                     # make bench: reference copy of the pull benchmark image
 )
 
 log() { echo "deps: $*"; }
