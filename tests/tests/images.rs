@@ -527,3 +527,55 @@ async fn deadline_and_unreachable_registry() {
         err.message()
     );
 }
+
+#[tokio::test]
+async fn killed_pull_leaves_no_corrupt_state() {
+    let hosts = tempfile::tempdir().unwrap();
+    let reg = Registry::start(None).await.unwrap();
+    // 48 MiB that do not compress, so the pull takes a while.
+    let mut big = vec![0u8; 48 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in big.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    let img = TestImage::new(
+        vec![
+            busybox_layer().build(Compression::Gzip),
+            LayerBuilder::default()
+                .file("big", &big, 0o644)
+                .build(Compression::None),
+        ],
+        "",
+        "amd64",
+    );
+    reg.push_image("killed", "1", &img).await.unwrap();
+    let mut d = daemon(hosts.path()).await;
+    let name = format!("{}/killed:1", reg.host);
+    let mut c = d.images().await.unwrap();
+    let n = name.clone();
+    let pulling = tokio::spawn(async move { pull(&mut c, &n, None).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    d.kill(libc::SIGKILL);
+    assert!(
+        pulling.await.unwrap().is_err(),
+        "the pull died with the daemon"
+    );
+    d.restart().await.unwrap();
+    let dir = images_dir(&d);
+    assert_eq!(
+        entries(&dir.join("tmp")),
+        0,
+        "partial downloads removed at start"
+    );
+    let mut c = d.images().await.unwrap();
+    // Whatever the kill interrupted, the retry completes and is correct.
+    let id = pull(&mut c, &name, None).await.unwrap();
+    assert_eq!(id, img.id());
+    let (_, info) = status(&mut c, &id, true).await;
+    let rootfs = PathBuf::from(info["rootfs"].as_str().unwrap());
+    assert_eq!(std::fs::read(rootfs.join("big")).unwrap(), big);
+    assert!(rootfs.join("bin/busybox").exists());
+}
