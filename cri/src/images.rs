@@ -40,7 +40,11 @@ impl ToStatus for PullError {
                 Some(s) if (400..500).contains(s) => Code::FailedPrecondition,
                 _ => Code::Unavailable,
             },
-            Self::DigestMismatch { .. } => Code::DataLoss,
+            Self::DigestMismatch { .. }
+            | Self::Unpack {
+                source: images::UnpackError::DiffIdMismatch { .. },
+                ..
+            } => Code::DataLoss,
             Self::Invalid { .. } => Code::FailedPrecondition,
             Self::Unpack { .. } | Self::Storage { .. } => Code::Internal,
         }

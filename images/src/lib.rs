@@ -239,6 +239,9 @@ impl ImageStore {
                 std::fs::read(&path).map_err(|e| OpenError::Record(path.clone(), e.to_string()))?;
             let image: Image = serde_json::from_slice(&text)
                 .map_err(|e| OpenError::Record(path.clone(), e.to_string()))?;
+            if let Err(e) = store::digest_hex(&image.id) {
+                return Err(OpenError::Record(path, e.to_string()));
+            }
             images.insert(image.id.clone(), image);
         }
         // A tag moved between images and a crash came before both records
@@ -325,7 +328,10 @@ impl ImageStore {
             return Some(i.clone());
         }
         if r.len() >= 12 && r.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let mut m = images.values().filter(|i| i.id[7..].starts_with(r));
+            let mut m = images.values().filter(|i| {
+                i.id.strip_prefix("sha256:")
+                    .is_some_and(|hex| hex.starts_with(r))
+            });
             if let (Some(one), None) = (m.next(), m.next()) {
                 return Some(one.clone());
             }

@@ -899,11 +899,9 @@ fn build_snapshot(
         }
         let (applied, diff) = apply_blob(tmp, blob)?;
         if diff != want_diff {
-            return Err(UnpackError::Resolve {
-                path: blob.to_path_buf(),
-                reason: format!(
-                    "uncompressed layer has digest {diff}, the config says {want_diff}"
-                ),
+            return Err(UnpackError::DiffIdMismatch {
+                expected: want_diff.to_owned(),
+                actual: diff,
             });
         }
         std::fs::rename(tmp, dest).map_err(io_err("commit snapshot", dest))?;

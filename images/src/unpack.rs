@@ -44,6 +44,14 @@ pub enum UnpackError {
         /// The error.
         source: io::Error,
     },
+    /// The uncompressed layer is not the one the image config names
+    #[error("uncompressed layer has digest {actual}, the image config says {expected}")]
+    DiffIdMismatch {
+        /// The config's diff ID.
+        expected: String,
+        /// What the layer hashed to.
+        actual: String,
+    },
     /// The archive has an entry type we do not apply
     #[error("unsupported tar entry type {kind:?} at {path:?}")]
     Unsupported {

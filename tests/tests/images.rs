@@ -428,6 +428,30 @@ async fn digest_mismatch_stores_nothing() {
     assert!(!dir.join("blobs/sha256").join(&layer[7..]).exists());
     assert_eq!(entries(&dir.join("snapshots")), 0);
     assert_eq!(entries(&dir.join("tmp")), 0, "no partial download left");
+
+    // A layer whose uncompressed content is not what the config says.
+    let mut lying = TestImage::new(
+        vec![
+            LayerBuilder::default()
+                .file("f", b"real", 0o644)
+                .build(Compression::Gzip),
+        ],
+        "",
+        "amd64",
+    );
+    let other = sha256(b"something else");
+    let config = String::from_utf8(lying.config.clone())
+        .unwrap()
+        .replace(&lying.layers[0].diff_id, &other);
+    lying.config = config.into_bytes();
+    reg.push_image("lying", "1", &lying).await.unwrap();
+    let err = pull(&mut c, &format!("{}/lying:1", reg.host), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+    assert!(err.message().contains(&other), "{}", err.message());
+    assert_eq!(entries(&dir.join("snapshots")), 0);
+    assert!(list(&mut c).await.is_empty());
 }
 
 #[tokio::test]

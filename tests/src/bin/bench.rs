@@ -176,7 +176,11 @@ async fn pull_bench(runs: usize) -> anyhow::Result<()> {
     for i in 0..4u64 {
         let mut l = LayerBuilder::default().dir(&format!("data{i}"));
         for f in 0..8u64 {
-            l = l.file(&format!("data{i}/f{f}"), &filler(3 << 20, i * 100 + f), 0o644);
+            l = l.file(
+                &format!("data{i}/f{f}"),
+                &filler(3 << 20, i * 100 + f),
+                0o644,
+            );
         }
         layers.push(l.build(Compression::Gzip));
     }
@@ -217,14 +221,22 @@ async fn pull_bench(runs: usize) -> anyhow::Result<()> {
         let dest = layout.path().join(format!("run-{i}"));
         let begin = Instant::now();
         let out = std::process::Command::new("skopeo")
-            .args(["--insecure-policy", "copy", "--quiet", "--src-tls-verify=false"])
+            .args([
+                "--insecure-policy",
+                "copy",
+                "--quiet",
+                "--src-tls-verify=false",
+            ])
             .arg(format!("docker://{name}"))
             .arg(format!("oci:{}:bench", dest.display()))
             .output()
             .context("run skopeo (Debian package skopeo)")?;
         let took_skopeo = begin.elapsed().as_secs_f64();
         if !out.status.success() {
-            bail!("skopeo copy failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "skopeo copy failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let _ = std::fs::remove_dir_all(&dest);
         // The first round warms caches; it is not counted.
