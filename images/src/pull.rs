@@ -29,6 +29,11 @@ const MANIFEST_TYPES: &[&str] = &[
 const MAX_METADATA: u64 = 8 << 20;
 /// Layers downloaded at once per pull.
 const PARALLEL_DOWNLOADS: usize = 3;
+/// Layers decompressed ahead of the one being applied.
+const INFLATE_AHEAD: usize = 1;
+/// Decompressed chunk size and how many are queued per layer.
+const INFLATE_CHUNK: usize = 256 << 10;
+const INFLATE_QUEUE: usize = 32;
 /// Registry clients kept (one per endpoint and credentials).
 const MAX_CLIENTS: usize = 64;
 /// How often download progress is logged.
@@ -332,44 +337,102 @@ fn auth(c: &Credentials) -> RegistryAuth {
     }
 }
 
-/// Reads the whole uncompressed stream, hashing it (the layer's diff ID).
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
+enum Chunk {
+    Data(Vec<u8>),
+    Done(String),
+    Failed(io::Error),
 }
 
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
+/// A layer blob decompressed on its own thread into a bounded queue, its
+/// uncompressed bytes hashed on the way (the diff ID): the next layer
+/// decompresses while this one is applied. Dropping it stops the thread.
+struct Inflater {
+    rx: std::sync::mpsc::Receiver<Chunk>,
+    buf: Vec<u8>,
+    pos: usize,
+    diff_id: Option<String>,
+}
+
+impl Inflater {
+    fn spawn(blob: PathBuf) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(INFLATE_QUEUE);
+        std::thread::spawn(move || {
+            let run = || -> io::Result<String> {
+                let file = std::fs::File::open(&blob)?;
+                let mut buffered = BufReader::with_capacity(INFLATE_CHUNK, file);
+                let magic = buffered.fill_buf()?.to_vec();
+                let mut decoded: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
+                    Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
+                } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+                    Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?)
+                } else {
+                    Box::new(buffered)
+                };
+                let mut hasher = Sha256::new();
+                loop {
+                    let mut chunk = vec![0u8; INFLATE_CHUNK];
+                    let n = decoded.read(&mut chunk)?;
+                    if n == 0 {
+                        break;
+                    }
+                    chunk.truncate(n);
+                    hasher.update(&chunk);
+                    if tx.send(Chunk::Data(chunk)).is_err() {
+                        return Err(io::Error::other("layer reader gone"));
+                    }
+                }
+                Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+            };
+            let last = match run() {
+                Ok(d) => Chunk::Done(d),
+                Err(e) => Chunk::Failed(e),
+            };
+            let _ = tx.send(last);
+        });
+        Self {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+            diff_id: None,
+        }
     }
 }
 
-/// Applies the (possibly compressed) layer blob at `blob` onto `root`,
-/// returning what was applied and the digest of the uncompressed tar.
-fn apply_blob(root: &Path, blob: &Path) -> Result<(Applied, String), UnpackError> {
-    let file = std::fs::File::open(blob).map_err(UnpackError::Archive)?;
-    let mut buffered = BufReader::with_capacity(256 << 10, file);
-    let magic = buffered.fill_buf().map_err(UnpackError::Archive)?.to_vec();
-    let decoded: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
-    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Box::new(zstd::stream::read::Decoder::with_buffer(buffered).map_err(UnpackError::Archive)?)
-    } else {
-        Box::new(buffered)
-    };
-    let mut reader = HashingReader {
-        inner: decoded,
-        hasher: Sha256::new(),
-    };
-    let applied = apply_layer(root, &mut reader)?;
+impl Read for Inflater {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.pos < self.buf.len() {
+                let n = out.len().min(self.buf.len() - self.pos);
+                out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+                self.pos += n;
+                return Ok(n);
+            }
+            if self.diff_id.is_some() {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Chunk::Data(c)) => {
+                    self.buf = c;
+                    self.pos = 0;
+                }
+                Ok(Chunk::Done(d)) => self.diff_id = Some(d),
+                Ok(Chunk::Failed(e)) => return Err(e),
+                Err(_) => return Err(io::Error::other("layer decompression stopped")),
+            }
+        }
+    }
+}
+
+/// Applies the layer `inflater` yields onto `root`, returning what was
+/// applied and the digest of the uncompressed tar.
+fn apply_blob(root: &Path, mut inflater: Inflater) -> Result<(Applied, String), UnpackError> {
+    let applied = apply_layer(root, &mut inflater)?;
     // The tar's end-of-archive padding counts towards the diff ID.
-    io::copy(&mut reader, &mut io::sink()).map_err(UnpackError::Archive)?;
-    Ok((
-        applied,
-        format!("sha256:{}", hex::encode(reader.hasher.finalize())),
-    ))
+    io::copy(&mut inflater, &mut io::sink()).map_err(UnpackError::Archive)?;
+    let diff = inflater
+        .diff_id
+        .ok_or_else(|| UnpackError::Archive(io::Error::other("layer stream ended early")))?;
+    Ok((applied, diff))
 }
 
 fn chain_ids(diff_ids: &[String]) -> Vec<String> {
@@ -385,7 +448,7 @@ fn chain_ids(diff_ids: &[String]) -> Vec<String> {
 }
 
 /// Aborts spawned downloads when a pull is abandoned (e.g. its deadline passed).
-struct AbortOnDrop(Vec<tokio::task::JoinHandle<Result<(), PullError>>>);
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<Result<Option<Inflater>, PullError>>>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -633,36 +696,60 @@ impl ImageStore {
             self.inner.content.put(idx, &body).map_err(storage)?;
         }
 
-        // Layers: downloads run ahead (a few at once); unpacking follows in order.
+        // Layers: downloads run ahead (a few at once); each downloaded layer
+        // is decompressed on its own thread up to INFLATE_AHEAD layers ahead
+        // of the one being applied; application follows in order.
         let snapshots = self.inner.dir.join("snapshots");
         let mut handles = AbortOnDrop(Vec::new());
         let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(PARALLEL_DOWNLOADS));
+        let (applying_tx, applying_rx) = tokio::sync::watch::channel(0usize);
         for (i, l) in layers.iter().enumerate() {
             let chain_hex = digest_hex(&chains[i]).map_err(|e| invalid(e.to_string()))?;
             if snapshots.join(chain_hex).is_dir() {
-                handles.0.push(tokio::spawn(async { Ok(()) }));
+                handles.0.push(tokio::spawn(async { Ok(None) }));
                 continue;
             }
             let this = self.clone();
-            let (client, remote, ctx, l, sem) = (
+            let (client, remote, ctx, l, sem, mut applying) = (
                 client.clone(),
                 remote.clone(),
                 ctx.clone(),
                 l.clone(),
                 sem.clone(),
+                applying_rx.clone(),
             );
             handles.0.push(tokio::spawn(async move {
-                let _permit = sem.acquire_owned().await;
-                this.fetch_blob(&client, &remote, &ctx, &l).await
+                {
+                    let _permit = sem.acquire_owned().await;
+                    this.fetch_blob(&client, &remote, &ctx, &l).await?;
+                }
+                // Waits only on earlier layers: no cycle.
+                if applying
+                    .wait_for(|&cur| cur + INFLATE_AHEAD >= i)
+                    .await
+                    .is_err()
+                {
+                    return Ok(None); // the pull was abandoned
+                }
+                let blob = this
+                    .inner
+                    .content
+                    .path(&l.digest)
+                    .map_err(|e| PullError::Invalid {
+                        reference: ctx.reference.clone(),
+                        message: e.to_string(),
+                    })?;
+                Ok(Some(Inflater::spawn(blob)))
             }));
         }
         let mut parent: Option<String> = None;
         for (i, l) in layers.iter().enumerate() {
+            let _ = applying_tx.send(i);
             let handle = &mut handles.0[i];
-            match handle.await {
+            let inflater = match handle.await {
                 Ok(r) => r?,
                 Err(e) => return Err(storage(io::Error::other(format!("download task: {e}")))),
-            }
+            };
             let chain = chains[i].clone();
             let chain_hex = digest_hex(&chain)
                 .map_err(|e| invalid(e.to_string()))?
@@ -670,11 +757,17 @@ impl ImageStore {
             let _guard = self.inner.locks.lock(&chain).await;
             let dest = snapshots.join(&chain_hex);
             if !dest.is_dir() {
-                let blob = self
-                    .inner
-                    .content
-                    .path(&l.digest)
-                    .map_err(|e| invalid(e.to_string()))?;
+                let inflater = match inflater {
+                    Some(f) => f,
+                    None => {
+                        let blob = self
+                            .inner
+                            .content
+                            .path(&l.digest)
+                            .map_err(|e| invalid(e.to_string()))?;
+                        Inflater::spawn(blob)
+                    }
+                };
                 let tmp = self
                     .inner
                     .dir
@@ -686,13 +779,12 @@ impl ImageStore {
                 let started = Instant::now();
                 let dest2 = dest.clone();
                 tokio::task::spawn_blocking(move || {
-                    build_snapshot(&tmp, parent_dir.as_deref(), &blob, &want_diff, &dest2).map_err(
-                        |source| PullError::Unpack {
+                    build_snapshot(&tmp, parent_dir.as_deref(), inflater, &want_diff, &dest2)
+                        .map_err(|source| PullError::Unpack {
                             reference,
                             layer: layer_digest,
                             source,
-                        },
-                    )
+                        })
                 })
                 .await
                 .map_err(|e| storage(io::Error::other(format!("unpack task: {e}"))))?
@@ -877,7 +969,7 @@ impl ImageStore {
 fn build_snapshot(
     tmp: &Path,
     parent: Option<&Path>,
-    blob: &Path,
+    blob: Inflater,
     want_diff: &str,
     dest: &Path,
 ) -> Result<Applied, UnpackError> {
