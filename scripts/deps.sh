@@ -17,6 +17,7 @@ APT_PKGS=(
   docker-registry            # image tests: the CNCF distribution registry on 127.0.0.1
   apache2-utils              # htpasswd for the registry auth test
   skopeo                     # make bench: reference copy of the pull benchmark image
+  openssl                    # image tests: a self-signed certificate for a TLS registry
 )
 
 log() { echo "deps: $*"; }

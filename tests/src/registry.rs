@@ -19,6 +19,8 @@ pub struct Registry {
     child: Child,
     /// `127.0.0.1:<port>`.
     pub host: String,
+    /// `http` or `https`.
+    pub scheme: &'static str,
     auth: Option<(String, String)>,
     http: reqwest::Client,
 }
@@ -44,6 +46,17 @@ fn bcrypt_line(user: &str, password: &str) -> anyhow::Result<String> {
 impl Registry {
     /// Starts a registry; with `auth`, it requires that user and password (htpasswd).
     pub async fn start(auth: Option<(&str, &str)>) -> anyhow::Result<Self> {
+        Self::start_with(auth, false).await
+    }
+
+    /// The CA certificate a TLS registry's certificate is signed by (PEM).
+    pub fn cert_path(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// Starts a registry, over HTTPS with a certificate for 127.0.0.1
+    /// from a test CA if `tls` (see [`Registry::cert_path`]).
+    pub async fn start_with(auth: Option<(&str, &str)>, tls: bool) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("frakti-registry-")
             .tempdir()?;
@@ -58,6 +71,74 @@ impl Registry {
             config.push_str(&format!(
                 "auth:\n  htpasswd:\n    realm: frakti-test\n    path: {}\n",
                 dir.path().join("htpasswd").display()
+            ));
+        }
+        if tls {
+            // A CA and a leaf certificate for 127.0.0.1 signed by it.
+            let p = |n: &str| dir.path().join(n).display().to_string();
+            std::fs::write(
+                dir.path().join("ext.cnf"),
+                "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+            )?;
+            let steps: [Vec<String>; 3] = [
+                vec![
+                    "req".into(),
+                    "-x509".into(),
+                    "-newkey".into(),
+                    "rsa:2048".into(),
+                    "-nodes".into(),
+                    "-days".into(),
+                    "2".into(),
+                    "-subj".into(),
+                    "/CN=frakti-test-ca".into(),
+                    "-keyout".into(),
+                    p("ca.key"),
+                    "-out".into(),
+                    p("ca.pem"),
+                ],
+                vec![
+                    "req".into(),
+                    "-newkey".into(),
+                    "rsa:2048".into(),
+                    "-nodes".into(),
+                    "-subj".into(),
+                    "/CN=127.0.0.1".into(),
+                    "-keyout".into(),
+                    p("key.pem"),
+                    "-out".into(),
+                    p("req.csr"),
+                ],
+                vec![
+                    "x509".into(),
+                    "-req".into(),
+                    "-in".into(),
+                    p("req.csr"),
+                    "-CA".into(),
+                    p("ca.pem"),
+                    "-CAkey".into(),
+                    p("ca.key"),
+                    "-CAcreateserial".into(),
+                    "-days".into(),
+                    "2".into(),
+                    "-extfile".into(),
+                    p("ext.cnf"),
+                    "-out".into(),
+                    p("cert.pem"),
+                ],
+            ];
+            for args in steps {
+                let out = Command::new("openssl")
+                    .args(&args)
+                    .output()
+                    .context("run openssl")?;
+                if !out.status.success() {
+                    bail!("openssl failed: {}", String::from_utf8_lossy(&out.stderr));
+                }
+            }
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                dir.path().join("cert.pem").display(),
+                dir.path().join("key.pem").display()
             ));
         }
         let config_path = dir.path().join("config.yml");
@@ -75,14 +156,17 @@ impl Registry {
             dir,
             child,
             host,
+            scheme: if tls { "https" } else { "http" },
             auth: auth.map(|(u, p)| (u.to_owned(), p.to_owned())),
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .tls_danger_accept_invalid_certs(true)
+                .build()?,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(r) = reg
                 .http
-                .get(format!("http://{}/v2/", reg.host))
+                .get(format!("{}://{}/v2/", reg.scheme, reg.host))
                 .send()
                 .await
                 && (r.status().is_success() || r.status() == 401)
@@ -129,7 +213,7 @@ impl Registry {
         let start = self
             .req(
                 reqwest::Method::POST,
-                &format!("http://{}/v2/{repo}/blobs/uploads/", self.host),
+                &format!("{}://{}/v2/{repo}/blobs/uploads/", self.scheme, self.host),
             )
             .send()
             .await?;
@@ -145,7 +229,7 @@ impl Registry {
         let loc = if loc.starts_with("http") {
             loc
         } else {
-            format!("http://{}{loc}", self.host)
+            format!("{}://{}{loc}", self.scheme, self.host)
         };
         let sep = if loc.contains('?') { '&' } else { '?' };
         let put = self
@@ -171,7 +255,10 @@ impl Registry {
         let r = self
             .req(
                 reqwest::Method::PUT,
-                &format!("http://{}/v2/{repo}/manifests/{reference}", self.host),
+                &format!(
+                    "{}://{}/v2/{repo}/manifests/{reference}",
+                    self.scheme, self.host
+                ),
             )
             .header("content-type", media_type)
             .body(body.to_vec())

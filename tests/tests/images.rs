@@ -204,7 +204,13 @@ async fn pull_status_list_remove_with_layers_and_whiteouts() {
     // base + middle shared, two tops: 4 snapshots; blobs: 4 layers + 2 configs + 2 manifests.
     assert_eq!(entries(&images_dir(&d).join("snapshots")), 4);
     assert_eq!(entries(&images_dir(&d).join("blobs/sha256")), 8);
-    assert!(d.log().contains("layer unpacked"));
+    // Progress in the log: bytes and rate per blob.
+    let log = d.log();
+    assert!(log.contains("layer unpacked"), "{log}");
+    assert!(
+        log.contains("blob downloaded") && log.contains("rate_mb_s"),
+        "{log}"
+    );
 
     // Remove by tag: only the first image's own content goes.
     c.remove_image(proto::RemoveImageRequest { image: spec(&name) })
@@ -602,4 +608,67 @@ async fn killed_pull_leaves_no_corrupt_state() {
     let rootfs = PathBuf::from(info["rootfs"].as_str().unwrap());
     assert_eq!(std::fs::read(rootfs.join("big")).unwrap(), big);
     assert!(rootfs.join("bin/busybox").exists());
+}
+
+#[tokio::test]
+async fn tls_mirror_with_ca_and_skip_verify() {
+    let hosts = tempfile::tempdir().unwrap();
+    let reg = Registry::start_with(None, true).await.unwrap();
+    let img = TestImage::new(vec![busybox_layer().build(Compression::Gzip)], "", "amd64");
+    reg.push_image("app", "1", &img).await.unwrap();
+    let file = hosts.path().join("tls.invalid/hosts.toml");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let d = daemon(hosts.path()).await;
+    let mut c = d.images().await.unwrap();
+
+    // The self-signed certificate is refused without its CA.
+    std::fs::write(
+        &file,
+        format!(
+            "server = \"https://tls.invalid\"\n[host.\"https://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            reg.host
+        ),
+    )
+    .unwrap();
+    let err = pull(&mut c, "tls.invalid/app:1", None).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        d.log().contains(&format!("registry=https://{}", reg.host)),
+        "the mirror was tried first"
+    );
+    assert!(d.log().contains("invalid peer certificate"), "{}", d.log());
+
+    // With `ca` it is trusted (the file is re-read on every pull).
+    std::fs::write(
+        &file,
+        format!(
+            "server = \"https://tls.invalid\"\n[host.\"https://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = \"{}\"\n",
+            reg.host,
+            reg.cert_path().display()
+        ),
+    )
+    .unwrap();
+    let id = pull(&mut c, "tls.invalid/app:1", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", d.log()));
+    assert_eq!(id, img.id());
+    c.remove_image(proto::RemoveImageRequest {
+        image: spec("tls.invalid/app:1"),
+    })
+    .await
+    .unwrap();
+
+    // With `skip_verify` too.
+    std::fs::write(
+        &file,
+        format!(
+            "[host.\"https://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  skip_verify = true\n",
+            reg.host
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        pull(&mut c, "tls.invalid/app:1", None).await.unwrap(),
+        img.id()
+    );
 }
