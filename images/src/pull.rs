@@ -162,6 +162,21 @@ pub enum PullError {
 }
 
 impl PullError {
+    /// Appends `note` to the registry's message (for earlier endpoints' failures).
+    fn with_note(mut self, note: &str) -> Self {
+        match &mut self {
+            Self::NotFound { message, .. }
+            | Self::Unauthenticated { message, .. }
+            | Self::PermissionDenied { message, .. }
+            | Self::Unreachable { message, .. }
+            | Self::Registry { message, .. } => {
+                message.push_str(note);
+            }
+            _ => {}
+        }
+        self
+    }
+
     /// Whether another endpoint (mirror, then upstream) may do better.
     fn try_next_endpoint(&self) -> bool {
         matches!(
@@ -509,6 +524,7 @@ impl ImageStore {
         let name = parsed.whole();
         let endpoints = self.inner.hosts.endpoints(parsed.registry())?;
         let mut last: Option<PullError> = None;
+        let mut earlier: Vec<String> = Vec::new();
         for ep in &endpoints {
             if parsed.digest().is_none() && !ep.resolve {
                 continue;
@@ -530,6 +546,9 @@ impl ImageStore {
                 }
                 Err(e) if e.try_next_endpoint() => {
                     tracing::warn!(image = %name, registry = %ep.url(), "pull failed, trying the next endpoint: {e}");
+                    if let Some(prev) = last.take() {
+                        earlier.push(prev.to_string());
+                    }
                     last = Some(e);
                 }
                 Err(e) => {
@@ -538,11 +557,19 @@ impl ImageStore {
                 }
             }
         }
-        Err(last.unwrap_or_else(|| PullError::Unreachable {
+        if let Some(e) = last {
+            let note = if earlier.is_empty() {
+                String::new()
+            } else {
+                format!(" (tried before: {})", earlier.join("; "))
+            };
+            return Err(e.with_note(&note));
+        }
+        Err(PullError::Unreachable {
             registry: parsed.registry().to_owned(),
             reference: name,
             message: "no endpoint in the hosts configuration may resolve or pull".into(),
-        }))
+        })
     }
 
     async fn pull_from(

@@ -637,6 +637,12 @@ async fn tls_mirror_with_ca_and_skip_verify() {
         "the mirror was tried first"
     );
     assert!(d.log().contains("invalid peer certificate"), "{}", d.log());
+    // The answer names the mirror's failure too, not only the upstream's.
+    assert!(
+        err.message().contains("invalid peer certificate"),
+        "{}",
+        err.message()
+    );
 
     // With `ca` it is trusted (the file is re-read on every pull).
     std::fs::write(
