@@ -485,6 +485,18 @@ async fn state_survives_restart() {
     let before = d.log().matches("blob downloaded").count();
     assert_eq!(pull(&mut c, &name, None).await.unwrap(), id);
     assert_eq!(d.log().matches("blob downloaded").count(), before);
+
+    // The tag moves to a newer image; the old one stays, untagged, by ID.
+    let newer = layered_image("daemon", "r2");
+    reg.push_image("restart", "1", &newer).await.unwrap();
+    assert_eq!(pull(&mut c, &name, None).await.unwrap(), newer.id());
+    drop(c);
+    d.restart().await.unwrap();
+    let mut c = d.images().await.unwrap();
+    assert_eq!(status(&mut c, &name, false).await.0.unwrap().id, newer.id());
+    let old = status(&mut c, &id, false).await.0.unwrap();
+    assert!(old.repo_tags.is_empty(), "{:?}", old.repo_tags);
+    assert_eq!(list(&mut c).await.len(), 2);
 }
 
 #[tokio::test]
