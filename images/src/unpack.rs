@@ -264,6 +264,9 @@ pub fn apply_layer(root: &Path, reader: impl Read) -> Result<Applied, UnpackErro
     let mut dir_times: Vec<(PathBuf, i64)> = Vec::new();
     for entry in archive.entries().map_err(UnpackError::Archive)? {
         let mut entry = entry.map_err(UnpackError::Archive)?;
+        if entry.header().entry_type() == tar::EntryType::XGlobalHeader {
+            continue; // pax global metadata (e.g. from `git archive`), not a file
+        }
         let raw_path = entry.path().map_err(UnpackError::Archive)?.into_owned();
         let comps = normalise(&raw_path)?;
         let Some((name, parent)) = comps.split_last() else {

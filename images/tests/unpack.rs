@@ -308,6 +308,21 @@ fn hard_links_to_outside_are_refused() {
 }
 
 #[test]
+fn pax_global_headers_are_skipped() {
+    let (dir, root) = sandbox();
+    let mut t = Tar::new();
+    let mut h = Tar::header("pax_global_header", tar::EntryType::XGlobalHeader, 0o644);
+    let body = b"52 comment=0123456789012345678901234567890123456789\n";
+    h.set_size(body.len() as u64);
+    h.set_cksum();
+    t.0.append(&h, &body[..]).unwrap();
+    apply(&root, t.file("a", b"a", 0o644)).unwrap();
+    assert!(!root.join("pax_global_header").exists());
+    assert_eq!(read(root.join("a")), "a");
+    outside_untouched(&dir);
+}
+
+#[test]
 fn symlink_loops_fail_cleanly() {
     let (dir, root) = sandbox();
     let err = apply(
