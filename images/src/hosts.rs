@@ -285,6 +285,32 @@ mod tests {
     }
 
     #[test]
+    fn default_file_and_port_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("_default")).unwrap();
+        std::fs::write(
+            dir.path().join("_default/hosts.toml"),
+            "[host.\"http://127.0.0.1:5000\"]\n  capabilities = [\"pull\"]\n",
+        )
+        .unwrap();
+        std::fs::create_dir(dir.path().join("reg.example:8443")).unwrap();
+        std::fs::write(
+            dir.path().join("reg.example:8443/hosts.toml"),
+            "server = \"https://reg.example:8443\"\nskip_verify = true\n",
+        )
+        .unwrap();
+        let hosts = Hosts::new(Some(dir.path().into()));
+        let e = hosts.endpoints("quay.io").unwrap();
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].url(), "http://127.0.0.1:5000");
+        assert!(e[0].pull && !e[0].resolve);
+        assert_eq!(e[1].url(), "https://quay.io");
+        let e = hosts.endpoints("reg.example:8443").unwrap();
+        assert_eq!(e.len(), 1);
+        assert!(e[0].skip_verify);
+    }
+
+    #[test]
     fn bad_file_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("gcr.io")).unwrap();
