@@ -15,6 +15,10 @@ APT_PKGS=(
   iputils-ping               # network tests reach pod IPs
   python3-venv
   busybox-static
+  docker-registry            # image tests: the CNCF distribution registry on 127.0.0.1
+  apache2-utils              # htpasswd for the registry auth test
+  skopeo                     # make bench: reference copy of the pull benchmark image
+  openssl                    # image tests: a self-signed certificate for a TLS registry
 )
 
 log() { echo "deps: $*"; }

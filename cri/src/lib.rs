@@ -1,12 +1,14 @@
 //! CRI `runtime.v1` gRPC services. This crate validates and translates CRI
-//! messages into domain calls on `pods` (and later `images`) and maps their
+//! messages into domain calls on `pods` and `images` and maps their
 //! errors to gRPC status codes; it holds no logic of its own.
 
 mod convert;
 mod errors;
+mod images;
 mod runtime;
 
-pub use runtime::{ImageService, RuntimeService};
+pub use images::ImageService;
+pub use runtime::RuntimeService;
 
 pub mod proto {
     //! Generated CRI types, clients and servers (from the vendored `api.proto`).

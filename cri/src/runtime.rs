@@ -1,4 +1,4 @@
-//! `RuntimeService` and `ImageService` implementations.
+//! `RuntimeService` implementation.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -225,10 +225,3 @@ impl proto::runtime_service_server::RuntimeService for RuntimeService {
         Ok(Response::new(proto::ListPodSandboxResponse { items }))
     }
 }
-
-/// CRI `ImageService`: not built yet, every call answers `Unimplemented`.
-#[derive(Debug, Clone, Default)]
-pub struct ImageService;
-
-#[tonic::async_trait]
-impl proto::image_service_server::ImageService for ImageService {}

@@ -58,6 +58,9 @@ pub struct Cli {
     /// [default: /opt/cni/bin,/usr/lib/cni].
     #[arg(long, value_delimiter = ',')]
     pub cni_bin_dir: Vec<PathBuf>,
+    /// Registry hosts configuration (containerd layout: `<host>/hosts.toml`) [default: /etc/frakti/certs.d].
+    #[arg(long)]
+    pub registry_config_dir: Option<PathBuf>,
 }
 
 /// The config file's keys (all optional); the same names as the flags.
@@ -79,6 +82,7 @@ struct FileConfig {
     boot_timeout: Option<u64>,
     cni_conf_dir: Option<PathBuf>,
     cni_bin_dir: Option<Vec<PathBuf>>,
+    registry_config_dir: Option<PathBuf>,
 }
 
 /// The effective configuration.
@@ -114,6 +118,8 @@ pub struct Config {
     pub cni_conf_dir: PathBuf,
     /// CNI plugin directories.
     pub cni_bin_dir: Vec<PathBuf>,
+    /// Registry hosts configuration directory (mirrors, TLS, plain HTTP).
+    pub registry_config_dir: PathBuf,
 }
 
 /// The configuration is unusable.
@@ -213,6 +219,11 @@ impl Config {
                 .filter(|d| !d.is_empty())
                 .or(file.cni_bin_dir)
                 .unwrap_or_else(network::cni::default_bin_dirs),
+            registry_config_dir: cli
+                .registry_config_dir
+                .clone()
+                .or(file.registry_config_dir)
+                .unwrap_or_else(|| "/etc/frakti/certs.d".into()),
         };
         config.validate()?;
         Ok(config)
@@ -243,6 +254,7 @@ impl Config {
             ("listen", &self.listen),
             ("root", &self.root),
             ("state_dir", &self.state_dir),
+            ("registry_config_dir", &self.registry_config_dir),
         ] {
             if !path.is_absolute() {
                 return Err(invalid(
@@ -295,6 +307,7 @@ mod tests {
         assert_eq!(c.root, PathBuf::from("/var/lib/frakti"));
         assert_eq!(c.state_dir, PathBuf::from("/run/frakti"));
         assert_eq!((c.cpu, c.memory, c.accel), (1, 512, AccelMode::Auto));
+        assert_eq!(c.registry_config_dir, PathBuf::from("/etc/frakti/certs.d"));
         assert_eq!(c.cni_conf_dir, PathBuf::from("/etc/cni/net.d"));
         assert_eq!(
             c.cni_bin_dir,
@@ -317,6 +330,25 @@ mod tests {
         assert_eq!(
             (c.cni_bin_dir, c.cni_conf_dir),
             (vec![PathBuf::from("/x")], PathBuf::from("/etc/x"))
+        );
+    }
+
+    #[test]
+    fn registry_config_dir_from_file_and_flag() {
+        let f = file("registry_config_dir = \"/srv/certs.d\"\n");
+        let c = Config::merge(&cli(&[]), f).unwrap();
+        assert_eq!(c.registry_config_dir, PathBuf::from("/srv/certs.d"));
+        let f = file("registry_config_dir = \"/srv/certs.d\"\n");
+        let c = Config::merge(&cli(&["--registry-config-dir", "/x"]), f).unwrap();
+        assert_eq!(c.registry_config_dir, PathBuf::from("/x"));
+        let err = Config::merge(
+            &cli(&["--registry-config-dir", "rel"]),
+            FileConfig::default(),
+        );
+        assert!(
+            err.unwrap_err()
+                .to_string()
+                .contains("key `registry_config_dir`")
         );
     }
 

@@ -100,6 +100,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         });
     }
 
+    let hosts_dir = config.registry_config_dir.clone();
+    let root = config.root.clone();
+    let image_store =
+        tokio::task::spawn_blocking(move || images::ImageStore::open(&root, Some(hosts_dir)))
+            .await
+            .context("open the image store")?
+            .context("open the image store")?;
+
     let listener = bind(&config.listen)?;
     let info = serde_json::to_value(&config).unwrap_or_default();
     let runtime_service = cri::RuntimeService::new(pods.clone(), info);
@@ -114,7 +122,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(runtime_service))
-        .add_service(ImageServiceServer::new(cri::ImageService))
+        .add_service(ImageServiceServer::new(cri::ImageService::new(image_store)))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
             let _ = stop_rx.await;
         });

@@ -386,11 +386,19 @@ class CriTest:
         self.expect_ok("RemovePodSandbox of unknown id succeeds (idempotent)",
                        self.rt.RemovePodSandbox, pb.RemovePodSandboxRequest(pod_sandbox_id="does-not-exist"))
 
-    def test_images_unimplemented(self):
+    def test_images(self):
         import grpc
         pb = self.pb
-        self.expect_error("ImageService.ListImages -> UNIMPLEMENTED",
-                          self.img.ListImages, pb.ListImagesRequest(), grpc.StatusCode.UNIMPLEMENTED)
+        resp = self.expect_ok("ImageService.ListImages on a fresh daemon", self.img.ListImages,
+                              pb.ListImagesRequest())
+        if resp is not None:
+            R.check("ListImages is empty", len(resp.images) == 0, f"{len(resp.images)} images")
+        self.expect_error("PullImage of a malformed reference -> INVALID_ARGUMENT",
+                          self.img.PullImage,
+                          pb.PullImageRequest(image=pb.ImageSpec(image="Bad:Ref:x")),
+                          grpc.StatusCode.INVALID_ARGUMENT)
+        self.expect_ok("RemoveImage of an unknown image succeeds", self.img.RemoveImage,
+                       pb.RemoveImageRequest(image=pb.ImageSpec(image="never/pulled:1")))
 
     def pod_config(self):
         pb = self.pb
@@ -556,7 +564,7 @@ class CriTest:
                 return
             if not self.start_daemon() or not self.connect():
                 return
-            for t in (self.test_version, self.test_status, self.test_images_unimplemented,
+            for t in (self.test_version, self.test_status, self.test_images,
                       self.test_invalid_and_unknown, self.test_pod_lifecycle):
                 try:
                     t()

@@ -1,7 +1,11 @@
 //! `make bench`: pod sandbox start against the bare VM boot floor, and the
 //! host memory of an idle pod. Prints figures; asserts nothing.
 //!
-//! Usage: frakti-bench [--runs N] [--accel auto|kvm|tcg]
+//! Also: pull wall time of a multi-layer ~100 MB image from a local registry
+//! into an empty store, next to `skopeo copy` of the same image into an OCI
+//! directory in the same run.
+//!
+//! Usage: frakti-bench [--runs N] [--accel auto|kvm|tcg] [--pull-only]
 
 use std::time::{Duration, Instant};
 
@@ -14,15 +18,23 @@ use hypervisor::{Accel, Qemu, QemuConfig, VmSpec};
 async fn main() -> anyhow::Result<()> {
     let mut runs = 8usize;
     let mut accel = "tcg".to_owned();
+    let mut pull_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--runs" => runs = args.next().context("--runs N")?.parse()?,
             "--accel" => accel = args.next().context("--accel MODE")?,
+            "--pull-only" => pull_only = true,
             other => {
-                bail!("unknown argument {other:?} (usage: frakti-bench [--runs N] [--accel MODE])")
+                bail!(
+                    "unknown argument {other:?} (usage: frakti-bench [--runs N] [--accel MODE] [--pull-only])"
+                )
             }
         }
+    }
+    pull_bench(runs.clamp(1, 5)).await?;
+    if pull_only {
+        return Ok(());
     }
     let daemon = Daemon::start(&["--accel", &accel]).await?;
     let mut c = daemon.runtime().await?;
@@ -194,4 +206,115 @@ fn percentile(values: &mut [f64], p: usize) -> f64 {
     }
     let idx = ((values.len() * p).div_ceil(100)).clamp(1, values.len()) - 1;
     values[idx]
+}
+
+/// Deterministic filler: half noise (incompressible), half text (compressible).
+fn filler(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let mut x = seed | 1;
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        if (out.len() / 4096) % 2 == 0 {
+            out.extend_from_slice(&x.to_le_bytes());
+        } else {
+            out.extend_from_slice(format!("line {x:020} of some log text\n").as_bytes());
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+/// Pull of a ~100 MB, 5-layer image: frakti (download, verify, unpack) vs
+/// `skopeo copy` (download into an OCI layout), interleaved, medians.
+async fn pull_bench(runs: usize) -> anyhow::Result<()> {
+    use e2e::registry::{Compression, LayerBuilder, Registry, TestImage, busybox_layer};
+    let reg = Registry::start(None).await?;
+    let mut layers = vec![busybox_layer().build(Compression::Gzip)];
+    for i in 0..4u64 {
+        let mut l = LayerBuilder::default().dir(&format!("data{i}"));
+        for f in 0..8u64 {
+            l = l.file(
+                &format!("data{i}/f{f}"),
+                &filler(3 << 20, i * 100 + f),
+                0o644,
+            );
+        }
+        layers.push(l.build(Compression::Gzip));
+    }
+    let image = TestImage::new(layers, "", "amd64");
+    let total: usize = image.layers.iter().map(|l| l.blob.len()).sum();
+    reg.push_image("bench/pull", "1", &image).await?;
+    let name = format!("{}/bench/pull:1", reg.host);
+    let hosts = tempfile::tempdir()?;
+    let daemon = Daemon::start(&[
+        "--accel",
+        "tcg",
+        "--registry-config-dir",
+        hosts.path().to_str().unwrap_or("/nonexistent"),
+    ])
+    .await?;
+    let mut c = daemon.images().await?;
+    let layout = tempfile::tempdir()?;
+    let (mut frakti, mut skopeo) = (Vec::new(), Vec::new());
+    for i in 0..=runs {
+        c.remove_image(proto::RemoveImageRequest {
+            image: Some(proto::ImageSpec {
+                image: name.clone(),
+                ..Default::default()
+            }),
+        })
+        .await?;
+        let begin = Instant::now();
+        c.pull_image(proto::PullImageRequest {
+            image: Some(proto::ImageSpec {
+                image: name.clone(),
+                ..Default::default()
+            }),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await?;
+        let took_frakti = begin.elapsed().as_secs_f64();
+        let dest = layout.path().join(format!("run-{i}"));
+        let begin = Instant::now();
+        let out = std::process::Command::new("skopeo")
+            .args([
+                "--insecure-policy",
+                "copy",
+                "--quiet",
+                "--src-tls-verify=false",
+            ])
+            .arg(format!("docker://{name}"))
+            .arg(format!("oci:{}:bench", dest.display()))
+            .output()
+            .context("run skopeo (Debian package skopeo)")?;
+        let took_skopeo = begin.elapsed().as_secs_f64();
+        if !out.status.success() {
+            bail!(
+                "skopeo copy failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dest);
+        // The first round warms caches; it is not counted.
+        if i > 0 {
+            frakti.push(took_frakti);
+            skopeo.push(took_skopeo);
+        }
+    }
+    if std::env::var_os("FRAKTI_BENCH_LOG").is_some() {
+        eprintln!("{}", daemon.log());
+    }
+    let (f, s) = (percentile(&mut frakti, 50), percentile(&mut skopeo, 50));
+    println!(
+        "image pull: {} layers, {:.1} MB compressed, {runs} runs, empty store each time",
+        image.layers.len(),
+        total as f64 / 1e6
+    );
+    println!("frakti PullImage (download + verify + unpack): p50 {f:.3} s");
+    println!("skopeo copy to an OCI dir (download only):     p50 {s:.3} s");
+    println!("ratio frakti / skopeo: {:.3}", f / s);
+    Ok(())
 }
