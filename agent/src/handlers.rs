@@ -43,6 +43,7 @@ impl State {
             }
             Request::ConfigureNetwork { interfaces, routes } => {
                 crate::net::configure(&interfaces, &routes).await?;
+                crate::init::sandbox_ready();
                 Ok(Response::Done)
             }
             Request::Shutdown => Ok(Response::Done),

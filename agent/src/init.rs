@@ -68,6 +68,22 @@ pub type LoadedModules = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 /// in the load order are loaded before the agent serves, the rest after.
 const CHANNEL_MODULE: &str = "virtio_console.ko";
 
+/// Set once the host has set the pod up; releases the deferred modules.
+static SANDBOX_READY: (std::sync::Mutex<bool>, std::sync::Condvar) =
+    (std::sync::Mutex::new(false), std::sync::Condvar::new());
+
+/// The longest the deferred modules wait for the pod's set-up.
+const DEFERRED_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Tells the module loader that the pod's start is done.
+pub fn sandbox_ready() {
+    let (lock, ready) = &SANDBOX_READY;
+    *lock
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+    ready.notify_all();
+}
+
 /// The network driver and its dependencies, in load order.
 const NET_MODULES: [&str; 3] = ["failover.ko", "net_failover.ko", "virtio_net.ko"];
 
@@ -136,12 +152,25 @@ pub fn guest() -> LoadedModules {
     let (now, later) = names.split_at(split);
     load_modules(dir, now, &loaded);
     // The network driver is the next thing the host waits for: load it first.
-    let mut later = later.to_vec();
-    later.sort_by_key(|name| !NET_MODULES.contains(&name.as_str()));
+    // The rest (block, filesystems, vsock, memory) waits until the host has
+    // configured the pod's network, so it does not compete with the pod's
+    // start for the vCPU; at most DEFERRED_WAIT.
+    let (net, rest): (Vec<String>, Vec<String>) = later
+        .iter()
+        .cloned()
+        .partition(|name| NET_MODULES.contains(&name.as_str()));
     let shared = loaded.clone();
     let spawned = std::thread::Builder::new()
         .name("modules".into())
-        .spawn(move || load_modules(Path::new(MODULE_DIR), &later, &shared));
+        .spawn(move || {
+            load_modules(Path::new(MODULE_DIR), &net, &shared);
+            let (lock, ready) = &SANDBOX_READY;
+            let guard = lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _ = ready.wait_timeout_while(guard, DEFERRED_WAIT, |done| !*done);
+            load_modules(Path::new(MODULE_DIR), &rest, &shared);
+        });
     if let Err(e) = spawned {
         tracing::warn!("cannot load the remaining modules: {e}");
     }
