@@ -38,8 +38,8 @@ fn cidr(text: &str) -> Result<(IpAddr, u8), AgentError> {
     Ok((addr, prefix))
 }
 
-/// The interface index with `mac`, waiting for it to appear.
-async fn index_by_mac(mac: &str) -> Result<u32, AgentError> {
+/// The name and index of the interface with `mac`, waiting for it to appear.
+async fn link_by_mac(mac: &str) -> Result<(String, u32), AgentError> {
     let deadline = Instant::now() + LINK_WAIT;
     let want = mac.to_ascii_lowercase();
     loop {
@@ -48,7 +48,8 @@ async fn index_by_mac(mac: &str) -> Result<u32, AgentError> {
                 let dir = entry.path();
                 let address = fs::read_to_string(dir.join("address")).unwrap_or_default();
                 if address.trim() == want {
-                    return read_index(&dir);
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    return Ok((name, read_index(&dir)?));
                 }
             }
         }
@@ -96,7 +97,10 @@ async fn apply(
     let lo = read_index(Path::new("/sys/class/net/lo"))?;
     set_link(handle, lo, None).await?;
     for iface in interfaces {
-        let index = index_by_mac(&iface.mac).await?;
+        let (name, index) = link_by_mac(&iface.mac).await?;
+        // The addresses were allocated by IPAM and are unique: skip duplicate
+        // address detection, so IPv6 addresses work at once, as on other runtimes.
+        let _ = fs::write(format!("/proc/sys/net/ipv6/conf/{name}/accept_dad"), "0");
         set_link(handle, index, Some(iface.mtu)).await?;
         for address in &iface.addresses {
             let (ip, prefix) = cidr(address)?;
