@@ -58,13 +58,11 @@ pub fn sandbox_config(
             .port_mappings
             .iter()
             .map(|p| PortMapping {
-                protocol: proto::Protocol::try_from(p.protocol)
-                    .map_or("tcp", |p| match p {
-                        proto::Protocol::Tcp => "tcp",
-                        proto::Protocol::Udp => "udp",
-                        proto::Protocol::Sctp => "sctp",
-                    })
-                    .to_owned(),
+                // An unknown enum value is kept visible, and refused by validation.
+                protocol: proto::Protocol::try_from(p.protocol).map_or_else(
+                    |_| format!("unknown protocol {}", p.protocol),
+                    |p| p.as_str_name().to_lowercase(),
+                ),
                 container_port: p.container_port,
                 host_port: p.host_port,
                 host_ip: p.host_ip.clone(),
@@ -200,6 +198,23 @@ mod tests {
         assert_eq!(c.resources.unwrap().memory_limit_bytes, 1 << 28);
         assert_eq!(c.overhead.unwrap().memory_limit_bytes, 1 << 20);
         assert_eq!(c.runtime_handler, "frakti");
+    }
+
+    #[test]
+    fn port_protocols() {
+        let port = |protocol| proto::PortMapping {
+            protocol,
+            container_port: 80,
+            host_port: 8080,
+            host_ip: String::new(),
+        };
+        let config = proto::PodSandboxConfig {
+            port_mappings: vec![port(proto::Protocol::Udp as i32), port(9)],
+            ..Default::default()
+        };
+        let c = sandbox_config(config, String::new()).unwrap();
+        assert_eq!(c.port_mappings[0].protocol, "udp");
+        assert_eq!(c.port_mappings[1].protocol, "unknown protocol 9");
     }
 
     #[test]

@@ -213,6 +213,8 @@ impl PodService {
             )));
         }
         validate_hostname(&config.hostname).map_err(RunPodError::Invalid)?;
+        validate_metadata(metadata).map_err(RunPodError::Invalid)?;
+        validate_ports(&config.port_mappings).map_err(RunPodError::Invalid)?;
         self.runtime.ready().await.map_err(RunPodError::NotReady)?;
 
         let key = metadata.reservation_key();
@@ -401,6 +403,42 @@ fn validate_hostname(hostname: &str) -> Result<(), String> {
         .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.'))
     {
         return Err(format!("hostname {hostname:?} contains {c:?}"));
+    }
+    Ok(())
+}
+
+/// Metadata travels to CNI plugins as `KEY=value;…` (CNI_ARGS): separators
+/// and control characters in it are refused.
+fn validate_metadata(m: &crate::model::PodMetadata) -> Result<(), String> {
+    for (field, value) in [
+        ("name", &m.name),
+        ("namespace", &m.namespace),
+        ("uid", &m.uid),
+    ] {
+        if let Some(c) = value
+            .chars()
+            .find(|c| matches!(c, ';' | '=') || c.is_control())
+        {
+            return Err(format!("metadata.{field} {value:?} contains {c:?}"));
+        }
+    }
+    Ok(())
+}
+
+fn validate_ports(ports: &[crate::model::PortMapping]) -> Result<(), String> {
+    for p in ports {
+        if !(0..=65535).contains(&p.host_port) || !(1..=65535).contains(&p.container_port) {
+            return Err(format!(
+                "port mapping {}:{} is out of range (host 0-65535, container 1-65535)",
+                p.host_port, p.container_port
+            ));
+        }
+        if !matches!(p.protocol.as_str(), "tcp" | "udp" | "sctp") {
+            return Err(format!(
+                "port mapping protocol {:?} is not tcp, udp or sctp",
+                p.protocol
+            ));
+        }
     }
     Ok(())
 }

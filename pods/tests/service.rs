@@ -158,6 +158,34 @@ async fn bad_input_is_rejected_and_names_are_reserved() {
     c.hostname = "bad host".into();
     assert!(matches!(svc.run(c).await, Err(RunPodError::Invalid(_))));
 
+    let mut c = config("x", &[]);
+    c.metadata.as_mut().unwrap().name = "a;K8S_POD_UID=forged".into();
+    let err = svc.run(c).await.unwrap_err();
+    assert!(
+        err.to_string().contains("metadata.name") && err.to_string().contains("';'"),
+        "{err}"
+    );
+    let mut c = config("x", &[]);
+    c.port_mappings.push(pods::PortMapping {
+        protocol: "tcp".into(),
+        container_port: 80,
+        host_port: 70_000,
+        host_ip: String::new(),
+    });
+    let err = svc.run(c).await.unwrap_err();
+    assert!(
+        err.to_string().contains("70000:80 is out of range"),
+        "{err}"
+    );
+    let mut c = config("x", &[]);
+    c.port_mappings.push(pods::PortMapping {
+        protocol: "icmp".into(),
+        container_port: 80,
+        host_port: 8080,
+        host_ip: String::new(),
+    });
+    assert!(svc.run(c).await.unwrap_err().to_string().contains("icmp"));
+
     let id = svc.run(config("dup", &[])).await.unwrap();
     let err = svc.run(config("dup", &[])).await.unwrap_err();
     assert!(
