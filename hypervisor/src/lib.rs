@@ -60,6 +60,21 @@ pub struct VmEndpoints {
     pub agent_socket: PathBuf,
     /// The guest console log.
     pub console_log: PathBuf,
+    /// The VMM's own stdout/stderr log.
+    pub vmm_log: PathBuf,
+}
+
+impl VmEndpoints {
+    /// The endpoints of the VM whose files live in `dir` and whose VMM has `pid`.
+    pub fn in_dir(dir: &Path, pid: i32) -> Self {
+        Self {
+            pid,
+            control_socket: dir.join("qmp.sock"),
+            agent_socket: dir.join("agent.sock"),
+            console_log: dir.join("console.log"),
+            vmm_log: dir.join("qemu.log"),
+        }
+    }
 }
 
 /// Re-attaching to a VM failed.

@@ -106,6 +106,10 @@ impl Qemu {
         }
     }
 
+    async fn qmp(&self, vm: &VmEndpoints) -> Result<QmpClient, crate::QmpError> {
+        QmpClient::connect(&vm.control_socket, Duration::from_secs(5)).await
+    }
+
     /// The configuration in use.
     pub fn config(&self) -> &QemuConfig {
         &self.config
@@ -211,15 +215,6 @@ impl Qemu {
         }
         args
     }
-
-    fn endpoints(dir: &Path, pid: i32) -> VmEndpoints {
-        VmEndpoints {
-            pid,
-            control_socket: dir.join("qmp.sock"),
-            agent_socket: dir.join("agent.sock"),
-            console_log: dir.join("console.log"),
-        }
-    }
 }
 
 /// PCIe root ports created for hot-plug (NICs take the first ones).
@@ -314,7 +309,7 @@ impl Hypervisor for Qemu {
                 ));
             }
             if qmp.exists() && dir.join("agent.sock").exists() {
-                return Ok(Self::endpoints(dir, pid));
+                return Ok(VmEndpoints::in_dir(dir, pid));
             }
             if started.elapsed() > STARTUP_TIMEOUT {
                 proc.signal(Signal::SIGKILL);
@@ -339,7 +334,7 @@ impl Hypervisor for Qemu {
                 id: id.to_owned(),
             });
         }
-        Ok(Self::endpoints(dir, pid))
+        Ok(VmEndpoints::in_dir(dir, pid))
     }
 
     async fn add_nic(
@@ -401,12 +396,6 @@ impl Hypervisor for Qemu {
         tokio::time::timeout(Duration::from_secs(10), proc.exited())
             .await
             .map_err(|_| StopError::Unkillable(vm.pid))
-    }
-}
-
-impl Qemu {
-    async fn qmp(&self, vm: &VmEndpoints) -> Result<QmpClient, crate::QmpError> {
-        QmpClient::connect(&vm.control_socket, Duration::from_secs(5)).await
     }
 }
 

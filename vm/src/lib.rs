@@ -269,15 +269,6 @@ impl VmRuntime {
         Ok(())
     }
 
-    fn endpoints_from(&self, state: &VmState) -> VmEndpoints {
-        VmEndpoints {
-            pid: state.pid,
-            control_socket: state.dir.join("qmp.sock"),
-            agent_socket: state.dir.join("agent.sock"),
-            console_log: state.dir.join("console.log"),
-        }
-    }
-
     async fn boot(
         &self,
         id: &str,
@@ -442,8 +433,7 @@ async fn wait_boot(agent: &AgentClient, vm: &VmEndpoints, deadline: Instant) -> 
     tokio::select! {
         r = agent.wait_ready(deadline) => r.map(drop).map_err(|e| e.to_string()),
         () = process.exited() => {
-            let log = vm.console_log.with_file_name("qemu.log");
-            let log = std::fs::read_to_string(log).unwrap_or_default();
+            let log = std::fs::read_to_string(&vm.vmm_log).unwrap_or_default();
             let last = log.trim().lines().last().unwrap_or("no output").to_owned();
             Err(format!("the VM process exited during boot ({last})"))
         }
@@ -525,7 +515,7 @@ impl PodRuntime for VmRuntime {
                 vm.stopping.store(true, Ordering::SeqCst);
                 (vm.endpoints.clone(), Some(vm.agent.clone()))
             }
-            None => (self.endpoints_from(&vm_state), None),
+            None => (VmEndpoints::in_dir(&vm_state.dir, vm_state.pid), None),
         };
         if let (Some(agent), Ok(process)) = (agent, Process::open(endpoints.pid))
             && process.is_running()
