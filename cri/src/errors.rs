@@ -10,6 +10,8 @@ fn runtime_code(e: &RuntimeError) -> Code {
         RuntimeErrorKind::InvalidArgument => Code::InvalidArgument,
         RuntimeErrorKind::Unavailable => Code::Unavailable,
         RuntimeErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
+        RuntimeErrorKind::NotFound => Code::NotFound,
+        RuntimeErrorKind::FailedPrecondition => Code::FailedPrecondition,
         RuntimeErrorKind::Internal => Code::Internal,
     }
 }

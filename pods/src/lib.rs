@@ -2,13 +2,18 @@
 //! each pod to a [`PodRuntime`]. This crate owns no I/O details of its own
 //! beyond its record store.
 
+pub mod container;
 pub mod model;
 pub mod runtime;
 pub mod service;
 pub mod store;
 
+pub use container::{
+    ContainerConfig, ContainerFilter, ContainerRecord, ContainerRuntimeStatus, ContainerState,
+    ExecOutput,
+};
 pub use model::{
-    PodMetadata, PodResources, PortMapping, SandboxConfig, SandboxFilter, SandboxRecord,
+    DnsConfig, PodMetadata, PodResources, PortMapping, SandboxConfig, SandboxFilter, SandboxRecord,
     SandboxState,
 };
 pub use runtime::{PodRuntime, RuntimeError, RuntimeErrorKind, RuntimeEvent, StartedSandbox};

@@ -62,6 +62,29 @@ pub struct SandboxConfig {
     /// hostPort mappings.
     #[serde(default)]
     pub port_mappings: Vec<PortMapping>,
+    /// DNS settings for the pod's `/etc/resolv.conf`.
+    #[serde(default)]
+    pub dns: DnsConfig,
+    /// Namespace sysctls to set for the pod.
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, String>,
+    /// Pod-level namespace choices (containers inherit them).
+    #[serde(default)]
+    pub namespaces: crate::container::NamespaceOptions,
+    /// The pod asks for privileged containers.
+    #[serde(default)]
+    pub privileged: bool,
+}
+
+/// DNS settings of a pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsConfig {
+    /// Name servers.
+    pub servers: Vec<String>,
+    /// Search domains.
+    pub searches: Vec<String>,
+    /// resolv.conf options (e.g. `ndots:5`).
+    pub options: Vec<String>,
 }
 
 /// A hostPort mapping of the pod.

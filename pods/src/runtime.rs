@@ -2,7 +2,10 @@
 
 use std::fmt::Debug;
 
-use crate::model::SandboxConfig;
+use std::time::Duration;
+
+use crate::container::{ContainerConfig, ContainerRecord, ContainerRuntimeStatus, ExecOutput};
+use crate::model::{SandboxConfig, SandboxRecord};
 
 /// Something that can run pod sandboxes (a VM per pod, or host namespaces).
 #[async_trait::async_trait]
@@ -39,6 +42,71 @@ pub trait PodRuntime: Send + Sync + Debug {
 
     /// Extra facts for verbose status.
     async fn sandbox_info(&self, id: &str, state: &serde_json::Value) -> serde_json::Value;
+
+    /// Creates container `id` in the running `sandbox` (not started); returns
+    /// the runtime-private state to persist. `log_path` is absolute or empty.
+    async fn create_container(
+        &self,
+        sandbox: &SandboxRecord,
+        id: &str,
+        config: &ContainerConfig,
+        log_path: &str,
+    ) -> Result<serde_json::Value, RuntimeError>;
+
+    /// Starts a created container.
+    async fn start_container(
+        &self,
+        sandbox: &SandboxRecord,
+        container: &ContainerRecord,
+    ) -> Result<ContainerRuntimeStatus, RuntimeError>;
+
+    /// Stops a container: its stop signal, then SIGKILL after `timeout`
+    /// (zero: at once). Succeeds if it is not running.
+    async fn stop_container(
+        &self,
+        sandbox: &SandboxRecord,
+        container: &ContainerRecord,
+        timeout: Duration,
+    ) -> Result<ContainerRuntimeStatus, RuntimeError>;
+
+    /// Removes a container and its writable layer; stops it first if needed.
+    /// Succeeds if nothing is left.
+    async fn remove_container(
+        &self,
+        sandbox: &SandboxRecord,
+        container: &ContainerRecord,
+    ) -> Result<(), RuntimeError>;
+
+    /// The container's current process status.
+    async fn container_status(
+        &self,
+        sandbox: &SandboxRecord,
+        container: &ContainerRecord,
+    ) -> Result<ContainerRuntimeStatus, RuntimeError>;
+
+    /// Runs `cmd` in the container and collects its output; on `timeout` the
+    /// process is killed and the call fails with `DeadlineExceeded`.
+    async fn exec_sync(
+        &self,
+        sandbox: &SandboxRecord,
+        container: &ContainerRecord,
+        cmd: &[String],
+        timeout: Option<Duration>,
+    ) -> Result<ExecOutput, RuntimeError>;
+
+    /// Reopens the container's log file (after the kubelet rotated it).
+    async fn reopen_container_log(
+        &self,
+        sandbox: &SandboxRecord,
+        container: &ContainerRecord,
+    ) -> Result<(), RuntimeError>;
+
+    /// Extra facts for verbose container status.
+    async fn container_info(
+        &self,
+        sandbox: &SandboxRecord,
+        container: &ContainerRecord,
+    ) -> serde_json::Value;
 }
 
 /// A sandbox the runtime started.
@@ -59,6 +127,15 @@ pub enum RuntimeEvent {
         id: String,
         /// What happened.
         reason: String,
+    },
+    /// A container's process ended.
+    ContainerExited {
+        /// Sandbox id.
+        sandbox_id: String,
+        /// Container id.
+        id: String,
+        /// Its final status.
+        status: ContainerRuntimeStatus,
     },
 }
 
@@ -91,6 +168,10 @@ pub enum RuntimeErrorKind {
     Unavailable,
     /// The operation did not finish in time.
     DeadlineExceeded,
+    /// The object does not exist (any more) in the runtime.
+    NotFound,
+    /// The object is not in a state that allows the operation.
+    FailedPrecondition,
     /// Anything else.
     Internal,
 }

@@ -189,6 +189,8 @@ impl PodService {
                         }
                     }
                 }
+                // Container records arrive with the container service.
+                RuntimeEvent::ContainerExited { .. } => {}
             }
         }
     }

@@ -1,0 +1,324 @@
+//! Domain types for containers, independent of the CRI wire format.
+//!
+//! A [`ContainerConfig`] is what the kubelet asked for plus what the image
+//! service resolved (image id, config, root filesystem on the host); a
+//! runtime turns it into an OCI spec.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Identifies a container within its pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerMetadata {
+    /// Container name, unique in the pod per attempt.
+    pub name: String,
+    /// Restart attempt.
+    pub attempt: u32,
+}
+
+/// The image a container runs, as resolved by the image service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerImage {
+    /// The reference the kubelet gave (tag, digest or id).
+    pub user_ref: String,
+    /// Image id (`sha256:` digest of its config).
+    pub id: String,
+    /// A `repo@digest` name of the image, or its id when it has none.
+    pub image_ref: String,
+    /// Root filesystem of the image on the host (read-only snapshot).
+    pub rootfs: PathBuf,
+    /// Process defaults from the image config.
+    pub process: ImageProcess,
+}
+
+/// Process defaults from an OCI image config.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageProcess {
+    /// `Entrypoint`.
+    pub entrypoint: Vec<String>,
+    /// `Cmd`.
+    pub cmd: Vec<String>,
+    /// `Env` as `KEY=value`.
+    pub env: Vec<String>,
+    /// `WorkingDir`.
+    pub working_dir: String,
+    /// `User` (`uid`, `name`, `uid:gid`, `name:group`).
+    pub user: String,
+    /// `StopSignal` (e.g. `SIGQUIT`); empty for SIGTERM.
+    pub stop_signal: String,
+}
+
+/// Mount propagation of a CRI mount.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Propagation {
+    /// No propagation either way.
+    #[default]
+    Private,
+    /// Mounts made on the host under the source appear in the container.
+    HostToContainer,
+    /// Both ways (needs a host-namespace runtime).
+    Bidirectional,
+}
+
+/// A host path made visible in the container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// Path in the container.
+    pub container_path: String,
+    /// Path on the host.
+    pub host_path: String,
+    /// Mounted read-only.
+    pub readonly: bool,
+    /// Propagation mode.
+    pub propagation: Propagation,
+}
+
+/// A host device made visible in the container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// Path in the container.
+    pub container_path: String,
+    /// Path on the host.
+    pub host_path: String,
+    /// cgroup permissions, e.g. `rwm`.
+    pub permissions: String,
+}
+
+/// How a namespace is shared.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NamespaceMode {
+    /// Shared by all containers of the pod.
+    #[default]
+    Pod,
+    /// Private to the container.
+    Container,
+    /// The node's namespace.
+    Node,
+    /// The namespace of another container (`target_id`).
+    Target,
+}
+
+/// Namespace choices of a container (or of a pod, as its default).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceOptions {
+    /// Network namespace.
+    pub network: NamespaceMode,
+    /// PID namespace.
+    pub pid: NamespaceMode,
+    /// IPC namespace.
+    pub ipc: NamespaceMode,
+    /// Container whose namespace to join when a mode is `Target`.
+    pub target_id: String,
+}
+
+/// Seccomp profile of a container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Seccomp {
+    /// No filter.
+    #[default]
+    Unconfined,
+    /// The runtime's default filter.
+    RuntimeDefault,
+    /// A profile from a JSON file on the host (absolute path).
+    Localhost(String),
+}
+
+/// Linux security settings of a container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityContext {
+    /// Capabilities to add (`CAP_` prefix optional; `ALL` allowed).
+    pub add_capabilities: Vec<String>,
+    /// Capabilities to drop (`ALL` allowed).
+    pub drop_capabilities: Vec<String>,
+    /// Privileged container.
+    pub privileged: bool,
+    /// Namespace choices.
+    pub namespaces: NamespaceOptions,
+    /// UID to run as.
+    pub run_as_user: Option<i64>,
+    /// GID to run as.
+    pub run_as_group: Option<i64>,
+    /// User name to run as, resolved in the container's `/etc/passwd`.
+    pub run_as_username: String,
+    /// Root filesystem read-only.
+    pub readonly_rootfs: bool,
+    /// Extra groups.
+    pub supplemental_groups: Vec<i64>,
+    /// Sets `no_new_privs`.
+    pub no_new_privs: bool,
+    /// Paths masked in the container; `None` means the runtime's defaults.
+    pub masked_paths: Option<Vec<String>>,
+    /// Paths made read-only in the container; `None` means the runtime's defaults.
+    pub readonly_paths: Option<Vec<String>>,
+    /// Seccomp profile.
+    pub seccomp: Seccomp,
+}
+
+/// Linux resources of a container (0 = unset).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerResources {
+    /// CFS period in microseconds.
+    pub cpu_period: i64,
+    /// CFS quota in microseconds per period.
+    pub cpu_quota: i64,
+    /// Relative CPU weight.
+    pub cpu_shares: i64,
+    /// Memory limit in bytes.
+    pub memory_limit_bytes: i64,
+    /// OOM score adjustment.
+    pub oom_score_adj: i64,
+    /// CPUs allowed (cpuset list).
+    pub cpuset_cpus: String,
+    /// Memory nodes allowed.
+    pub cpuset_mems: String,
+}
+
+/// What the kubelet asked for when it created a container, with its image resolved.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerConfig {
+    /// Name and attempt.
+    pub metadata: ContainerMetadata,
+    /// The image, resolved.
+    pub image: ContainerImage,
+    /// Overrides the image's entrypoint.
+    pub command: Vec<String>,
+    /// Overrides the image's cmd.
+    pub args: Vec<String>,
+    /// Overrides the image's working directory.
+    pub working_dir: String,
+    /// Environment, in order; later entries win.
+    pub envs: Vec<(String, String)>,
+    /// Host paths to mount.
+    pub mounts: Vec<Mount>,
+    /// Host devices.
+    pub devices: Vec<Device>,
+    /// Labels, for selection.
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// Log path relative to the pod's log directory; empty for no log.
+    pub log_path: String,
+    /// Keep stdin open.
+    pub stdin: bool,
+    /// Close stdin after the first attach ends.
+    pub stdin_once: bool,
+    /// Allocate a terminal.
+    pub tty: bool,
+    /// Resources.
+    pub resources: ContainerResources,
+    /// Security settings.
+    pub security: SecurityContext,
+}
+
+/// CRI container states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerState {
+    /// Created, not started.
+    Created,
+    /// Its process runs.
+    Running,
+    /// Its process ended.
+    Exited,
+    /// Its state cannot be known (e.g. its pod VM is gone).
+    Unknown,
+}
+
+/// What a runtime reports about a container's process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRuntimeStatus {
+    /// State.
+    pub state: ContainerState,
+    /// Start time, ns since the epoch (0 if never started).
+    pub started_at_ns: i64,
+    /// End time, ns since the epoch (0 if not ended).
+    pub finished_at_ns: i64,
+    /// Exit code (meaningful once exited).
+    pub exit_code: i32,
+    /// `Completed`, `Error`, `OOMKilled`, or empty.
+    pub reason: String,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+impl ContainerRuntimeStatus {
+    /// A container that was created and never started.
+    pub fn created() -> Self {
+        Self {
+            state: ContainerState::Created,
+            started_at_ns: 0,
+            finished_at_ns: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+        }
+    }
+}
+
+/// A container as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    /// 64 hex characters.
+    pub id: String,
+    /// Its pod sandbox.
+    pub sandbox_id: String,
+    /// The request that created it.
+    pub config: ContainerConfig,
+    /// Creation time, ns since the epoch.
+    pub created_at_ns: i64,
+    /// Last known process status.
+    pub status: ContainerRuntimeStatus,
+    /// Absolute log path on the host; empty for none.
+    pub log_path: String,
+    /// Runtime-private state.
+    pub runtime_state: serde_json::Value,
+}
+
+/// Which containers `ListContainers` returns; every set field must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerFilter {
+    /// Exact id or unique prefix.
+    pub id: Option<String>,
+    /// Sandbox id or prefix.
+    pub sandbox_id: Option<String>,
+    /// State to match.
+    pub state: Option<ContainerState>,
+    /// Labels that must all be present with these values.
+    pub label_selector: BTreeMap<String, String>,
+}
+
+impl ContainerFilter {
+    /// Whether `record` passes the filter.
+    pub fn matches(&self, record: &ContainerRecord) -> bool {
+        if let Some(id) = &self.id
+            && !record.id.starts_with(id.as_str())
+        {
+            return false;
+        }
+        if let Some(sandbox) = &self.sandbox_id
+            && !record.sandbox_id.starts_with(sandbox.as_str())
+        {
+            return false;
+        }
+        if let Some(state) = self.state
+            && record.status.state != state
+        {
+            return false;
+        }
+        self.label_selector
+            .iter()
+            .all(|(k, v)| record.config.labels.get(k) == Some(v))
+    }
+}
+
+/// Output of a command run to completion in a container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Captured stdout.
+    pub stdout: Vec<u8>,
+    /// Captured stderr.
+    pub stderr: Vec<u8>,
+    /// Exit code.
+    pub exit_code: i32,
+}
