@@ -21,6 +21,7 @@ build: deps
 	@$(MAKE) --no-print-directory guest
 
 agent:
+	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p agent --target $(HOST_TARGET)
 	@mkdir -p $(GUEST_DIR)
 	strip -o $(GUEST_DIR)/frakti-agent $(AGENT_BIN)

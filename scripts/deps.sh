@@ -6,6 +6,8 @@ set -euo pipefail
 APT_PKGS=(
   qemu-system-x86            # qemu-system-x86_64, /usr/share/qemu/qboot.rom
   qemu-utils                 # qemu-img
+  qemu-system-common         # /usr/lib/qemu/virtiofsd: serves pod shared directories
+  libseccomp-dev             # the agent links libseccomp statically (libcontainer)
   cpio                       # guest initramfs
   kmod                       # depmod: modules.dep for the guest kernel's modules
   lz4                        # Debian's bzImage payload is LZ4

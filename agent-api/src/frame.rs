@@ -10,7 +10,7 @@ pub const MAGIC: [u8; 4] = *b"FRKT";
 /// Size of the fixed header.
 pub const HEADER_LEN: usize = 24;
 /// Largest payload accepted; larger lengths are treated as corruption.
-pub const MAX_PAYLOAD: usize = 4 << 20;
+pub const MAX_PAYLOAD: usize = 16 << 20;
 
 /// What a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -36,6 +36,12 @@ pub enum Request {
     SetupSandbox {
         /// Hostname for the guest; empty leaves it unchanged.
         hostname: String,
+        /// The host's wall clock, ns since the epoch; the guest sets its clock to it (0: leave).
+        #[serde(default)]
+        clock_ns: i64,
+        /// virtio-fs tag of the pod's shared directory; empty when there is none.
+        #[serde(default)]
+        share_tag: String,
     },
     /// Configures the guest's network interfaces and routes (idempotent).
     ConfigureNetwork {
@@ -46,6 +52,116 @@ pub enum Request {
     },
     /// Syncs and powers the guest off after answering.
     Shutdown,
+    /// Creates a container (not started) from an OCI spec whose paths are guest paths.
+    CreateContainer(CreateContainer),
+    /// Starts a created container.
+    StartContainer {
+        /// Container id.
+        id: String,
+    },
+    /// Sends `signal`, waits up to `timeout_ms`, then kills; answers with the status.
+    StopContainer {
+        /// Container id.
+        id: String,
+        /// Signal number to send first.
+        signal: i32,
+        /// Grace period before SIGKILL.
+        timeout_ms: u64,
+    },
+    /// Removes a container (killing it if it runs); unknown ids succeed.
+    RemoveContainer {
+        /// Container id.
+        id: String,
+    },
+    /// Status of one container.
+    ContainerStatus {
+        /// Container id.
+        id: String,
+    },
+    /// Status of every container.
+    ListContainers,
+    /// Runs a command in a container to completion.
+    ExecSync {
+        /// Container id.
+        id: String,
+        /// Command line.
+        args: Vec<String>,
+        /// Kill it after this long (none: wait forever).
+        timeout_ms: Option<u64>,
+    },
+    /// Reopens a container's log file.
+    ReopenLog {
+        /// Container id.
+        id: String,
+    },
+    /// Waits until a container changes state after event number `after`, or `timeout_ms`.
+    WaitEvents {
+        /// Last event number the host has seen (0: none).
+        after: u64,
+        /// Longest wait.
+        timeout_ms: u64,
+    },
+}
+
+/// A container to create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateContainer {
+    /// Container id.
+    pub id: String,
+    /// OCI runtime spec (JSON), with guest paths.
+    pub spec: serde_json::Value,
+    /// Guest path of the CRI log file; empty for no log.
+    pub log_path: String,
+    /// Keep a stdin pipe open.
+    pub stdin: bool,
+    /// Close stdin after the first attach.
+    pub stdin_once: bool,
+    /// Allocate a terminal.
+    pub tty: bool,
+}
+
+/// Container states as the agent sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerState {
+    /// Created, not started.
+    Created,
+    /// Running.
+    Running,
+    /// Its init process ended.
+    Exited,
+}
+
+/// A container's process status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    /// Container id.
+    pub id: String,
+    /// State.
+    pub state: ContainerState,
+    /// Init pid in the guest (0 once exited).
+    pub pid: i32,
+    /// Start time, ns since the epoch (0: not started).
+    pub started_at_ns: i64,
+    /// Exit time, ns since the epoch (0: not exited).
+    pub finished_at_ns: i64,
+    /// Exit code (128 + signal when killed by a signal).
+    pub exit_code: i32,
+    /// The kernel's OOM killer killed a process of the container.
+    pub oom_killed: bool,
+    /// Detail, e.g. why it could not start.
+    pub message: String,
+}
+
+/// Output of [`Request::ExecSync`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecResult {
+    /// Captured stdout (base64).
+    pub stdout: String,
+    /// Captured stderr (base64).
+    pub stderr: String,
+    /// Exit code.
+    pub exit_code: i32,
 }
 
 /// A guest network interface to configure.
@@ -78,6 +194,19 @@ pub enum Response {
     GuestInfo(GuestInfo),
     /// The request was carried out.
     Done,
+    /// One container's status.
+    Container(ContainerInfo),
+    /// Every container's status.
+    Containers(Vec<ContainerInfo>),
+    /// Output of an exec.
+    Exec(ExecResult),
+    /// Containers that changed after the event number asked for.
+    Events {
+        /// The newest event number.
+        last: u64,
+        /// Current status of each container that changed.
+        containers: Vec<ContainerInfo>,
+    },
 }
 
 /// Facts about the running guest.
@@ -117,6 +246,10 @@ pub enum AgentErrorKind {
     InvalidArgument,
     /// The object named does not exist.
     NotFound,
+    /// The object is not in a state that allows the request.
+    FailedPrecondition,
+    /// The request did not finish in time.
+    DeadlineExceeded,
     /// Anything else.
     Internal,
 }

@@ -12,6 +12,7 @@ use crate::channel::Output;
 #[derive(Debug)]
 pub struct State {
     modules: crate::init::LoadedModules,
+    containers: std::sync::Arc<crate::containers::Containers>,
     is_init: bool,
     output: Option<std::sync::mpsc::Sender<Output>>,
 }
@@ -21,6 +22,7 @@ impl State {
     pub fn new(modules: crate::init::LoadedModules, is_init: bool) -> Self {
         Self {
             modules,
+            containers: std::sync::Arc::new(crate::containers::Containers::new()),
             is_init,
             output: None,
         }
@@ -37,8 +39,14 @@ impl State {
         match request {
             Request::Ping => Ok(Response::Pong),
             Request::GuestInfo => Ok(Response::GuestInfo(self.guest_info())),
-            Request::SetupSandbox { hostname } => {
+            Request::SetupSandbox {
+                hostname,
+                clock_ns,
+                share_tag,
+            } => {
                 set_hostname(&hostname)?;
+                crate::init::set_clock(clock_ns);
+                crate::init::sandbox_mounts(&share_tag)?;
                 Ok(Response::Done)
             }
             Request::ConfigureNetwork { interfaces, routes } => {
@@ -47,6 +55,34 @@ impl State {
                 Ok(Response::Done)
             }
             Request::Shutdown => Ok(Response::Done),
+            Request::CreateContainer(req) => self.containers.create(req).await,
+            Request::StartContainer { id } => self.containers.start(&id).await,
+            Request::StopContainer {
+                id,
+                signal,
+                timeout_ms,
+            } => {
+                self.containers
+                    .stop(&id, signal, Duration::from_millis(timeout_ms))
+                    .await
+            }
+            Request::RemoveContainer { id } => self.containers.remove(&id).await,
+            Request::ContainerStatus { id } => self.containers.status(&id),
+            Request::ListContainers => Ok(self.containers.list()),
+            Request::ExecSync {
+                id,
+                args,
+                timeout_ms,
+            } => {
+                self.containers
+                    .exec_sync(&id, args, timeout_ms.map(Duration::from_millis))
+                    .await
+            }
+            Request::ReopenLog { id } => self.containers.reopen_log(&id),
+            Request::WaitEvents { after, timeout_ms } => Ok(self
+                .containers
+                .wait_events(after, Duration::from_millis(timeout_ms))
+                .await),
         }
     }
 

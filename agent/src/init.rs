@@ -9,8 +9,120 @@ use nix::mount::{MsFlags, mount};
 /// Directory in the initramfs holding the kernel modules and their load order.
 const MODULE_DIR: &str = "/lib/modules";
 
+/// Where the virtio-fs share of the pod is mounted.
+pub const SHARED_DIR: &str = "/run/frakti/shared";
+/// The pod's `/dev/shm`, shared by its containers.
+pub const POD_SHM_DIR: &str = "/run/frakti/sandbox/shm";
+
+/// Makes `/` a real mount instead of the initramfs: `pivot_root(2)` refuses to
+/// leave the initramfs, and containers need it. `/` is bind-mounted onto a
+/// directory, which is then moved over `/` and entered with chroot.
+fn leave_initramfs() {
+    let new_root = "/.root";
+    if fs::create_dir_all(new_root).is_err() {
+        return;
+    }
+    let bound = mount(
+        Some("/"),
+        new_root,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    );
+    let moved = bound.and_then(|()| nix::unistd::chdir(new_root)).and_then(|()| {
+        mount(
+            Some("."),
+            "/",
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+    });
+    let entered = moved
+        .and_then(|()| nix::unistd::chroot("."))
+        .and_then(|()| nix::unistd::chdir("/"));
+    if let Err(e) = entered {
+        eprintln!("frakti-agent: cannot leave the initramfs: {e}");
+    }
+}
+
+/// Sets the wall clock to the host's (`0` leaves it).
+pub fn set_clock(clock_ns: i64) {
+    if clock_ns <= 0 {
+        return;
+    }
+    let ts = nix::sys::time::TimeSpec::new(clock_ns / 1_000_000_000, clock_ns % 1_000_000_000);
+    if let Err(e) = nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts) {
+        tracing::warn!("cannot set the clock: {e}");
+    }
+}
+
+/// Mounts what containers need: cgroup v2 with its controllers, the pod's
+/// `/dev/shm`, and the virtio-fs share `share_tag` (if any) at [`SHARED_DIR`].
+pub fn sandbox_mounts(share_tag: &str) -> Result<(), agent_api::AgentError> {
+    use agent_api::AgentError;
+    use agent_api::messages::AgentErrorKind;
+    let fail = |what: &str, e: nix::errno::Errno| {
+        AgentError::new(AgentErrorKind::Internal, format!("{what}: {e}"))
+    };
+    let cgroup = Path::new("/sys/fs/cgroup");
+    if !cgroup.join("cgroup.controllers").exists() {
+        mount(
+            Some("cgroup2"),
+            cgroup,
+            Some("cgroup2"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .map_err(|e| fail("mount cgroup2", e))?;
+        let controllers = fs::read_to_string(cgroup.join("cgroup.controllers")).unwrap_or_default();
+        let enable: Vec<String> = controllers.split_whitespace().map(|c| format!("+{c}")).collect();
+        let _ = fs::write(cgroup.join("cgroup.subtree_control"), enable.join(" "));
+    }
+    let shm = Path::new(POD_SHM_DIR);
+    if !is_mount_point(shm) {
+        let _ = fs::create_dir_all(shm);
+        mount(
+            Some("shm"),
+            shm,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=1777,size=65536k"),
+        )
+        .map_err(|e| fail("mount the pod's /dev/shm", e))?;
+    }
+    if !share_tag.is_empty() && !is_mount_point(Path::new(SHARED_DIR)) {
+        load_now(&["fuse.ko", "virtiofs.ko"]);
+        let _ = fs::create_dir_all(SHARED_DIR);
+        mount(
+            Some(share_tag),
+            SHARED_DIR,
+            Some("virtiofs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            None::<&str>,
+        )
+        .map_err(|e| fail(&format!("mount virtio-fs {share_tag}"), e))?;
+    }
+    Ok(())
+}
+
+fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(path), path.parent().map(fs::metadata)) {
+        (Ok(m), Some(Ok(p))) => m.dev() != p.dev(),
+        _ => false,
+    }
+}
+
+/// Loads `names` (files in the module directory) now, if not loaded yet.
+fn load_now(names: &[&str]) {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    load_modules(Path::new(MODULE_DIR), &names, &LoadedModules::default());
+}
+
 /// Mounts `/dev` and `/proc` and makes sure stdio reaches the console.
 pub fn early() {
+    leave_initramfs();
     let _ = fs::create_dir_all("/dev");
     let _ = mount(
         Some("devtmpfs"),
@@ -197,25 +309,6 @@ fn load_modules(dir: &Path, names: &[String], loaded: &LoadedModules) {
         }
     }
     tracing::debug!(count = names.len(), "modules loaded");
-}
-
-/// Reaps every child that exits, as PID 1 must.
-pub async fn reap_orphans() {
-    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-    let Ok(mut sigchld) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
-    else {
-        tracing::error!("cannot watch SIGCHLD: orphans will not be reaped");
-        return;
-    };
-    loop {
-        sigchld.recv().await;
-        while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            if status == WaitStatus::StillAlive {
-                break;
-            }
-            tracing::debug!(?status, "reaped");
-        }
-    }
 }
 
 /// Reports a fatal error and stops the guest (PID 1 must not just exit).

@@ -5,9 +5,12 @@
 //! the VM, accepting a new session whenever the host reconnects.
 
 mod channel;
+mod containers;
 mod handlers;
 mod init;
+mod logs;
 mod net;
+mod reaper;
 
 use std::time::Instant;
 
@@ -35,9 +38,7 @@ fn main() {
         Err(e) => init::fatal(&format!("cannot start the async runtime: {e}")),
     };
     let result = runtime.block_on(async {
-        if is_init {
-            tokio::spawn(init::reap_orphans());
-        }
+        tokio::spawn(reaper::run());
         let state = handlers::State::new(modules, is_init);
         channel::serve(state).await
     });

@@ -68,6 +68,7 @@ pub fn sandbox_config(
                 host_ip: p.host_ip.clone(),
             })
             .collect(),
+        ..Default::default()
     })
 }
 

@@ -48,6 +48,9 @@ pub struct Cli {
     /// QEMU binary.
     #[arg(long)]
     pub qemu: Option<PathBuf>,
+    /// virtiofsd binary (serves each pod's shared directory).
+    #[arg(long)]
+    pub virtiofsd: Option<PathBuf>,
     /// Seconds a pod VM may take to boot until its agent answers.
     #[arg(long)]
     pub boot_timeout: Option<u64>,
@@ -79,6 +82,7 @@ struct FileConfig {
     qemu: Option<PathBuf>,
     qemu_firmware: Option<PathBuf>,
     qemu_sandbox: Option<bool>,
+    virtiofsd: Option<PathBuf>,
     boot_timeout: Option<u64>,
     cni_conf_dir: Option<PathBuf>,
     cni_bin_dir: Option<Vec<PathBuf>>,
@@ -112,6 +116,8 @@ pub struct Config {
     pub qemu_firmware: PathBuf,
     /// Confine QEMU with its seccomp sandbox.
     pub qemu_sandbox: bool,
+    /// virtiofsd binary.
+    pub virtiofsd: PathBuf,
     /// Boot timeout, seconds.
     pub boot_timeout: u64,
     /// CNI configuration directory.
@@ -209,6 +215,11 @@ impl Config {
                 .qemu_firmware
                 .unwrap_or_else(|| "/usr/share/qemu/qboot.rom".into()),
             qemu_sandbox: file.qemu_sandbox.unwrap_or(true),
+            virtiofsd: cli
+                .virtiofsd
+                .clone()
+                .or(file.virtiofsd)
+                .unwrap_or_else(|| "/usr/lib/qemu/virtiofsd".into()),
             boot_timeout: cli.boot_timeout.or(file.boot_timeout).unwrap_or(60),
             cni_conf_dir: cli
                 .cni_conf_dir

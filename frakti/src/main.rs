@@ -76,6 +76,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 config.cni_conf_dir.clone(),
                 config.cni_bin_dir.clone(),
             ))),
+            virtiofsd: config.virtiofsd.clone(),
+            containers_dir: config.root.join("layers"),
         },
         Arc::new(qemu),
         events_tx,

@@ -5,6 +5,7 @@ pub mod accel;
 pub mod process;
 pub mod qemu;
 pub mod qmp;
+pub mod virtiofsd;
 
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,17 @@ pub struct VmSpec {
     pub netns: Option<PathBuf>,
     /// Network interfaces, each backed by a tap in `netns`.
     pub nics: Vec<NicSpec>,
+    /// virtio-fs devices, each served by a vhost-user backend already listening.
+    pub shares: Vec<FsShare>,
+}
+
+/// A virtio-fs device backed by a vhost-user-fs daemon (virtiofsd).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsShare {
+    /// The tag the guest mounts.
+    pub tag: String,
+    /// The daemon's vhost-user socket.
+    pub socket: PathBuf,
 }
 
 /// A virtio-net device backed by a tap device.

@@ -207,6 +207,14 @@ impl Qemu {
                 format!("virtio-net-pci,netdev=net{i},mac={}", nic.mac),
             ]);
         }
+        for (i, share) in spec.shares.iter().enumerate() {
+            args.extend([
+                "-chardev".into(),
+                format!("socket,id=vfs{i},path={}", share.socket.display()),
+                "-device".into(),
+                format!("vhost-user-fs-pci,chardev=vfs{i},tag={}", share.tag),
+            ]);
+        }
         if self.seccomp {
             args.extend([
                 "-sandbox".into(),
@@ -442,6 +450,10 @@ mod tests {
                 tap: "tap0".into(),
                 mac: "02:00:00:00:00:01".into(),
             }],
+            shares: vec![crate::FsShare {
+                tag: "frakti".into(),
+                socket: "/run/p/virtiofsd.sock".into(),
+            }],
         }
     }
 
@@ -477,6 +489,8 @@ mod tests {
         assert!(
             after(&args, "-device").contains(&"virtserialport,chardev=agent,name=frakti.agent")
         );
+        assert!(after(&args, "-chardev").contains(&"socket,id=vfs0,path=/run/p/virtiofsd.sock"));
+        assert!(after(&args, "-device").contains(&"vhost-user-fs-pci,chardev=vfs0,tag=frakti"));
         assert_eq!(after(&args, "-sandbox").len(), 1);
         assert_eq!(
             after(&args, "-netdev"),

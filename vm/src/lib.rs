@@ -1,6 +1,7 @@
 //! `VmRuntime`: runs every pod sandbox as its own VM, with `frakti-agent` as
 //! the guest's PID 1, reached over a virtio-serial channel.
 
+pub mod containers;
 pub mod net;
 pub mod sizing;
 
@@ -16,7 +17,8 @@ use hypervisor::{
 };
 use network::Cni;
 use pods::{
-    PodRuntime, RuntimeError, RuntimeErrorKind, RuntimeEvent, SandboxConfig, StartedSandbox,
+    ContainerConfig, ContainerRecord, ContainerRuntimeStatus, ExecOutput, PodRuntime,
+    RuntimeError, RuntimeErrorKind, RuntimeEvent, SandboxConfig, SandboxRecord, StartedSandbox,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OnceCell, mpsc};
@@ -55,6 +57,10 @@ pub struct VmRuntimeConfig {
     pub extra_cmdline: Vec<String>,
     /// CNI networking for pods; `None` leaves pods without a network.
     pub cni: Option<Arc<Cni>>,
+    /// The virtiofsd binary that serves each pod's shared directory.
+    pub virtiofsd: PathBuf,
+    /// Containers' writable layers go to `<containers_dir>/<container id>/`.
+    pub containers_dir: PathBuf,
 }
 
 /// What is persisted per VM sandbox.
@@ -75,6 +81,16 @@ pub struct VmState {
     /// The pod's network, if it has one.
     #[serde(default)]
     pub network: Option<net::PodNetwork>,
+    /// PID of the virtiofsd serving the pod's shared directory.
+    #[serde(default)]
+    pub virtiofsd_pid: Option<i32>,
+}
+
+impl VmState {
+    /// The pod's shared directory on the host.
+    pub fn shared_dir(&self) -> PathBuf {
+        self.dir.join("shared")
+    }
 }
 
 /// The accelerator verdict and why.
@@ -89,6 +105,7 @@ pub struct AccelVerdict {
 /// What a failed start must undo.
 struct Undo<'a> {
     id: &'a str,
+    virtiofsd: Option<i32>,
     vm: Option<VmEndpoints>,
     netns: Option<network::Netns>,
     network: Option<net::PodNetwork>,
@@ -100,11 +117,50 @@ struct Vm {
     agent: Arc<AgentClient>,
     stopping: Arc<AtomicBool>,
     watcher: JoinHandle<()>,
+    relay: JoinHandle<()>,
 }
 
 impl Drop for Vm {
     fn drop(&mut self) {
         self.watcher.abort();
+        self.relay.abort();
+    }
+}
+
+/// Longest wait of one `WaitEvents` request.
+const EVENTS_WAIT: Duration = Duration::from_secs(30);
+
+/// Passes container exits the agent reports on as runtime events.
+async fn relay_container_events(
+    sandbox_id: String,
+    agent: Arc<AgentClient>,
+    events: mpsc::UnboundedSender<RuntimeEvent>,
+) {
+    let mut after = 0;
+    loop {
+        let request = Request::WaitEvents {
+            after,
+            timeout_ms: EVENTS_WAIT.as_millis() as u64,
+        };
+        match agent.call(&request, EVENTS_WAIT + AGENT_CALL).await {
+            Ok(Response::Events { last, containers }) => {
+                after = last;
+                for info in containers {
+                    if info.state == agent_api::messages::ContainerState::Exited {
+                        let _ = events.send(RuntimeEvent::ContainerExited {
+                            sandbox_id: sandbox_id.clone(),
+                            id: info.id.clone(),
+                            status: containers::runtime_status(&info),
+                        });
+                    }
+                }
+            }
+            Ok(other) => {
+                tracing::warn!(sandbox = %sandbox_id, ?other, "unexpected answer to WaitEvents");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
     }
 }
 
@@ -166,6 +222,7 @@ impl VmRuntime {
             accel: Accel::Kvm,
             netns: None,
             nics: Vec::new(),
+            shares: Vec::new(),
         };
         let started = Instant::now();
         let result = match self.hypervisor.launch(&spec).await {
@@ -259,11 +316,17 @@ impl VmRuntime {
                 });
             }
         });
+        let relay = tokio::spawn(relay_container_events(
+            id.to_owned(),
+            agent.clone(),
+            self.events.clone(),
+        ));
         let vm = Arc::new(Vm {
             endpoints,
             agent,
             stopping,
             watcher,
+            relay,
         });
         lock(&self.vms).insert(id.to_owned(), vm);
         Ok(())
@@ -277,6 +340,7 @@ impl VmRuntime {
     ) -> Result<VmState, RuntimeError> {
         let mut undo = Undo {
             id,
+            virtiofsd: None,
             vm: None,
             netns: None,
             network: None,
@@ -320,6 +384,24 @@ impl VmRuntime {
             }
             None => None,
         };
+        let shared = dir.join("shared");
+        std::fs::create_dir_all(&shared)
+            .map_err(|e| internal("create the pod's shared directory", e.to_string()))?;
+        let fs_socket = dir.join("vfs.sock");
+        let virtiofsd = hypervisor::virtiofsd::spawn(
+            &self.config.virtiofsd,
+            &fs_socket,
+            &shared,
+            &dir.join("virtiofsd.log"),
+        )
+        .await
+        .map_err(|e| match e {
+            hypervisor::virtiofsd::VirtiofsdError::Missing(_) => {
+                RuntimeError::new(RuntimeErrorKind::Unavailable, e.to_string())
+            }
+            other => internal("share the pod directory", other.to_string()),
+        })?;
+        undo.virtiofsd = Some(virtiofsd);
         let spec = VmSpec {
             id: id.to_owned(),
             dir: dir.to_path_buf(),
@@ -331,6 +413,10 @@ impl VmRuntime {
             accel,
             netns: netns.as_ref().map(network::Netns::path),
             nics: Vec::new(),
+            shares: vec![hypervisor::FsShare {
+                tag: containers::SHARE_TAG.to_owned(),
+                socket: fs_socket,
+            }],
         };
         let started = Instant::now();
         let endpoints = self.hypervisor.launch(&spec).await.map_err(|e| match e {
@@ -378,8 +464,19 @@ impl VmRuntime {
         }
         tracing::debug!(%id, elapsed = ?started.elapsed(), "agent answered");
         let welcome = agent.welcome().await;
+        let ips = pod_net
+            .as_ref()
+            .map(|n| n.result.pod_ips())
+            .unwrap_or_default();
+        containers::write_sandbox_files(&shared, config, &ips)
+            .map_err(|e| internal("write the pod's hosts and resolv.conf", e.to_string()))?;
+        let clock_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(0));
         let setup = Request::SetupSandbox {
             hostname: config.hostname.clone(),
+            clock_ns,
+            share_tag: containers::SHARE_TAG.to_owned(),
         };
         agent
             .call(&setup, AGENT_CALL)
@@ -403,6 +500,7 @@ impl VmRuntime {
             memory_mib: size.memory_mib,
             boot_id: welcome.map(|w| w.boot_id).unwrap_or_default(),
             network: pod_net,
+            virtiofsd_pid: Some(virtiofsd),
         };
         self.track(id, endpoints, agent)?;
         Ok(state)
@@ -412,6 +510,9 @@ impl VmRuntime {
     async fn undo(&self, undo: Undo<'_>) {
         if let Some(vm) = &undo.vm {
             let _ = self.hypervisor.stop(undo.id, vm, Duration::ZERO).await;
+        }
+        if let Some(pid) = undo.virtiofsd {
+            kill_virtiofsd(pid).await;
         }
         match (&self.config.cni, &undo.network, &undo.netns) {
             (Some(cni), Some(n), _) => {
@@ -424,6 +525,43 @@ impl VmRuntime {
             }
             _ => {}
         }
+    }
+}
+
+/// Kills a pod's virtiofsd (it normally exits with QEMU) and reaps it.
+async fn kill_virtiofsd(pid: i32) {
+    let is_ours = hypervisor::process::cmdline(pid)
+        .and_then(|c| c.first().cloned())
+        .is_some_and(|bin| bin.contains("virtiofsd"));
+    if !is_ours {
+        return;
+    }
+    if let Ok(p) = Process::open(pid) {
+        if tokio::time::timeout(Duration::from_millis(500), p.exited())
+            .await
+            .is_err()
+        {
+            p.signal(nix::sys::signal::Signal::SIGKILL);
+            p.exited().await;
+        }
+    }
+}
+
+/// Detaches every mount under `dir` (deepest first), e.g. containers' root
+/// filesystems left in a pod's shared directory.
+fn detach_mounts_under(dir: &Path) {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 
@@ -489,6 +627,14 @@ impl PodRuntime for VmRuntime {
         id: &str,
         config: &SandboxConfig,
     ) -> Result<StartedSandbox, RuntimeError> {
+        for (what, mode) in [("PID", config.namespaces.pid), ("IPC", config.namespaces.ipc)] {
+            if mode == pods::container::NamespaceMode::Node {
+                return Err(RuntimeError::new(
+                    RuntimeErrorKind::InvalidArgument,
+                    format!("the node's {what} namespace needs a host runtime, not a VM pod"),
+                ));
+            }
+        }
         let dir = self.config.state_dir.join(id);
         match self.boot(id, config, &dir).await {
             Ok(state) => {
@@ -531,6 +677,9 @@ impl PodRuntime for VmRuntime {
             .await
             .map_err(|e| RuntimeError::new(RuntimeErrorKind::Internal, e.to_string()))?;
         lock(&self.vms).remove(id);
+        if let Some(pid) = vm_state.virtiofsd_pid {
+            kill_virtiofsd(pid).await;
+        }
         if let Some(network) = &vm_state.network {
             let cni = self.config.cni.clone().unwrap_or_else(|| {
                 Arc::new(Cni::new(PathBuf::new(), network::cni::default_bin_dirs()))
@@ -552,6 +701,7 @@ impl PodRuntime for VmRuntime {
     ) -> Result<(), RuntimeError> {
         self.stop_sandbox(id, state).await?;
         let dir = parse_state(state)?.dir;
+        detach_mounts_under(&dir);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -621,6 +771,221 @@ impl PodRuntime for VmRuntime {
             info["guest"] = serde_json::to_value(guest).unwrap_or_default();
         }
         info
+    }
+
+    async fn create_container(
+        &self,
+        sandbox: &SandboxRecord,
+        id: &str,
+        config: &ContainerConfig,
+        log_path: &str,
+    ) -> Result<serde_json::Value, RuntimeError> {
+        let agent = self.agent_of(sandbox)?;
+        let state = parse_state(&sandbox.runtime_state)?;
+        let prepared = containers::prepare(
+            &state.shared_dir(),
+            &self.config.containers_dir,
+            &sandbox.config,
+            id,
+            config,
+            log_path,
+        )?;
+        let request = Request::CreateContainer(agent_api::messages::CreateContainer {
+            id: id.to_owned(),
+            spec: prepared.spec,
+            log_path: prepared.guest_log,
+            stdin: config.stdin,
+            stdin_once: config.stdin_once,
+            tty: config.tty,
+        });
+        match agent.call(&request, CONTAINER_CALL).await {
+            Ok(Response::Container(_)) => {}
+            other => {
+                if let Err(e) = containers::remove_files(&prepared.files) {
+                    tracing::warn!(container = id, "cleanup after a failed create: {e}");
+                }
+                return Err(agent_failure("create the container", other));
+            }
+        }
+        serde_json::to_value(&prepared.files)
+            .map_err(|e| RuntimeError::new(RuntimeErrorKind::Internal, e.to_string()))
+    }
+
+    async fn start_container(
+        &self,
+        sandbox: &SandboxRecord,
+        container: &ContainerRecord,
+    ) -> Result<ContainerRuntimeStatus, RuntimeError> {
+        let agent = self.agent_of(sandbox)?;
+        let request = Request::StartContainer {
+            id: container.id.clone(),
+        };
+        match agent.call(&request, CONTAINER_CALL).await {
+            Ok(Response::Container(info)) => Ok(containers::runtime_status(&info)),
+            other => Err(agent_failure("start the container", other)),
+        }
+    }
+
+    async fn stop_container(
+        &self,
+        sandbox: &SandboxRecord,
+        container: &ContainerRecord,
+        timeout: Duration,
+    ) -> Result<ContainerRuntimeStatus, RuntimeError> {
+        let agent = self.agent_of(sandbox)?;
+        let signal = containers::stop_signal(&container.config.image.process.stop_signal)?;
+        let request = Request::StopContainer {
+            id: container.id.clone(),
+            signal,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        };
+        match agent.call(&request, timeout + CONTAINER_CALL).await {
+            Ok(Response::Container(info)) => Ok(containers::runtime_status(&info)),
+            other => Err(agent_failure("stop the container", other)),
+        }
+    }
+
+    async fn remove_container(
+        &self,
+        sandbox: &SandboxRecord,
+        container: &ContainerRecord,
+    ) -> Result<(), RuntimeError> {
+        // A pod whose VM is gone has no container left to remove in the guest.
+        if let Ok(agent) = self.agent_of(sandbox) {
+            let request = Request::RemoveContainer {
+                id: container.id.clone(),
+            };
+            match agent.call(&request, CONTAINER_CALL).await {
+                Ok(Response::Done) => {}
+                other => return Err(agent_failure("remove the container", other)),
+            }
+        }
+        if container.runtime_state.is_null() {
+            return Ok(());
+        }
+        let files: containers::ContainerFiles =
+            serde_json::from_value(container.runtime_state.clone()).map_err(|e| {
+                RuntimeError::new(
+                    RuntimeErrorKind::Internal,
+                    format!("unreadable container state: {e}"),
+                )
+            })?;
+        containers::remove_files(&files)
+    }
+
+    async fn container_status(
+        &self,
+        sandbox: &SandboxRecord,
+        container: &ContainerRecord,
+    ) -> Result<ContainerRuntimeStatus, RuntimeError> {
+        let agent = self.agent_of(sandbox)?;
+        let request = Request::ContainerStatus {
+            id: container.id.clone(),
+        };
+        match agent.call(&request, AGENT_CALL).await {
+            Ok(Response::Container(info)) => Ok(containers::runtime_status(&info)),
+            other => Err(agent_failure("read the container's status", other)),
+        }
+    }
+
+    async fn exec_sync(
+        &self,
+        sandbox: &SandboxRecord,
+        container: &ContainerRecord,
+        cmd: &[String],
+        timeout: Option<Duration>,
+    ) -> Result<ExecOutput, RuntimeError> {
+        use base64::Engine;
+        let agent = self.agent_of(sandbox)?;
+        let request = Request::ExecSync {
+            id: container.id.clone(),
+            args: cmd.to_vec(),
+            timeout_ms: timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        };
+        // Without a timeout the command may run as long as it likes.
+        let limit = timeout.map_or(Duration::from_secs(365 * 24 * 3600), |t| t + CONTAINER_CALL);
+        match agent.call(&request, limit).await {
+            Ok(Response::Exec(out)) => {
+                let b64 = base64::engine::general_purpose::STANDARD;
+                let decode = |s: &str| {
+                    b64.decode(s).map_err(|e| {
+                        RuntimeError::new(
+                            RuntimeErrorKind::Internal,
+                            format!("bad exec output from the agent: {e}"),
+                        )
+                    })
+                };
+                Ok(ExecOutput {
+                    stdout: decode(&out.stdout)?,
+                    stderr: decode(&out.stderr)?,
+                    exit_code: out.exit_code,
+                })
+            }
+            other => Err(agent_failure("exec in the container", other)),
+        }
+    }
+
+    async fn reopen_container_log(
+        &self,
+        sandbox: &SandboxRecord,
+        container: &ContainerRecord,
+    ) -> Result<(), RuntimeError> {
+        let agent = self.agent_of(sandbox)?;
+        let request = Request::ReopenLog {
+            id: container.id.clone(),
+        };
+        match agent.call(&request, AGENT_CALL).await {
+            Ok(Response::Done) => Ok(()),
+            other => Err(agent_failure("reopen the container log", other)),
+        }
+    }
+
+    async fn container_info(
+        &self,
+        _sandbox: &SandboxRecord,
+        container: &ContainerRecord,
+    ) -> serde_json::Value {
+        serde_json::json!({ "runtime": "vm", "files": container.runtime_state })
+    }
+}
+
+/// Deadline for container requests that fork in the guest.
+const CONTAINER_CALL: Duration = Duration::from_secs(30);
+
+impl VmRuntime {
+    /// The agent of a running pod VM.
+    fn agent_of(&self, sandbox: &SandboxRecord) -> Result<Arc<AgentClient>, RuntimeError> {
+        self.vm(&sandbox.id).map(|vm| vm.agent.clone()).ok_or_else(|| {
+            RuntimeError::new(
+                RuntimeErrorKind::FailedPrecondition,
+                format!("the VM of pod {} is not running", sandbox.id),
+            )
+        })
+    }
+}
+
+/// Maps a failed or unexpected agent answer to a runtime error.
+fn agent_failure(
+    what: &str,
+    answer: Result<Response, agent_api::CallError>,
+) -> RuntimeError {
+    use agent_api::messages::AgentErrorKind as K;
+    match answer {
+        Err(agent_api::CallError::Agent(e)) => {
+            let kind = match e.kind {
+                K::InvalidArgument => RuntimeErrorKind::InvalidArgument,
+                K::NotFound => RuntimeErrorKind::NotFound,
+                K::FailedPrecondition => RuntimeErrorKind::FailedPrecondition,
+                K::DeadlineExceeded => RuntimeErrorKind::DeadlineExceeded,
+                K::Internal => RuntimeErrorKind::Internal,
+            };
+            RuntimeError::new(kind, format!("{what}: {}", e.message))
+        }
+        Err(e) => RuntimeError::new(RuntimeErrorKind::Unavailable, format!("{what}: {e}")),
+        Ok(other) => RuntimeError::new(
+            RuntimeErrorKind::Internal,
+            format!("{what}: unexpected answer from the agent: {other:?}"),
+        ),
     }
 }
 

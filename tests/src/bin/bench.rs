@@ -125,6 +125,7 @@ async fn floor_boot(daemon: &Daemon, accel: Accel, i: usize) -> anyhow::Result<f
         accel,
         netns: None,
         nics: Vec::new(),
+        shares: Vec::new(),
     };
     let console = dir.join("console.log");
     let begin = Instant::now();

@@ -1,0 +1,155 @@
+//! Creates and drives containers with youki's `libcontainer` (used in the guest).
+//!
+//! Every call blocks (libcontainer forks and waits); run them on blocking
+//! threads. The caller is the reaper of the processes started here.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use libcontainer::container::Container;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::signal::Signal;
+
+/// Standard streams handed to a new process; `None` is `/dev/null`.
+#[derive(Debug, Default)]
+pub struct Stdio {
+    /// Standard input.
+    pub stdin: Option<OwnedFd>,
+    /// Standard output.
+    pub stdout: Option<OwnedFd>,
+    /// Standard error.
+    pub stderr: Option<OwnedFd>,
+}
+
+/// A container operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The bundle cannot be written
+    #[error("cannot write the bundle of container {0}: {1}")]
+    Bundle(String, std::io::Error),
+    /// libcontainer refused or failed
+    #[error("container {0}: {1}")]
+    Runtime(String, String),
+    /// The container is not known to the runtime
+    #[error("container {0} not found")]
+    NotFound(String),
+}
+
+/// Containers whose state lives under one root directory.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    state_root: PathBuf,
+    bundles: PathBuf,
+}
+
+fn rt(id: &str, e: impl std::fmt::Display) -> RunError {
+    RunError::Runtime(id.to_owned(), e.to_string())
+}
+
+impl Runner {
+    /// Keeps runtime state under `state_root` and bundles under `bundles`.
+    pub fn new(state_root: impl Into<PathBuf>, bundles: impl Into<PathBuf>) -> Self {
+        Self {
+            state_root: state_root.into(),
+            bundles: bundles.into(),
+        }
+    }
+
+    fn builder(&self, id: &str, stdio: Stdio) -> Result<ContainerBuilder, RunError> {
+        let mut b = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
+            .with_root_path(&self.state_root)
+            .map_err(|e| rt(id, e))?;
+        if let Some(fd) = stdio.stdin {
+            b = b.with_stdin(fd);
+        }
+        if let Some(fd) = stdio.stdout {
+            b = b.with_stdout(fd);
+        }
+        if let Some(fd) = stdio.stderr {
+            b = b.with_stderr(fd);
+        }
+        Ok(b)
+    }
+
+    /// Creates container `id` from `spec` (created, not started); returns its init pid.
+    pub fn create(
+        &self,
+        id: &str,
+        spec: &oci_spec::runtime::Spec,
+        stdio: Stdio,
+        console_socket: Option<&Path>,
+    ) -> Result<i32, RunError> {
+        let bundle = self.bundles.join(id);
+        std::fs::create_dir_all(&bundle).map_err(|e| RunError::Bundle(id.to_owned(), e))?;
+        let json = serde_json::to_vec(spec)
+            .map_err(|e| RunError::Bundle(id.to_owned(), std::io::Error::other(e)))?;
+        std::fs::write(bundle.join("config.json"), json)
+            .map_err(|e| RunError::Bundle(id.to_owned(), e))?;
+        let container = self
+            .builder(id, stdio)?
+            .with_console_socket(console_socket)
+            .as_init(&bundle)
+            .with_systemd(false)
+            .with_detach(true)
+            .build()
+            .map_err(|e| rt(id, e))?;
+        container
+            .pid()
+            .map(|p| p.as_raw())
+            .ok_or_else(|| rt(id, "no init process after create"))
+    }
+
+    fn load(&self, id: &str) -> Result<Container, RunError> {
+        let dir = self.state_root.join(id);
+        if !dir.exists() {
+            return Err(RunError::NotFound(id.to_owned()));
+        }
+        Container::load(dir).map_err(|e| rt(id, e))
+    }
+
+    /// Starts the created container's process.
+    pub fn start(&self, id: &str) -> Result<(), RunError> {
+        self.load(id)?.start().map_err(|e| rt(id, e))
+    }
+
+    /// Sends `signal` to the container's init (to all its processes with `all`).
+    pub fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<(), RunError> {
+        let signal =
+            libcontainer::signal::Signal::try_from(signal as i32).map_err(|e| rt(id, e))?;
+        self.load(id)?.kill(signal, all).map_err(|e| rt(id, e))
+    }
+
+    /// Deletes the container's runtime state and cgroup (killing what is left).
+    pub fn delete(&self, id: &str) -> Result<(), RunError> {
+        match self.load(id) {
+            Ok(mut c) => c.delete(true).map_err(|e| rt(id, e))?,
+            Err(RunError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let _ = std::fs::remove_dir_all(self.bundles.join(id));
+        Ok(())
+    }
+
+    /// Starts `args` in the running container with `env` added; returns its pid.
+    pub fn exec(
+        &self,
+        id: &str,
+        args: Vec<String>,
+        stdio: Stdio,
+        console_socket: Option<&Path>,
+    ) -> Result<i32, RunError> {
+        if !self.state_root.join(id).exists() {
+            return Err(RunError::NotFound(id.to_owned()));
+        }
+        let pid = self
+            .builder(id, stdio)?
+            .with_console_socket(console_socket)
+            .as_tenant()
+            .with_container_args(args)
+            .with_detach(true)
+            .build()
+            .map_err(|e| rt(id, e))?;
+        Ok(pid.as_raw())
+    }
+}
