@@ -76,7 +76,11 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), AgentError> {
 }
 
 /// Copies a pipe into the log until EOF.
-fn spawn_log_reader(read: OwnedFd, stream: Stream, log: Option<LogFile>) -> tokio::task::JoinHandle<()> {
+fn spawn_log_reader(
+    read: OwnedFd,
+    stream: Stream,
+    log: Option<LogFile>,
+) -> tokio::task::JoinHandle<()> {
     tokio::task::spawn_blocking(move || {
         let mut file = File::from(read);
         let mut splitter = LineSplitter::new(stream);
@@ -156,7 +160,12 @@ impl Containers {
         self.entries()
             .get(id)
             .map(|e| e.info.clone())
-            .ok_or_else(|| err(AgentErrorKind::NotFound, format!("container {id} not found")))
+            .ok_or_else(|| {
+                err(
+                    AgentErrorKind::NotFound,
+                    format!("container {id} not found"),
+                )
+            })
     }
 
     fn record_event(&self, id: &str) {
@@ -177,8 +186,12 @@ impl Containers {
         if self.entries().contains_key(&id) {
             return Ok(Response::Container(self.info(&id)?));
         }
-        let spec: oci_spec::runtime::Spec = serde_json::from_value(req.spec)
-            .map_err(|e| err(AgentErrorKind::InvalidArgument, format!("bad OCI spec: {e}")))?;
+        let spec: oci_spec::runtime::Spec = serde_json::from_value(req.spec).map_err(|e| {
+            err(
+                AgentErrorKind::InvalidArgument,
+                format!("bad OCI spec: {e}"),
+            )
+        })?;
         if req.tty {
             return Err(err(
                 AgentErrorKind::InvalidArgument,
@@ -330,7 +343,12 @@ impl Containers {
     }
 
     /// Sends `signal`, waits up to `timeout`, then SIGKILLs; answers with the final status.
-    pub async fn stop(&self, id: &str, signal: i32, timeout: Duration) -> Result<Response, AgentError> {
+    pub async fn stop(
+        &self,
+        id: &str,
+        signal: i32,
+        timeout: Duration,
+    ) -> Result<Response, AgentError> {
         let info = self.info(id)?;
         if info.state == ContainerState::Exited {
             return Ok(Response::Container(info));
@@ -392,9 +410,12 @@ impl Containers {
     /// Reopens the log of a container.
     pub fn reopen_log(&self, id: &str) -> Result<Response, AgentError> {
         let entries = self.entries();
-        let entry = entries
-            .get(id)
-            .ok_or_else(|| err(AgentErrorKind::NotFound, format!("container {id} not found")))?;
+        let entry = entries.get(id).ok_or_else(|| {
+            err(
+                AgentErrorKind::NotFound,
+                format!("container {id} not found"),
+            )
+        })?;
         if entry.info.state != ContainerState::Running {
             return Err(err(
                 AgentErrorKind::FailedPrecondition,
@@ -445,11 +466,10 @@ impl Containers {
                 Ok(code) => code.unwrap_or(255),
                 Err(_) => {
                     // The exec runs in a session of its own: kill its whole group.
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(-pid),
-                        Signal::SIGKILL,
-                    );
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+                    let _ =
+                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(-pid), Signal::SIGKILL);
+                    let _ =
+                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
                     return Err(err(
                         AgentErrorKind::DeadlineExceeded,
                         format!("command timed out after {limit:?} and was killed"),
@@ -486,12 +506,11 @@ impl Containers {
                     .events
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let changed: Vec<String> = ev
-                    .1
-                    .iter()
-                    .filter(|(_, seq)| **seq > after)
-                    .map(|(id, _)| id.clone())
-                    .collect();
+                let changed: Vec<String> =
+                    ev.1.iter()
+                        .filter(|(_, seq)| **seq > after)
+                        .map(|(id, _)| id.clone())
+                        .collect();
                 (ev.0, changed)
             };
             // A new agent (rebooted guest) restarts numbering: report everything.

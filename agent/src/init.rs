@@ -29,15 +29,9 @@ fn leave_initramfs() {
         MsFlags::MS_BIND,
         None::<&str>,
     );
-    let moved = bound.and_then(|()| nix::unistd::chdir(new_root)).and_then(|()| {
-        mount(
-            Some("."),
-            "/",
-            None::<&str>,
-            MsFlags::MS_MOVE,
-            None::<&str>,
-        )
-    });
+    let moved = bound
+        .and_then(|()| nix::unistd::chdir(new_root))
+        .and_then(|()| mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>));
     let entered = moved
         .and_then(|()| nix::unistd::chroot("."))
         .and_then(|()| nix::unistd::chdir("/"));
@@ -76,7 +70,10 @@ pub fn sandbox_mounts(share_tag: &str) -> Result<(), agent_api::AgentError> {
         )
         .map_err(|e| fail("mount cgroup2", e))?;
         let controllers = fs::read_to_string(cgroup.join("cgroup.controllers")).unwrap_or_default();
-        let enable: Vec<String> = controllers.split_whitespace().map(|c| format!("+{c}")).collect();
+        let enable: Vec<String> = controllers
+            .split_whitespace()
+            .map(|c| format!("+{c}"))
+            .collect();
         let _ = fs::write(cgroup.join("cgroup.subtree_control"), enable.join(" "));
     }
     let shm = Path::new(POD_SHM_DIR);

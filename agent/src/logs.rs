@@ -39,10 +39,7 @@ pub struct LogFile {
 }
 
 fn open(path: &PathBuf) -> std::io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
+    OpenOptions::new().create(true).append(true).open(path)
 }
 
 impl LogFile {
@@ -57,7 +54,10 @@ impl LogFile {
 
     /// Closes the current file and opens `path` afresh.
     pub fn reopen(&self) -> std::io::Result<()> {
-        let mut guard = self.file.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self
+            .file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let fresh = open(&self.path)?;
         *guard = Some(fresh);
         Ok(())
@@ -72,7 +72,10 @@ impl LogFile {
         line.extend_from_slice(if partial { b" P " } else { b" F " });
         line.extend_from_slice(content);
         line.push(b'\n');
-        let mut guard = self.file.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self
+            .file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(f) = guard.as_mut()
             && let Err(e) = f.write_all(&line)
         {

@@ -42,16 +42,34 @@ const GUARDED: &[(&str, &[&str])] = &[
     ),
     (
         "CAP_SYS_MODULE",
-        &["create_module", "delete_module", "finit_module", "init_module", "query_module"],
+        &[
+            "create_module",
+            "delete_module",
+            "finit_module",
+            "init_module",
+            "query_module",
+        ],
     ),
     ("CAP_SYS_BOOT", &["kexec_file_load", "kexec_load", "reboot"]),
     (
         "CAP_SYS_PTRACE",
-        &["kcmp", "process_madvise", "process_vm_readv", "process_vm_writev", "ptrace"],
+        &[
+            "kcmp",
+            "process_madvise",
+            "process_vm_readv",
+            "process_vm_writev",
+            "ptrace",
+        ],
     ),
     (
         "CAP_SYS_TIME",
-        &["adjtimex", "clock_adjtime", "clock_settime", "settimeofday", "stime"],
+        &[
+            "adjtimex",
+            "clock_adjtime",
+            "clock_settime",
+            "settimeofday",
+            "stime",
+        ],
     ),
     ("CAP_SYS_PACCT", &["acct"]),
     ("CAP_SYS_RAWIO", &["ioperm", "iopl"]),
@@ -114,8 +132,8 @@ pub fn localhost(path: &Path) -> Result<Value, ProfileError> {
         return Err(ProfileError::Relative(shown));
     }
     let bytes = std::fs::read(path).map_err(|e| ProfileError::Read(shown.clone(), e))?;
-    let value: Value =
-        serde_json::from_slice(&bytes).map_err(|e| ProfileError::Parse(shown.clone(), e.to_string()))?;
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ProfileError::Parse(shown.clone(), e.to_string()))?;
     serde_json::from_value::<oci_spec::runtime::LinuxSeccomp>(value.clone())
         .map_err(|e| ProfileError::Parse(shown, e.to_string()))?;
     Ok(value)
@@ -148,11 +166,20 @@ mod tests {
             r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO"}]}"#,
         )
         .unwrap();
-        assert_eq!(localhost(&good).unwrap()["syscalls"][0]["names"][0], "mkdir");
+        assert_eq!(
+            localhost(&good).unwrap()["syscalls"][0]["names"][0],
+            "mkdir"
+        );
         let bad = dir.path().join("bad.json");
         std::fs::write(&bad, r#"{"defaultAction":"ALLOW_ALL"}"#).unwrap();
         assert!(matches!(localhost(&bad), Err(ProfileError::Parse(..))));
-        assert!(matches!(localhost(Path::new("rel.json")), Err(ProfileError::Relative(_))));
-        assert!(matches!(localhost(&dir.path().join("none")), Err(ProfileError::Read(..))));
+        assert!(matches!(
+            localhost(Path::new("rel.json")),
+            Err(ProfileError::Relative(_))
+        ));
+        assert!(matches!(
+            localhost(&dir.path().join("none")),
+            Err(ProfileError::Read(..))
+        ));
     }
 }

@@ -256,12 +256,10 @@ pub fn build(
         "sysctl": sandbox.sysctls,
     });
     if !sec.privileged {
-        let masked = sec.masked_paths.clone().unwrap_or_else(|| {
-            DEFAULT_MASKED_PATHS
-                .iter()
-                .map(|s| s.to_string())
-                .collect()
-        });
+        let masked = sec
+            .masked_paths
+            .clone()
+            .unwrap_or_else(|| DEFAULT_MASKED_PATHS.iter().map(|s| s.to_string()).collect());
         let readonly = sec.readonly_paths.clone().unwrap_or_else(|| {
             DEFAULT_READONLY_PATHS
                 .iter()

@@ -60,7 +60,12 @@ fn read_db(rootfs: &Path, file: &str) -> Vec<Entry> {
                 },
                 members: if file == "group" {
                     f.get(3)
-                        .map(|m| m.split(',').filter(|s| !s.is_empty()).map(String::from).collect())
+                        .map(|m| {
+                            m.split(',')
+                                .filter(|s| !s.is_empty())
+                                .map(String::from)
+                                .collect()
+                        })
                         .unwrap_or_default()
                 } else {
                     Vec::new()
@@ -128,7 +133,12 @@ pub fn resolve(
     }
     let mut additional: Vec<u32> = Vec::new();
     if let Some(name) = &name {
-        additional.extend(groups.iter().filter(|g| g.members.contains(name)).map(|g| g.id));
+        additional.extend(
+            groups
+                .iter()
+                .filter(|g| g.members.contains(name))
+                .map(|g| g.id),
+        );
     }
     for g in supplemental {
         additional.push(id(*g)?);

@@ -89,7 +89,12 @@ pub fn write_sandbox_files(
     std::fs::write(dir.join("resolv.conf"), resolv)
 }
 
-fn bind(source: &Path, target: &Path, propagation: Propagation, readonly: bool) -> Result<(), RuntimeError> {
+fn bind(
+    source: &Path,
+    target: &Path,
+    propagation: Propagation,
+    readonly: bool,
+) -> Result<(), RuntimeError> {
     let what = || format!("bind {} on {}", source.display(), target.display());
     mount(
         Some(source),
@@ -103,8 +108,14 @@ fn bind(source: &Path, target: &Path, propagation: Propagation, readonly: bool) 
         Propagation::HostToContainer => MsFlags::MS_SLAVE,
         _ => MsFlags::MS_PRIVATE,
     };
-    mount(None::<&str>, target, None::<&str>, flag | MsFlags::MS_REC, None::<&str>)
-        .map_err(|e| internal(what(), e))?;
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        flag | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| internal(what(), e))?;
     if readonly {
         mount(
             None::<&str>,
@@ -268,11 +279,7 @@ fn prepare_steps(
         std::fs::create_dir_all(&target).map_err(|e| internal("create the log mount point", e))?;
         bind(parent, &target, Propagation::Private, false)?;
         files.mounts.push(target);
-        guest_log = guest_dir
-            .join("logs")
-            .join(name)
-            .display()
-            .to_string();
+        guest_log = guest_dir.join("logs").join(name).display().to_string();
     }
 
     let guest_sandbox = Path::new(GUEST_SHARED).join("sandbox");

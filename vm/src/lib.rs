@@ -17,8 +17,8 @@ use hypervisor::{
 };
 use network::Cni;
 use pods::{
-    ContainerConfig, ContainerRecord, ContainerRuntimeStatus, ExecOutput, PodRuntime,
-    RuntimeError, RuntimeErrorKind, RuntimeEvent, SandboxConfig, SandboxRecord, StartedSandbox,
+    ContainerConfig, ContainerRecord, ContainerRuntimeStatus, ExecOutput, PodRuntime, RuntimeError,
+    RuntimeErrorKind, RuntimeEvent, SandboxConfig, SandboxRecord, StartedSandbox,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OnceCell, mpsc};
@@ -536,14 +536,13 @@ async fn kill_virtiofsd(pid: i32) {
     if !is_ours {
         return;
     }
-    if let Ok(p) = Process::open(pid) {
-        if tokio::time::timeout(Duration::from_millis(500), p.exited())
+    if let Ok(p) = Process::open(pid)
+        && tokio::time::timeout(Duration::from_millis(500), p.exited())
             .await
             .is_err()
-        {
-            p.signal(nix::sys::signal::Signal::SIGKILL);
-            p.exited().await;
-        }
+    {
+        p.signal(nix::sys::signal::Signal::SIGKILL);
+        p.exited().await;
     }
 }
 
@@ -627,7 +626,10 @@ impl PodRuntime for VmRuntime {
         id: &str,
         config: &SandboxConfig,
     ) -> Result<StartedSandbox, RuntimeError> {
-        for (what, mode) in [("PID", config.namespaces.pid), ("IPC", config.namespaces.ipc)] {
+        for (what, mode) in [
+            ("PID", config.namespaces.pid),
+            ("IPC", config.namespaces.ipc),
+        ] {
             if mode == pods::container::NamespaceMode::Node {
                 return Err(RuntimeError::new(
                     RuntimeErrorKind::InvalidArgument,
@@ -955,20 +957,19 @@ const CONTAINER_CALL: Duration = Duration::from_secs(30);
 impl VmRuntime {
     /// The agent of a running pod VM.
     fn agent_of(&self, sandbox: &SandboxRecord) -> Result<Arc<AgentClient>, RuntimeError> {
-        self.vm(&sandbox.id).map(|vm| vm.agent.clone()).ok_or_else(|| {
-            RuntimeError::new(
-                RuntimeErrorKind::FailedPrecondition,
-                format!("the VM of pod {} is not running", sandbox.id),
-            )
-        })
+        self.vm(&sandbox.id)
+            .map(|vm| vm.agent.clone())
+            .ok_or_else(|| {
+                RuntimeError::new(
+                    RuntimeErrorKind::FailedPrecondition,
+                    format!("the VM of pod {} is not running", sandbox.id),
+                )
+            })
     }
 }
 
 /// Maps a failed or unexpected agent answer to a runtime error.
-fn agent_failure(
-    what: &str,
-    answer: Result<Response, agent_api::CallError>,
-) -> RuntimeError {
+fn agent_failure(what: &str, answer: Result<Response, agent_api::CallError>) -> RuntimeError {
     use agent_api::messages::AgentErrorKind as K;
     match answer {
         Err(agent_api::CallError::Agent(e)) => {

@@ -1,0 +1,680 @@
+//! Containers in pod VMs through the CRI socket: images from a real registry
+//! on 127.0.0.1, real QEMU VMs under TCG, the agent creating containers with
+//! libcontainer inside the guest.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cri::proto;
+use cri::proto::runtime_service_client::RuntimeServiceClient;
+use e2e::registry::{Compression, Registry, TestImage, busybox_layer};
+use e2e::{Daemon, pod_config, run_pod};
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// VM tests share two cores: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// busybox with every applet linked, a user `web` (1000:1000) and a config
+/// that sets Entrypoint, Cmd, Env and WorkingDir.
+fn test_image() -> TestImage {
+    let list = std::process::Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    let mut base = busybox_layer()
+        .file(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\nweb:x:1000:1000::/work:/bin/sh\n",
+            0o644,
+        )
+        .file(
+            "etc/group",
+            b"root:x:0:\nweb:x:1000:\nstaff:x:50:web\n",
+            0o644,
+        )
+        .dir("work")
+        .dir("proc")
+        .dir("sys")
+        .dir("dev")
+        .dir("root");
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if !["sh", "ls", "cat", "echo", "true", "busybox"].contains(&applet) {
+            base = base.symlink(&format!("bin/{applet}"), "busybox");
+        }
+    }
+    let layer = base.build(Compression::Gzip);
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Entrypoint": ["/bin/sh", "-c"],
+            "Cmd": ["echo image-default"],
+            "Env": ["PATH=/bin", "A=image", "B=image"],
+            "WorkingDir": "/work",
+        },
+        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
+    });
+    TestImage {
+        layers: vec![layer],
+        config: serde_json::to_vec(&config).unwrap(),
+    }
+}
+
+struct Pod {
+    daemon: Daemon,
+    rt: RuntimeServiceClient<Channel>,
+    id: String,
+    config: proto::PodSandboxConfig,
+    image: String,
+    logs: tempfile::TempDir,
+    _registry: Registry,
+}
+
+/// A daemon, the test image pulled from a registry, and a running pod.
+async fn pod(name: &str, tweak: impl FnOnce(&mut proto::PodSandboxConfig)) -> Pod {
+    let registry = Registry::start(None).await.unwrap();
+    registry
+        .push_image("frakti/box", "1", &test_image())
+        .await
+        .unwrap();
+    let image = format!("{}/frakti/box:1", registry.host);
+    let daemon = Daemon::start(&["--accel", "tcg"]).await.unwrap();
+    let mut images = daemon.images().await.unwrap();
+    images
+        .pull_image(proto::PullImageRequest {
+            image: Some(proto::ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let mut config = pod_config(name, &[]);
+    config.log_directory = logs.path().display().to_string();
+    tweak(&mut config);
+    let mut rt = daemon.runtime().await.unwrap();
+    let id = run_pod(&mut rt, config.clone()).await.unwrap();
+    Pod {
+        daemon,
+        rt,
+        id,
+        config,
+        image,
+        logs,
+        _registry: registry,
+    }
+}
+
+impl Pod {
+    fn container(&self, name: &str, args: &[&str]) -> proto::ContainerConfig {
+        proto::ContainerConfig {
+            metadata: Some(proto::ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(proto::ImageSpec {
+                image: self.image.clone(),
+                ..Default::default()
+            }),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            log_path: format!("{name}/0.log"),
+            labels: [("app".to_string(), name.to_string())].into(),
+            ..Default::default()
+        }
+    }
+
+    async fn create(&mut self, config: proto::ContainerConfig) -> Result<String, tonic::Status> {
+        let req = proto::CreateContainerRequest {
+            pod_sandbox_id: self.id.clone(),
+            config: Some(config),
+            sandbox_config: Some(self.config.clone()),
+        };
+        Ok(self
+            .rt
+            .create_container(req)
+            .await?
+            .into_inner()
+            .container_id)
+    }
+
+    async fn run(&mut self, config: proto::ContainerConfig) -> String {
+        let id = self.create(config).await.unwrap();
+        self.rt
+            .start_container(proto::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap();
+        id
+    }
+
+    async fn status(&mut self, id: &str) -> proto::ContainerStatus {
+        self.rt
+            .container_status(proto::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap()
+    }
+
+    async fn wait_exit(&mut self, id: &str) -> proto::ContainerStatus {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = self.status(id).await;
+            if s.state == proto::ContainerState::ContainerExited as i32 {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "container {id} did not exit: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn exec(&mut self, id: &str, script: &str) -> proto::ExecSyncResponse {
+        self.exec_with(id, script, 30).await.unwrap()
+    }
+
+    async fn exec_with(
+        &mut self,
+        id: &str,
+        script: &str,
+        timeout: i64,
+    ) -> Result<proto::ExecSyncResponse, tonic::Status> {
+        let req = proto::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            timeout,
+        };
+        Ok(self.rt.exec_sync(req).await?.into_inner())
+    }
+
+    /// `(stream, tag, content)` of each line of a container's log.
+    fn log(&self, name: &str) -> Vec<(String, String, String)> {
+        let text =
+            std::fs::read_to_string(self.logs.path().join(name).join("0.log")).unwrap_or_default();
+        text.lines()
+            .map(|l| {
+                let parts: Vec<&str> = l.splitn(4, ' ').collect();
+                assert_eq!(parts.len(), 4, "malformed CRI log line {l:?}");
+                assert!(
+                    chrono_like(parts[0]),
+                    "timestamp {:?} is not RFC3339Nano",
+                    parts[0]
+                );
+                (parts[1].into(), parts[2].into(), parts[3].into())
+            })
+            .collect()
+    }
+}
+
+/// `2026-11-24T09:00:00.123456789Z`: date, time with nanoseconds, UTC.
+fn chrono_like(s: &str) -> bool {
+    let b = s.as_bytes();
+    s.len() == 30 && b[4] == b'-' && b[10] == b'T' && b[19] == b'.' && b[29] == b'Z'
+}
+
+fn stdout_lines(log: &[(String, String, String)]) -> Vec<String> {
+    log.iter()
+        .filter(|(s, _, _)| s == "stdout")
+        .map(|(_, _, c)| c.clone())
+        .collect()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).trim().to_string()
+}
+
+#[tokio::test]
+async fn run_to_completion_logs_and_process_settings() {
+    let _serial = SERIAL.lock().await;
+    let mut pod = pod("box-a", |c| {
+        c.dns_config = Some(proto::DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            searches: vec!["default.svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        });
+    })
+    .await;
+
+    // Image defaults: Entrypoint + Cmd, WorkingDir, Env.
+    let id = pod.run(pod.container("defaults", &[])).await;
+    let s = pod.wait_exit(&id).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
+    assert_eq!(stdout_lines(&pod.log("defaults")), ["image-default"]);
+    assert!(s.started_at > 0 && s.finished_at >= s.started_at);
+    assert_eq!(
+        s.log_path,
+        pod.logs.path().join("defaults/0.log").display().to_string()
+    );
+
+    // Args replace Cmd; envs override the image's; stderr and the exit code.
+    let mut c = pod.container(
+        "merge",
+        &["echo $A $B $C; pwd; id -u; id -G; hostname; cat /etc/resolv.conf; echo oops >&2; exit 3"],
+    );
+    c.envs = vec![
+        proto::KeyValue {
+            key: "B".into(),
+            value: "cri".into(),
+        },
+        proto::KeyValue {
+            key: "C".into(),
+            value: "new".into(),
+        },
+    ];
+    c.linux = Some(proto::LinuxContainerConfig {
+        security_context: Some(proto::LinuxContainerSecurityContext {
+            run_as_username: "web".into(),
+            supplemental_groups: vec![7],
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = pod.run(c).await;
+    let s = pod.wait_exit(&id).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (3, "Error"));
+    let log = pod.log("merge");
+    assert_eq!(
+        stdout_lines(&log),
+        [
+            "image cri new",
+            "/work",
+            "1000",
+            "1000 7 50",
+            "box-a",
+            "search default.svc.cluster.local",
+            "nameserver 10.96.0.10",
+            "options ndots:5",
+        ]
+    );
+    assert!(log.contains(&("stderr".into(), "F".into(), "oops".into())));
+
+    // Command replaces the entrypoint; working_dir; a line longer than 16 KiB
+    // is split into P pieces; run_as_user / run_as_group.
+    let mut c = pod.container("long", &[]);
+    c.command = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "pwd; id -u; id -g; head -c 40000 /dev/zero | tr '\\0' x; echo".into(),
+    ];
+    c.working_dir = "/tmp".into();
+    c.linux = Some(proto::LinuxContainerConfig {
+        security_context: Some(proto::LinuxContainerSecurityContext {
+            run_as_user: Some(proto::Int64Value { value: 4242 }),
+            run_as_group: Some(proto::Int64Value { value: 4343 }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = pod.run(c).await;
+    pod.wait_exit(&id).await;
+    let log = pod.log("long");
+    assert_eq!(stdout_lines(&log)[..3], ["/tmp", "4242", "4343"]);
+    let pieces: Vec<&(String, String, String)> = log[3..].iter().collect();
+    assert!(pieces.len() >= 3, "{pieces:?}");
+    assert!(pieces[..pieces.len() - 1].iter().all(|(_, t, _)| t == "P"));
+    assert_eq!(pieces.last().unwrap().1, "F");
+    let joined: String = pieces.iter().map(|(_, _, c)| c.as_str()).collect();
+    assert_eq!(joined, "x".repeat(40000));
+
+    // List filters.
+    let listed = pod
+        .rt
+        .list_containers(proto::ListContainersRequest {
+            filter: Some(proto::ContainerFilter {
+                label_selector: [("app".to_string(), "merge".to_string())].into(),
+                pod_sandbox_id: pod.id.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].metadata.as_ref().unwrap().name, "merge");
+
+    // Remove is idempotent and removes the writable layer.
+    let layers = pod.daemon.dir_path().join("root/layers");
+    assert!(
+        layers.join(&id).exists(),
+        "no writable layer at {}",
+        layers.display()
+    );
+    for _ in 0..2 {
+        pod.rt
+            .remove_container(proto::RemoveContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap();
+    }
+    assert!(!layers.join(&id).exists());
+    let gone = pod
+        .rt
+        .container_status(proto::ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn security_mounts_exec_stop_oom_and_restart() {
+    let _serial = SERIAL.lock().await;
+    let host = tempfile::tempdir().unwrap();
+    let data = host.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("file"), "from-host").unwrap();
+    std::os::unix::fs::symlink(&data, host.path().join("link")).unwrap();
+    // A shared mount point, for host-to-container propagation.
+    let prop = host.path().join("prop");
+    std::fs::create_dir(&prop).unwrap();
+    sh(&format!(
+        "mount --bind {0} {0} && mount --make-shared {0}",
+        prop.display()
+    ));
+    let profile = host.path().join("no-mkdir.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":1}]}"#,
+    )
+    .unwrap();
+
+    let mut pod = pod("box-b", |c| {
+        c.linux = Some(proto::LinuxPodSandboxConfig {
+            sysctls: [("kernel.shm_rmid_forced".to_string(), "1".to_string())].into(),
+            ..Default::default()
+        });
+    })
+    .await;
+
+    let mut c = pod.container("secure", &["sleep 100000"]);
+    let mount =
+        |container: &str, host: &Path, readonly: bool, propagation: proto::MountPropagation| {
+            proto::Mount {
+                container_path: container.into(),
+                host_path: host.display().to_string(),
+                readonly,
+                propagation: propagation as i32,
+                ..Default::default()
+            }
+        };
+    c.mounts = vec![
+        mount(
+            "/vol",
+            &host.path().join("link"),
+            false,
+            proto::MountPropagation::PropagationPrivate,
+        ),
+        mount(
+            "/ro",
+            &data,
+            true,
+            proto::MountPropagation::PropagationPrivate,
+        ),
+        mount(
+            "/prop",
+            &prop,
+            false,
+            proto::MountPropagation::PropagationHostToContainer,
+        ),
+    ];
+    c.linux = Some(proto::LinuxContainerConfig {
+        security_context: Some(proto::LinuxContainerSecurityContext {
+            readonly_rootfs: true,
+            no_new_privs: true,
+            capabilities: Some(proto::Capability {
+                add_capabilities: vec!["NET_ADMIN".into()],
+                drop_capabilities: vec!["CHOWN".into()],
+                ..Default::default()
+            }),
+            seccomp: Some(proto::SecurityProfile {
+                profile_type: proto::security_profile::ProfileType::RuntimeDefault as i32,
+                localhost_ref: String::new(),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let secure = pod.run(c).await;
+
+    // Volumes: symlinked path resolved on the host, read-write and read-only.
+    assert_eq!(
+        text(&pod.exec(&secure, "cat /vol/file").await.stdout),
+        "from-host"
+    );
+    let w = pod
+        .exec(&secure, "echo guest > /vol/new && cat /vol/new")
+        .await;
+    assert_eq!((w.exit_code, text(&w.stdout)), (0, "guest".into()));
+    assert_eq!(
+        std::fs::read_to_string(data.join("new")).unwrap(),
+        "guest\n"
+    );
+    assert_ne!(pod.exec(&secure, "touch /ro/x").await.exit_code, 0);
+    // Read-only root filesystem.
+    let ro = pod.exec(&secure, "touch /work/x").await;
+    assert_ne!(ro.exit_code, 0);
+    assert!(
+        text(&ro.stderr).contains("Read-only"),
+        "{}",
+        text(&ro.stderr)
+    );
+    // Host-to-container propagation: a mount made on the host afterwards shows up.
+    let sub = prop.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    sh(&format!(
+        "mount -t tmpfs tmpfs {0} && echo fresh > {0}/f",
+        sub.display()
+    ));
+    let mut seen = String::new();
+    for _ in 0..20 {
+        seen = text(&pod.exec(&secure, "cat /prop/sub/f 2>&1").await.stdout);
+        if seen == "fresh" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    sh(&format!("umount {}", sub.display()));
+    assert_eq!(seen, "fresh");
+
+    // Capabilities, no_new_privs, masked paths, sysctls, seccomp RuntimeDefault.
+    let caps = pod
+        .exec(&secure, "grep -E '^(CapEff|NoNewPrivs)' /proc/self/status")
+        .await;
+    let caps = text(&caps.stdout);
+    let eff = caps
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    assert_ne!(eff & (1 << 12), 0, "CAP_NET_ADMIN missing: {caps}");
+    assert_eq!(eff & 1, 0, "CAP_CHOWN not dropped: {caps}");
+    assert_eq!(eff & (1 << 21), 0, "CAP_SYS_ADMIN present: {caps}");
+    assert!(caps.contains("NoNewPrivs:\t1"), "{caps}");
+    let kcore = pod.exec(&secure, "wc -c < /proc/kcore").await;
+    assert_eq!(text(&kcore.stdout), "0", "/proc/kcore is not masked");
+    let sysctl = pod
+        .exec(&secure, "cat /proc/sys/kernel/shm_rmid_forced")
+        .await;
+    assert_eq!(text(&sysctl.stdout), "1");
+    let sc = pod.exec(&secure, "grep Seccomp: /proc/self/status").await;
+    assert!(
+        text(&sc.stdout).ends_with('2'),
+        "no seccomp filter: {}",
+        text(&sc.stdout)
+    );
+
+    // A Localhost seccomp profile read on the host: mkdir is refused.
+    let mut c = pod.container("local-seccomp", &["sleep 100000"]);
+    c.linux = Some(proto::LinuxContainerConfig {
+        security_context: Some(proto::LinuxContainerSecurityContext {
+            seccomp: Some(proto::SecurityProfile {
+                profile_type: proto::security_profile::ProfileType::Localhost as i32,
+                localhost_ref: profile.display().to_string(),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let local = pod.run(c).await;
+    let denied = pod.exec(&local, "mkdir /tmp/d").await;
+    assert_ne!(denied.exit_code, 0);
+    assert!(
+        text(&denied.stderr).contains("not permitted"),
+        "{}",
+        text(&denied.stderr)
+    );
+    assert_eq!(pod.exec(&local, "touch /tmp/f").await.exit_code, 0);
+
+    // Containers share the pod's network, UTS and /dev/shm, not their PIDs.
+    pod.run(pod.container(
+        "server",
+        &["echo shared > /dev/shm/x; httpd -f -p 8080 -h /work"],
+    ))
+    .await;
+    let mut fetched = String::new();
+    for _ in 0..20 {
+        let r = pod
+            .exec(
+                &secure,
+                "wget -q -O - http://127.0.0.1:8080/ 2>&1; echo rc=$?",
+            )
+            .await;
+        fetched = text(&r.stdout);
+        if !fetched.contains("refused") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(!fetched.contains("refused"), "{fetched}");
+    assert_eq!(
+        text(&pod.exec(&secure, "cat /dev/shm/x").await.stdout),
+        "shared"
+    );
+    assert_eq!(text(&pod.exec(&secure, "hostname").await.stdout), "box-b");
+    let ps = pod.exec(&secure, "ls /proc | grep -c '^[0-9]'").await;
+    assert!(
+        text(&ps.stdout).parse::<u32>().unwrap() <= 3,
+        "PID namespace is shared: {}",
+        text(&ps.stdout)
+    );
+
+    // ExecSync: exit code and timeout (the process is killed).
+    let r = pod.exec(&secure, "echo out; echo err >&2; exit 7").await;
+    assert_eq!(
+        (r.exit_code, text(&r.stdout), text(&r.stderr)),
+        (7, "out".into(), "err".into())
+    );
+    let started = Instant::now();
+    let late = pod.exec_with(&secure, "sleep 30", 1).await.unwrap_err();
+    assert_eq!(late.code(), Code::DeadlineExceeded, "{late:?}");
+    assert!(started.elapsed() < Duration::from_secs(25));
+    let left = pod.exec(&secure, "ps -o args | grep -c '^sleep 30'").await;
+    assert_eq!(text(&left.stdout), "0", "the timed-out exec left a process");
+
+    // Restart the daemon: the container keeps running and is still reachable.
+    pod.daemon.restart().await.unwrap();
+    pod.rt = pod.daemon.runtime().await.unwrap();
+    let s = pod.status(&secure).await;
+    assert_eq!(s.state, proto::ContainerState::ContainerRunning as i32);
+    assert_eq!(
+        text(&pod.exec(&secure, "cat /vol/file").await.stdout),
+        "from-host"
+    );
+
+    // Stop: SIGTERM ignored, SIGKILL after the timeout.
+    let stubborn = pod
+        .run(pod.container("stubborn", &["trap '' TERM; while true; do sleep 1; done"]))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    pod.rt
+        .stop_container(proto::StopContainerRequest {
+            container_id: stubborn.clone(),
+            timeout: 2,
+        })
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    let s = pod.status(&stubborn).await;
+    assert_eq!(
+        (s.state, s.exit_code),
+        (proto::ContainerState::ContainerExited as i32, 137)
+    );
+    assert!(
+        waited >= Duration::from_secs(2),
+        "stopped before the timeout: {waited:?}"
+    );
+    // Stop of an unknown id succeeds.
+    pod.rt
+        .stop_container(proto::StopContainerRequest {
+            container_id: "0".repeat(64),
+            timeout: 0,
+        })
+        .await
+        .unwrap();
+
+    // OOM: over its memory limit the container is killed with reason OOMKilled.
+    let mut c = pod.container("hog", &["tail /dev/zero"]);
+    c.linux = Some(proto::LinuxContainerConfig {
+        resources: Some(proto::LinuxContainerResources {
+            memory_limit_in_bytes: 32 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let hog = pod.run(c).await;
+    let s = pod.wait_exit(&hog).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (137, "OOMKilled"));
+
+    // ReopenContainerLog: after a rotation the new file gets the new lines;
+    // for a stopped container it fails and creates nothing.
+    let ticker = pod
+        .run(pod.container("ticker", &["while true; do echo tick; sleep 0.2; done"]))
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let path = pod.logs.path().join("ticker/0.log");
+    std::fs::rename(&path, pod.logs.path().join("ticker/0.log.1")).unwrap();
+    pod.rt
+        .reopen_container_log(proto::ReopenContainerLogRequest {
+            container_id: ticker.clone(),
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(stdout_lines(&pod.log("ticker")).iter().any(|l| l == "tick"));
+    let stubborn_log = pod.logs.path().join("stubborn/0.log");
+    let _ = std::fs::remove_file(&stubborn_log);
+    let err = pod
+        .rt
+        .reopen_container_log(proto::ReopenContainerLogRequest {
+            container_id: stubborn.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(!stubborn_log.exists());
+
+    sh(&format!("umount {}", prop.display()));
+}
+
+fn sh(script: &str) {
+    let status = std::process::Command::new("sh")
+        .args(["-c", script])
+        .status()
+        .unwrap();
+    assert!(status.success(), "{script} failed");
+}
