@@ -1,7 +1,9 @@
 //! Domain errors -> gRPC status codes.
 
 use pods::{
-    RemovePodError, RunPodError, RuntimeError, RuntimeErrorKind, StatusPodError, StopPodError,
+    ContainerStatusError, CreateContainerError, ExecSyncError, RemoveContainerError,
+    RemovePodError, ReopenLogError, RunPodError, RuntimeError, RuntimeErrorKind,
+    StartContainerError, StatusPodError, StopContainerError, StopPodError,
 };
 use tonic::{Code, Status};
 
@@ -53,6 +55,7 @@ impl ToStatus for RemovePodError {
         match self {
             Self::Ambiguous(_) => Code::InvalidArgument,
             Self::Stop(e) => e.code(),
+            Self::Container(e) => e.code(),
             Self::Runtime { source, .. } => runtime_code(source),
             Self::Store(_) => Code::Internal,
         }
@@ -65,5 +68,125 @@ impl ToStatus for StatusPodError {
             Self::NotFound(_) => Code::NotFound,
             Self::Ambiguous(_) => Code::InvalidArgument,
         }
+    }
+}
+
+impl ToStatus for CreateContainerError {
+    fn code(&self) -> Code {
+        match self {
+            Self::Invalid(_) | Self::Ambiguous(_) => Code::InvalidArgument,
+            Self::SandboxNotFound(_) => Code::NotFound,
+            Self::SandboxNotReady(_) => Code::FailedPrecondition,
+            Self::NameReserved { .. } => Code::AlreadyExists,
+            Self::Runtime(e) => runtime_code(e),
+            Self::Store(_) => Code::Internal,
+        }
+    }
+}
+
+impl ToStatus for StartContainerError {
+    fn code(&self) -> Code {
+        match self {
+            Self::NotFound(_) => Code::NotFound,
+            Self::Ambiguous(_) => Code::InvalidArgument,
+            Self::NotCreated { .. } | Self::SandboxNotReady(_) => Code::FailedPrecondition,
+            Self::Runtime { source, .. } => runtime_code(source),
+            Self::Store(_) => Code::Internal,
+        }
+    }
+}
+
+impl ToStatus for StopContainerError {
+    fn code(&self) -> Code {
+        match self {
+            Self::Ambiguous(_) => Code::InvalidArgument,
+            Self::Runtime { source, .. } => runtime_code(source),
+            Self::Store(_) => Code::Internal,
+        }
+    }
+}
+
+impl ToStatus for RemoveContainerError {
+    fn code(&self) -> Code {
+        match self {
+            Self::Ambiguous(_) => Code::InvalidArgument,
+            Self::Runtime { source, .. } => runtime_code(source),
+            Self::Store(_) => Code::Internal,
+        }
+    }
+}
+
+impl ToStatus for ContainerStatusError {
+    fn code(&self) -> Code {
+        match self {
+            Self::NotFound(_) => Code::NotFound,
+            Self::Ambiguous(_) => Code::InvalidArgument,
+        }
+    }
+}
+
+impl ToStatus for ExecSyncError {
+    fn code(&self) -> Code {
+        match self {
+            Self::Invalid(_) | Self::Ambiguous(_) => Code::InvalidArgument,
+            Self::NotFound(_) => Code::NotFound,
+            Self::NotRunning { .. } => Code::FailedPrecondition,
+            Self::Runtime { source, .. } => runtime_code(source),
+        }
+    }
+}
+
+impl ToStatus for ReopenLogError {
+    fn code(&self) -> Code {
+        match self {
+            Self::NotFound(_) => Code::NotFound,
+            Self::Ambiguous(_) => Code::InvalidArgument,
+            Self::NotRunning { .. } => Code::FailedPrecondition,
+            Self::Runtime { source, .. } => runtime_code(source),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pods::ContainerState;
+
+    #[test]
+    fn container_errors_map_to_cri_codes() {
+        let reserved = CreateContainerError::NameReserved {
+            name: "c_0".into(),
+            id: "x".into(),
+        };
+        assert_eq!(reserved.code(), Code::AlreadyExists);
+        assert_eq!(
+            CreateContainerError::SandboxNotFound("p".into()).code(),
+            Code::NotFound
+        );
+        assert_eq!(
+            CreateContainerError::SandboxNotReady("p".into()).code(),
+            Code::FailedPrecondition
+        );
+        let not_created = StartContainerError::NotCreated {
+            id: "c".into(),
+            state: ContainerState::Exited,
+        };
+        assert_eq!(not_created.code(), Code::FailedPrecondition);
+        let timeout = ExecSyncError::Runtime {
+            id: "c".into(),
+            source: RuntimeError::new(RuntimeErrorKind::DeadlineExceeded, "timed out"),
+        };
+        assert_eq!(timeout.code(), Code::DeadlineExceeded);
+        let status = ReopenLogError::NotRunning {
+            id: "c".into(),
+            state: ContainerState::Created,
+        }
+        .status();
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert!(status.message().contains("not running"), "{status:?}");
+        assert_eq!(
+            ContainerStatusError::NotFound("c".into()).code(),
+            Code::NotFound
+        );
     }
 }

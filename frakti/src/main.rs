@@ -112,7 +112,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let listener = bind(&config.listen)?;
     let info = serde_json::to_value(&config).unwrap_or_default();
-    let runtime_service = cri::RuntimeService::new(pods.clone(), info);
+    let runtime_service = cri::RuntimeService::new(pods.clone(), image_store.clone(), info);
     match pods.network_ready().await {
         Ok(()) => {}
         Err(e) => tracing::warn!("pod networking not ready: {e}"),

@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 
+use crate::container_service::ContainerSlot;
 use crate::model::{SandboxConfig, SandboxFilter, SandboxRecord, SandboxState};
 use crate::runtime::{PodRuntime, RuntimeError, RuntimeEvent};
 use crate::store::{Store, StoreError};
@@ -64,6 +65,9 @@ pub enum RemovePodError {
     /// Stopping the sandbox before removal failed
     #[error(transparent)]
     Stop(#[from] StopPodError),
+    /// Removing one of the sandbox's containers failed
+    #[error(transparent)]
+    Container(#[from] crate::container_service::RemoveContainerError),
     /// The runtime failed to clean up
     #[error("cannot remove pod sandbox {id}: {source}")]
     Runtime {
@@ -88,24 +92,48 @@ pub enum StatusPodError {
     Ambiguous(String),
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<SandboxRecord>>>;
+pub(crate) type Slot = Arc<tokio::sync::Mutex<Option<SandboxRecord>>>;
 
-/// Pod sandboxes of one daemon.
+/// Pod sandboxes and their containers, of one daemon.
+///
+/// Lock order: a sandbox slot's lock may be held while taking a container's
+/// operation lock, never the other way round.
 #[derive(Debug)]
 pub struct PodService {
-    store: Store,
-    runtime: Arc<dyn PodRuntime>,
+    pub(crate) store: Store,
+    pub(crate) runtime: Arc<dyn PodRuntime>,
     handlers: Vec<String>,
     /// One slot per known sandbox; the slot's lock serialises operations on it.
-    pods: Mutex<HashMap<String, Slot>>,
+    pub(crate) pods: Mutex<HashMap<String, Slot>>,
     /// Reservation keys of sandboxes being created.
     creating: Mutex<HashSet<String>>,
+    /// One slot per known container.
+    pub(crate) containers: Mutex<HashMap<String, Arc<ContainerSlot>>>,
+    /// `(sandbox id, "<name>_<attempt>")` -> the container holding the name.
+    pub(crate) container_names: Mutex<HashMap<(String, String), String>>,
 }
 
-enum Lookup {
-    Found(String, Slot),
+pub(crate) enum Lookup<T> {
+    Found(String, T),
     Missing,
     Ambiguous,
+}
+
+/// Looks `id` up in `map` as an exact id or a unique prefix.
+pub(crate) fn lookup_in<T: Clone>(map: &Mutex<HashMap<String, T>>, id: &str) -> Lookup<T> {
+    let map = lock(map);
+    if let Some(slot) = map.get(id) {
+        return Lookup::Found(id.to_owned(), slot.clone());
+    }
+    if id.is_empty() {
+        return Lookup::Missing;
+    }
+    let mut matches = map.iter().filter(|(k, _)| k.starts_with(id));
+    match (matches.next(), matches.next()) {
+        (Some((k, slot)), None) => Lookup::Found(k.clone(), slot.clone()),
+        (None, _) => Lookup::Missing,
+        (Some(_), Some(_)) => Lookup::Ambiguous,
+    }
 }
 
 impl PodService {
@@ -118,6 +146,8 @@ impl PodService {
             handlers,
             pods: Mutex::default(),
             creating: Mutex::default(),
+            containers: Mutex::default(),
+            container_names: Mutex::default(),
         })
     }
 
@@ -165,6 +195,8 @@ impl PodService {
             let id = record.id.clone();
             lock(&self.pods).insert(id, Arc::new(tokio::sync::Mutex::new(Some(record))));
         }
+        let containers = self.recover_containers().await?;
+        tracing::info!(sandboxes = count, containers, "records recovered");
         Ok(count)
     }
 
@@ -183,14 +215,18 @@ impl PodService {
                     if record.state == SandboxState::Ready {
                         tracing::warn!(%id, "sandbox exited: {reason}");
                         record.state = SandboxState::NotReady;
+                        self.containers_pod_stopped(&id, &format!("the pod VM stopped: {reason}"));
                         record.reason = reason;
                         if let Err(e) = self.store.save(record) {
                             tracing::error!(%id, "cannot persist sandbox state: {e}");
                         }
                     }
                 }
-                // Container records arrive with the container service.
-                RuntimeEvent::ContainerExited { .. } => {}
+                RuntimeEvent::ContainerExited {
+                    sandbox_id,
+                    id,
+                    status,
+                } => self.container_exited(&sandbox_id, &id, status),
             }
         }
     }
@@ -281,6 +317,10 @@ impl PodService {
         let Some(record) = guard.as_mut() else {
             return Ok(());
         };
+        // Containers first, so their exits are recorded; the sandbox's stop
+        // ends whatever is left.
+        let snapshot = record.clone();
+        self.stop_pod_containers(&snapshot).await;
         self.runtime
             .stop_sandbox(&id, &record.runtime_state)
             .await
@@ -288,6 +328,7 @@ impl PodService {
                 id: id.clone(),
                 source,
             })?;
+        self.containers_pod_stopped(&id, "the pod sandbox was stopped");
         if record.state != SandboxState::NotReady || record.reason.is_empty() {
             record.state = SandboxState::NotReady;
             if record.reason.is_empty() {
@@ -310,6 +351,7 @@ impl PodService {
         let Some(record) = guard.as_ref() else {
             return Ok(());
         };
+        self.remove_pod_containers(record).await?;
         self.runtime
             .remove_sandbox(&id, &record.runtime_state)
             .await
@@ -366,20 +408,8 @@ impl PodService {
         out
     }
 
-    fn lookup(&self, id: &str) -> Lookup {
-        let pods = lock(&self.pods);
-        if let Some(slot) = pods.get(id) {
-            return Lookup::Found(id.to_owned(), slot.clone());
-        }
-        if id.is_empty() {
-            return Lookup::Missing;
-        }
-        let mut matches = pods.iter().filter(|(k, _)| k.starts_with(id));
-        match (matches.next(), matches.next()) {
-            (Some((k, slot)), None) => Lookup::Found(k.clone(), slot.clone()),
-            (None, _) => Lookup::Missing,
-            (Some(_), Some(_)) => Lookup::Ambiguous,
-        }
+    pub(crate) fn lookup(&self, id: &str) -> Lookup<Slot> {
+        lookup_in(&self.pods, id)
     }
 }
 
@@ -451,12 +481,12 @@ pub fn new_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn now_ns() -> i64 {
+pub(crate) fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
