@@ -24,7 +24,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, SimplexStream, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, trace, warn};
@@ -374,7 +374,10 @@ async fn write_loop<W: AsyncWrite>(
             if buf.len() >= 64 * 1024 {
                 break;
             }
-            next = control_rx.try_recv().ok().or_else(|| data_rx.try_recv().ok());
+            next = control_rx
+                .try_recv()
+                .ok()
+                .or_else(|| data_rx.try_recv().ok());
         }
         if let Err(e) = wr.write_all(&buf).await {
             result = Err(e);
@@ -629,7 +632,8 @@ async fn handle_data(shared: &Arc<Shared>, stream_id: u32, flags: u8, data: Byte
         {
             let mut conn = shared.lock();
             let Some(cell) = conn.streams.get(&stream_id).cloned() else {
-                let known = stream_id <= conn.last_peer_stream_id || stream_id < conn.next_stream_id;
+                let known =
+                    stream_id <= conn.last_peer_stream_id || stream_id < conn.next_stream_id;
                 drop(conn);
                 credit_session(shared, len);
                 if !known {
@@ -974,13 +978,14 @@ impl StreamWriter {
     }
 
     /// An `AsyncWrite` for this stream: bytes written to it are forwarded by a
-    /// task that half-closes the stream at EOF. The task's result tells
-    /// whether everything reached the session's send queue.
+    /// task that half-closes the stream once the writer is shut down or
+    /// dropped. The task's result tells whether everything reached the
+    /// session's send queue.
     pub fn into_async_write(
         self,
         buffer: usize,
-    ) -> (WriteHalf<SimplexStream>, JoinHandle<Result<u64, StreamError>>) {
-        let (mut rd, wr) = tokio::io::simplex(buffer);
+    ) -> (DuplexStream, JoinHandle<Result<u64, StreamError>>) {
+        let (wr, mut rd) = tokio::io::duplex(buffer);
         let task = tokio::spawn(async move {
             let mut buf = vec![0u8; MAX_CHUNK * 2];
             let mut total = 0u64;
@@ -1112,7 +1117,10 @@ mod tests {
                 }
             }
         });
-        s.writer().write_and_finish(&vec![1u8; 200_000]).await.unwrap();
+        s.writer()
+            .write_and_finish(&vec![1u8; 200_000])
+            .await
+            .unwrap();
         assert!(server.shared.lock().legacy_flow_control);
         server.close().await;
         drop(server);
