@@ -731,12 +731,15 @@ impl Stream {
         &self.headers
     }
 
-    /// Accepts a peer-opened stream (SYN_REPLY with no headers).
+    /// Accepts a peer-opened stream. The reply carries `:status` and
+    /// `:version` for HTTP-minded SPDY clients; kubectl ignores them.
     pub fn reply(&self) {
         self.shared.control(Frame::SynReply {
             stream_id: self.cell.id,
             flags: 0,
-            headers: Headers::new(),
+            headers: Headers::new()
+                .with(":status", "200")
+                .with(":version", "HTTP/1.1"),
         });
     }
 
