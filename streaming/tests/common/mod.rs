@@ -228,6 +228,16 @@ pub async fn server() -> StreamingServer {
         .expect("bind streaming server")
 }
 
+/// A server that always enforces SPDY send windows: a client that does not
+/// credit them stalls instead of being let through.
+pub async fn strict_server() -> StreamingServer {
+    let mut config = ServerConfig::default();
+    config.spdy.legacy_flow_control_after = None;
+    StreamingServer::bind(config, Arc::new(HostRuntime))
+        .await
+        .expect("bind streaming server")
+}
+
 pub fn exec_req(cmd: &[&str], stdin: bool, tty: bool) -> ExecRequest {
     ExecRequest {
         container_id: CONTAINER.into(),
