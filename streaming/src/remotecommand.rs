@@ -226,7 +226,15 @@ pub(crate) async fn serve_spdy(
         tty: wanted.tty,
     };
     let exec = matches!(cmd, Command::Exec(_));
-    let result = cmd.run(runtime.as_ref(), io).await;
+    // A client that goes away cancels the command (the runtime's future is
+    // dropped, which is where it stops the process).
+    let result = tokio::select! {
+        r = cmd.run(runtime.as_ref(), io) => r,
+        _ = conn.closed() => {
+            debug!("client closed the session; cancelling the command");
+            return;
+        }
+    };
     for p in pumps {
         if let Ok(Err(e)) = p.await {
             debug!("output stream ended early: {e}");
@@ -312,7 +320,9 @@ pub(crate) async fn serve_websocket<S>(
         (None, None)
     };
     let (resize_tx, resize_rx) = mpsc::channel::<TerminalSize>(16);
+    let (gone_tx, gone_rx) = tokio::sync::oneshot::channel::<()>();
     let reader = tokio::spawn(async move {
+        let _gone = gone_tx;
         let mut resize_buf = Vec::new();
         while let Some(msg) = source.next().await {
             let msg = match msg {
@@ -368,7 +378,14 @@ pub(crate) async fn serve_websocket<S>(
         tty: wanted.tty,
     };
     let exec = matches!(cmd, Command::Exec(_));
-    let result = cmd.run(runtime.as_ref(), io).await;
+    let result = tokio::select! {
+        r = cmd.run(runtime.as_ref(), io) => r,
+        _ = gone_rx => {
+            debug!("WebSocket client went away; cancelling the command");
+            writer.abort();
+            return;
+        }
+    };
     for p in pumps {
         let _ = p.await;
     }

@@ -493,3 +493,56 @@ async fn websocket_port_forward_uses_channel_pairs_per_port() {
     assert!(got[0].ends_with("one GET /y HTTP/1.0"), "{got:?}");
     assert!(got[1].ends_with("two GET /x HTTP/1.0"), "{got:?}");
 }
+
+fn process_gone(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // A zombie has exited too.
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_cancels_the_command() {
+    let srv = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let script = format!("echo $$ > {}; exec sleep 60", pidfile.display());
+    let mut req = exec_req(&["sh", "-c", &script], false, false);
+    req.stderr = false;
+    let url = srv.get_exec(req).unwrap();
+    let (conn, negotiated) = streaming::client::connect_spdy(&url, &[protocol::REMOTECOMMAND_V4])
+        .await
+        .unwrap();
+    assert_eq!(negotiated, protocol::REMOTECOMMAND_V4);
+    for ty in ["error", "stdout"] {
+        let s = conn
+            .open_stream(streaming::spdy::Headers::new().with("streamType", ty), true)
+            .unwrap();
+        s.wait_reply().await.unwrap();
+    }
+    let mut pid = String::new();
+    for _ in 0..100 {
+        pid = std::fs::read_to_string(&pidfile).unwrap_or_default();
+        if !pid.trim().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = pid.trim().to_owned();
+    assert!(!pid.is_empty(), "the command never started");
+    assert!(!process_gone(&pid));
+    drop(conn);
+    for _ in 0..100 {
+        if process_gone(&pid) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("process {pid} outlived its client");
+}

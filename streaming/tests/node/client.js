@@ -72,14 +72,19 @@ function summary (buf) {
   }
 }
 
+// What the client was doing, reported if it fails.
+let stage = 'start'
+
 function fail (e) {
-  console.log(JSON.stringify({ error: String(e && e.stack ? e.stack : e) }))
+  console.log(JSON.stringify({ error: String(e && e.stack ? e.stack : e), stage }))
   process.exit(1)
 }
 
 async function spdyExec (url, protocol, stdinText) {
+  stage = 'upgrade'
   const { socket, protocol: negotiated } = await upgrade(url, [protocol])
   const conn = session(socket)
+  stage = 'open streams'
   const error = await open(conn, { streamtype: 'error' }, true)
   const stdout = await open(conn, { streamtype: 'stdout' }, true)
   const stderr = await open(conn, { streamtype: 'stderr' }, true)
@@ -87,6 +92,7 @@ async function spdyExec (url, protocol, stdinText) {
   if (stdinText !== undefined) {
     stdin = await open(conn, { streamtype: 'stdin' }, false)
   }
+  stage = 'read output'
   const results = Promise.all([collect(stdout), collect(stderr), collect(error)])
   if (stdin) {
     stdin.write(stdinText)
