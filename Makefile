@@ -35,6 +35,7 @@ run: build
 	./target/release/frakti $(ARGS)
 
 test: build
+	bash streaming/tests/install-clients.sh
 	$(CARGO) test --release --workspace
 	$(PYTHON) tests/python/test_cri.py
 
