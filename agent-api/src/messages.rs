@@ -42,6 +42,9 @@ pub enum Request {
         /// virtio-fs tag of the pod's shared directory; empty when there is none.
         #[serde(default)]
         share_tag: String,
+        /// The pod's sysctls, set in the guest (the pod's namespaces are the VM's).
+        #[serde(default)]
+        sysctls: std::collections::BTreeMap<String, String>,
     },
     /// Configures the guest's network interfaces and routes (idempotent).
     ConfigureNetwork {

@@ -43,9 +43,11 @@ impl State {
                 hostname,
                 clock_ns,
                 share_tag,
+                sysctls,
             } => {
                 set_hostname(&hostname)?;
                 crate::init::set_clock(clock_ns);
+                set_sysctls(&sysctls)?;
                 crate::init::sandbox_mounts(&share_tag)?;
                 Ok(Response::Done)
             }
@@ -138,6 +140,27 @@ impl State {
                 .clone(),
         }
     }
+}
+
+/// Writes each sysctl under `/proc/sys` (`a.b.c` or `a/b/c` names).
+fn set_sysctls(sysctls: &std::collections::BTreeMap<String, String>) -> Result<(), AgentError> {
+    for (key, value) in sysctls {
+        let rel = key.replace('.', "/");
+        if rel.is_empty() || rel.split('/').any(|c| c.is_empty() || c == "..") {
+            return Err(AgentError::new(
+                AgentErrorKind::InvalidArgument,
+                format!("invalid sysctl name {key:?}"),
+            ));
+        }
+        let path = std::path::Path::new("/proc/sys").join(&rel);
+        fs::write(&path, value).map_err(|e| {
+            AgentError::new(
+                AgentErrorKind::InvalidArgument,
+                format!("cannot set sysctl {key}={value}: {e}"),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 fn set_hostname(hostname: &str) -> Result<(), AgentError> {

@@ -247,13 +247,25 @@ pub fn build(
             )));
         }
     }
-    // The network and UTS namespaces are the pod's: the VM's own.
+    // The network and UTS namespaces are the pod's: the VM's own (the agent
+    // set the hostname), so the spec sets no hostname.
 
+    // The pod's sysctls are set in the pod's (the VM's) namespaces when it
+    // starts; a container with an IPC namespace of its own gets the IPC ones.
+    let sysctls: BTreeMap<&String, &String> = if sec.namespaces.ipc == NamespaceMode::Container {
+        sandbox
+            .sysctls
+            .iter()
+            .filter(|(k, _)| is_ipc_sysctl(k))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
     let mut linux = json!({
         "namespaces": namespaces,
         "cgroupsPath": layout.cgroup,
         "resources": resources(config),
-        "sysctl": sandbox.sysctls,
+        "sysctl": sysctls,
     });
     if !sec.privileged {
         let masked = sec
@@ -300,12 +312,28 @@ pub fn build(
         "ociVersion": "1.1.0",
         "process": process,
         "root": {"path": layout.rootfs, "readonly": sec.readonly_rootfs},
-        "hostname": sandbox.hostname,
         "mounts": mounts,
         "linux": linux,
         "annotations": annotations,
     });
     serde_json::from_value(spec).map_err(|e| SpecError::Invalid(e.to_string()))
+}
+
+/// Whether `key` is a sysctl of the IPC namespace.
+pub fn is_ipc_sysctl(key: &str) -> bool {
+    let key = key.replace('/', ".");
+    key.starts_with("fs.mqueue.")
+        || matches!(
+            key.as_str(),
+            "kernel.msgmax"
+                | "kernel.msgmnb"
+                | "kernel.msgmni"
+                | "kernel.sem"
+                | "kernel.shmall"
+                | "kernel.shmmax"
+                | "kernel.shmmni"
+                | "kernel.shm_rmid_forced"
+        )
 }
 
 fn resources(config: &ContainerConfig) -> Value {

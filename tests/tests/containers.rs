@@ -394,7 +394,11 @@ async fn security_mounts_exec_stop_oom_and_restart() {
 
     let mut pod = pod("box-b", |c| {
         c.linux = Some(proto::LinuxPodSandboxConfig {
-            sysctls: [("kernel.shm_rmid_forced".to_string(), "1".to_string())].into(),
+            sysctls: [
+                ("kernel.shm_rmid_forced".to_string(), "1".to_string()),
+                ("net.ipv4.ip_unprivileged_port_start".to_string(), "80".to_string()),
+            ]
+            .into(),
             ..Default::default()
         });
     })
@@ -487,7 +491,7 @@ async fn security_mounts_exec_stop_oom_and_restart() {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    sh(&format!("umount {}", sub.display()));
+    sh(&format!("umount -l {}", sub.display()));
     assert_eq!(seen, "fresh");
 
     // Capabilities, no_new_privs, masked paths, sysctls, seccomp RuntimeDefault.
@@ -668,7 +672,7 @@ async fn security_mounts_exec_stop_oom_and_restart() {
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(!stubborn_log.exists());
 
-    sh(&format!("umount {}", prop.display()));
+    sh(&format!("umount -l {}", prop.display()));
 }
 
 fn sh(script: &str) {

@@ -477,6 +477,7 @@ impl VmRuntime {
             hostname: config.hostname.clone(),
             clock_ns,
             share_tag: containers::SHARE_TAG.to_owned(),
+            sysctls: config.sysctls.clone(),
         };
         agent
             .call(&setup, AGENT_CALL)
