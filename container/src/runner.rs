@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use libcontainer::container::Container;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::default::DefaultExecutor;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use nix::sys::signal::Signal;
 
 /// Standard streams handed to a new process; `None` is `/dev/null`.
@@ -131,7 +133,8 @@ impl Runner {
         Ok(())
     }
 
-    /// Starts `args` in the running container with `env` added; returns its pid.
+    /// Starts `args` in the running container, as its process runs (user,
+    /// groups, working directory, capabilities, seccomp); returns its pid.
     pub fn exec(
         &self,
         id: &str,
@@ -142,14 +145,58 @@ impl Runner {
         if !self.state_root.join(id).exists() {
             return Err(RunError::NotFound(id.to_owned()));
         }
+        let spec = oci_spec::runtime::Spec::load(self.bundles.join(id).join("config.json"))
+            .map_err(|e| rt(id, format!("read its spec: {e}")))?;
+        let process = spec.process().clone().unwrap_or_default();
+        let user = process.user();
+        let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
         let pid = self
             .builder(id, stdio)?
             .with_console_socket(console_socket)
+            .with_executor(SeccompExecutor { profile: seccomp })
             .as_tenant()
             .with_container_args(args)
+            .with_user(Some(user.uid()))
+            .with_group(Some(user.gid()))
+            .with_additional_gids(user.additional_gids().clone().unwrap_or_default())
+            .with_cwd(Some(process.cwd().clone()))
             .with_detach(true)
             .build()
             .map_err(|e| rt(id, e))?;
         Ok(pid.as_raw())
+    }
+}
+
+/// Runs an exec'd process under the container's seccomp profile.
+///
+/// libcontainer's exec drops the container's seccomp profile, so the profile
+/// is loaded here, in the new process right before it executes. Its
+/// capabilities are already dropped at this point, so the kernel requires
+/// `no_new_privs` for the filter: exec'd processes of a container with a
+/// profile always run with `no_new_privs`.
+#[derive(Debug, Clone)]
+struct SeccompExecutor {
+    profile: Option<oci_spec::runtime::LinuxSeccomp>,
+}
+
+impl Executor for SeccompExecutor {
+    fn exec(&self, spec: &oci_spec::runtime::Spec) -> Result<(), ExecutorError> {
+        if let Some(profile) = &self.profile {
+            // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) takes plain integers and only
+            // changes this process's flags.
+            if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+                return Err(ExecutorError::Other(format!(
+                    "set no_new_privs: {}",
+                    std::io::Error::last_os_error()
+                )));
+            }
+            libcontainer::seccomp::initialize_seccomp(profile)
+                .map_err(|e| ExecutorError::Other(format!("load the seccomp profile: {e}")))?;
+        }
+        DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(&self, spec: &oci_spec::runtime::Spec) -> Result<(), ExecutorValidationError> {
+        DefaultExecutor {}.validate(spec)
     }
 }

@@ -104,10 +104,22 @@ pub fn runtime_default(capabilities: &[String]) -> Value {
         }
     }
     names.sort_unstable();
+    // clone3 answers ENOSYS, so that libc falls back to clone (whose
+    // namespace flags a filter could inspect); EPERM would break threads.
+    let clone3 = names.iter().position(|n| *n == "clone3");
+    let mut rules = vec![];
+    if let Some(i) = clone3 {
+        names.remove(i);
+        rules.push(json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS}));
+    }
+    rules.insert(
+        0,
+        json!({"names": names, "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM}),
+    );
     json!({
         "defaultAction": "SCMP_ACT_ALLOW",
         "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-        "syscalls": [{"names": names, "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM}],
+        "syscalls": rules,
     })
 }
 

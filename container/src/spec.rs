@@ -302,8 +302,12 @@ pub fn build(
             "effective": capabilities,
             "permitted": capabilities,
         },
-        "noNewPrivileges": no_new_privs,
     });
+    // libcontainer reads a present `noNewPrivileges`, even `false`, as "set"
+    // and then loads seccomp after dropping capabilities, which fails.
+    if no_new_privs {
+        process["noNewPrivileges"] = json!(true);
+    }
     if config.resources.oom_score_adj != 0 {
         process["oomScoreAdj"] = json!(config.resources.oom_score_adj);
     }
@@ -413,5 +417,54 @@ mod tests {
             process_env(&c),
             ["A=image", "B=cri", "C=new", &format!("PATH={DEFAULT_PATH}")]
         );
+    }
+}
+
+#[cfg(test)]
+mod build_tests {
+    use super::*;
+    use pods::container::{ImageProcess, Seccomp};
+
+    fn layout(dir: &Path) -> Layout {
+        Layout {
+            rootfs: "/run/c/rootfs".into(),
+            host_rootfs: dir.to_path_buf(),
+            mount_sources: Vec::new(),
+            etc_hosts: "/run/s/hosts".into(),
+            resolv_conf: "/run/s/resolv.conf".into(),
+            etc_hostname: "/run/s/hostname".into(),
+            shm: "/run/s/shm".into(),
+            cgroup: "/frakti/c".into(),
+            pod_pid_namespace: None,
+        }
+    }
+
+    #[test]
+    fn security_settings_reach_the_spec() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = ContainerConfig::default();
+        c.image.process = ImageProcess {
+            cmd: vec!["sh".into()],
+            ..Default::default()
+        };
+        c.security.seccomp = Seccomp::RuntimeDefault;
+        c.security.readonly_rootfs = true;
+        c.security.no_new_privs = true;
+        c.resources.memory_limit_bytes = 64 << 20;
+        let spec = build(&c, &SandboxConfig::default(), &layout(dir.path())).unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        assert!(linux.seccomp().is_some(), "no seccomp in {spec:?}");
+        assert_eq!(
+            linux.masked_paths().as_ref().unwrap().len(),
+            DEFAULT_MASKED_PATHS.len()
+        );
+        assert!(spec.root().as_ref().unwrap().readonly().unwrap());
+        assert_eq!(
+            linux.resources().as_ref().unwrap().memory().as_ref().unwrap().limit(),
+            Some(64 << 20)
+        );
+        c.security.seccomp = Seccomp::Unconfined;
+        let spec = build(&c, &SandboxConfig::default(), &layout(dir.path())).unwrap();
+        assert!(spec.linux().as_ref().unwrap().seccomp().is_none());
     }
 }

@@ -439,6 +439,14 @@ async fn security_mounts_exec_stop_oom_and_restart() {
         security_context: Some(proto::LinuxContainerSecurityContext {
             readonly_rootfs: true,
             no_new_privs: true,
+            // What the kubelet sends for a pod without shareProcessNamespace.
+            namespace_options: Some(proto::NamespaceOption {
+                pid: proto::NamespaceMode::Container as i32,
+                ..Default::default()
+            }),
+            // The kubelet always sends its default lists; these stand for them.
+            masked_paths: vec!["/proc/timer_list".into(), "/proc/kcore".into()],
+            readonly_paths: vec!["/proc/sys".into()],
             capabilities: Some(proto::Capability {
                 add_capabilities: vec!["NET_ADMIN".into()],
                 drop_capabilities: vec!["CHOWN".into()],
@@ -508,19 +516,22 @@ async fn security_mounts_exec_stop_oom_and_restart() {
     assert_eq!(eff & 1, 0, "CAP_CHOWN not dropped: {caps}");
     assert_eq!(eff & (1 << 21), 0, "CAP_SYS_ADMIN present: {caps}");
     assert!(caps.contains("NoNewPrivs:\t1"), "{caps}");
-    let kcore = pod.exec(&secure, "wc -c < /proc/kcore").await;
-    assert_eq!(text(&kcore.stdout), "0", "/proc/kcore is not masked");
-    let sysctl = pod
-        .exec(&secure, "cat /proc/sys/kernel/shm_rmid_forced")
+    // A masked file is /dev/null bind-mounted over it: a character device.
+    let masked = pod
+        .exec(&secure, "[ -c /proc/timer_list ] && echo masked; wc -c < /proc/timer_list")
         .await;
-    assert_eq!(text(&sysctl.stdout), "1");
-    let sc = pod.exec(&secure, "grep Seccomp: /proc/self/status").await;
-    assert!(
-        text(&sc.stdout).ends_with('2'),
-        "no seccomp filter: {}",
-        text(&sc.stdout)
-    );
-
+    assert_eq!(text(&masked.stdout), "masked\n0", "/proc/timer_list is not masked");
+    let sysctl = pod
+        .exec(
+            &secure,
+            "cat /proc/sys/kernel/shm_rmid_forced /proc/sys/net/ipv4/ip_unprivileged_port_start",
+        )
+        .await;
+    assert_eq!(text(&sysctl.stdout), "1\n80");
+    let ro = pod
+        .exec(&secure, "echo 0 > /proc/sys/kernel/shm_rmid_forced")
+        .await;
+    assert_ne!(ro.exit_code, 0, "/proc/sys is not read-only");
     // A Localhost seccomp profile read on the host: mkdir is refused.
     let mut c = pod.container("local-seccomp", &["sleep 100000"]);
     c.linux = Some(proto::LinuxContainerConfig {
@@ -542,6 +553,15 @@ async fn security_mounts_exec_stop_oom_and_restart() {
         text(&denied.stderr)
     );
     assert_eq!(pod.exec(&local, "touch /tmp/f").await.exit_code, 0);
+
+    let sc = pod
+        .exec(&secure, "grep -H Seccomp: /proc/1/status /proc/self/status")
+        .await;
+    let sc = text(&sc.stdout);
+    assert!(
+        sc.lines().count() == 2 && sc.lines().all(|l| l.ends_with('2')),
+        "no seccomp filter: {sc}"
+    );
 
     // Containers share the pod's network, UTS and /dev/shm, not their PIDs.
     pod.run(pod.container(

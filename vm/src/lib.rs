@@ -793,6 +793,7 @@ impl PodRuntime for VmRuntime {
             config,
             log_path,
         )?;
+        tracing::debug!(container = id, spec = %prepared.spec, "OCI spec");
         let request = Request::CreateContainer(agent_api::messages::CreateContainer {
             id: id.to_owned(),
             spec: prepared.spec,
