@@ -110,7 +110,9 @@ pub fn runtime_default(capabilities: &[String]) -> Value {
     let mut rules = vec![];
     if let Some(i) = clone3 {
         names.remove(i);
-        rules.push(json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS}));
+        rules.push(
+            json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS}),
+        );
     }
     rules.insert(
         0,

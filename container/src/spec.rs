@@ -460,7 +460,14 @@ mod build_tests {
         );
         assert!(spec.root().as_ref().unwrap().readonly().unwrap());
         assert_eq!(
-            linux.resources().as_ref().unwrap().memory().as_ref().unwrap().limit(),
+            linux
+                .resources()
+                .as_ref()
+                .unwrap()
+                .memory()
+                .as_ref()
+                .unwrap()
+                .limit(),
             Some(64 << 20)
         );
         c.security.seccomp = Seccomp::Unconfined;

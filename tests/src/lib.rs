@@ -1,6 +1,7 @@
 //! A real frakti daemon on a private socket, state and root, for tests and benchmarks.
 
 pub mod registry;
+pub mod workload;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

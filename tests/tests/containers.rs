@@ -7,59 +7,14 @@ use std::time::{Duration, Instant};
 
 use cri::proto;
 use cri::proto::runtime_service_client::RuntimeServiceClient;
-use e2e::registry::{Compression, Registry, TestImage, busybox_layer};
+use e2e::registry::Registry;
+use e2e::workload;
 use e2e::{Daemon, pod_config, run_pod};
 use tonic::Code;
 use tonic::transport::Channel;
 
 /// VM tests share two cores: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// busybox with every applet linked, a user `web` (1000:1000) and a config
-/// that sets Entrypoint, Cmd, Env and WorkingDir.
-fn test_image() -> TestImage {
-    let list = std::process::Command::new("/bin/busybox")
-        .arg("--list")
-        .output()
-        .expect("busybox --list");
-    let mut base = busybox_layer()
-        .file(
-            "etc/passwd",
-            b"root:x:0:0:root:/root:/bin/sh\nweb:x:1000:1000::/work:/bin/sh\n",
-            0o644,
-        )
-        .file(
-            "etc/group",
-            b"root:x:0:\nweb:x:1000:\nstaff:x:50:web\n",
-            0o644,
-        )
-        .dir("work")
-        .dir("proc")
-        .dir("sys")
-        .dir("dev")
-        .dir("root");
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if !["sh", "ls", "cat", "echo", "true", "busybox"].contains(&applet) {
-            base = base.symlink(&format!("bin/{applet}"), "busybox");
-        }
-    }
-    let layer = base.build(Compression::Gzip);
-    let config = serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {
-            "Entrypoint": ["/bin/sh", "-c"],
-            "Cmd": ["echo image-default"],
-            "Env": ["PATH=/bin", "A=image", "B=image"],
-            "WorkingDir": "/work",
-        },
-        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
-    });
-    TestImage {
-        layers: vec![layer],
-        config: serde_json::to_vec(&config).unwrap(),
-    }
-}
 
 struct Pod {
     daemon: Daemon,
@@ -74,23 +29,9 @@ struct Pod {
 /// A daemon, the test image pulled from a registry, and a running pod.
 async fn pod(name: &str, tweak: impl FnOnce(&mut proto::PodSandboxConfig)) -> Pod {
     let registry = Registry::start(None).await.unwrap();
-    registry
-        .push_image("frakti/box", "1", &test_image())
-        .await
-        .unwrap();
-    let image = format!("{}/frakti/box:1", registry.host);
+    let image = workload::push_box(&registry).await.unwrap();
     let daemon = Daemon::start(&["--accel", "tcg"]).await.unwrap();
-    let mut images = daemon.images().await.unwrap();
-    images
-        .pull_image(proto::PullImageRequest {
-            image: Some(proto::ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    workload::pull(&daemon, &image).await.unwrap();
     let logs = tempfile::tempdir().unwrap();
     let mut config = pod_config(name, &[]);
     config.log_directory = logs.path().display().to_string();
@@ -110,20 +51,9 @@ async fn pod(name: &str, tweak: impl FnOnce(&mut proto::PodSandboxConfig)) -> Po
 
 impl Pod {
     fn container(&self, name: &str, args: &[&str]) -> proto::ContainerConfig {
-        proto::ContainerConfig {
-            metadata: Some(proto::ContainerMetadata {
-                name: name.into(),
-                attempt: 0,
-            }),
-            image: Some(proto::ImageSpec {
-                image: self.image.clone(),
-                ..Default::default()
-            }),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            log_path: format!("{name}/0.log"),
-            labels: [("app".to_string(), name.to_string())].into(),
-            ..Default::default()
-        }
+        let mut c = workload::container(&self.image, name, "");
+        c.args = args.iter().map(|s| s.to_string()).collect();
+        c
     }
 
     async fn create(&mut self, config: proto::ContainerConfig) -> Result<String, tonic::Status> {
@@ -396,7 +326,10 @@ async fn security_mounts_exec_stop_oom_and_restart() {
         c.linux = Some(proto::LinuxPodSandboxConfig {
             sysctls: [
                 ("kernel.shm_rmid_forced".to_string(), "1".to_string()),
-                ("net.ipv4.ip_unprivileged_port_start".to_string(), "80".to_string()),
+                (
+                    "net.ipv4.ip_unprivileged_port_start".to_string(),
+                    "80".to_string(),
+                ),
             ]
             .into(),
             ..Default::default()
@@ -518,9 +451,16 @@ async fn security_mounts_exec_stop_oom_and_restart() {
     assert!(caps.contains("NoNewPrivs:\t1"), "{caps}");
     // A masked file is /dev/null bind-mounted over it: a character device.
     let masked = pod
-        .exec(&secure, "[ -c /proc/timer_list ] && echo masked; wc -c < /proc/timer_list")
+        .exec(
+            &secure,
+            "[ -c /proc/timer_list ] && echo masked; wc -c < /proc/timer_list",
+        )
         .await;
-    assert_eq!(text(&masked.stdout), "masked\n0", "/proc/timer_list is not masked");
+    assert_eq!(
+        text(&masked.stdout),
+        "masked\n0",
+        "/proc/timer_list is not masked"
+    );
     let sysctl = pod
         .exec(
             &secure,
@@ -589,11 +529,12 @@ async fn security_mounts_exec_stop_oom_and_restart() {
         "shared"
     );
     assert_eq!(text(&pod.exec(&secure, "hostname").await.stdout), "box-b");
-    let ps = pod.exec(&secure, "ls /proc | grep -c '^[0-9]'").await;
+    // PID 1 of its own namespace is the container's process, not the agent.
+    let init = pod.exec(&secure, "tr '\\0' ' ' < /proc/1/cmdline").await;
+    let init = text(&init.stdout);
     assert!(
-        text(&ps.stdout).parse::<u32>().unwrap() <= 3,
-        "PID namespace is shared: {}",
-        text(&ps.stdout)
+        init.contains("sleep 100000"),
+        "PID namespace is shared: {init}"
     );
 
     // ExecSync: exit code and timeout (the process is killed).
