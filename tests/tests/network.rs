@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::Command;
 
 use cri::proto;
-use e2e::{Daemon, pids_with_arg, pod_config, pod_status, run_pod};
+use e2e::{Daemon, pids_with_arg, pod_config, pod_status, run_pod, workload};
 use tonic::Code;
 
 /// These tests look at host-wide state (namespaces, iptables): one at a time.
@@ -37,7 +37,10 @@ fn netns(id: &str) -> String {
 #[tokio::test]
 async fn pods_get_reachable_ips_and_leave_nothing_behind() {
     let _serial = SERIAL.lock().await;
+    let registry = e2e::registry::Registry::start(None).await.unwrap();
+    let image = workload::push_box(&registry).await.unwrap();
     let daemon = Daemon::start(&["--accel", "tcg"]).await.unwrap();
+    workload::pull(&daemon, &image).await.unwrap();
     let mut c = daemon.runtime().await.unwrap();
     let mut config = pod_config("net-a", &[]);
     config.port_mappings.push(proto::PortMapping {
@@ -46,8 +49,9 @@ async fn pods_get_reachable_ips_and_leave_nothing_behind() {
         host_port: 18_081,
         host_ip: String::new(),
     });
-    let a = run_pod(&mut c, config).await.unwrap();
-    let b = run_pod(&mut c, pod_config("net-b", &[])).await.unwrap();
+    let a = run_pod(&mut c, config.clone()).await.unwrap();
+    let config_b = pod_config("net-b", &[]);
+    let b = run_pod(&mut c, config_b.clone()).await.unwrap();
 
     let ip_of = |status: &proto::PodSandboxStatus| status.network.clone().unwrap().ip;
     let ip_a = ip_of(&pod_status(&mut c, &a).await.unwrap().0);
@@ -66,6 +70,61 @@ async fn pods_get_reachable_ips_and_leave_nothing_behind() {
     // The guests answer on their pod IPs: traffic crosses veth, tc and tap into the VM.
     assert!(ping(&ip_a), "pod A at {ip_a} does not answer");
     assert!(ping(&ip_b), "pod B at {ip_b} does not answer");
+
+    // An HTTP server in a container of pod A answers on the pod IP (from the
+    // host and from pod B) and on its hostPort at 127.0.0.1.
+    let server = workload::container(
+        &image,
+        "web",
+        "mkdir -p /www && echo hello-from-a > /www/index.html && httpd -f -p 80 -h /www",
+    );
+    workload::run_container(&mut c, &a, &config, server)
+        .await
+        .unwrap();
+    let client = workload::container(&image, "client", "sleep 100000");
+    let client = workload::run_container(&mut c, &b, &config_b, client)
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let mut body = String::new();
+    for _ in 0..50 {
+        if let Ok(r) = http.get(format!("http://{ip_a}/")).send().await {
+            body = r.text().await.unwrap_or_default();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(body.trim(), "hello-from-a");
+    let via_host_port = http
+        .get("http://127.0.0.1:18081/")
+        .send()
+        .await
+        .expect("hostPort 18081 on 127.0.0.1")
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(via_host_port.trim(), "hello-from-a");
+    let from_b = c
+        .exec_sync(proto::ExecSyncRequest {
+            container_id: client,
+            cmd: vec![
+                "wget".into(),
+                "-q".into(),
+                "-O".into(),
+                "-".into(),
+                format!("http://{ip_a}/"),
+            ],
+            timeout: 30,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        String::from_utf8_lossy(&from_b.stdout).trim(),
+        "hello-from-a",
+        "pod B cannot reach pod A: {}",
+        String::from_utf8_lossy(&from_b.stderr)
+    );
 
     // What CNI and frakti set up is really there.
     assert!(Path::new(&netns(&a)).exists());
