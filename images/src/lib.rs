@@ -78,6 +78,35 @@ pub struct Image {
     pub updated: u128,
 }
 
+/// Names of the snapshots under `snap_dir` that an overlay mount uses as a lower layer.
+fn snapshots_in_use(snap_dir: &Path) -> HashSet<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut names = HashSet::new();
+    for line in text.lines() {
+        let Some((_, fs)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut f = fs.split(' ');
+        if f.next() != Some("overlay") {
+            continue;
+        }
+        let options = f.nth(1).unwrap_or_default();
+        for opt in options.split(',') {
+            let Some(lower) = opt.strip_prefix("lowerdir=") else {
+                continue;
+            };
+            for dir in lower.split(':') {
+                if let Ok(rest) = Path::new(dir).strip_prefix(snap_dir)
+                    && let Some(first) = rest.components().next()
+                {
+                    names.insert(first.as_os_str().to_string_lossy().into_owned());
+                }
+            }
+        }
+    }
+    names
+}
+
 impl Image {
     /// The uid (`Some`) or user name (`Err`) the config's `User` names.
     pub fn user_id(&self) -> (Option<i64>, String) {
@@ -431,10 +460,13 @@ impl ImageStore {
                 }
             }
             let snap_dir = self.inner.dir.join("snapshots");
+            // A container's root filesystem may still use the snapshot of an
+            // image that was removed: it stays until the container is gone.
+            let mounted = snapshots_in_use(&snap_dir);
             for e in std::fs::read_dir(&snap_dir)? {
                 let e = e?;
                 let name = e.file_name().to_string_lossy().into_owned();
-                if !keep.contains(format!("sha256:{name}").as_str()) {
+                if !keep.contains(format!("sha256:{name}").as_str()) && !mounted.contains(&name) {
                     victims.push(e.path());
                     snaps += 1;
                 }

@@ -633,6 +633,21 @@ async fn security_mounts_exec_stop_oom_and_restart() {
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(!stubborn_log.exists());
 
+    // Removing the image leaves running containers' root filesystems intact.
+    let mut images = pod.daemon.images().await.unwrap();
+    images
+        .remove_image(proto::RemoveImageRequest {
+            image: Some(proto::ImageSpec {
+                image: pod.image.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let intact = pod.exec(&ticker, "cat /etc/group && ls /bin | wc -l").await;
+    assert_eq!(intact.exit_code, 0, "{}", text(&intact.stderr));
+    assert!(text(&intact.stdout).starts_with("root:x:0:"));
+
     sh(&format!("umount -l {}", prop.display()));
 }
 

@@ -1,5 +1,7 @@
-//! `make bench`: pod sandbox start against the bare VM boot floor, and the
-//! host memory of an idle pod. Prints figures; asserts nothing.
+//! `make bench`: pod sandbox start against the bare VM boot floor, the host
+//! memory of an idle pod, container start and ExecSync in a running pod, and
+//! ping/HTTP host -> pod next to a plain network namespace on the same CNI
+//! network. Prints figures; asserts nothing.
 //!
 //! Also: pull wall time of a multi-layer ~100 MB image from a local registry
 //! into an empty store, next to `skopeo copy` of the same image into an OCI
@@ -11,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use cri::proto;
-use e2e::{Daemon, guest_dir, pod_config, pod_status, run_pod, vm_pid};
+use e2e::registry::Registry;
+use e2e::{Daemon, guest_dir, pod_config, pod_status, run_pod, vm_pid, workload};
 use hypervisor::{Accel, Qemu, QemuConfig, VmSpec};
 
 #[tokio::main]
@@ -70,14 +73,64 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // Host memory of one idle pod, and ICMP round trips host -> pod IP.
-    let id = run_pod(&mut c, pod_config("bench-idle", &[])).await?;
+    let pod = pod_config("bench-idle", &[]);
+    let id = run_pod(&mut c, pod.clone()).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (status, info) = pod_status(&mut c, &id).await?;
     let pod_ip = status.network.map(|n| n.ip).unwrap_or_default();
     let mut pod_rtt = ping_rtts(&pod_ip, 40)?;
-    let mut floor_rtt = plain_netns_rtts(daemon.dir_path(), 40).await?;
+    let floor_net = plain_netns_floor(daemon.dir_path(), 40).await?;
+    let mut floor_rtt = floor_net.rtts.clone();
     let pid = vm_pid(&info);
-    let rss_kib = hypervisor::process::rss_kib(pid).unwrap_or(0);
+    let fs_pid = info["vm"]["virtiofsd_pid"]
+        .as_i64()
+        .and_then(|p| i32::try_from(p).ok())
+        .unwrap_or(0);
+    let rss_kib = hypervisor::process::rss_kib(pid).unwrap_or(0)
+        + hypervisor::process::rss_kib(fs_pid).unwrap_or(0);
+
+    // Containers in the running pod: start, ExecSync, and HTTP to a server in it.
+    let registry = Registry::start(None).await?;
+    let image = workload::push_box(&registry).await?;
+    workload::pull(&daemon, &image).await?;
+    let mut container_starts = Vec::new();
+    for i in 0..=runs {
+        let config = workload::container(&image, &format!("start-{i}"), "sleep 100000");
+        let begin = Instant::now();
+        let cid = workload::run_container(&mut c, &id, &pod, config).await?;
+        let took = begin.elapsed().as_secs_f64();
+        if i > 0 {
+            container_starts.push(took);
+        }
+        c.remove_container(proto::RemoveContainerRequest { container_id: cid })
+            .await?;
+    }
+    let server = workload::container(
+        &image,
+        "web",
+        &format!(
+            "mkdir -p /www && head -c {BULK_BYTES} /dev/zero > /www/bulk && echo ok > /www/small && httpd -f -p 80 -h /www"
+        ),
+    );
+    let web = workload::run_container(&mut c, &id, &pod, server).await?;
+    let mut execs = Vec::new();
+    for _ in 0..20 {
+        let begin = Instant::now();
+        let r = c
+            .exec_sync(proto::ExecSyncRequest {
+                container_id: web.clone(),
+                cmd: vec!["true".into()],
+                timeout: 30,
+            })
+            .await?
+            .into_inner();
+        if r.exit_code != 0 {
+            bail!("ExecSync true exited {}", r.exit_code);
+        }
+        execs.push(begin.elapsed().as_secs_f64() * 1000.0);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pod_http = http_bench(&pod_ip).await?;
     c.remove_pod_sandbox(proto::RemovePodSandboxRequest { pod_sandbox_id: id })
         .await?;
 
@@ -103,10 +156,96 @@ async fn main() -> anyhow::Result<()> {
         p50 / f50
     );
     println!(
-        "idle pod host RSS: {:.1} MiB (QEMU, the pod's only host process)",
+        "idle pod host RSS: {:.1} MiB (QEMU and virtiofsd)",
         rss_kib as f64 / 1024.0
     );
+    let (c50, c90) = (
+        percentile(&mut container_starts, 50),
+        percentile(&mut container_starts, 90),
+    );
+    println!(
+        "container start in a running pod (CreateContainer + StartContainer -> RUNNING): p50 {c50:.3} s  p90 {c90:.3} s"
+    );
+    println!(
+        "ExecSync `true` round trip: p50 {:.1} ms",
+        percentile(&mut execs, 50)
+    );
+    let mut pod_lat = pod_http.latencies_ms.clone();
+    let mut floor_lat = floor_net.http.latencies_ms.clone();
+    println!(
+        "HTTP GET host -> pod (new connection each): p50 {:.2} ms; plain netns, no VM: p50 {:.2} ms",
+        percentile(&mut pod_lat, 50),
+        percentile(&mut floor_lat, 50)
+    );
+    println!(
+        "HTTP bulk host -> pod ({} MB): {:.1} MB/s; plain netns, no VM: {:.1} MB/s",
+        BULK_BYTES / 1_000_000,
+        pod_http.bulk_mb_s,
+        floor_net.http.bulk_mb_s
+    );
     Ok(())
+}
+
+/// Size of the file the HTTP throughput bench downloads.
+const BULK_BYTES: usize = 20_000_000;
+
+/// HTTP figures against one server.
+#[derive(Debug, Clone)]
+struct HttpFigures {
+    latencies_ms: Vec<f64>,
+    bulk_mb_s: f64,
+}
+
+/// GETs `/small` 40 times (a new connection each) and `/bulk` once from `ip`.
+async fn http_bench(ip: &str) -> anyhow::Result<HttpFigures> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
+    let mut ready = false;
+    for _ in 0..50 {
+        if client
+            .get(format!("http://{ip}/small"))
+            .send()
+            .await
+            .is_ok()
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if !ready {
+        bail!("no HTTP server answers on {ip}");
+    }
+    let mut latencies_ms = Vec::new();
+    for _ in 0..40 {
+        let begin = Instant::now();
+        let body = client
+            .get(format!("http://{ip}/small"))
+            .send()
+            .await?
+            .bytes()
+            .await?;
+        if body.as_ref() != b"ok\n" {
+            bail!("unexpected body from {ip}");
+        }
+        latencies_ms.push(begin.elapsed().as_secs_f64() * 1000.0);
+    }
+    let begin = Instant::now();
+    let bulk = client
+        .get(format!("http://{ip}/bulk"))
+        .send()
+        .await?
+        .bytes()
+        .await?;
+    if bulk.len() != BULK_BYTES {
+        bail!("bulk download from {ip}: {} bytes", bulk.len());
+    }
+    let bulk_mb_s = bulk.len() as f64 / 1e6 / begin.elapsed().as_secs_f64();
+    Ok(HttpFigures {
+        latencies_ms,
+        bulk_mb_s,
+    })
 }
 
 /// Boots the pod VM's exact QEMU command and times it until the agent's first console line.
@@ -175,7 +314,14 @@ fn ping_rtts(ip: &str, count: usize) -> anyhow::Result<Vec<f64>> {
 }
 
 /// The floor for pod network latency: a namespace on the same CNI network, no VM.
-async fn plain_netns_rtts(dir: &std::path::Path, count: usize) -> anyhow::Result<Vec<f64>> {
+/// Ping and HTTP figures of a plain network namespace on the same CNI network.
+struct NetFloor {
+    rtts: Vec<f64>,
+    http: HttpFigures,
+}
+
+/// A plain netns on the pod network (no VM): ping RTTs and busybox httpd in it.
+async fn plain_netns_floor(dir: &std::path::Path, count: usize) -> anyhow::Result<NetFloor> {
     let cni = network::Cni::new(dir.join("net.d"), network::cni::default_bin_dirs());
     let config = cni.load()?;
     let ns = network::Netns::new(format!("frakti-bench-{}", std::process::id()));
@@ -189,15 +335,49 @@ async fn plain_netns_rtts(dir: &std::path::Path, count: usize) -> anyhow::Result
         pod_uid: "floor".into(),
     };
     let result = cni.add(&config, &attachment, &[]).await;
-    let rtts = match &result {
-        Ok(r) => ping_rtts(r.pod_ips().first().map_or("", String::as_str), count),
+    let measured = match &result {
+        Ok(r) => {
+            let ip = r.pod_ips().first().cloned().unwrap_or_default();
+            serve_and_measure(&ns, &ip, dir, count).await
+        }
         Err(e) => Err(anyhow::anyhow!("CNI ADD for the floor: {e}")),
     };
     let _ = cni
         .del(&config, &attachment, result.as_ref().ok(), &[])
         .await;
     let _ = ns.remove();
-    rtts
+    measured
+}
+
+async fn serve_and_measure(
+    ns: &network::Netns,
+    ip: &str,
+    dir: &std::path::Path,
+    count: usize,
+) -> anyhow::Result<NetFloor> {
+    let rtts = ping_rtts(ip, count)?;
+    let www = dir.join("floor-www");
+    std::fs::create_dir_all(&www)?;
+    std::fs::write(www.join("small"), "ok\n")?;
+    std::fs::write(www.join("bulk"), vec![0u8; BULK_BYTES])?;
+    let mut httpd = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns.name(),
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+        ])
+        .arg(&www)
+        .spawn()?;
+    let http = http_bench(ip).await;
+    let _ = httpd.kill();
+    let _ = httpd.wait();
+    Ok(NetFloor { rtts, http: http? })
 }
 
 fn percentile(values: &mut [f64], p: usize) -> f64 {
