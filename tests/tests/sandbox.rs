@@ -148,9 +148,15 @@ async fn version_status_and_bad_input() {
         .unwrap();
     assert!(listed.into_inner().items.is_empty());
 
-    // RPCs not built yet are honest about it.
+    // A container request without a config says what is missing.
     let err = c
         .create_container(proto::CreateContainerRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    // RPCs not built yet are honest about it.
+    let err = c
+        .update_container_resources(proto::UpdateContainerResourcesRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
