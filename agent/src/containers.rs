@@ -53,9 +53,7 @@ struct Entry {
     log: Option<LogFile>,
     /// Output readers; awaited before an exit is reported.
     readers: Vec<tokio::task::JoinHandle<()>>,
-    /// Held so a container with `stdin` keeps an open input.
-    _stdin: Option<OwnedFd>,
-    /// Attached clients' view of its output, stdin and terminal.
+    /// Attached clients' view of its output, stdin (held open here) and terminal.
     attach: Arc<AttachPoint>,
 }
 
@@ -247,19 +245,15 @@ impl Containers {
                 let _ = self.runner.delete(&id);
                 run_err(e)
             })?;
-        // Attached clients write to a duplicate of the stdin pipe's end.
-        let attach_stdin = match &stdin_keep {
-            Some(w) => Some(File::from(w.try_clone().map_err(|e| {
-                err(AgentErrorKind::Internal, format!("dup stdin: {e}"))
-            })?)),
-            None => None,
-        };
+        // The stdin pipe's end lives in the attach point, which closes it
+        // for `stdin_once`.
+        let attach_stdin = stdin_keep.map(File::from);
         let attach = AttachPoint::new(2, attach_stdin, None, req.stdin_once);
         let readers = vec![
             spawn_log_reader(out_r, Stream::Stdout, log.clone(), attach.clone()),
             spawn_log_reader(err_r, Stream::Stderr, log.clone(), attach.clone()),
         ];
-        Ok(self.register(id, pid, cgroup, log, readers, stdin_keep, attach))
+        Ok(self.register(id, pid, cgroup, log, readers, attach))
     }
 
     /// Creates a container whose process runs on a terminal: its output is
@@ -312,11 +306,10 @@ impl Containers {
             log.clone(),
             attach.clone(),
         )];
-        Ok(self.register(id, pid, cgroup, log, readers, None, attach))
+        Ok(self.register(id, pid, cgroup, log, readers, attach))
     }
 
     /// Records a created container and watches for its exit.
-    #[allow(clippy::too_many_arguments)]
     fn register(
         self: &Arc<Self>,
         id: String,
@@ -324,7 +317,6 @@ impl Containers {
         cgroup: PathBuf,
         log: Option<LogFile>,
         readers: Vec<tokio::task::JoinHandle<()>>,
-        stdin_keep: Option<OwnedFd>,
         attach: Arc<AttachPoint>,
     ) -> Response {
         let info = ContainerInfo {
@@ -344,7 +336,6 @@ impl Containers {
                 cgroup,
                 log,
                 readers,
-                _stdin: stdin_keep,
                 attach,
             },
         );
