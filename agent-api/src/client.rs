@@ -487,11 +487,7 @@ impl AgentStream {
                 self.consumed = self.consumed.saturating_add(data.len() as u32);
                 if self.consumed >= WINDOW / 4 {
                     let credit = std::mem::take(&mut self.consumed);
-                    let _ = self
-                        .sender
-                        .conn
-                        .send(&window_frame(self.id, credit))
-                        .await;
+                    let _ = self.sender.conn.send(&window_frame(self.id, credit)).await;
                 }
             }
             StreamEvent::End(_) => self.ended = true,
@@ -554,7 +550,9 @@ impl StreamSender {
     /// Cancels the stream: the agent kills the exec, detaches, or closes the connection.
     pub async fn cancel(&self) {
         self.credit.close();
-        let _ = self.send_frame(&close_frame(self.id, &StreamEnd::default())).await;
+        let _ = self
+            .send_frame(&close_frame(self.id, &StreamEnd::default()))
+            .await;
     }
 
     async fn send_frame(&self, frame: &Frame) -> Result<(), StreamError> {

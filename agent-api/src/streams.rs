@@ -112,10 +112,16 @@ mod tests {
     fn frames_round_trip() {
         let f = data_frame(9, Channel::Stderr, b"abc");
         assert_eq!(f.id, 9);
-        assert_eq!(split_payload(&f.payload), Some((Channel::Stderr, &b"abc"[..])));
+        assert_eq!(
+            split_payload(&f.payload),
+            Some((Channel::Stderr, &b"abc"[..]))
+        );
         let f = eof_frame(9, Channel::Stdin);
         assert_eq!(split_payload(&f.payload), Some((Channel::Stdin, &b""[..])));
-        assert_eq!(window_credit(&window_frame(1, 70_000).payload), Some(70_000));
+        assert_eq!(
+            window_credit(&window_frame(1, 70_000).payload),
+            Some(70_000)
+        );
         assert_eq!(split_payload(&[7, 1]), None);
         assert_eq!(window_credit(&[1, 2]), None);
         let end = StreamEnd {

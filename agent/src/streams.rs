@@ -151,7 +151,10 @@ impl StreamTable {
     fn drop_all(&self) {
         let slots: Vec<Slot> = lock(&self.slots).drain().map(|(_, s)| s).collect();
         if !slots.is_empty() {
-            tracing::info!(streams = slots.len(), "dropping the streams of an old session");
+            tracing::info!(
+                streams = slots.len(),
+                "dropping the streams of an old session"
+            );
         }
         for slot in slots {
             slot.credit.close();
@@ -266,9 +269,8 @@ impl StreamTable {
         req: &ExecStart,
         wiring: Wiring,
     ) -> Result<(), AgentError> {
-        let pipe = || {
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| internal("pipe", e))
-        };
+        let pipe =
+            || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| internal("pipe", e));
         let stream = req.stream;
         if req.tty {
             let console = ConsoleSocket::bind(
@@ -332,7 +334,9 @@ impl StreamTable {
             stdout: out_w,
             stderr: err_w,
         };
-        let pid = containers.exec_process(&req.id, req.args.clone(), stdio).await?;
+        let pid = containers
+            .exec_process(&req.id, req.args.clone(), stdio)
+            .await?;
         let exited = crate::reaper::wait_for(pid);
         tracing::debug!(stream, pid, "exec started");
         let fd = |fd: Option<OwnedFd>| -> Result<Option<Arc<FdIo>>, AgentError> {
@@ -372,7 +376,11 @@ impl StreamTable {
     }
 
     /// Connects a new stream to `127.0.0.1:<port>` in the guest.
-    pub async fn port_forward(self: &Arc<Self>, stream: u64, port: u16) -> Result<Response, AgentError> {
+    pub async fn port_forward(
+        self: &Arc<Self>,
+        stream: u64,
+        port: u16,
+    ) -> Result<Response, AgentError> {
         if port == 0 {
             return Err(err(AgentErrorKind::InvalidArgument, "port 0"));
         }
@@ -491,9 +499,12 @@ impl StreamTable {
     /// Resizes the terminal of an exec or attach stream.
     pub fn resize(&self, stream: u64, width: u16, height: u16) -> Result<Response, AgentError> {
         let slots = lock(&self.slots);
-        let slot = slots
-            .get(&stream)
-            .ok_or_else(|| err(AgentErrorKind::NotFound, format!("stream {stream} not found")))?;
+        let slot = slots.get(&stream).ok_or_else(|| {
+            err(
+                AgentErrorKind::NotFound,
+                format!("stream {stream} not found"),
+            )
+        })?;
         let result = if let Some(t) = slot.terminal.get() {
             t.resize(width, height)
         } else if let Some(t) = slot.attach_terminal.get() {

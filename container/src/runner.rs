@@ -166,7 +166,8 @@ impl Runner {
             return Err(RunError::NotFound(id.to_owned()));
         }
         let bundle = self.bundles.join(id);
-        let spec = oci_spec::runtime::Spec::load(bundle.join("config.json")).map_err(|e| rt(id, e))?;
+        let spec =
+            oci_spec::runtime::Spec::load(bundle.join("config.json")).map_err(|e| rt(id, e))?;
         let mut process = spec.process().clone().unwrap_or_default();
         process.set_args(Some(args));
         process.set_terminal(Some(true));
@@ -181,15 +182,13 @@ impl Runner {
         let json = serde_json::to_vec(&process)
             .map_err(|e| RunError::Bundle(id.to_owned(), std::io::Error::other(e)))?;
         std::fs::write(&path, json).map_err(|e| RunError::Bundle(id.to_owned(), e))?;
-        let built = self
-            .builder(id, Stdio::default())
-            .map(|b| {
-                b.with_console_socket(Some(console_socket))
-                    .as_tenant()
-                    .with_process(Some(&path))
-                    .with_detach(true)
-                    .build()
-            });
+        let built = self.builder(id, Stdio::default()).map(|b| {
+            b.with_console_socket(Some(console_socket))
+                .as_tenant()
+                .with_process(Some(&path))
+                .with_detach(true)
+                .build()
+        });
         let _ = std::fs::remove_file(&path);
         let pid = built?.map_err(|e| rt(id, e))?;
         Ok(pid.as_raw())

@@ -392,7 +392,10 @@ mod tests {
         let f = file("streaming_address = \"0.0.0.0:10010\"\n");
         let c = Config::merge(&cli(&["--streaming-address", "[::1]:7"]), f).unwrap();
         assert_eq!(c.streaming_address.to_string(), "[::1]:7");
-        let err = Config::merge(&cli(&["--streaming-address", "localhost"]), FileConfig::default());
+        let err = Config::merge(
+            &cli(&["--streaming-address", "localhost"]),
+            FileConfig::default(),
+        );
         assert!(
             err.unwrap_err()
                 .to_string()

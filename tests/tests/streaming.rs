@@ -244,10 +244,13 @@ async fn run_command(
         resize,
         tty,
     };
-    let status = tokio::time::timeout(Duration::from_secs(120), exec_spdy(url, SPDY_REMOTECOMMAND, io))
-        .await
-        .expect("command timed out")
-        .expect("exec session failed");
+    let status = tokio::time::timeout(
+        Duration::from_secs(120),
+        exec_spdy(url, SPDY_REMOTECOMMAND, io),
+    )
+    .await
+    .expect("command timed out")
+    .expect("exec session failed");
     Run {
         stdout: out_task.await.unwrap(),
         stderr: err_task.await.unwrap_or_default(),
@@ -261,13 +264,17 @@ fn clients_dir() -> PathBuf {
 
 /// Installs the independent clients (as `make test` does).
 fn install_clients() {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../streaming/tests/install-clients.sh");
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../streaming/tests/install-clients.sh");
     let status = std::process::Command::new("bash")
         .arg(script)
         .arg(clients_dir())
         .status()
         .expect("run install-clients.sh");
-    assert!(status.success(), "installing the independent clients failed");
+    assert!(
+        status.success(),
+        "installing the independent clients failed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,7 +286,11 @@ async fn exec_in_a_pod_vm() {
 
     // Pipes: stdout, stderr and a non-zero exit code.
     let url = pod
-        .exec_url(&id, &["sh", "-c", "echo out; echo err >&2; exit 3"], (false, false))
+        .exec_url(
+            &id,
+            &["sh", "-c", "echo out; echo err >&2; exit 3"],
+            (false, false),
+        )
         .await
         .unwrap();
     let run = run_command(&url, None, false, None).await;
@@ -379,7 +390,11 @@ async fn exec_in_a_pod_vm() {
     // A client we did not write: Python's websocket-client over v4.
     tokio::task::spawn_blocking(install_clients).await.unwrap();
     let url = pod
-        .exec_url(&id, &["sh", "-c", "echo out; echo err >&2; exit 3"], (false, false))
+        .exec_url(
+            &id,
+            &["sh", "-c", "echo out; echo err >&2; exit 3"],
+            (false, false),
+        )
         .await
         .unwrap();
     let out = tokio::process::Command::new(clients_dir().join("pyenv/bin/python"))
@@ -389,7 +404,11 @@ async fn exec_in_a_pod_vm() {
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(v["stdout"], "out\n");
     assert_eq!(v["stderr"], "err\n");
@@ -403,12 +422,20 @@ async fn read_until(r: &mut tokio::io::DuplexStream, seen: &mut Vec<u8>, needle:
         let mut buf = [0u8; 4096];
         while !String::from_utf8_lossy(seen).contains(needle) {
             let n = r.read(&mut buf).await.unwrap();
-            assert!(n > 0, "EOF before {needle:?}: {:?}", String::from_utf8_lossy(seen));
+            assert!(
+                n > 0,
+                "EOF before {needle:?}: {:?}",
+                String::from_utf8_lossy(seen)
+            );
             seen.extend_from_slice(&buf[..n]);
         }
     })
     .await;
-    assert!(found.is_ok(), "{needle:?} not seen in {:?}", String::from_utf8_lossy(seen));
+    assert!(
+        found.is_ok(),
+        "{needle:?} not seen in {:?}",
+        String::from_utf8_lossy(seen)
+    );
 }
 
 /// An attach session whose stdin and stdout the test holds.
@@ -492,8 +519,14 @@ async fn attach_and_port_forward_in_a_pod_vm() {
     // Two connections at once.
     let a = forwarder.open(8080).await.unwrap();
     let b = forwarder.open(8080).await.unwrap();
-    a.writer().write(b"GET /index.html HTTP/1.0\r\n\r\n").await.unwrap();
-    b.writer().write(b"GET /missing HTTP/1.0\r\n\r\n").await.unwrap();
+    a.writer()
+        .write(b"GET /index.html HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    b.writer()
+        .write(b"GET /missing HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
     let (mut ra, mut rb) = (Vec::new(), Vec::new());
     let (mut rda, mut rdb) = (a.reader(), b.reader());
     let (x, y) = tokio::join!(rda.read_to_end(&mut ra), rdb.read_to_end(&mut rb));

@@ -33,7 +33,9 @@ impl std::fmt::Debug for Locator {
 
 fn open_error(what: &str, e: CallError) -> RuntimeError {
     match e {
-        CallError::Agent(a) if a.kind == AgentErrorKind::NotFound => RuntimeError::NotFound(a.message),
+        CallError::Agent(a) if a.kind == AgentErrorKind::NotFound => {
+            RuntimeError::NotFound(a.message)
+        }
         other => RuntimeError::Failed(format!("{what}: {other}")),
     }
 }

@@ -259,8 +259,10 @@ async fn streaming_bench(accel: &str, runs: usize) -> anyhow::Result<()> {
         }
     }
     forwarder.close().await;
-    c.remove_pod_sandbox(proto::RemovePodSandboxRequest { pod_sandbox_id: pod })
-        .await?;
+    c.remove_pod_sandbox(proto::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await?;
     let (t50, t90) = (percentile(&mut trips, 50), percentile(&mut trips, 90));
     println!(
         "exec `true` round trip over SPDY (CRI Exec -> exit status), {} runs: p50 {t50:.1} ms  p90 {t90:.1} ms",
