@@ -218,6 +218,63 @@ async fn streaming_bench(accel: &str, runs: usize) -> anyhow::Result<()> {
         }
     }
 
+    // Reference: ExecSync of `true` (no streaming), same container.
+    let mut syncs = Vec::new();
+    for _ in 0..runs.max(10) {
+        let begin = Instant::now();
+        c.exec_sync(proto::ExecSyncRequest {
+            container_id: container.clone(),
+            cmd: vec!["true".into()],
+            timeout: 30,
+        })
+        .await?;
+        syncs.push(begin.elapsed().as_secs_f64() * 1000.0);
+    }
+
+    // Exec output throughput: BIG_MIB of zeros on stdout.
+    let mut exec_rates = Vec::new();
+    for _ in 0..3 {
+        let url = c
+            .exec(proto::ExecRequest {
+                container_id: container.clone(),
+                cmd: vec![
+                    "busybox".into(),
+                    "dd".into(),
+                    "if=/dev/zero".into(),
+                    "bs=65536".into(),
+                    format!("count={}", BIG_MIB * 16),
+                ],
+                stdout: true,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .url;
+        let (w, mut r) = tokio::io::duplex(256 * 1024);
+        let begin = Instant::now();
+        let drain = tokio::spawn(async move {
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut got = 0usize;
+            while let Ok(n) = r.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+            got
+        });
+        let io = CommandIo {
+            stdout: Some(Box::new(w)),
+            ..Default::default()
+        };
+        exec_spdy(&url, SPDY_REMOTECOMMAND, io).await?;
+        let got = drain.await?;
+        if got != BIG_MIB << 20 {
+            bail!("exec output: got {got} bytes");
+        }
+        exec_rates.push(got as f64 / 1e6 / begin.elapsed().as_secs_f64());
+    }
+
     // Port-forward throughput: GET a BIG_MIB file from httpd on 127.0.0.1 in the pod.
     let url = c
         .port_forward(proto::PortForwardRequest {
@@ -268,6 +325,12 @@ async fn streaming_bench(accel: &str, runs: usize) -> anyhow::Result<()> {
         "exec `true` round trip over SPDY (CRI Exec -> exit status), {} runs: p50 {t50:.1} ms  p90 {t90:.1} ms",
         trips.len()
     );
+    println!(
+        "for reference, ExecSync `true` (no streaming): p50 {:.1} ms",
+        percentile(&mut syncs, 50)
+    );
+    let e50 = percentile(&mut exec_rates, 50);
+    println!("exec output throughput, {BIG_MIB} MiB on stdout (dd): p50 {e50:.1} MB/s");
     let r50 = percentile(&mut rates, 50);
     println!(
         "port-forward throughput, one connection, {BIG_MIB} MiB over HTTP from 127.0.0.1 in the pod: p50 {r50:.1} MB/s"
