@@ -9,13 +9,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout_at};
 
 use crate::PROTOCOL_VERSION;
 use crate::frame::{Decoder, Frame, FrameKind};
 use crate::messages::{AgentError, Hello, Request, Response, Welcome};
+use crate::streams::{
+    Channel, MAX_CHUNK, StreamEnd, WINDOW, close_frame, data_frame, eof_frame, split_payload,
+    window_credit, window_frame,
+};
 
 /// A byte stream to the agent.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -89,9 +93,39 @@ pub enum CallError {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Response, AgentError>>>>>;
 
+/// What arrives on an interactive stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// Bytes on a channel.
+    Data(Channel, Vec<u8>),
+    /// A channel ended.
+    Eof(Channel),
+    /// The stream is over.
+    End(StreamEnd),
+}
+
+struct StreamEntry {
+    events: mpsc::UnboundedSender<StreamEvent>,
+    credit: Arc<Semaphore>,
+}
+
+type Streams = Arc<Mutex<HashMap<u64, StreamEntry>>>;
+
+/// An interactive stream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The agent connection closed; the stream is lost
+    #[error("the agent connection closed; the stream is lost")]
+    Disconnected,
+    /// The stream has ended
+    #[error("the stream has ended")]
+    Ended,
+}
+
 struct Conn {
     writer: tokio::sync::Mutex<WriteHalf<Box<dyn Stream>>>,
     pending: Pending,
+    streams: Streams,
     closed: Arc<AtomicBool>,
     welcome: Welcome,
     reader: JoinHandle<()>,
@@ -125,6 +159,7 @@ pub struct AgentClient {
     transport: Arc<dyn Transport>,
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
     next_id: AtomicU64,
+    next_stream: AtomicU64,
 }
 
 /// How often the handshake is repeated while the agent does not answer.
@@ -137,6 +172,9 @@ impl AgentClient {
             transport,
             conn: tokio::sync::Mutex::new(None),
             next_id: AtomicU64::new(rand::random::<u32>().into()),
+            // Random and far apart per client, so frames a restarted daemon
+            // receives for an older client's streams match none of its own.
+            next_stream: AtomicU64::new(rand::random::<u64>() >> 2),
         }
     }
 
@@ -167,6 +205,61 @@ impl AgentClient {
     pub async fn call(&self, request: &Request, limit: Duration) -> Result<Response, CallError> {
         let deadline = Instant::now() + limit;
         let conn = self.connection(deadline).await?;
+        self.call_on(&conn, request, deadline, limit).await
+    }
+
+    /// Opens an interactive stream: `request` (built from the new stream's id)
+    /// must be one that starts a stream and answers `Done`.
+    pub async fn open_stream(
+        &self,
+        request: impl FnOnce(u64) -> Request,
+        limit: Duration,
+    ) -> Result<AgentStream, CallError> {
+        let deadline = Instant::now() + limit;
+        let conn = self.connection(deadline).await?;
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let credit = Arc::new(Semaphore::new(WINDOW as usize));
+        lock(&conn.streams).insert(
+            id,
+            StreamEntry {
+                events: tx,
+                credit: credit.clone(),
+            },
+        );
+        // The reader clears the table after marking the connection closed.
+        if conn.closed.load(Ordering::SeqCst) {
+            lock(&conn.streams).remove(&id);
+            return Err(CallError::Disconnected);
+        }
+        let answer = self.call_on(&conn, &request(id), deadline, limit).await;
+        let failed = match answer {
+            Ok(Response::Done) => None,
+            Ok(other) => Some(CallError::Unexpected(format!("{other:?}"))),
+            Err(e) => Some(e),
+        };
+        if let Some(e) = failed {
+            lock(&conn.streams).remove(&id);
+            // The agent may have started it after all (e.g. on a timeout).
+            let _ = conn.send(&close_frame(id, &StreamEnd::default())).await;
+            return Err(e);
+        }
+        Ok(AgentStream {
+            id,
+            rx,
+            sender: StreamSender { id, conn, credit },
+            consumed: 0,
+            ended: false,
+        })
+    }
+
+    async fn call_on(
+        &self,
+        conn: &Arc<Conn>,
+        request: &Request,
+        deadline: Instant,
+        limit: Duration,
+    ) -> Result<Response, CallError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&conn.pending).insert(id, tx);
@@ -214,9 +307,16 @@ impl AgentClient {
             .map_err(|_| ConnectError::Io(io::ErrorKind::TimedOut.into()))??;
         let (read, write) = tokio::io::split(stream);
         let pending: Pending = Arc::default();
+        let streams: Streams = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
         let (welcome_tx, mut welcome_rx) = mpsc::unbounded_channel();
-        let reader = tokio::spawn(read_loop(read, pending.clone(), closed.clone(), welcome_tx));
+        let reader = tokio::spawn(read_loop(
+            read,
+            pending.clone(),
+            streams.clone(),
+            closed.clone(),
+            welcome_tx,
+        ));
         let session: u64 = rand::random();
         let hello = Frame::json(
             FrameKind::Hello,
@@ -247,6 +347,7 @@ impl AgentClient {
                         return Ok(Conn {
                             writer,
                             pending,
+                            streams,
                             closed,
                             welcome: w,
                             reader,
@@ -269,6 +370,7 @@ impl AgentClient {
 async fn read_loop<R: AsyncRead + Unpin>(
     mut read: R,
     pending: Pending,
+    streams: Streams,
     closed: Arc<AtomicBool>,
     welcome_tx: mpsc::UnboundedSender<Welcome>,
 ) {
@@ -298,12 +400,170 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         (None, Ok(_)) => tracing::debug!(id = frame.id, "late agent response"),
                     }
                 }
+                FrameKind::StreamData | FrameKind::StreamEof => {
+                    let Some((channel, data)) = split_payload(&frame.payload) else {
+                        tracing::warn!(stream = frame.id, "bad stream frame from agent");
+                        continue;
+                    };
+                    let event = if frame.kind == FrameKind::StreamData {
+                        StreamEvent::Data(channel, data.to_vec())
+                    } else {
+                        StreamEvent::Eof(channel)
+                    };
+                    if let Some(entry) = lock(&streams).get(&frame.id) {
+                        let _ = entry.events.send(event);
+                    }
+                }
+                FrameKind::StreamWindow => {
+                    if let (Some(credit), Some(entry)) =
+                        (window_credit(&frame.payload), lock(&streams).get(&frame.id))
+                    {
+                        entry.credit.add_permits(credit as usize);
+                    }
+                }
+                FrameKind::StreamClose => {
+                    if let Some(entry) = lock(&streams).remove(&frame.id) {
+                        entry.credit.close();
+                        let end = frame.parse::<StreamEnd>().unwrap_or_else(|e| StreamEnd {
+                            exit_code: None,
+                            error: Some(format!("bad stream end from the agent: {e}")),
+                        });
+                        let _ = entry.events.send(StreamEvent::End(end));
+                    }
+                }
                 other => tracing::debug!(?other, "ignoring frame from agent"),
             }
         }
     }
     closed.store(true, Ordering::SeqCst);
     lock(&pending).clear();
+    // Dropping the entries ends every stream's receiver: they are lost.
+    for (_, entry) in lock(&streams).drain() {
+        entry.credit.close();
+    }
+}
+
+/// The host's end of an interactive stream; dropping it before the agent
+/// ended the stream cancels it.
+pub struct AgentStream {
+    id: u64,
+    rx: mpsc::UnboundedReceiver<StreamEvent>,
+    sender: StreamSender,
+    consumed: u32,
+    ended: bool,
+}
+
+impl Debug for AgentStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentStream")
+            .field("id", &self.id)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentStream {
+    /// The stream id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// A handle that sends on this stream.
+    pub fn sender(&self) -> StreamSender {
+        self.sender.clone()
+    }
+
+    /// The next event; returning data grants the agent that much credit again.
+    pub async fn recv(&mut self) -> Result<StreamEvent, StreamError> {
+        if self.ended {
+            return Err(StreamError::Ended);
+        }
+        let Some(event) = self.rx.recv().await else {
+            self.ended = true;
+            return Err(StreamError::Disconnected);
+        };
+        match &event {
+            StreamEvent::Data(_, data) => {
+                self.consumed = self.consumed.saturating_add(data.len() as u32);
+                if self.consumed >= WINDOW / 4 {
+                    let credit = std::mem::take(&mut self.consumed);
+                    let _ = self.sender.conn.send(&window_frame(self.id, credit)).await;
+                }
+            }
+            StreamEvent::End(_) => self.ended = true,
+            StreamEvent::Eof(_) => {}
+        }
+        Ok(event)
+    }
+}
+
+impl Drop for AgentStream {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        lock(&self.sender.conn.streams).remove(&self.id);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let sender = self.sender.clone();
+            handle.spawn(async move { sender.cancel().await });
+        }
+    }
+}
+
+/// Sends on an interactive stream; cheap to clone.
+#[derive(Clone)]
+pub struct StreamSender {
+    id: u64,
+    conn: Arc<Conn>,
+    credit: Arc<Semaphore>,
+}
+
+impl Debug for StreamSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamSender")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamSender {
+    /// Sends `data` on the stdin channel, waiting for credit as needed.
+    pub async fn send(&self, data: &[u8]) -> Result<(), StreamError> {
+        for chunk in data.chunks(MAX_CHUNK) {
+            let permit = self
+                .credit
+                .acquire_many(chunk.len() as u32)
+                .await
+                .map_err(|_| StreamError::Ended)?;
+            permit.forget();
+            self.send_frame(&data_frame(self.id, Channel::Stdin, chunk))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the stdin channel.
+    pub async fn eof(&self) -> Result<(), StreamError> {
+        self.send_frame(&eof_frame(self.id, Channel::Stdin)).await
+    }
+
+    /// Cancels the stream: the agent kills the exec, detaches, or closes the connection.
+    pub async fn cancel(&self) {
+        self.credit.close();
+        let _ = self
+            .send_frame(&close_frame(self.id, &StreamEnd::default()))
+            .await;
+    }
+
+    async fn send_frame(&self, frame: &Frame) -> Result<(), StreamError> {
+        if self.conn.closed.load(Ordering::SeqCst) {
+            return Err(StreamError::Disconnected);
+        }
+        self.conn.send(frame).await.map_err(|_| {
+            self.conn.closed.store(true, Ordering::SeqCst);
+            StreamError::Disconnected
+        })
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -26,6 +26,16 @@ pub enum FrameKind {
     Response = 4,
     /// Unsolicited agent event (JSON).
     Event = 5,
+    /// Bytes of an interactive stream (`id` = stream id); the first payload
+    /// byte is the [`crate::streams::Channel`], the rest is data.
+    StreamData = 6,
+    /// No more data on one channel of a stream (payload: the channel byte).
+    StreamEof = 7,
+    /// The receiver grants the sender more bytes on a stream (payload: u32 LE).
+    StreamWindow = 8,
+    /// The stream is over: from the agent with its outcome (JSON
+    /// [`crate::streams::StreamEnd`]), from the host to cancel it.
+    StreamClose = 9,
 }
 
 impl FrameKind {
@@ -36,6 +46,10 @@ impl FrameKind {
             3 => Self::Request,
             4 => Self::Response,
             5 => Self::Event,
+            6 => Self::StreamData,
+            7 => Self::StreamEof,
+            8 => Self::StreamWindow,
+            9 => Self::StreamClose,
             _ => return None,
         })
     }

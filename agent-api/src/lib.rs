@@ -9,8 +9,12 @@
 pub mod client;
 pub mod frame;
 pub mod messages;
+pub mod streams;
 
-pub use client::{AgentClient, CallError, ConnectError, Transport, UnixTransport};
+pub use client::{
+    AgentClient, AgentStream, CallError, ConnectError, StreamError, StreamEvent, StreamSender,
+    Transport, UnixTransport,
+};
 pub use frame::{Decoder, Frame, FrameKind};
 pub use messages::{
     AgentError, GuestInfo, Hello, NetInterface, NetRoute, Request, Response, Welcome,

@@ -104,6 +104,58 @@ pub enum Request {
         /// Longest wait.
         timeout_ms: u64,
     },
+    /// Starts a command in a container wired to stream `stream` (chosen by
+    /// the host, unique per session); answers `Done` once it runs. Its exit
+    /// code arrives in the stream's `StreamClose`.
+    ExecStart(ExecStart),
+    /// Wires stream `stream` to a running container's main process.
+    Attach {
+        /// Stream id chosen by the host.
+        stream: u64,
+        /// Container id.
+        id: String,
+        /// Forward the stream's stdin to the container.
+        stdin: bool,
+        /// Send the container's stdout (with a terminal: its output).
+        stdout: bool,
+        /// Send the container's stderr (never with a terminal).
+        stderr: bool,
+    },
+    /// Connects stream `stream` to `127.0.0.1:<port>` inside the guest.
+    PortForward {
+        /// Stream id chosen by the host.
+        stream: u64,
+        /// TCP port.
+        port: u16,
+    },
+    /// Sets the terminal size of the exec or attach on stream `stream`.
+    Resize {
+        /// Stream id.
+        stream: u64,
+        /// Columns.
+        width: u16,
+        /// Rows.
+        height: u16,
+    },
+}
+
+/// A command to start on an interactive stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecStart {
+    /// Stream id chosen by the host.
+    pub stream: u64,
+    /// Container id.
+    pub id: String,
+    /// Command line.
+    pub args: Vec<String>,
+    /// Run it on a terminal (its output then comes on stdout only).
+    pub tty: bool,
+    /// Forward the stream's stdin to it.
+    pub stdin: bool,
+    /// Send its stdout.
+    pub stdout: bool,
+    /// Send its stderr.
+    pub stderr: bool,
 }
 
 /// A container to create.

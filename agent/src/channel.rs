@@ -69,6 +69,7 @@ pub async fn serve(state: State) -> anyhow::Result<()> {
             Input::Disconnected => {
                 tracing::debug!("host disconnected");
                 decoder.reset();
+                state.streams().disconnected();
             }
             Input::Data(bytes) => {
                 tracing::trace!(len = bytes.len(), "received");
@@ -92,6 +93,7 @@ fn dispatch(
         FrameKind::Hello => match frame.parse::<Hello>() {
             Ok(hello) => {
                 tracing::debug!(session = hello.session, "new session");
+                state.streams().session(hello.session);
                 let welcome = Welcome {
                     session: hello.session,
                     protocol: PROTOCOL_VERSION,
@@ -128,6 +130,10 @@ fn dispatch(
                 }
             });
         }
+        FrameKind::StreamData
+        | FrameKind::StreamEof
+        | FrameKind::StreamWindow
+        | FrameKind::StreamClose => state.streams().frame(&frame),
         other => tracing::debug!(?other, "ignoring frame from host"),
     }
 }

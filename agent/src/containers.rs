@@ -19,6 +19,7 @@ use nix::sys::signal::Signal;
 use tokio::sync::Notify;
 
 use crate::logs::{LineSplitter, LogFile, Stream};
+use crate::streams::AttachPoint;
 
 /// Where libcontainer keeps its state in the guest.
 const STATE_ROOT: &str = "/run/frakti/runtime";
@@ -35,7 +36,7 @@ fn err(kind: AgentErrorKind, message: impl Into<String>) -> AgentError {
     AgentError::new(kind, message)
 }
 
-fn run_err(e: RunError) -> AgentError {
+pub(crate) fn run_err(e: RunError) -> AgentError {
     match e {
         RunError::NotFound(_) => err(AgentErrorKind::NotFound, e.to_string()),
         other => err(AgentErrorKind::Internal, other.to_string()),
@@ -52,8 +53,8 @@ struct Entry {
     log: Option<LogFile>,
     /// Output readers; awaited before an exit is reported.
     readers: Vec<tokio::task::JoinHandle<()>>,
-    /// Held so a container with `stdin` keeps an open input.
-    _stdin: Option<OwnedFd>,
+    /// Attached clients' view of its output, stdin (held open here) and terminal.
+    attach: Arc<AttachPoint>,
 }
 
 /// All containers of the pod.
@@ -75,12 +76,18 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), AgentError> {
         .map_err(|e| err(AgentErrorKind::Internal, format!("pipe: {e}")))
 }
 
-/// Copies a pipe into the log until EOF.
+/// Copies a pipe (or a terminal's master) into the log and to attached
+/// clients until EOF.
 fn spawn_log_reader(
     read: OwnedFd,
     stream: Stream,
     log: Option<LogFile>,
+    attach: Arc<AttachPoint>,
 ) -> tokio::task::JoinHandle<()> {
+    let channel = match stream {
+        Stream::Stdout => agent_api::streams::Channel::Stdout,
+        Stream::Stderr => agent_api::streams::Channel::Stderr,
+    };
     tokio::task::spawn_blocking(move || {
         let mut file = File::from(read);
         let mut splitter = LineSplitter::new(stream);
@@ -92,14 +99,17 @@ fn spawn_log_reader(
                     if let Some(log) = &log {
                         splitter.push(&buf[..n], log);
                     }
+                    attach.publish(channel, &buf[..n]);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // A terminal reports EIO once its last user is gone.
                 Err(_) => break,
             }
         }
         if let Some(log) = &log {
             splitter.finish(log);
         }
+        attach.output_ended();
     })
 }
 
@@ -192,12 +202,6 @@ impl Containers {
                 format!("bad OCI spec: {e}"),
             )
         })?;
-        if req.tty {
-            return Err(err(
-                AgentErrorKind::InvalidArgument,
-                "terminals (tty) are not supported by this agent yet",
-            ));
-        }
         let cgroup = spec
             .linux()
             .as_ref()
@@ -214,6 +218,11 @@ impl Containers {
                 )
             })?)
         };
+        if req.tty {
+            return self
+                .create_with_terminal(id, (req.stdin, req.stdin_once), spec, cgroup, log)
+                .await;
+        }
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         let (stdin_keep, stdin_fd) = if req.stdin {
@@ -236,10 +245,80 @@ impl Containers {
                 let _ = self.runner.delete(&id);
                 run_err(e)
             })?;
+        // The stdin pipe's end lives in the attach point, which closes it
+        // for `stdin_once`.
+        let attach_stdin = stdin_keep.map(File::from);
+        let attach = AttachPoint::new(2, attach_stdin, None, req.stdin_once);
         let readers = vec![
-            spawn_log_reader(out_r, Stream::Stdout, log.clone()),
-            spawn_log_reader(err_r, Stream::Stderr, log.clone()),
+            spawn_log_reader(out_r, Stream::Stdout, log.clone(), attach.clone()),
+            spawn_log_reader(err_r, Stream::Stderr, log.clone(), attach.clone()),
         ];
+        Ok(self.register(id, pid, cgroup, log, readers, attach))
+    }
+
+    /// Creates a container whose process runs on a terminal: its output is
+    /// the master's, its stdin (if any) is written to the master.
+    async fn create_with_terminal(
+        self: &Arc<Self>,
+        id: String,
+        (stdin, stdin_once): (bool, bool),
+        spec: oci_spec::runtime::Spec,
+        cgroup: PathBuf,
+        log: Option<LogFile>,
+    ) -> Result<Response, AgentError> {
+        let console = crate::fdio::ConsoleSocket::bind(
+            Path::new(STATE_ROOT).join(format!("console-{}.sock", &id[..id.len().min(32)])),
+        )
+        .map_err(|e| err(AgentErrorKind::Internal, format!("console socket: {e}")))?;
+        let runner = self.runner.clone();
+        let cid = id.clone();
+        let created = tokio::task::spawn_blocking(move || {
+            let pid = runner.create(&cid, &spec, Stdio::default(), Some(console.path()))?;
+            let master = console
+                .receive(Duration::from_secs(10))
+                .map_err(|e| RunError::Runtime(cid.clone(), format!("receive the terminal: {e}")));
+            Ok::<_, RunError>((pid, master))
+        })
+        .await
+        .map_err(|e| err(AgentErrorKind::Internal, e.to_string()))?;
+        let (pid, master) = match created {
+            Ok((pid, Ok(master))) => (pid, master),
+            Ok((pid, Err(e))) => {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+                let _ = self.runner.delete(&id);
+                return Err(run_err(e));
+            }
+            Err(e) => {
+                let _ = self.runner.delete(&id);
+                return Err(run_err(e));
+            }
+        };
+        let dup = |fd: &OwnedFd| {
+            fd.try_clone()
+                .map(File::from)
+                .map_err(|e| err(AgentErrorKind::Internal, format!("dup terminal: {e}")))
+        };
+        let stdin = if stdin { Some(dup(&master)?) } else { None };
+        let attach = AttachPoint::new(1, stdin, Some(dup(&master)?), stdin_once);
+        let readers = vec![spawn_log_reader(
+            master,
+            Stream::Stdout,
+            log.clone(),
+            attach.clone(),
+        )];
+        Ok(self.register(id, pid, cgroup, log, readers, attach))
+    }
+
+    /// Records a created container and watches for its exit.
+    fn register(
+        self: &Arc<Self>,
+        id: String,
+        pid: i32,
+        cgroup: PathBuf,
+        log: Option<LogFile>,
+        readers: Vec<tokio::task::JoinHandle<()>>,
+        attach: Arc<AttachPoint>,
+    ) -> Response {
         let info = ContainerInfo {
             id: id.clone(),
             state: ContainerState::Created,
@@ -257,7 +336,7 @@ impl Containers {
                 cgroup,
                 log,
                 readers,
-                _stdin: stdin_keep,
+                attach,
             },
         );
         let exited = crate::reaper::wait_for(pid);
@@ -268,7 +347,52 @@ impl Containers {
         });
         tracing::info!(container = %info.id, pid, "created");
         self.record_event(&info.id);
-        Ok(Response::Container(info))
+        Response::Container(info)
+    }
+
+    /// Fails unless container `id` is running.
+    pub(crate) fn require_running(&self, id: &str) -> Result<(), AgentError> {
+        if self.info(id)?.state != ContainerState::Running {
+            return Err(err(
+                AgentErrorKind::FailedPrecondition,
+                format!("container {id} is not running"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The container runner.
+    pub(crate) fn runner(&self) -> Runner {
+        self.runner.clone()
+    }
+
+    /// Starts `args` in running container `id` with `stdio`; returns its pid.
+    pub(crate) async fn exec_process(
+        &self,
+        id: &str,
+        args: Vec<String>,
+        stdio: Stdio,
+    ) -> Result<i32, AgentError> {
+        let runner = self.runner.clone();
+        let cid = id.to_owned();
+        tokio::task::spawn_blocking(move || runner.exec(&cid, args, stdio, None))
+            .await
+            .map_err(|e| err(AgentErrorKind::Internal, e.to_string()))?
+            .map_err(run_err)
+    }
+
+    /// Where clients attach to running container `id`.
+    pub(crate) fn attach_point(&self, id: &str) -> Result<Arc<AttachPoint>, AgentError> {
+        self.require_running(id)?;
+        self.entries()
+            .get(id)
+            .map(|e| e.attach.clone())
+            .ok_or_else(|| {
+                err(
+                    AgentErrorKind::NotFound,
+                    format!("container {id} not found"),
+                )
+            })
     }
 
     async fn on_exit(&self, id: &str, code: i32) {

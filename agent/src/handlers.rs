@@ -15,6 +15,7 @@ pub struct State {
     containers: std::sync::Arc<crate::containers::Containers>,
     is_init: bool,
     output: Option<std::sync::mpsc::Sender<Output>>,
+    streams: std::sync::Arc<crate::streams::StreamTable>,
 }
 
 impl State {
@@ -25,11 +26,18 @@ impl State {
             containers: std::sync::Arc::new(crate::containers::Containers::new()),
             is_init,
             output: None,
+            streams: std::sync::Arc::default(),
         }
+    }
+
+    /// The open interactive streams.
+    pub fn streams(&self) -> &crate::streams::StreamTable {
+        &self.streams
     }
 
     /// Attaches the output queue, so shutdown can wait for the last answer to leave.
     pub fn with_output(mut self, output: std::sync::mpsc::Sender<Output>) -> Self {
+        self.streams.set_output(output.clone());
         self.output = Some(output);
         self
     }
@@ -85,6 +93,24 @@ impl State {
                 .containers
                 .wait_events(after, Duration::from_millis(timeout_ms))
                 .await),
+            Request::ExecStart(req) => self.streams.exec(&self.containers, req).await,
+            Request::Attach {
+                stream,
+                id,
+                stdin,
+                stdout,
+                stderr,
+            } => {
+                self.streams
+                    .attach(&self.containers, stream, &id, (stdin, stdout, stderr))
+                    .await
+            }
+            Request::PortForward { stream, port } => self.streams.port_forward(stream, port).await,
+            Request::Resize {
+                stream,
+                width,
+                height,
+            } => self.streams.resize(stream, width, height),
         }
     }
 

@@ -6,11 +6,13 @@
 
 mod channel;
 mod containers;
+mod fdio;
 mod handlers;
 mod init;
 mod logs;
 mod net;
 mod reaper;
+mod streams;
 
 use std::time::Instant;
 

@@ -165,6 +165,49 @@ impl Runner {
             .map_err(|e| rt(id, e))?;
         Ok(pid.as_raw())
     }
+
+    /// Starts `args` in the running container on a terminal: the process is
+    /// the container's own (env, user, capabilities) with `args`, and the
+    /// terminal's master is sent to `console_socket`; returns its pid.
+    pub fn exec_terminal(
+        &self,
+        id: &str,
+        args: Vec<String>,
+        console_socket: &Path,
+    ) -> Result<i32, RunError> {
+        if !self.state_root.join(id).exists() {
+            return Err(RunError::NotFound(id.to_owned()));
+        }
+        let bundle = self.bundles.join(id);
+        let spec =
+            oci_spec::runtime::Spec::load(bundle.join("config.json")).map_err(|e| rt(id, e))?;
+        let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+        let mut process = spec.process().clone().unwrap_or_default();
+        process.set_args(Some(args));
+        process.set_terminal(Some(true));
+        process.set_console_size(None);
+        let path = bundle.join(format!(
+            "exec-{}.json",
+            console_socket
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ));
+        let json = serde_json::to_vec(&process)
+            .map_err(|e| RunError::Bundle(id.to_owned(), std::io::Error::other(e)))?;
+        std::fs::write(&path, json).map_err(|e| RunError::Bundle(id.to_owned(), e))?;
+        let built = self.builder(id, Stdio::default()).map(|b| {
+            b.with_console_socket(Some(console_socket))
+                .with_executor(SeccompExecutor { profile: seccomp })
+                .as_tenant()
+                .with_process(Some(&path))
+                .with_detach(true)
+                .build()
+        });
+        let _ = std::fs::remove_file(&path);
+        let pid = built?.map_err(|e| rt(id, e))?;
+        Ok(pid.as_raw())
+    }
 }
 
 /// Runs an exec'd process under the container's seccomp profile.

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use images::ImageStore;
-use pods::PodService;
 use pods::container::ContainerImage;
+use pods::{ContainerFilter, ContainerState, PodService, SandboxFilter, SandboxState};
+use streaming::{RequestError, StreamingServer};
 use tonic::{Request, Response, Status};
 
 use crate::errors::ToStatus;
@@ -24,6 +25,7 @@ pub struct RuntimeService {
     images: ImageStore,
     config_info: serde_json::Value,
     pod_cidr: Arc<std::sync::Mutex<String>>,
+    streaming: Option<Arc<StreamingServer>>,
 }
 
 impl RuntimeService {
@@ -35,7 +37,45 @@ impl RuntimeService {
             images,
             config_info,
             pod_cidr: Arc::default(),
+            streaming: None,
         }
+    }
+
+    /// Serves `Exec`, `Attach` and `PortForward` with URLs of `server`.
+    pub fn with_streaming(mut self, server: Arc<StreamingServer>) -> Self {
+        self.streaming = Some(server);
+        self
+    }
+
+    fn streaming(&self) -> Result<&StreamingServer, Status> {
+        self.streaming
+            .as_deref()
+            .ok_or_else(|| Status::unimplemented("this daemon runs no streaming server"))
+    }
+
+    /// The full id of running container `id` (an id or unique prefix).
+    fn running_container(&self, id: &str) -> Result<String, Status> {
+        require_id(id, "container_id")?;
+        let found = self.pods.list_containers(&ContainerFilter {
+            id: Some(id.to_owned()),
+            ..Default::default()
+        });
+        let record = match found.as_slice() {
+            [] => return Err(Status::not_found(format!("container {id:?} not found"))),
+            [one] => one,
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "container id prefix {id:?} is ambiguous"
+                )));
+            }
+        };
+        if record.status.state != ContainerState::Running {
+            return Err(Status::failed_precondition(format!(
+                "container {} is not running ({:?})",
+                record.id, record.status.state
+            )));
+        }
+        Ok(record.id.clone())
     }
 
     /// Finds the image of `spec` in the store, with its root filesystem and
@@ -95,6 +135,13 @@ impl RuntimeService {
             id: image.id,
             rootfs,
         })
+    }
+}
+
+fn request_status(e: RequestError) -> Status {
+    match e {
+        RequestError::Invalid(msg) => Status::invalid_argument(msg),
+        RequestError::Busy(e) => Status::resource_exhausted(e.to_string()),
     }
 }
 
@@ -447,5 +494,98 @@ impl proto::runtime_service_server::RuntimeService for RuntimeService {
             stderr: truncated(out.stderr),
             exit_code: out.exit_code,
         }))
+    }
+
+    async fn exec(
+        &self,
+        request: Request<proto::ExecRequest>,
+    ) -> Result<Response<proto::ExecResponse>, Status> {
+        let req = request.into_inner();
+        let server = self.streaming()?;
+        let container_id = self.running_container(&req.container_id)?;
+        let url = server
+            .get_exec(streaming::ExecRequest {
+                container_id,
+                cmd: req.cmd,
+                tty: req.tty,
+                stdin: req.stdin,
+                stdout: req.stdout,
+                stderr: req.stderr,
+            })
+            .map_err(request_status)?;
+        Ok(Response::new(proto::ExecResponse { url }))
+    }
+
+    async fn attach(
+        &self,
+        request: Request<proto::AttachRequest>,
+    ) -> Result<Response<proto::AttachResponse>, Status> {
+        let req = request.into_inner();
+        let server = self.streaming()?;
+        let container_id = self.running_container(&req.container_id)?;
+        let url = server
+            .get_attach(streaming::AttachRequest {
+                container_id,
+                tty: req.tty,
+                stdin: req.stdin,
+                stdout: req.stdout,
+                stderr: req.stderr,
+            })
+            .map_err(request_status)?;
+        Ok(Response::new(proto::AttachResponse { url }))
+    }
+
+    async fn port_forward(
+        &self,
+        request: Request<proto::PortForwardRequest>,
+    ) -> Result<Response<proto::PortForwardResponse>, Status> {
+        let req = request.into_inner();
+        let server = self.streaming()?;
+        require_id(&req.pod_sandbox_id, "pod_sandbox_id")?;
+        let ports = req
+            .port
+            .iter()
+            .map(|p| {
+                u16::try_from(*p)
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| Status::invalid_argument(format!("invalid port {p}")))
+            })
+            .collect::<Result<Vec<u16>, Status>>()?;
+        let found = self
+            .pods
+            .list(&SandboxFilter {
+                id: Some(req.pod_sandbox_id.clone()),
+                ..Default::default()
+            })
+            .await;
+        let sandbox = match found.as_slice() {
+            [] => {
+                return Err(Status::not_found(format!(
+                    "pod sandbox {:?} not found",
+                    req.pod_sandbox_id
+                )));
+            }
+            [one] => one,
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "pod sandbox id prefix {:?} is ambiguous",
+                    req.pod_sandbox_id
+                )));
+            }
+        };
+        if sandbox.state != SandboxState::Ready {
+            return Err(Status::failed_precondition(format!(
+                "pod sandbox {} is not ready",
+                sandbox.id
+            )));
+        }
+        let url = server
+            .get_port_forward(streaming::PortForwardRequest {
+                pod_sandbox_id: sandbox.id.clone(),
+                ports,
+            })
+            .map_err(request_status)?;
+        Ok(Response::new(proto::PortForwardResponse { url }))
     }
 }

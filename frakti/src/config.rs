@@ -64,6 +64,9 @@ pub struct Cli {
     /// Registry hosts configuration (containerd layout: `<host>/hosts.toml`) [default: /etc/frakti/certs.d].
     #[arg(long)]
     pub registry_config_dir: Option<PathBuf>,
+    /// Address of the streaming server (exec, attach, port-forward URLs); port 0 picks a free one.
+    #[arg(long)]
+    pub streaming_address: Option<String>,
 }
 
 /// The config file's keys (all optional); the same names as the flags.
@@ -87,6 +90,7 @@ struct FileConfig {
     cni_conf_dir: Option<PathBuf>,
     cni_bin_dir: Option<Vec<PathBuf>>,
     registry_config_dir: Option<PathBuf>,
+    streaming_address: Option<String>,
 }
 
 /// The effective configuration.
@@ -126,6 +130,8 @@ pub struct Config {
     pub cni_bin_dir: Vec<PathBuf>,
     /// Registry hosts configuration directory (mirrors, TLS, plain HTTP).
     pub registry_config_dir: PathBuf,
+    /// Streaming server address.
+    pub streaming_address: std::net::SocketAddr,
 }
 
 /// The configuration is unusable.
@@ -235,6 +241,19 @@ impl Config {
                 .clone()
                 .or(file.registry_config_dir)
                 .unwrap_or_else(|| "/etc/frakti/certs.d".into()),
+            streaming_address: {
+                let text = cli
+                    .streaming_address
+                    .clone()
+                    .or(file.streaming_address)
+                    .unwrap_or_else(|| "127.0.0.1:0".into());
+                text.parse().map_err(|e| {
+                    invalid(
+                        "streaming_address",
+                        format!("{text:?} is not an address with a port: {e}"),
+                    )
+                })?
+            },
         };
         config.validate()?;
         Ok(config)
@@ -360,6 +379,27 @@ mod tests {
             err.unwrap_err()
                 .to_string()
                 .contains("key `registry_config_dir`")
+        );
+    }
+
+    #[test]
+    fn streaming_address() {
+        let c = Config::merge(&cli(&[]), FileConfig::default()).unwrap();
+        assert_eq!(c.streaming_address.to_string(), "127.0.0.1:0");
+        let f = file("streaming_address = \"0.0.0.0:10010\"\n");
+        let c = Config::merge(&cli(&[]), f).unwrap();
+        assert_eq!(c.streaming_address.to_string(), "0.0.0.0:10010");
+        let f = file("streaming_address = \"0.0.0.0:10010\"\n");
+        let c = Config::merge(&cli(&["--streaming-address", "[::1]:7"]), f).unwrap();
+        assert_eq!(c.streaming_address.to_string(), "[::1]:7");
+        let err = Config::merge(
+            &cli(&["--streaming-address", "localhost"]),
+            FileConfig::default(),
+        );
+        assert!(
+            err.unwrap_err()
+                .to_string()
+                .contains("key `streaming_address`")
         );
     }
 

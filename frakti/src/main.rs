@@ -110,9 +110,36 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .context("open the image store")?
             .context("open the image store")?;
 
+    {
+        // Streaming sessions name containers; the records know their pods.
+        let pods = Arc::downgrade(&pods);
+        vm_runtime.set_container_locator(Arc::new(move |id: &str| {
+            let pods = pods.upgrade()?;
+            let found = pods.list_containers(&pods::ContainerFilter {
+                id: Some(id.to_owned()),
+                ..Default::default()
+            });
+            match found.as_slice() {
+                [one] => Some(one.sandbox_id.clone()),
+                _ => None,
+            }
+        }));
+    }
+    let streaming_server = streaming::StreamingServer::bind(
+        streaming::ServerConfig {
+            address: config.streaming_address,
+            ..Default::default()
+        },
+        vm_runtime.clone(),
+    )
+    .await
+    .context("start the streaming server")?;
+    tracing::info!(url = streaming_server.base_url(), "streaming server ready");
+
     let listener = bind(&config.listen)?;
     let info = serde_json::to_value(&config).unwrap_or_default();
-    let runtime_service = cri::RuntimeService::new(pods.clone(), image_store.clone(), info);
+    let runtime_service = cri::RuntimeService::new(pods.clone(), image_store.clone(), info)
+        .with_streaming(Arc::new(streaming_server));
     match pods.network_ready().await {
         Ok(()) => {}
         Err(e) => tracing::warn!("pod networking not ready: {e}"),

@@ -4,6 +4,7 @@
 pub mod containers;
 pub mod net;
 pub mod sizing;
+pub mod streams;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -172,6 +173,7 @@ pub struct VmRuntime {
     accel: OnceCell<AccelVerdict>,
     vms: Mutex<HashMap<String, Arc<Vm>>>,
     events: mpsc::UnboundedSender<RuntimeEvent>,
+    locator: std::sync::OnceLock<streams::Locator>,
 }
 
 impl VmRuntime {
@@ -187,6 +189,7 @@ impl VmRuntime {
             accel: OnceCell::new(),
             vms: Mutex::default(),
             events,
+            locator: std::sync::OnceLock::new(),
         }
     }
 

@@ -7,7 +7,11 @@
 //! into an empty store, next to `skopeo copy` of the same image into an OCI
 //! directory in the same run.
 //!
-//! Usage: frakti-bench [--runs N] [--accel auto|kvm|tcg] [--pull-only]
+//! Also: streaming through a pod VM: exec round trip of `true` over SPDY
+//! (CRI `Exec` call to exit status), and port-forward throughput of one
+//! connection to an HTTP server inside the pod.
+//!
+//! Usage: frakti-bench [--runs N] [--accel auto|kvm|tcg] [--pull-only] [--streaming-only]
 
 use std::time::{Duration, Instant};
 
@@ -22,18 +26,23 @@ async fn main() -> anyhow::Result<()> {
     let mut runs = 8usize;
     let mut accel = "tcg".to_owned();
     let mut pull_only = false;
+    let mut streaming_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--runs" => runs = args.next().context("--runs N")?.parse()?,
             "--accel" => accel = args.next().context("--accel MODE")?,
             "--pull-only" => pull_only = true,
+            "--streaming-only" => streaming_only = true,
             other => {
                 bail!(
-                    "unknown argument {other:?} (usage: frakti-bench [--runs N] [--accel MODE] [--pull-only])"
+                    "unknown argument {other:?} (usage: frakti-bench [--runs N] [--accel MODE] [--pull-only] [--streaming-only])"
                 )
             }
         }
+    }
+    if streaming_only {
+        return streaming_bench(&accel, runs).await;
     }
     pull_bench(runs.clamp(1, 5)).await?;
     if pull_only {
@@ -182,6 +191,226 @@ async fn main() -> anyhow::Result<()> {
         BULK_BYTES / 1_000_000,
         pod_http.bulk_mb_s,
         floor_net.http.bulk_mb_s
+    );
+    drop(c);
+    drop(daemon);
+    streaming_bench(&accel, runs).await
+}
+
+/// Exec round trip of `true` over SPDY, and port-forward throughput, in one pod VM.
+async fn streaming_bench(accel: &str, runs: usize) -> anyhow::Result<()> {
+    use e2e::registry::{Compression, Registry, TestImage, busybox_layer};
+    use streaming::client::{CommandIo, PortForwarder, exec_spdy};
+    use streaming::protocol::SPDY_REMOTECOMMAND;
+    use tokio::io::AsyncReadExt;
+
+    const BIG_MIB: usize = 64;
+    let reg = Registry::start(None).await?;
+    let layer = busybox_layer().build(Compression::Gzip);
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Entrypoint": ["/bin/sh", "-c"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
+    });
+    let image = TestImage {
+        layers: vec![layer],
+        config: serde_json::to_vec(&config)?,
+    };
+    reg.push_image("bench/stream", "1", &image).await?;
+    let image = format!("{}/bench/stream:1", reg.host);
+    let daemon = Daemon::start(&["--accel", accel]).await?;
+    daemon
+        .images()
+        .await?
+        .pull_image(proto::PullImageRequest {
+            image: Some(proto::ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await?;
+    let mut c = daemon.runtime().await?;
+    let pod_cfg = pod_config("bench-stream", &[]);
+    let pod = run_pod(&mut c, pod_cfg.clone()).await?;
+    let script = format!(
+        "busybox mkdir -p /tmp/www && busybox dd if=/dev/zero of=/tmp/www/big bs=1048576 count={BIG_MIB} 2>/dev/null && exec busybox httpd -f -p 127.0.0.1:8080 -h /tmp/www"
+    );
+    let container = c
+        .create_container(proto::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(proto::ContainerConfig {
+                metadata: Some(proto::ContainerMetadata {
+                    name: "web".into(),
+                    attempt: 0,
+                }),
+                image: Some(proto::ImageSpec {
+                    image,
+                    ..Default::default()
+                }),
+                args: vec![script],
+                ..Default::default()
+            }),
+            sandbox_config: Some(pod_cfg),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    c.start_container(proto::StartContainerRequest {
+        container_id: container.clone(),
+    })
+    .await?;
+
+    // Exec round trip: CRI Exec, SPDY upgrade, run `true`, exit status.
+    let mut trips = Vec::new();
+    for i in 0..=runs.max(10) {
+        let begin = Instant::now();
+        let url = c
+            .exec(proto::ExecRequest {
+                container_id: container.clone(),
+                cmd: vec!["true".into()],
+                stdout: true,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .url;
+        let (w, mut r) = tokio::io::duplex(4096);
+        let drain = tokio::spawn(async move {
+            let mut sink = Vec::new();
+            let _ = r.read_to_end(&mut sink).await;
+        });
+        let io = CommandIo {
+            stdout: Some(Box::new(w)),
+            ..Default::default()
+        };
+        let status = exec_spdy(&url, SPDY_REMOTECOMMAND, io).await?;
+        let _ = drain.await;
+        if status.exit_code_of() != Some(0) {
+            bail!("exec of `true` failed: {status:?}");
+        }
+        if i > 0 {
+            trips.push(begin.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+
+    // Reference: ExecSync of `true` (no streaming), same container.
+    let mut syncs = Vec::new();
+    for _ in 0..runs.max(10) {
+        let begin = Instant::now();
+        c.exec_sync(proto::ExecSyncRequest {
+            container_id: container.clone(),
+            cmd: vec!["true".into()],
+            timeout: 30,
+        })
+        .await?;
+        syncs.push(begin.elapsed().as_secs_f64() * 1000.0);
+    }
+
+    // Exec output throughput: BIG_MIB of zeros on stdout.
+    let mut exec_rates = Vec::new();
+    for _ in 0..3 {
+        let url = c
+            .exec(proto::ExecRequest {
+                container_id: container.clone(),
+                cmd: vec![
+                    "busybox".into(),
+                    "dd".into(),
+                    "if=/dev/zero".into(),
+                    "bs=65536".into(),
+                    format!("count={}", BIG_MIB * 16),
+                ],
+                stdout: true,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .url;
+        let (w, mut r) = tokio::io::duplex(256 * 1024);
+        let begin = Instant::now();
+        let drain = tokio::spawn(async move {
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut got = 0usize;
+            while let Ok(n) = r.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+            got
+        });
+        let io = CommandIo {
+            stdout: Some(Box::new(w)),
+            ..Default::default()
+        };
+        exec_spdy(&url, SPDY_REMOTECOMMAND, io).await?;
+        let got = drain.await?;
+        if got != BIG_MIB << 20 {
+            bail!("exec output: got {got} bytes");
+        }
+        exec_rates.push(got as f64 / 1e6 / begin.elapsed().as_secs_f64());
+    }
+
+    // Port-forward throughput: GET a BIG_MIB file from httpd on 127.0.0.1 in the pod.
+    let url = c
+        .port_forward(proto::PortForwardRequest {
+            pod_sandbox_id: pod.clone(),
+            port: vec![8080],
+        })
+        .await?
+        .into_inner()
+        .url;
+    let forwarder = PortForwarder::connect(&url).await?;
+    let want = BIG_MIB << 20;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut rates = Vec::new();
+    while rates.len() < 3 {
+        let conn = forwarder.open(8080).await?;
+        conn.writer()
+            .write(b"GET /big HTTP/1.0\r\n\r\n")
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let begin = Instant::now();
+        let mut reader = conn.reader();
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = reader.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        let took = begin.elapsed().as_secs_f64();
+        if got >= want {
+            rates.push(got as f64 / 1e6 / took);
+        } else if Instant::now() > deadline {
+            bail!("port-forward got {got} bytes, not the {want} of the file");
+        } else {
+            // httpd is still starting (or the file still being written).
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    forwarder.close().await;
+    c.remove_pod_sandbox(proto::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await?;
+    let (t50, t90) = (percentile(&mut trips, 50), percentile(&mut trips, 90));
+    println!(
+        "exec `true` round trip over SPDY (CRI Exec -> exit status), {} runs: p50 {t50:.1} ms  p90 {t90:.1} ms",
+        trips.len()
+    );
+    println!(
+        "for reference, ExecSync `true` (no streaming): p50 {:.1} ms",
+        percentile(&mut syncs, 50)
+    );
+    let e50 = percentile(&mut exec_rates, 50);
+    println!("exec output throughput, {BIG_MIB} MiB on stdout (dd): p50 {e50:.1} MB/s");
+    let r50 = percentile(&mut rates, 50);
+    println!(
+        "port-forward throughput, one connection, {BIG_MIB} MiB over HTTP from 127.0.0.1 in the pod: p50 {r50:.1} MB/s"
     );
     Ok(())
 }

@@ -1,0 +1,624 @@
+//! Exec, attach and port-forward against containers in a real pod VM: the
+//! CRI returns streaming URLs, our SPDY client (and Python's
+//! websocket-client) drive them, and the agent runs the sessions in the guest.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cri::proto;
+use cri::proto::runtime_service_client::RuntimeServiceClient;
+use e2e::registry::{Compression, Registry, TestImage, busybox_layer};
+use e2e::{Daemon, pod_config, run_pod};
+use streaming::client::{CommandIo, PortForwarder, exec_spdy};
+use streaming::protocol::{REMOTECOMMAND_V4, SPDY_REMOTECOMMAND, Status};
+use streaming::{BoxRead, BoxWrite, TerminalSize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// VM tests share two cores: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// busybox with every applet linked.
+fn test_image() -> TestImage {
+    let list = std::process::Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    let mut base = busybox_layer()
+        .file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", 0o644)
+        .file("etc/group", b"root:x:0:\n", 0o644)
+        .dir("work")
+        .dir("proc")
+        .dir("sys")
+        .dir("dev")
+        .dir("root")
+        .dir("tmp");
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if !["sh", "ls", "cat", "echo", "true", "busybox"].contains(&applet) {
+            base = base.symlink(&format!("bin/{applet}"), "busybox");
+        }
+    }
+    let layer = base.build(Compression::Gzip);
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Entrypoint": ["/bin/sh", "-c"],
+            "Cmd": ["sleep 3600"],
+            "Env": ["PATH=/bin"],
+            "WorkingDir": "/work",
+        },
+        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
+    });
+    TestImage {
+        layers: vec![layer],
+        config: serde_json::to_vec(&config).unwrap(),
+    }
+}
+
+struct Pod {
+    _daemon: Daemon,
+    rt: RuntimeServiceClient<Channel>,
+    id: String,
+    config: proto::PodSandboxConfig,
+    image: String,
+    _logs: tempfile::TempDir,
+    _registry: Registry,
+}
+
+/// A daemon, the test image pulled from a registry, and a running pod.
+async fn pod(name: &str) -> Pod {
+    let registry = Registry::start(None).await.unwrap();
+    registry
+        .push_image("frakti/box", "1", &test_image())
+        .await
+        .unwrap();
+    let image = format!("{}/frakti/box:1", registry.host);
+    let daemon = Daemon::start(&["--accel", "tcg"]).await.unwrap();
+    let mut images = daemon.images().await.unwrap();
+    images
+        .pull_image(proto::PullImageRequest {
+            image: Some(proto::ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let mut config = pod_config(name, &[]);
+    config.log_directory = logs.path().display().to_string();
+    let mut rt = daemon.runtime().await.unwrap();
+    let id = run_pod(&mut rt, config.clone()).await.unwrap();
+    Pod {
+        _daemon: daemon,
+        rt,
+        id,
+        config,
+        image,
+        _logs: logs,
+        _registry: registry,
+    }
+}
+
+impl Pod {
+    fn container(&self, name: &str, script: &str) -> proto::ContainerConfig {
+        proto::ContainerConfig {
+            metadata: Some(proto::ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(proto::ImageSpec {
+                image: self.image.clone(),
+                ..Default::default()
+            }),
+            args: vec![script.into()],
+            log_path: format!("{name}/0.log"),
+            ..Default::default()
+        }
+    }
+
+    async fn create(&mut self, config: proto::ContainerConfig) -> String {
+        let req = proto::CreateContainerRequest {
+            pod_sandbox_id: self.id.clone(),
+            config: Some(config),
+            sandbox_config: Some(self.config.clone()),
+        };
+        self.rt
+            .create_container(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .container_id
+    }
+
+    async fn run(&mut self, config: proto::ContainerConfig) -> String {
+        let id = self.create(config).await;
+        self.rt
+            .start_container(proto::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap();
+        id
+    }
+
+    async fn state(&mut self, id: &str) -> i32 {
+        self.rt
+            .container_status(proto::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap()
+            .state
+    }
+
+    async fn wait_exit(&mut self, id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.state(id).await != proto::ContainerState::ContainerExited as i32 {
+            assert!(Instant::now() < deadline, "container {id} did not exit");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn exec_url(
+        &mut self,
+        id: &str,
+        cmd: &[&str],
+        (stdin, tty): (bool, bool),
+    ) -> Result<String, tonic::Status> {
+        let req = proto::ExecRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty,
+            stdin,
+            stdout: true,
+            stderr: !tty,
+        };
+        Ok(self.rt.exec(req).await?.into_inner().url)
+    }
+
+    async fn attach_url(&mut self, id: &str, stdin: bool, tty: bool) -> String {
+        let req = proto::AttachRequest {
+            container_id: id.into(),
+            stdin,
+            tty,
+            stdout: true,
+            stderr: false,
+        };
+        self.rt.attach(req).await.unwrap().into_inner().url
+    }
+}
+
+/// A writer for the client and a task that collects what it receives.
+fn collector() -> (BoxWrite, JoinHandle<Vec<u8>>) {
+    let (w, mut r) = tokio::io::duplex(256 * 1024);
+    let task = tokio::spawn(async move {
+        let mut out = Vec::new();
+        let _ = r.read_to_end(&mut out).await;
+        out
+    });
+    (Box::new(w), task)
+}
+
+/// Output of one remote command.
+struct Run {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    status: Status,
+}
+
+impl Run {
+    fn out(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+async fn run_command(
+    url: &str,
+    stdin: Option<Vec<u8>>,
+    tty: bool,
+    size: Option<TerminalSize>,
+) -> Run {
+    let (stdout, out_task) = collector();
+    let (stderr, err_task) = collector();
+    let stdin = stdin.map(|data| Box::new(std::io::Cursor::new(data)) as BoxRead);
+    let resize = size.map(|s| {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.try_send(s).unwrap();
+        // Kept open so the resize stream stays up for the whole command.
+        std::mem::forget(tx);
+        rx
+    });
+    let io = CommandIo {
+        stdin,
+        stdout: Some(stdout),
+        stderr: (!tty).then_some(stderr),
+        resize,
+        tty,
+    };
+    let status = tokio::time::timeout(
+        Duration::from_secs(120),
+        exec_spdy(url, SPDY_REMOTECOMMAND, io),
+    )
+    .await
+    .expect("command timed out")
+    .expect("exec session failed");
+    Run {
+        stdout: out_task.await.unwrap(),
+        stderr: err_task.await.unwrap_or_default(),
+        status,
+    }
+}
+
+fn clients_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/streaming-clients")
+}
+
+/// Installs the independent clients (as `make test` does).
+fn install_clients() {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../streaming/tests/install-clients.sh");
+    let status = std::process::Command::new("bash")
+        .arg(script)
+        .arg(clients_dir())
+        .status()
+        .expect("run install-clients.sh");
+    assert!(
+        status.success(),
+        "installing the independent clients failed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_in_a_pod_vm() {
+    let _serial = SERIAL.lock().await;
+    let mut pod = pod("exec").await;
+    let config = pod.container("box", "sleep 3600");
+    let id = pod.run(config).await;
+
+    // Pipes: stdout, stderr and a non-zero exit code.
+    let url = pod
+        .exec_url(
+            &id,
+            &["sh", "-c", "echo out; echo err >&2; exit 3"],
+            (false, false),
+        )
+        .await
+        .unwrap();
+    let run = run_command(&url, None, false, None).await;
+    assert_eq!(run.out(), "out\n");
+    assert_eq!(String::from_utf8_lossy(&run.stderr), "err\n");
+    assert_eq!(run.status.exit_code_of(), Some(3), "{:?}", run.status);
+
+    // Zero exit, stdin piped in and closed.
+    let url = pod
+        .exec_url(&id, &["sh", "-c", "tr a-z A-Z; echo done"], (true, false))
+        .await
+        .unwrap();
+    let run = run_command(&url, Some(b"hello stdin\n".to_vec()), false, None).await;
+    assert_eq!(run.out(), "HELLO STDIN\ndone\n");
+    assert_eq!(run.status.exit_code_of(), Some(0), "{:?}", run.status);
+
+    // A terminal, and its size set by the client.
+    let url = pod
+        .exec_url(&id, &["sh", "-c", "tty; echo on-a-tty"], (false, true))
+        .await
+        .unwrap();
+    let run = run_command(&url, None, true, None).await;
+    let out = run.out();
+    assert!(out.starts_with("/dev/pts/"), "{out:?}");
+    assert!(out.contains("on-a-tty\r\n"), "{out:?}");
+    let url = pod
+        .exec_url(
+            &id,
+            &[
+                "sh",
+                "-c",
+                "while [ \"$(stty size)\" = '0 0' ]; do sleep 0.1; done; stty size",
+            ],
+            (false, true),
+        )
+        .await
+        .unwrap();
+    let size = TerminalSize {
+        width: 123,
+        height: 45,
+    };
+    let run = run_command(&url, None, true, Some(size)).await;
+    assert_eq!(run.out(), "45 123\r\n");
+
+    // A terminal exec with stdin: EOF reaches the shell as ^D.
+    let url = pod.exec_url(&id, &["cat"], (true, true)).await.unwrap();
+    let run = run_command(&url, Some(b"typed\n".to_vec()), true, None).await;
+    assert!(run.out().contains("typed\r\n"), "{:?}", run.out());
+    assert_eq!(run.status.exit_code_of(), Some(0));
+
+    // 20 MB of output arrive intact.
+    let url = pod
+        .exec_url(&id, &["seq", "1", "2700000"], (false, false))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let run = run_command(&url, None, false, None).await;
+    let expected: String = (1..=2_700_000).map(|i| format!("{i}\n")).collect();
+    assert!(expected.len() > 20_000_000);
+    assert_eq!(run.stdout.len(), expected.len());
+    assert!(run.stdout == expected.as_bytes(), "20 MB output differs");
+    eprintln!(
+        "20 MB exec output in {:?} ({:.1} MB/s)",
+        started.elapsed(),
+        expected.len() as f64 / 1e6 / started.elapsed().as_secs_f64()
+    );
+
+    // The CRI refuses what cannot work.
+    let err = pod.exec_url("nonexistent", &["true"], (false, false)).await;
+    assert_eq!(err.unwrap_err().code(), Code::NotFound);
+    let created = pod.container("created", "sleep 1");
+    let created = pod.create(created).await;
+    let err = pod.exec_url(&created, &["true"], (false, false)).await;
+    assert_eq!(err.unwrap_err().code(), Code::FailedPrecondition);
+    let bad = pod
+        .rt
+        .exec(proto::ExecRequest {
+            container_id: id.clone(),
+            cmd: vec!["true".into()],
+            tty: true,
+            stderr: true,
+            stdout: true,
+            stdin: false,
+        })
+        .await;
+    assert_eq!(bad.unwrap_err().code(), Code::InvalidArgument);
+    let bad = pod
+        .rt
+        .exec(proto::ExecRequest {
+            container_id: id.clone(),
+            cmd: vec!["true".into()],
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(bad.unwrap_err().code(), Code::InvalidArgument);
+
+    // A client we did not write: Python's websocket-client over v4.
+    tokio::task::spawn_blocking(install_clients).await.unwrap();
+    let url = pod
+        .exec_url(
+            &id,
+            &["sh", "-c", "echo out; echo err >&2; exit 3"],
+            (false, false),
+        )
+        .await
+        .unwrap();
+    let out = tokio::process::Command::new(clients_dir().join("pyenv/bin/python"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../streaming/tests/python/ws_exec.py"))
+        .args([url.as_str(), REMOTECOMMAND_V4])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["stdout"], "out\n");
+    assert_eq!(v["stderr"], "err\n");
+    let status: Status = serde_json::from_str(v["status"].as_str().unwrap()).unwrap();
+    assert_eq!(status.exit_code_of(), Some(3));
+}
+
+/// Reads from `r` into `seen` until it contains `needle`.
+async fn read_until(r: &mut tokio::io::DuplexStream, seen: &mut Vec<u8>, needle: &str) {
+    let found = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(seen).contains(needle) {
+            let n = r.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "EOF before {needle:?}: {:?}",
+                String::from_utf8_lossy(seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(
+        found.is_ok(),
+        "{needle:?} not seen in {:?}",
+        String::from_utf8_lossy(seen)
+    );
+}
+
+/// An attach session whose stdin and stdout the test holds.
+struct Attached {
+    stdin: Option<tokio::io::DuplexStream>,
+    stdout: tokio::io::DuplexStream,
+    seen: Vec<u8>,
+    session: JoinHandle<Result<Status, streaming::client::ClientError>>,
+}
+
+fn attach(url: String, stdin: bool) -> Attached {
+    let (out_w, out_r) = tokio::io::duplex(256 * 1024);
+    let (in_w, in_r) = tokio::io::duplex(4096);
+    let io = CommandIo {
+        stdin: stdin.then(|| Box::new(in_r) as BoxRead),
+        stdout: Some(Box::new(out_w)),
+        stderr: None,
+        resize: None,
+        tty: true,
+    };
+    Attached {
+        stdin: stdin.then_some(in_w),
+        stdout: out_r,
+        seen: Vec::new(),
+        session: tokio::spawn(async move { exec_spdy(&url, SPDY_REMOTECOMMAND, io).await }),
+    }
+}
+
+impl Attached {
+    async fn type_line(&mut self, line: &str) {
+        let w = self.stdin.as_mut().unwrap();
+        w.write_all(line.as_bytes()).await.unwrap();
+    }
+
+    async fn expect(&mut self, needle: &str) {
+        read_until(&mut self.stdout, &mut self.seen, needle).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_and_port_forward_in_a_pod_vm() {
+    let _serial = SERIAL.lock().await;
+    let mut pod = pod("attach").await;
+
+    // Port-forward to a server bound to 127.0.0.1 inside the pod.
+    let web = pod.container(
+        "web",
+        "mkdir -p /tmp/www && echo pod-page > /tmp/www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /tmp/www",
+    );
+    pod.run(web).await;
+    let url = pod
+        .rt
+        .port_forward(proto::PortForwardRequest {
+            pod_sandbox_id: pod.id.clone(),
+            port: vec![8080],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let forwarder = PortForwarder::connect(&url).await.unwrap();
+    // httpd may still be starting: retry the first connection a little.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let conn = forwarder.open(8080).await.unwrap();
+        let w = conn.writer();
+        w.write(b"GET /index.html HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut resp = Vec::new();
+        let _ = conn.reader().read_to_end(&mut resp).await;
+        if String::from_utf8_lossy(&resp).contains("pod-page") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no page: {:?} / {:?}",
+            String::from_utf8_lossy(&resp),
+            conn.error_message().await
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Two connections at once.
+    let a = forwarder.open(8080).await.unwrap();
+    let b = forwarder.open(8080).await.unwrap();
+    a.writer()
+        .write(b"GET /index.html HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    b.writer()
+        .write(b"GET /missing HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let (mut ra, mut rb) = (Vec::new(), Vec::new());
+    let (mut rda, mut rdb) = (a.reader(), b.reader());
+    let (x, y) = tokio::join!(rda.read_to_end(&mut ra), rdb.read_to_end(&mut rb));
+    x.unwrap();
+    y.unwrap();
+    let (ra, rb) = (String::from_utf8_lossy(&ra), String::from_utf8_lossy(&rb));
+    assert!(ra.starts_with("HTTP/1.") && ra.contains("pod-page"), "{ra}");
+    assert!(rb.starts_with("HTTP/1.") && rb.contains("404"), "{rb}");
+    // A port nobody listens on is an error on that connection only.
+    let dead = forwarder.open(8081).await.unwrap();
+    let msg = dead.error_message().await.unwrap();
+    assert!(msg.contains("8081"), "{msg}");
+    forwarder.close().await;
+
+    // Attach to a shell on a terminal: two clients see the same output.
+    let mut shell = pod.container("shell", "exec sh");
+    shell.stdin = true;
+    shell.tty = true;
+    let shell = pod.run(shell).await;
+    let url = pod.attach_url(&shell, false, true).await;
+    let mut watcher = attach(url, false);
+    let url = pod.attach_url(&shell, true, true).await;
+    let mut typist = attach(url, true);
+    // The shell may not be reading yet: repeat until the answer shows.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        typist.type_line("echo marker-$((6*7))\n").await;
+        let seen = tokio::time::timeout(
+            Duration::from_secs(3),
+            read_until(&mut typist.stdout, &mut typist.seen, "marker-42"),
+        )
+        .await;
+        if seen.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the shell never answered");
+    }
+    watcher.expect("marker-42").await;
+    // Detaching (the client goes away) leaves the container running.
+    typist.session.abort();
+    drop(typist);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        pod.state(&shell).await,
+        proto::ContainerState::ContainerRunning as i32
+    );
+    let url = pod.attach_url(&shell, true, true).await;
+    let mut second = attach(url, true);
+    second.type_line("echo again-$((5*5))\n").await;
+    watcher.expect("again-25").await;
+    second.expect("again-25").await;
+    // The shell exits: attached sessions end.
+    second.type_line("exit\n").await;
+    let status = tokio::time::timeout(Duration::from_secs(30), watcher.session)
+        .await
+        .expect("attach did not end with the container")
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.status, "Success", "{status:?}");
+    pod.wait_exit(&shell).await;
+
+    // stdin_once: the container's stdin closes when the first attach ends.
+    let mut once = pod.container("once", "cat; echo cat-done");
+    once.stdin = true;
+    once.stdin_once = true;
+    let once = pod.run(once).await;
+    let url = pod.attach_url(&once, true, false).await;
+    let (out_w, mut out_r) = tokio::io::duplex(64 * 1024);
+    let (mut in_w, in_r) = tokio::io::duplex(4096);
+    let io = CommandIo {
+        stdin: Some(Box::new(in_r)),
+        stdout: Some(Box::new(out_w)),
+        stderr: None,
+        resize: None,
+        tty: false,
+    };
+    let session = tokio::spawn(async move { exec_spdy(&url, SPDY_REMOTECOMMAND, io).await });
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        in_w.write_all(b"piped\n").await.unwrap();
+        let got = tokio::time::timeout(
+            Duration::from_secs(3),
+            read_until(&mut out_r, &mut seen, "piped"),
+        )
+        .await;
+        if got.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cat never echoed");
+    }
+    session.abort();
+    drop(in_w);
+    pod.wait_exit(&once).await;
+}
