@@ -57,6 +57,7 @@ impl State {
                 crate::init::set_clock(clock_ns);
                 set_sysctls(&sysctls)?;
                 crate::init::sandbox_mounts(&share_tag)?;
+                crate::init::pod_pid_namespace()?;
                 Ok(Response::Done)
             }
             Request::ConfigureNetwork { interfaces, routes } => {

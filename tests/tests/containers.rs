@@ -152,6 +152,21 @@ fn chrono_like(s: &str) -> bool {
     s.len() == 30 && b[4] == b'-' && b[10] == b'T' && b[19] == b'.' && b[29] == b'Z'
 }
 
+/// `config` sharing the pod's PID namespace.
+fn shared_pid(mut config: proto::ContainerConfig) -> proto::ContainerConfig {
+    config.linux = Some(proto::LinuxContainerConfig {
+        security_context: Some(proto::LinuxContainerSecurityContext {
+            namespace_options: Some(proto::NamespaceOption {
+                pid: proto::NamespaceMode::Pod as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    config
+}
+
 fn stdout_lines(log: &[(String, String, String)]) -> Vec<String> {
     log.iter()
         .filter(|(s, _, _)| s == "stdout")
@@ -255,6 +270,20 @@ async fn run_to_completion_logs_and_process_settings() {
     assert_eq!(pieces.last().unwrap().1, "F");
     let joined: String = pieces.iter().map(|(_, _, c)| c.as_str()).collect();
     assert_eq!(joined, "x".repeat(40000));
+
+    // Containers that share the pod's PID namespace see each other, and not
+    // the guest's own processes (agent, kernel threads).
+    let a = shared_pid(pod.container("pid-a", &["sleep 100001"]));
+    pod.run(a).await;
+    let b = shared_pid(pod.container("pid-b", &["sleep 100002"]));
+    let b = pod.run(b).await;
+    let ps = pod
+        .exec(&b, "ps -o args; ls /proc | grep -c '^[0-9]'")
+        .await;
+    let out = text(&ps.stdout);
+    assert!(out.contains("sleep 100001"), "{out}");
+    let count: u32 = out.lines().last().unwrap().parse().unwrap();
+    assert!(count < 10, "the guest's processes are visible: {out}");
 
     // List filters.
     let listed = pod

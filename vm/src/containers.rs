@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
 pub const GUEST_SHARED: &str = "/run/frakti/shared";
 /// The pod's `/dev/shm` in the guest.
 pub const GUEST_SHM: &str = "/run/frakti/sandbox/shm";
+/// The pod's shared PID namespace in the guest (the agent bind-mounts it).
+pub const GUEST_POD_PID_NS: &str = "/run/frakti/sandbox/pidns";
 /// virtio-fs tag of the shared directory.
 pub const SHARE_TAG: &str = "frakti";
 
@@ -292,7 +294,7 @@ fn prepare_steps(
         etc_hostname: guest_sandbox.join("hostname"),
         shm: PathBuf::from(GUEST_SHM),
         cgroup: format!("/frakti/{id}"),
-        pod_pid_namespace: None,
+        pod_pid_namespace: Some(PathBuf::from(GUEST_POD_PID_NS)),
     };
     let spec = container::spec::build(config, sandbox, &layout).map_err(|e| match e {
         container::spec::SpecError::Invalid(_) => internal("build the OCI spec", e),
