@@ -331,3 +331,73 @@ async fn dual_stack_pod() {
         .args(["link", "del", "frakti-t6"])
         .status();
 }
+
+/// A CNI plugin (shell) whose result has two interfaces in the pod: `eth0`
+/// on 10.201.0.0/24 and `net1` on 10.202.0.0/24, each a veth to the host.
+const TWO_INTERFACES_PLUGIN: &str = r#"#!/bin/sh
+set -e
+short=$(echo "$CNI_CONTAINERID" | cut -c1-8)
+ns=$(basename "$CNI_NETNS")
+case "$CNI_COMMAND" in
+ADD)
+  ip link add "fa$short" type veth peer name "$CNI_IFNAME" address 02:00:0a:c9:00:02 netns "$ns"
+  ip link add "fb$short" type veth peer name net1 address 02:00:0a:ca:00:02 netns "$ns"
+  ip addr add 10.201.0.1/24 dev "fa$short"
+  ip addr add 10.202.0.1/24 dev "fb$short"
+  ip link set "fa$short" up
+  ip link set "fb$short" up
+  ip -n "$ns" link set "$CNI_IFNAME" up
+  ip -n "$ns" link set net1 up
+  cat <<JSON
+{"cniVersion":"1.0.0",
+ "interfaces":[{"name":"fa$short"},{"name":"$CNI_IFNAME","mac":"02:00:0a:c9:00:02","sandbox":"$CNI_NETNS"},
+               {"name":"fb$short"},{"name":"net1","mac":"02:00:0a:ca:00:02","sandbox":"$CNI_NETNS"}],
+ "ips":[{"address":"10.201.0.2/24","gateway":"10.201.0.1","interface":1},
+        {"address":"10.202.0.2/24","interface":3}],
+ "routes":[{"dst":"0.0.0.0/0"}]}
+JSON
+  ;;
+DEL)
+  ip link del "fa$short" 2>/dev/null || true
+  ip link del "fb$short" 2>/dev/null || true
+  ;;
+VERSION)
+  echo '{"cniVersion":"1.0.0","supportedVersions":["1.0.0"]}'
+  ;;
+esac
+"#;
+
+#[tokio::test]
+async fn several_interfaces_become_several_nics() {
+    let _serial = SERIAL.lock().await;
+    let bin = tempfile::tempdir().unwrap();
+    let plugin = bin.path().join("two-interfaces");
+    std::fs::write(&plugin, TWO_INTERFACES_PLUGIN).unwrap();
+    std::fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let bins = format!("{},/usr/lib/cni,/opt/cni/bin", bin.path().display());
+    let daemon = Daemon::start(&["--accel", "tcg", "--cni-bin-dir", &bins])
+        .await
+        .unwrap();
+    let conf_dir = daemon.dir_path().join("net.d");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    std::fs::write(
+        conf_dir.join("10-two.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"two","plugins":[{"type":"two-interfaces"}]}"#,
+    )
+    .unwrap();
+    let mut c = daemon.runtime().await.unwrap();
+    let id = run_pod(&mut c, pod_config("two-nics", &[])).await.unwrap();
+    let (status, _) = pod_status(&mut c, &id).await.unwrap();
+    let network = status.network.unwrap();
+    assert_eq!(network.ip, "10.201.0.2");
+    assert_eq!(network.additional_ips[0].ip, "10.202.0.2");
+    // Each address answers through its own NIC of the VM.
+    assert!(ping("10.201.0.2"), "eth0's address does not answer");
+    assert!(ping("10.202.0.2"), "net1's address does not answer");
+    c.remove_pod_sandbox(proto::RemovePodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    assert!(!sh("ip -o link").contains(&format!("fa{}", &id[..8])));
+}

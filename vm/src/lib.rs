@@ -441,16 +441,22 @@ impl VmRuntime {
                 Ok(n) => n,
                 Err(e) => return (None, Err(e)),
             };
-            let nic = NicSpec {
-                tap: pod_net.tap.tap.clone(),
-                mac: pod_net.tap.mac.clone(),
-            };
             tracing::debug!(%id, elapsed = ?started.elapsed(), "CNI added");
-            let plugged = self
-                .hypervisor
-                .add_nic(&endpoints, 0, &nic)
-                .await
-                .map_err(|e| e.to_string());
+            let mut plugged = Ok(());
+            for (index, tap) in pod_net.taps().enumerate() {
+                let nic = NicSpec {
+                    tap: tap.tap.clone(),
+                    mac: tap.mac.clone(),
+                };
+                plugged = self
+                    .hypervisor
+                    .add_nic(&endpoints, index, &nic)
+                    .await
+                    .map_err(|e| e.to_string());
+                if plugged.is_err() {
+                    break;
+                }
+            }
             tracing::debug!(%id, elapsed = ?started.elapsed(), "NIC hot-plugged");
             (Some(pod_net), plugged)
         };

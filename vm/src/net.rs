@@ -26,7 +26,20 @@ pub struct PodNetwork {
     pub port_mappings: Vec<PortMapping>,
     /// The tap mirroring the CNI interface.
     pub tap: TapLink,
+    /// Taps mirroring further interfaces the CNI result put in the namespace.
+    #[serde(default)]
+    pub extra_taps: Vec<TapLink>,
 }
+
+impl PodNetwork {
+    /// Every tap, the CNI interface's first: one guest NIC each.
+    pub fn taps(&self) -> impl Iterator<Item = &TapLink> {
+        std::iter::once(&self.tap).chain(self.extra_taps.iter())
+    }
+}
+
+/// Most NICs a pod VM takes (its hot-plug slots).
+pub const MAX_NICS: usize = 4;
 
 fn attachment(id: &str, netns: &Netns, ifname: &str, config: &SandboxConfig) -> Attachment {
     let meta = config
@@ -94,6 +107,28 @@ pub async fn setup(
         Ok(t) => t,
         Err(e) => return Err(undo(e.to_string(), true).await),
     };
+    // Other interfaces the plugins created in the namespace get a NIC too.
+    let sandbox = netns.path().display().to_string();
+    let others: Vec<String> = result
+        .interfaces
+        .iter()
+        .filter(|i| i.sandbox == sandbox && i.name != IFNAME && i.name != "lo")
+        .map(|i| i.name.clone())
+        .collect();
+    if others.len() + 1 > MAX_NICS {
+        let why = format!(
+            "the CNI result has {} interfaces in the pod; a pod VM takes at most {MAX_NICS}",
+            others.len() + 1
+        );
+        return Err(undo(why, true).await);
+    }
+    let mut extra_taps = Vec::new();
+    for (n, name) in others.iter().enumerate() {
+        match network::tap::setup(netns, name, &format!("tap{}", n + 1)).await {
+            Ok(t) => extra_taps.push(t),
+            Err(e) => return Err(undo(e.to_string(), true).await),
+        }
+    }
     tracing::info!(%id, network = cni_config.name(), source = %cni_config.source,
         ips = ?result.pod_ips(), "pod network added");
     Ok(PodNetwork {
@@ -103,6 +138,7 @@ pub async fn setup(
         result,
         port_mappings,
         tap,
+        extra_taps,
     })
 }
 
@@ -131,15 +167,34 @@ pub async fn teardown(cni: &Cni, net: &PodNetwork) -> Result<(), String> {
 /// route names none).
 pub fn guest_config(net: &PodNetwork) -> (Vec<NetInterface>, Vec<NetRoute>) {
     let result = &net.result;
-    let ours = result
-        .interfaces
-        .iter()
-        .position(|i| i.name == net.tap.ifname && !i.sandbox.is_empty());
-    let addresses: Vec<String> = result
-        .ips
-        .iter()
-        .filter(|ip| ours.is_none() || ip.interface.is_none() || ip.interface == ours)
-        .map(|ip| ip.address.clone())
+    let index_of = |name: &str| {
+        result
+            .interfaces
+            .iter()
+            .position(|i| i.name == name && !i.sandbox.is_empty())
+    };
+    let primary = index_of(&net.tap.ifname);
+    let interfaces = net
+        .taps()
+        .map(|tap| {
+            let ours = index_of(&tap.ifname);
+            let is_primary = tap.ifname == net.tap.ifname;
+            let addresses = result
+                .ips
+                .iter()
+                .filter(|ip| match ip.interface {
+                    // An address without an interface belongs to the CNI interface.
+                    None => is_primary,
+                    Some(i) => Some(i) == ours || (is_primary && primary.is_none()),
+                })
+                .map(|ip| ip.address.clone())
+                .collect();
+            NetInterface {
+                mac: tap.mac.clone(),
+                mtu: tap.mtu,
+                addresses,
+            }
+        })
         .collect();
     let gateway_for = |v6: bool| {
         result
@@ -156,12 +211,7 @@ pub fn guest_config(net: &PodNetwork) -> (Vec<NetInterface>, Vec<NetRoute>) {
             gateway: r.gw.clone().or_else(|| gateway_for(r.dst.contains(':'))),
         })
         .collect();
-    let iface = NetInterface {
-        mac: net.tap.mac.clone(),
-        mtu: net.tap.mtu,
-        addresses,
-    };
-    (vec![iface], routes)
+    (interfaces, routes)
 }
 
 #[cfg(test)]
@@ -237,6 +287,7 @@ mod tests {
                 mac: "bb".into(),
                 mtu: 1450,
             },
+            extra_taps: Vec::new(),
         };
         let (ifaces, routes) = guest_config(&net);
         assert_eq!(ifaces.len(), 1);
