@@ -420,9 +420,31 @@ async fn security_mounts_exec_stop_oom_and_restart() {
             }),
             ..Default::default()
         }),
+        resources: Some(proto::LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            cpu_shares: 512,
+            memory_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        }),
         ..Default::default()
     });
     let secure = pod.run(c).await;
+    // CPU and memory limits are in the container's cgroup in the guest.
+    let limits = pod
+        .exec(
+            &secure,
+            "g=/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup); cat $g/cpu.max $g/memory.max $g/cpu.weight",
+        )
+        .await;
+    let limits = text(&limits.stdout);
+    let lines: Vec<&str> = limits.lines().collect();
+    assert_eq!(lines[..2], ["50000 100000", "67108864"], "{limits}");
+    assert_ne!(
+        lines.get(2),
+        Some(&"100"),
+        "cpu shares not applied: {limits}"
+    );
 
     // Volumes: symlinked path resolved on the host, read-write and read-only.
     assert_eq!(
