@@ -427,7 +427,6 @@ async fn security_mounts_exec_stop_oom_and_restart() {
             memory_limit_in_bytes: 64 << 20,
             ..Default::default()
         }),
-        ..Default::default()
     });
     let secure = pod.run(c).await;
     // CPU and memory limits are in the container's cgroup in the guest.
