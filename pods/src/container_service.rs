@@ -261,6 +261,17 @@ fn pod_stopped_status(current: &ContainerRuntimeStatus, why: &str) -> ContainerR
     }
 }
 
+/// The sandbox, when it is ready and `record` is running: what exec and log
+/// reopening need.
+fn ready_and_running(
+    sandbox: Option<SandboxRecord>,
+    record: &ContainerRecord,
+) -> Option<SandboxRecord> {
+    sandbox.filter(|s| {
+        s.state == SandboxState::Ready && record.status.state == ContainerState::Running
+    })
+}
+
 fn is_live(state: ContainerState) -> bool {
     state != ContainerState::Exited
 }
@@ -621,19 +632,11 @@ impl PodService {
         let record = slot
             .get()
             .ok_or_else(|| ExecSyncError::NotFound(id.clone()))?;
-        let sandbox = match sandbox {
-            Some(s)
-                if s.state == SandboxState::Ready
-                    && record.status.state == ContainerState::Running =>
-            {
-                s
-            }
-            _ => {
-                return Err(ExecSyncError::NotRunning {
-                    id,
-                    state: record.status.state,
-                });
-            }
+        let Some(sandbox) = ready_and_running(sandbox, &record) else {
+            return Err(ExecSyncError::NotRunning {
+                id,
+                state: record.status.state,
+            });
         };
         self.runtime
             .exec_sync(&sandbox, &record, cmd, timeout)
@@ -654,19 +657,11 @@ impl PodService {
         let record = slot
             .get()
             .ok_or_else(|| ReopenLogError::NotFound(id.clone()))?;
-        let sandbox = match sandbox {
-            Some(s)
-                if s.state == SandboxState::Ready
-                    && record.status.state == ContainerState::Running =>
-            {
-                s
-            }
-            _ => {
-                return Err(ReopenLogError::NotRunning {
-                    id,
-                    state: record.status.state,
-                });
-            }
+        let Some(sandbox) = ready_and_running(sandbox, &record) else {
+            return Err(ReopenLogError::NotRunning {
+                id,
+                state: record.status.state,
+            });
         };
         self.runtime
             .reopen_container_log(&sandbox, &record)
