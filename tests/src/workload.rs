@@ -1,6 +1,8 @@
 //! A test image with every busybox applet, and helpers to run containers in
 //! pods through the CRI socket.
 
+use std::time::{Duration, Instant};
+
 use cri::proto;
 use cri::proto::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
@@ -114,4 +116,134 @@ pub async fn pull(daemon: &crate::Daemon, image: &str) -> anyhow::Result<()> {
         })
         .await?;
     Ok(())
+}
+
+/// A daemon with [`box_image`] pulled from a registry of its own, and one
+/// running pod whose containers log under [`TestPod::logs`].
+#[derive(Debug)]
+pub struct TestPod {
+    /// The daemon.
+    pub daemon: crate::Daemon,
+    /// Its runtime service.
+    pub rt: RuntimeServiceClient<Channel>,
+    /// The pod's id.
+    pub id: String,
+    /// The config the pod was run with.
+    pub config: proto::PodSandboxConfig,
+    /// Reference of the pulled test image.
+    pub image: String,
+    /// The pod's log directory.
+    pub logs: tempfile::TempDir,
+    _registry: Registry,
+}
+
+impl TestPod {
+    /// Starts a registry and a daemon (TCG), pulls the test image and runs a
+    /// pod named `name`, its config changed by `tweak` first.
+    pub async fn start(
+        name: &str,
+        tweak: impl FnOnce(&mut proto::PodSandboxConfig),
+    ) -> anyhow::Result<Self> {
+        let registry = Registry::start(None).await?;
+        let image = push_box(&registry).await?;
+        let daemon = crate::Daemon::start(&["--accel", "tcg"]).await?;
+        pull(&daemon, &image).await?;
+        let logs = tempfile::tempdir()?;
+        let mut config = crate::pod_config(name, &[]);
+        config.log_directory = logs.path().display().to_string();
+        tweak(&mut config);
+        let mut rt = daemon.runtime().await?;
+        let id = crate::run_pod(&mut rt, config.clone()).await?;
+        Ok(Self {
+            daemon,
+            rt,
+            id,
+            config,
+            image,
+            logs,
+            _registry: registry,
+        })
+    }
+
+    /// A container of the test image named `name` with these args (to `sh -c`).
+    pub fn container(&self, name: &str, args: &[&str]) -> proto::ContainerConfig {
+        let mut c = container(&self.image, name, "");
+        c.args = args.iter().map(|s| s.to_string()).collect();
+        c
+    }
+
+    /// Creates `config` in the pod (not started).
+    pub async fn create(
+        &mut self,
+        config: proto::ContainerConfig,
+    ) -> Result<String, tonic::Status> {
+        let req = proto::CreateContainerRequest {
+            pod_sandbox_id: self.id.clone(),
+            config: Some(config),
+            sandbox_config: Some(self.config.clone()),
+        };
+        Ok(self
+            .rt
+            .create_container(req)
+            .await?
+            .into_inner()
+            .container_id)
+    }
+
+    /// Creates and starts `config`; panics if either fails.
+    pub async fn run(&mut self, config: proto::ContainerConfig) -> String {
+        run_container(&mut self.rt, &self.id, &self.config, config)
+            .await
+            .expect("create and start the container")
+    }
+
+    /// The container's status; panics if it is unknown.
+    pub async fn status(&mut self, id: &str) -> proto::ContainerStatus {
+        self.rt
+            .container_status(proto::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .expect("ContainerStatus")
+            .into_inner()
+            .status
+            .expect("a status")
+    }
+
+    /// Waits (at most a minute) until the container has exited.
+    pub async fn wait_exit(&mut self, id: &str) -> proto::ContainerStatus {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = self.status(id).await;
+            if s.state == proto::ContainerState::ContainerExited as i32 {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "container {id} did not exit: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// ExecSync of `sh -c script` with a 30 s timeout; panics if the call fails.
+    pub async fn exec(&mut self, id: &str, script: &str) -> proto::ExecSyncResponse {
+        self.exec_with(id, script, 30).await.expect("ExecSync")
+    }
+
+    /// ExecSync of `sh -c script` with `timeout` seconds.
+    pub async fn exec_with(
+        &mut self,
+        id: &str,
+        script: &str,
+        timeout: i64,
+    ) -> Result<proto::ExecSyncResponse, tonic::Status> {
+        let req = proto::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            timeout,
+        };
+        Ok(self.rt.exec_sync(req).await?.into_inner())
+    }
 }

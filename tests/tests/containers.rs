@@ -6,144 +6,28 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cri::proto;
-use cri::proto::runtime_service_client::RuntimeServiceClient;
-use e2e::registry::Registry;
-use e2e::workload;
-use e2e::{Daemon, pod_config, run_pod};
+use e2e::workload::TestPod;
 use tonic::Code;
-use tonic::transport::Channel;
 
 /// VM tests share two cores: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-struct Pod {
-    daemon: Daemon,
-    rt: RuntimeServiceClient<Channel>,
-    id: String,
-    config: proto::PodSandboxConfig,
-    image: String,
-    logs: tempfile::TempDir,
-    _registry: Registry,
-}
-
-/// A daemon, the test image pulled from a registry, and a running pod.
-async fn pod(name: &str, tweak: impl FnOnce(&mut proto::PodSandboxConfig)) -> Pod {
-    let registry = Registry::start(None).await.unwrap();
-    let image = workload::push_box(&registry).await.unwrap();
-    let daemon = Daemon::start(&["--accel", "tcg"]).await.unwrap();
-    workload::pull(&daemon, &image).await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
-    let mut config = pod_config(name, &[]);
-    config.log_directory = logs.path().display().to_string();
-    tweak(&mut config);
-    let mut rt = daemon.runtime().await.unwrap();
-    let id = run_pod(&mut rt, config.clone()).await.unwrap();
-    Pod {
-        daemon,
-        rt,
-        id,
-        config,
-        image,
-        logs,
-        _registry: registry,
-    }
-}
-
-impl Pod {
-    fn container(&self, name: &str, args: &[&str]) -> proto::ContainerConfig {
-        let mut c = workload::container(&self.image, name, "");
-        c.args = args.iter().map(|s| s.to_string()).collect();
-        c
-    }
-
-    async fn create(&mut self, config: proto::ContainerConfig) -> Result<String, tonic::Status> {
-        let req = proto::CreateContainerRequest {
-            pod_sandbox_id: self.id.clone(),
-            config: Some(config),
-            sandbox_config: Some(self.config.clone()),
-        };
-        Ok(self
-            .rt
-            .create_container(req)
-            .await?
-            .into_inner()
-            .container_id)
-    }
-
-    async fn run(&mut self, config: proto::ContainerConfig) -> String {
-        let id = self.create(config).await.unwrap();
-        self.rt
-            .start_container(proto::StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .unwrap();
-        id
-    }
-
-    async fn status(&mut self, id: &str) -> proto::ContainerStatus {
-        self.rt
-            .container_status(proto::ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: false,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap()
-    }
-
-    async fn wait_exit(&mut self, id: &str) -> proto::ContainerStatus {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let s = self.status(id).await;
-            if s.state == proto::ContainerState::ContainerExited as i32 {
-                return s;
-            }
+/// `(stream, tag, content)` of each line of container `name`'s log.
+fn log_lines(pod: &TestPod, name: &str) -> Vec<(String, String, String)> {
+    let text =
+        std::fs::read_to_string(pod.logs.path().join(name).join("0.log")).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            let parts: Vec<&str> = l.splitn(4, ' ').collect();
+            assert_eq!(parts.len(), 4, "malformed CRI log line {l:?}");
             assert!(
-                Instant::now() < deadline,
-                "container {id} did not exit: {s:?}"
+                chrono_like(parts[0]),
+                "timestamp {:?} is not RFC3339Nano",
+                parts[0]
             );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    async fn exec(&mut self, id: &str, script: &str) -> proto::ExecSyncResponse {
-        self.exec_with(id, script, 30).await.unwrap()
-    }
-
-    async fn exec_with(
-        &mut self,
-        id: &str,
-        script: &str,
-        timeout: i64,
-    ) -> Result<proto::ExecSyncResponse, tonic::Status> {
-        let req = proto::ExecSyncRequest {
-            container_id: id.into(),
-            cmd: vec!["/bin/sh".into(), "-c".into(), script.into()],
-            timeout,
-        };
-        Ok(self.rt.exec_sync(req).await?.into_inner())
-    }
-
-    /// `(stream, tag, content)` of each line of a container's log.
-    fn log(&self, name: &str) -> Vec<(String, String, String)> {
-        let text =
-            std::fs::read_to_string(self.logs.path().join(name).join("0.log")).unwrap_or_default();
-        text.lines()
-            .map(|l| {
-                let parts: Vec<&str> = l.splitn(4, ' ').collect();
-                assert_eq!(parts.len(), 4, "malformed CRI log line {l:?}");
-                assert!(
-                    chrono_like(parts[0]),
-                    "timestamp {:?} is not RFC3339Nano",
-                    parts[0]
-                );
-                (parts[1].into(), parts[2].into(), parts[3].into())
-            })
-            .collect()
-    }
+            (parts[1].into(), parts[2].into(), parts[3].into())
+        })
+        .collect()
 }
 
 /// `2026-11-24T09:00:00.123456789Z`: date, time with nanoseconds, UTC.
@@ -181,20 +65,24 @@ fn text(b: &[u8]) -> String {
 #[tokio::test]
 async fn run_to_completion_logs_and_process_settings() {
     let _serial = SERIAL.lock().await;
-    let mut pod = pod("box-a", |c| {
+    let mut pod = TestPod::start("box-a", |c| {
         c.dns_config = Some(proto::DnsConfig {
             servers: vec!["10.96.0.10".into()],
             searches: vec!["default.svc.cluster.local".into()],
             options: vec!["ndots:5".into()],
         });
     })
-    .await;
+    .await
+    .unwrap();
 
     // Image defaults: Entrypoint + Cmd, WorkingDir, Env.
     let id = pod.run(pod.container("defaults", &[])).await;
     let s = pod.wait_exit(&id).await;
     assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
-    assert_eq!(stdout_lines(&pod.log("defaults")), ["image-default"]);
+    assert_eq!(
+        stdout_lines(&log_lines(&pod, "defaults")),
+        ["image-default"]
+    );
     assert!(s.started_at > 0 && s.finished_at >= s.started_at);
     assert_eq!(
         s.log_path,
@@ -227,7 +115,7 @@ async fn run_to_completion_logs_and_process_settings() {
     let id = pod.run(c).await;
     let s = pod.wait_exit(&id).await;
     assert_eq!((s.exit_code, s.reason.as_str()), (3, "Error"));
-    let log = pod.log("merge");
+    let log = log_lines(&pod, "merge");
     assert_eq!(
         stdout_lines(&log),
         [
@@ -262,7 +150,7 @@ async fn run_to_completion_logs_and_process_settings() {
     });
     let id = pod.run(c).await;
     pod.wait_exit(&id).await;
-    let log = pod.log("long");
+    let log = log_lines(&pod, "long");
     assert_eq!(stdout_lines(&log)[..3], ["/tmp", "4242", "4343"]);
     let pieces: Vec<&(String, String, String)> = log[3..].iter().collect();
     assert!(pieces.len() >= 3, "{pieces:?}");
@@ -351,7 +239,7 @@ async fn security_mounts_exec_stop_oom_and_restart() {
     )
     .unwrap();
 
-    let mut pod = pod("box-b", |c| {
+    let mut pod = TestPod::start("box-b", |c| {
         c.linux = Some(proto::LinuxPodSandboxConfig {
             sysctls: [
                 ("kernel.shm_rmid_forced".to_string(), "1".to_string()),
@@ -364,7 +252,8 @@ async fn security_mounts_exec_stop_oom_and_restart() {
             ..Default::default()
         });
     })
-    .await;
+    .await
+    .unwrap();
 
     let mut c = pod.container("secure", &["sleep 100000"]);
     let mount =
@@ -670,7 +559,11 @@ async fn security_mounts_exec_stop_oom_and_restart() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(stdout_lines(&pod.log("ticker")).iter().any(|l| l == "tick"));
+    assert!(
+        stdout_lines(&log_lines(&pod, "ticker"))
+            .iter()
+            .any(|l| l == "tick")
+    );
     let stubborn_log = pod.logs.path().join("stubborn/0.log");
     let _ = std::fs::remove_file(&stubborn_log);
     let err = pod

@@ -6,168 +6,38 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cri::proto;
-use cri::proto::runtime_service_client::RuntimeServiceClient;
-use e2e::registry::{Compression, Registry, TestImage, busybox_layer};
-use e2e::{Daemon, pod_config, run_pod};
+use e2e::workload::TestPod;
 use streaming::client::{CommandIo, PortForwarder, exec_spdy};
 use streaming::protocol::{REMOTECOMMAND_V4, SPDY_REMOTECOMMAND, Status};
 use streaming::{BoxRead, BoxWrite, TerminalSize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tonic::Code;
-use tonic::transport::Channel;
 
 /// VM tests share two cores: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// busybox with every applet linked.
-fn test_image() -> TestImage {
-    let list = std::process::Command::new("/bin/busybox")
-        .arg("--list")
-        .output()
-        .expect("busybox --list");
-    let mut base = busybox_layer()
-        .file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", 0o644)
-        .file("etc/group", b"root:x:0:\n", 0o644)
-        .dir("work")
-        .dir("proc")
-        .dir("sys")
-        .dir("dev")
-        .dir("root")
-        .dir("tmp");
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if !["sh", "ls", "cat", "echo", "true", "busybox"].contains(&applet) {
-            base = base.symlink(&format!("bin/{applet}"), "busybox");
-        }
-    }
-    let layer = base.build(Compression::Gzip);
-    let config = serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {
-            "Entrypoint": ["/bin/sh", "-c"],
-            "Cmd": ["sleep 3600"],
-            "Env": ["PATH=/bin"],
-            "WorkingDir": "/work",
-        },
-        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
-    });
-    TestImage {
-        layers: vec![layer],
-        config: serde_json::to_vec(&config).unwrap(),
+/// A pod of the shared test workload, with the streaming URLs it hands out.
+struct Pod(TestPod);
+
+impl std::ops::Deref for Pod {
+    type Target = TestPod;
+    fn deref(&self) -> &TestPod {
+        &self.0
     }
 }
 
-struct Pod {
-    _daemon: Daemon,
-    rt: RuntimeServiceClient<Channel>,
-    id: String,
-    config: proto::PodSandboxConfig,
-    image: String,
-    _logs: tempfile::TempDir,
-    _registry: Registry,
+impl std::ops::DerefMut for Pod {
+    fn deref_mut(&mut self) -> &mut TestPod {
+        &mut self.0
+    }
 }
 
-/// A daemon, the test image pulled from a registry, and a running pod.
 async fn pod(name: &str) -> Pod {
-    let registry = Registry::start(None).await.unwrap();
-    registry
-        .push_image("frakti/box", "1", &test_image())
-        .await
-        .unwrap();
-    let image = format!("{}/frakti/box:1", registry.host);
-    let daemon = Daemon::start(&["--accel", "tcg"]).await.unwrap();
-    let mut images = daemon.images().await.unwrap();
-    images
-        .pull_image(proto::PullImageRequest {
-            image: Some(proto::ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let logs = tempfile::tempdir().unwrap();
-    let mut config = pod_config(name, &[]);
-    config.log_directory = logs.path().display().to_string();
-    let mut rt = daemon.runtime().await.unwrap();
-    let id = run_pod(&mut rt, config.clone()).await.unwrap();
-    Pod {
-        _daemon: daemon,
-        rt,
-        id,
-        config,
-        image,
-        _logs: logs,
-        _registry: registry,
-    }
+    Pod(TestPod::start(name, |_| {}).await.unwrap())
 }
 
 impl Pod {
-    fn container(&self, name: &str, script: &str) -> proto::ContainerConfig {
-        proto::ContainerConfig {
-            metadata: Some(proto::ContainerMetadata {
-                name: name.into(),
-                attempt: 0,
-            }),
-            image: Some(proto::ImageSpec {
-                image: self.image.clone(),
-                ..Default::default()
-            }),
-            args: vec![script.into()],
-            log_path: format!("{name}/0.log"),
-            ..Default::default()
-        }
-    }
-
-    async fn create(&mut self, config: proto::ContainerConfig) -> String {
-        let req = proto::CreateContainerRequest {
-            pod_sandbox_id: self.id.clone(),
-            config: Some(config),
-            sandbox_config: Some(self.config.clone()),
-        };
-        self.rt
-            .create_container(req)
-            .await
-            .unwrap()
-            .into_inner()
-            .container_id
-    }
-
-    async fn run(&mut self, config: proto::ContainerConfig) -> String {
-        let id = self.create(config).await;
-        self.rt
-            .start_container(proto::StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .unwrap();
-        id
-    }
-
-    async fn state(&mut self, id: &str) -> i32 {
-        self.rt
-            .container_status(proto::ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: false,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap()
-            .state
-    }
-
-    async fn wait_exit(&mut self, id: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.state(id).await != proto::ContainerState::ContainerExited as i32 {
-            assert!(Instant::now() < deadline, "container {id} did not exit");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
     async fn exec_url(
         &mut self,
         id: &str,
@@ -281,7 +151,7 @@ fn install_clients() {
 async fn exec_in_a_pod_vm() {
     let _serial = SERIAL.lock().await;
     let mut pod = pod("exec").await;
-    let config = pod.container("box", "sleep 3600");
+    let config = pod.container("box", &["sleep 3600"]);
     let id = pod.run(config).await;
 
     // Pipes: stdout, stderr and a non-zero exit code.
@@ -361,8 +231,8 @@ async fn exec_in_a_pod_vm() {
     // The CRI refuses what cannot work.
     let err = pod.exec_url("nonexistent", &["true"], (false, false)).await;
     assert_eq!(err.unwrap_err().code(), Code::NotFound);
-    let created = pod.container("created", "sleep 1");
-    let created = pod.create(created).await;
+    let created = pod.container("created", &["sleep 1"]);
+    let created = pod.create(created).await.unwrap();
     let err = pod.exec_url(&created, &["true"], (false, false)).await;
     assert_eq!(err.unwrap_err().code(), Code::FailedPrecondition);
     let bad = pod
@@ -483,13 +353,14 @@ async fn attach_and_port_forward_in_a_pod_vm() {
     // Port-forward to a server bound to 127.0.0.1 inside the pod.
     let web = pod.container(
         "web",
-        "mkdir -p /tmp/www && echo pod-page > /tmp/www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /tmp/www",
+        &["mkdir -p /tmp/www && echo pod-page > /tmp/www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /tmp/www"],
     );
     pod.run(web).await;
+    let pod_id = pod.id.clone();
     let url = pod
         .rt
         .port_forward(proto::PortForwardRequest {
-            pod_sandbox_id: pod.id.clone(),
+            pod_sandbox_id: pod_id,
             port: vec![8080],
         })
         .await
@@ -542,7 +413,7 @@ async fn attach_and_port_forward_in_a_pod_vm() {
     forwarder.close().await;
 
     // Attach to a shell on a terminal: two clients see the same output.
-    let mut shell = pod.container("shell", "exec sh");
+    let mut shell = pod.container("shell", &["exec sh"]);
     shell.stdin = true;
     shell.tty = true;
     let shell = pod.run(shell).await;
@@ -570,7 +441,7 @@ async fn attach_and_port_forward_in_a_pod_vm() {
     drop(typist);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
-        pod.state(&shell).await,
+        pod.status(&shell).await.state,
         proto::ContainerState::ContainerRunning as i32
     );
     let url = pod.attach_url(&shell, true, true).await;
@@ -589,7 +460,7 @@ async fn attach_and_port_forward_in_a_pod_vm() {
     pod.wait_exit(&shell).await;
 
     // stdin_once: the container's stdin closes when the first attach ends.
-    let mut once = pod.container("once", "cat; echo cat-done");
+    let mut once = pod.container("once", &["cat; echo cat-done"]);
     once.stdin = true;
     once.stdin_once = true;
     let once = pod.run(once).await;
