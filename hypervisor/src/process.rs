@@ -66,6 +66,44 @@ impl Process {
     }
 }
 
+/// Why a process that was just started did not become ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotReady {
+    /// It exited; the last line of its log, if there is one.
+    Exited(Option<String>),
+    /// It was not ready in time and was killed.
+    Timeout,
+}
+
+/// Waits until every path in `ready` exists (e.g. the sockets a daemon
+/// creates once it serves). If `process` exits first it is reaped and the
+/// last line of `log` tells why; after `timeout` it is killed.
+pub async fn wait_ready(
+    process: &Process,
+    ready: &[&Path],
+    timeout: std::time::Duration,
+    log: &Path,
+) -> Result<(), NotReady> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if !process.is_running() {
+            reap(process.pid);
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let last = text.trim().lines().last().map(str::to_owned);
+            return Err(NotReady::Exited(last));
+        }
+        if ready.iter().all(|p| p.exists()) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            process.signal(Signal::SIGKILL);
+            process.exited().await;
+            return Err(NotReady::Timeout);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 /// Reaps `pid` if it is an exited child of ours; does nothing otherwise.
 pub fn reap(pid: i32) {
     let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));

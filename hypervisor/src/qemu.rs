@@ -12,7 +12,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use crate::accel::Accel;
-use crate::process::{self, Process};
+use crate::process::{self, NotReady, Process};
 use crate::qmp::QmpClient;
 use crate::{AdoptError, HotplugError, Hypervisor, NicSpec, StopError, VmEndpoints, VmSpec};
 
@@ -306,25 +306,11 @@ impl Hypervisor for Qemu {
         drop(child);
         let proc =
             Process::open(pid).map_err(|e| LaunchError::Spawn(self.config.binary.clone(), e))?;
-        let qmp = dir.join("qmp.sock");
-        let started = tokio::time::Instant::now();
-        loop {
-            if !proc.is_running() {
-                process::reap(pid);
-                let log = fs::read_to_string(&log_path).unwrap_or_default();
-                return Err(LaunchError::Exited(
-                    log.trim().lines().last().unwrap_or("").to_owned(),
-                ));
-            }
-            if qmp.exists() && dir.join("agent.sock").exists() {
-                return Ok(VmEndpoints::in_dir(dir, pid));
-            }
-            if started.elapsed() > STARTUP_TIMEOUT {
-                proc.signal(Signal::SIGKILL);
-                proc.exited().await;
-                return Err(LaunchError::Timeout(STARTUP_TIMEOUT));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        let (qmp, agent) = (dir.join("qmp.sock"), dir.join("agent.sock"));
+        match process::wait_ready(&proc, &[&qmp, &agent], STARTUP_TIMEOUT, &log_path).await {
+            Ok(()) => Ok(VmEndpoints::in_dir(dir, pid)),
+            Err(NotReady::Exited(last)) => Err(LaunchError::Exited(last.unwrap_or_default())),
+            Err(NotReady::Timeout) => Err(LaunchError::Timeout(STARTUP_TIMEOUT)),
         }
     }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::process::Process;
+use crate::process::{NotReady, Process};
 
 /// How long virtiofsd gets to create its socket.
 const SOCKET_WAIT: Duration = Duration::from_secs(5);
@@ -58,20 +58,13 @@ pub async fn spawn(
     // The child is watched and reaped through its pidfd, not the handle.
     drop(child);
     let process = Process::open(pid).map_err(VirtiofsdError::Spawn)?;
-    let deadline = tokio::time::Instant::now() + SOCKET_WAIT;
-    while !socket.exists() {
-        if !process.is_running() {
-            crate::process::reap(pid);
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            let last = text.trim().lines().last().unwrap_or("no output").to_owned();
+    match crate::process::wait_ready(&process, &[socket], SOCKET_WAIT, log).await {
+        Ok(()) => {}
+        Err(NotReady::Exited(last)) => {
+            let last = last.unwrap_or_else(|| "no output".to_owned());
             return Err(VirtiofsdError::Exited(source.to_path_buf(), last));
         }
-        if tokio::time::Instant::now() > deadline {
-            process.signal(nix::sys::signal::Signal::SIGKILL);
-            crate::process::reap(pid);
-            return Err(VirtiofsdError::Timeout(socket.to_path_buf()));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        Err(NotReady::Timeout) => return Err(VirtiofsdError::Timeout(socket.to_path_buf())),
     }
     Ok(pid)
 }
