@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout_at};
 
 use crate::PROTOCOL_VERSION;
+use crate::calls::Call;
 use crate::frame::{Decoder, Frame, FrameKind};
 use crate::messages::{AgentError, Hello, Request, Response, Welcome};
 use crate::streams::{
@@ -87,8 +88,13 @@ pub enum CallError {
     #[error("agent: {0}")]
     Agent(#[from] AgentError),
     /// The agent answered something that does not fit the request
-    #[error("unexpected answer from the agent: {0}")]
-    Unexpected(String),
+    #[error("unexpected answer from the agent to {call}: {answer}")]
+    Unexpected {
+        /// The request's name (a [`Request`] variant).
+        call: &'static str,
+        /// The answer received, debug-formatted.
+        answer: String,
+    },
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Response, AgentError>>>>>;
@@ -201,7 +207,18 @@ impl AgentClient {
             .map(|c| c.welcome.clone())
     }
 
-    /// Sends `request` and waits at most `limit` for its answer.
+    /// Sends the typed `call` and waits at most `limit` for its reply; an
+    /// answer of the wrong kind is [`CallError::Unexpected`].
+    pub async fn request<C: Call>(&self, call: C, limit: Duration) -> Result<C::Reply, CallError> {
+        let answer = self.call(&call.into_request(), limit).await?;
+        C::reply(answer).map_err(|other| CallError::Unexpected {
+            call: C::NAME,
+            answer: format!("{other:?}"),
+        })
+    }
+
+    /// Sends `request` and waits at most `limit` for its answer. Prefer
+    /// [`AgentClient::request`], which checks the kind of the answer.
     pub async fn call(&self, request: &Request, limit: Duration) -> Result<Response, CallError> {
         let deadline = Instant::now() + limit;
         let conn = self.connection(deadline).await?;
@@ -232,10 +249,14 @@ impl AgentClient {
             lock(&conn.streams).remove(&id);
             return Err(CallError::Disconnected);
         }
-        let answer = self.call_on(&conn, &request(id), deadline, limit).await;
+        let request = request(id);
+        let answer = self.call_on(&conn, &request, deadline, limit).await;
         let failed = match answer {
             Ok(Response::Done) => None,
-            Ok(other) => Some(CallError::Unexpected(format!("{other:?}"))),
+            Ok(other) => Some(CallError::Unexpected {
+                call: request.name(),
+                answer: format!("{other:?}"),
+            }),
             Err(e) => Some(e),
         };
         if let Some(e) = failed {

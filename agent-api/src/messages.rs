@@ -139,6 +139,32 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// The variant's name, e.g. `"StartContainer"`, for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Ping => "Ping",
+            Self::GuestInfo => "GuestInfo",
+            Self::SetupSandbox { .. } => "SetupSandbox",
+            Self::ConfigureNetwork { .. } => "ConfigureNetwork",
+            Self::Shutdown => "Shutdown",
+            Self::CreateContainer(_) => "CreateContainer",
+            Self::StartContainer { .. } => "StartContainer",
+            Self::StopContainer { .. } => "StopContainer",
+            Self::RemoveContainer { .. } => "RemoveContainer",
+            Self::ContainerStatus { .. } => "ContainerStatus",
+            Self::ListContainers => "ListContainers",
+            Self::ExecSync { .. } => "ExecSync",
+            Self::ReopenLog { .. } => "ReopenLog",
+            Self::WaitEvents { .. } => "WaitEvents",
+            Self::ExecStart(_) => "ExecStart",
+            Self::Attach { .. } => "Attach",
+            Self::PortForward { .. } => "PortForward",
+            Self::Resize { .. } => "Resize",
+        }
+    }
+}
+
 /// A command to start on an interactive stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecStart {

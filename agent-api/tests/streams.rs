@@ -5,36 +5,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use agent_api::fake::{self, AgentConn};
 use agent_api::messages::{ExecStart, Response};
 use agent_api::streams::{
     Channel, StreamEnd, WINDOW, close_frame, data_frame, eof_frame, split_payload, window_credit,
 };
-use agent_api::{
-    AgentClient, Decoder, Frame, FrameKind, Hello, Request, StreamError, StreamEvent, Transport,
-    Welcome,
-};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use tokio::sync::mpsc;
+use agent_api::{AgentClient, FrameKind, Request, StreamError, StreamEvent};
 
-#[derive(Debug)]
-struct FakeTransport(mpsc::UnboundedSender<DuplexStream>);
-
-#[async_trait::async_trait]
-impl Transport for FakeTransport {
-    async fn connect(&self) -> std::io::Result<Box<dyn agent_api::client::Stream>> {
-        let (host, agent) = tokio::io::duplex(1 << 20);
-        self.0
-            .send(agent)
-            .map_err(|_| std::io::Error::other("agent gone"))?;
-        Ok(Box::new(host))
-    }
-}
-
-/// One fake agent connection: answers the handshake and an `ExecStart` by
-/// sending `output` within the host's credit, echoing stdin, then exit 7.
-async fn fake_agent(mut io: DuplexStream, output: Vec<u8>, max_in_flight: Arc<AtomicUsize>) {
-    let mut decoder = Decoder::new();
-    let mut buf = vec![0u8; 64 * 1024];
+/// One fake agent connection: answers an `ExecStart` by sending `output`
+/// within the host's credit, echoing stdin, then exit 7.
+async fn fake_agent(mut conn: AgentConn, output: Vec<u8>, max_in_flight: Arc<AtomicUsize>) {
     let mut stream = None;
     let mut credit = WINDOW as usize;
     let mut sent = 0usize;
@@ -45,63 +25,47 @@ async fn fake_agent(mut io: DuplexStream, output: Vec<u8>, max_in_flight: Arc<At
             while sent < output.len() && credit > 0 {
                 let n = (output.len() - sent).min(credit).min(32 * 1024);
                 let frame = data_frame(id, Channel::Stdout, &output[sent..sent + n]);
-                io.write_all(&frame.encode()).await.unwrap();
+                conn.send(&frame).await.unwrap();
                 sent += n;
                 credit -= n;
                 let in_flight = WINDOW as usize - credit;
                 max_in_flight.fetch_max(in_flight, Ordering::SeqCst);
             }
         }
-        let n = match io.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
+        let Some(frame) = conn.recv().await else {
+            return;
         };
-        decoder.push(&buf[..n]);
-        while let Some(frame) = decoder.next_frame() {
-            match frame.kind {
-                FrameKind::Hello => {
-                    let hello: Hello = frame.parse().unwrap();
-                    let welcome = Welcome {
-                        session: hello.session,
-                        protocol: agent_api::PROTOCOL_VERSION,
-                        agent_version: "test".into(),
-                        boot_id: "boot".into(),
-                    };
-                    let f = Frame::json(FrameKind::Welcome, hello.session, &welcome);
-                    io.write_all(&f.encode()).await.unwrap();
-                }
-                FrameKind::Request => {
-                    let Request::ExecStart(ExecStart { stream: id, .. }) = frame.parse().unwrap()
-                    else {
-                        panic!("unexpected request");
-                    };
-                    stream = Some(id);
-                    let answer: Result<Response, agent_api::AgentError> = Ok(Response::Done);
-                    let f = Frame::json(FrameKind::Response, frame.id, &answer);
-                    io.write_all(&f.encode()).await.unwrap();
-                }
-                FrameKind::StreamWindow => {
-                    credit += window_credit(&frame.payload).unwrap() as usize;
-                }
-                FrameKind::StreamData => {
-                    let (_, data) = split_payload(&frame.payload).unwrap();
-                    stdin.extend_from_slice(data);
-                }
-                FrameKind::StreamEof => {
-                    let id = frame.id;
-                    let f = data_frame(id, Channel::Stderr, &stdin);
-                    io.write_all(&f.encode()).await.unwrap();
-                    for c in [Channel::Stdout, Channel::Stderr] {
-                        io.write_all(&eof_frame(id, c).encode()).await.unwrap();
-                    }
-                    let end = StreamEnd {
-                        exit_code: Some(7),
-                        error: None,
-                    };
-                    io.write_all(&close_frame(id, &end).encode()).await.unwrap();
-                }
-                _ => {}
+        match frame.kind {
+            FrameKind::Request => {
+                let Request::ExecStart(ExecStart { stream: id, .. }) = frame.parse().unwrap()
+                else {
+                    panic!("unexpected request");
+                };
+                stream = Some(id);
+                conn.answer(frame.id, &Ok(Response::Done)).await.unwrap();
             }
+            FrameKind::StreamWindow => {
+                credit += window_credit(&frame.payload).unwrap() as usize;
+            }
+            FrameKind::StreamData => {
+                let (_, data) = split_payload(&frame.payload).unwrap();
+                stdin.extend_from_slice(data);
+            }
+            FrameKind::StreamEof => {
+                let id = frame.id;
+                conn.send(&data_frame(id, Channel::Stderr, &stdin))
+                    .await
+                    .unwrap();
+                for c in [Channel::Stdout, Channel::Stderr] {
+                    conn.send(&eof_frame(id, c)).await.unwrap();
+                }
+                let end = StreamEnd {
+                    exit_code: Some(7),
+                    error: None,
+                };
+                conn.send(&close_frame(id, &end)).await.unwrap();
+            }
+            _ => {}
         }
     }
 }
@@ -120,8 +84,8 @@ fn exec(stream: u64) -> Request {
 
 #[tokio::test]
 async fn output_flows_within_credit_and_the_exit_code_arrives() {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let client = AgentClient::new(Arc::new(FakeTransport(tx)));
+    let (transport, mut rx) = fake::pipe();
+    let client = AgentClient::new(Arc::new(transport));
     let output: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     let max_in_flight = Arc::new(AtomicUsize::new(0));
     {
@@ -165,8 +129,8 @@ async fn output_flows_within_credit_and_the_exit_code_arrives() {
 
 #[tokio::test]
 async fn a_lost_connection_fails_the_stream_and_the_next_session_is_clean() {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let client = AgentClient::new(Arc::new(FakeTransport(tx)));
+    let (transport, mut rx) = fake::pipe();
+    let client = AgentClient::new(Arc::new(transport));
     let agents = tokio::spawn(async move {
         // The first connection dies after the exec started.
         let first = rx.recv().await.unwrap();

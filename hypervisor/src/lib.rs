@@ -1,20 +1,37 @@
-//! Hypervisor backends. A backend starts a VM from a [`VmSpec`], re-attaches
-//! to one after a daemon restart, and stops it. QEMU is the only backend.
+//! Hypervisor backends: everything about running a VM process. A backend
+//! turns a [`VmSpec`] into a VMM process (command line, files in the VM's
+//! directory, accelerator), re-finds and re-attaches to it after a daemon
+//! restart, stops it, and drives it at run time (QMP for QEMU: NIC and disk
+//! hot-plug). The crate also spawns the virtiofsd that serves a VM's shared
+//! directory and checks whether KVM is usable. QEMU is the only backend;
+//! [`fake`] (feature `fake`) is one for unit tests.
+//!
+//! It knows nothing of pods, CRI or the agent protocol: callers get the
+//! agent's socket path in [`VmEndpoints`] and speak to it themselves. The
+//! names of a backend's files (pidfile, control socket, logs) are the
+//! backend's own; callers go through [`Hypervisor::endpoints`] and
+//! [`Hypervisor::find`].
 
 pub mod accel;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
 pub mod process;
 pub mod qemu;
 pub mod qmp;
 pub mod virtiofsd;
 
+use std::error::Error;
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use accel::{Accel, AccelMode};
 pub use process::Process;
-pub use qemu::{LaunchError, Qemu, QemuConfig};
+pub use qemu::{Qemu, QemuConfig};
 pub use qmp::{QmpClient, QmpError};
+
+/// A backend-specific error, kept as the source of a neutral one.
+pub type BackendError = Box<dyn Error + Send + Sync>;
 
 /// What to boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,22 +93,113 @@ pub struct VmEndpoints {
     pub vmm_log: PathBuf,
 }
 
-impl VmEndpoints {
-    /// The endpoints of the VM whose files live in `dir` and whose VMM has `pid`.
-    pub fn in_dir(dir: &Path, pid: i32) -> Self {
-        Self {
-            pid,
-            control_socket: dir.join("qmp.sock"),
-            agent_socket: dir.join("agent.sock"),
-            console_log: dir.join("console.log"),
-            vmm_log: dir.join("qemu.log"),
-        }
-    }
+/// A disk to hot-plug.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockSpec {
+    /// Names the disk in the VM, and is the serial the guest sees
+    /// (`/sys/block/vd*/serial`): 1 to 20 ASCII letters, digits, `-` or `_`,
+    /// starting with a letter.
+    pub id: String,
+    /// Host file or block device backing the disk.
+    pub path: PathBuf,
+    /// Format of its contents.
+    pub format: BlockFormat,
+    /// The guest may not write to it.
+    pub read_only: bool,
 }
 
-/// Re-attaching to a VM failed.
+/// Format of a disk image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BlockFormat {
+    /// The bytes as they are (e.g. an erofs or ext4 image).
+    #[default]
+    Raw,
+    /// A qcow2 image.
+    Qcow2,
+}
+
+/// The resources a running VM is resized to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resources {
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+}
+
+/// What a backend can do to a running VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// vCPUs can be added and removed ([`Hypervisor::resize`]).
+    pub cpu_hotplug: bool,
+    /// Memory can be added ([`Hypervisor::resize`]).
+    pub memory_hotplug: bool,
+    /// Disks can be added and removed ([`Hypervisor::add_block`]).
+    pub block_hotplug: bool,
+    /// NICs can be added ([`Hypervisor::add_nic`]).
+    pub nic_hotplug: bool,
+    /// Hot-plug slots per VM, shared by NICs and disks.
+    pub hotplug_slots: u32,
+    /// Most vCPUs one VM can have.
+    pub max_vcpus: u32,
+}
+
+/// Starting a VM failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// A file the VM needs is missing (the host lacks a binary or a guest asset)
+    #[error("{what} {path} not found")]
+    Missing {
+        /// What the file is.
+        what: &'static str,
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// Cannot prepare the VM directory or a file in it
+    #[error("cannot prepare VM directory {path}: {source}")]
+    Dir {
+        /// The directory or file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Cannot start the VMM process
+    #[error("cannot start {binary}: {source}")]
+    Spawn {
+        /// The VMM binary.
+        binary: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The VMM exited during start-up
+    #[error("{vmm} exited during start-up: {log_tail}")]
+    Exited {
+        /// The VMM's name, e.g. `QEMU`.
+        vmm: &'static str,
+        /// The last line of its log (empty if none).
+        log_tail: String,
+    },
+    /// The VMM did not create its control socket in time (it was killed)
+    #[error("{vmm} did not create its control socket within {limit:?}")]
+    Timeout {
+        /// The VMM's name, e.g. `QEMU`.
+        vmm: &'static str,
+        /// How long it was given.
+        limit: Duration,
+    },
+    /// A backend-specific failure
+    #[error(transparent)]
+    Backend(BackendError),
+}
+
+/// Finding or re-attaching to a VM failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AdoptError {
+    /// The VM directory has no readable pidfile
+    #[error("no readable VM pidfile {0}")]
+    NoPidfile(PathBuf),
     /// The process is gone
     #[error("VM process {0} is not running")]
     Gone(i32),
@@ -113,20 +221,53 @@ pub enum StopError {
     Unkillable(i32),
 }
 
-/// Hot-plugging a device failed.
+/// Hot-plugging or unplugging a device failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HotplugError {
     /// The VMM refused or did not answer
-    #[error("hot-plug of {device}: {source}")]
-    Qmp {
+    #[error("{op} of {device}: {source}")]
+    Backend {
+        /// `hot-plug` or `hot-unplug`.
+        op: &'static str,
         /// The device.
         device: String,
-        /// The VMM's answer.
-        source: QmpError,
+        /// The VMM's answer (a [`QmpError`] for QEMU).
+        #[source]
+        source: BackendError,
     },
     /// No free hot-plug slot
     #[error("no free hot-plug slot for {0}")]
     NoSlot(String),
+    /// The device id cannot be used
+    #[error("invalid device id {id:?}: {reason}")]
+    InvalidId {
+        /// The id given.
+        id: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The guest did not release the device in time (it stays plugged)
+    #[error("the guest did not release {device} within {limit:?}")]
+    Timeout {
+        /// The device.
+        device: String,
+        /// How long it was given.
+        limit: Duration,
+    },
+    /// The backend cannot do this
+    #[error("{0} is not supported by this hypervisor")]
+    Unsupported(&'static str),
+}
+
+/// Resizing a running VM failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ResizeError {
+    /// The backend cannot do this
+    #[error("{0} is not supported by this hypervisor")]
+    Unsupported(&'static str),
+    /// A backend-specific failure
+    #[error(transparent)]
+    Backend(BackendError),
 }
 
 /// A virtual machine monitor.
@@ -135,8 +276,21 @@ pub trait Hypervisor: Send + Sync + Debug {
     /// Short name of the backend.
     fn name(&self) -> &'static str;
 
+    /// What the backend can do to a running VM; nothing by default.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+
     /// Starts a VM; returns once the VMM process runs (not when the guest booted).
     async fn launch(&self, spec: &VmSpec) -> Result<VmEndpoints, LaunchError>;
+
+    /// The endpoints of the VM whose files live in `dir` and whose VMM has `pid`
+    /// (no check that it runs).
+    fn endpoints(&self, dir: &Path, pid: i32) -> VmEndpoints;
+
+    /// Finds the VM `id` from the files in its directory `dir` (its pidfile)
+    /// and checks its process runs and is ours, as [`Hypervisor::adopt`].
+    fn find(&self, id: &str, dir: &Path) -> Result<VmEndpoints, AdoptError>;
 
     /// Re-attaches to the VM `id` whose VMM had `pid`, checking it is ours.
     fn adopt(&self, id: &str, dir: &Path, pid: i32) -> Result<VmEndpoints, AdoptError>;
@@ -151,4 +305,28 @@ pub trait Hypervisor: Send + Sync + Debug {
         index: usize,
         nic: &NicSpec,
     ) -> Result<(), HotplugError>;
+
+    /// Hot-plugs the disk `disk` into a free slot.
+    async fn add_block(&self, vm: &VmEndpoints, disk: &BlockSpec) -> Result<(), HotplugError> {
+        let _ = (vm, disk);
+        Err(HotplugError::Unsupported("disk hot-plug"))
+    }
+
+    /// Unplugs the disk `id`, waiting up to `limit` for the guest to release
+    /// it; a disk that is not plugged succeeds.
+    async fn remove_block(
+        &self,
+        vm: &VmEndpoints,
+        id: &str,
+        limit: Duration,
+    ) -> Result<(), HotplugError> {
+        let _ = (vm, id, limit);
+        Err(HotplugError::Unsupported("disk hot-unplug"))
+    }
+
+    /// Resizes a running VM to `to`.
+    async fn resize(&self, vm: &VmEndpoints, to: &Resources) -> Result<(), ResizeError> {
+        let _ = (vm, to);
+        Err(ResizeError::Unsupported("resizing a running VM"))
+    }
 }
