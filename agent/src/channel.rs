@@ -17,6 +17,7 @@ use anyhow::{Context, bail};
 use tokio::sync::mpsc;
 
 use crate::handlers::State;
+use crate::output::Output;
 
 /// How long the agent waits for its port to appear after loading modules.
 const PORT_WAIT: Duration = Duration::from_secs(30);
@@ -26,14 +27,6 @@ const DISCONNECTED_BACKOFF: Duration = Duration::from_millis(20);
 enum Input {
     Data(Vec<u8>),
     Disconnected,
-}
-
-/// Outgoing bytes, or a flush marker that is acknowledged once all earlier bytes are written.
-pub enum Output {
-    /// Bytes to write.
-    Bytes(Vec<u8>),
-    /// Acknowledged after every earlier write completed.
-    Flush(std::sync::mpsc::Sender<()>),
 }
 
 /// Finds the port, then serves sessions on it forever.

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -18,8 +17,9 @@ use container::runner::{RunError, Runner, Stdio};
 use nix::sys::signal::Signal;
 use tokio::sync::Notify;
 
-use crate::logs::{LineSplitter, LogFile, Stream};
-use crate::streams::AttachPoint;
+use crate::attach::AttachPoint;
+use crate::capture::{pipe, spawn_collector, spawn_log_reader};
+use crate::logs::{LogFile, Stream};
 
 /// Where libcontainer keeps its state in the guest.
 const STATE_ROOT: &str = "/run/frakti/runtime";
@@ -69,69 +69,6 @@ impl std::fmt::Debug for Containers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Containers").finish_non_exhaustive()
     }
-}
-
-fn pipe() -> Result<(OwnedFd, OwnedFd), AgentError> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| err(AgentErrorKind::Internal, format!("pipe: {e}")))
-}
-
-/// Copies a pipe (or a terminal's master) into the log and to attached
-/// clients until EOF.
-fn spawn_log_reader(
-    read: OwnedFd,
-    stream: Stream,
-    log: Option<LogFile>,
-    attach: Arc<AttachPoint>,
-) -> tokio::task::JoinHandle<()> {
-    let channel = match stream {
-        Stream::Stdout => agent_api::streams::Channel::Stdout,
-        Stream::Stderr => agent_api::streams::Channel::Stderr,
-    };
-    tokio::task::spawn_blocking(move || {
-        let mut file = File::from(read);
-        let mut splitter = LineSplitter::new(stream);
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            match file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if let Some(log) = &log {
-                        splitter.push(&buf[..n], log);
-                    }
-                    attach.publish(channel, &buf[..n]);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                // A terminal reports EIO once its last user is gone.
-                Err(_) => break,
-            }
-        }
-        if let Some(log) = &log {
-            splitter.finish(log);
-        }
-        attach.output_ended();
-    })
-}
-
-/// Reads a pipe to EOF, keeping at most `limit` bytes.
-fn spawn_collector(read: OwnedFd, limit: usize) -> tokio::task::JoinHandle<Vec<u8>> {
-    tokio::task::spawn_blocking(move || {
-        let mut file = File::from(read);
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            match file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    let room = limit.saturating_sub(out.len());
-                    out.extend_from_slice(&buf[..n.min(room)]);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-        out
-    })
 }
 
 fn oom_killed(cgroup: &Path) -> bool {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use agent_api::messages::AgentErrorKind;
 use agent_api::{AgentError, GuestInfo, Request, Response};
 
-use crate::channel::Output;
+use crate::output::Output;
 
 /// What the handlers know about the guest.
 #[derive(Debug)]

@@ -3,7 +3,14 @@
 //! It prepares the guest (mounts, kernel modules), opens the agent's
 //! virtio-serial port once and serves the host's requests on it for the life of
 //! the VM, accepting a new session whenever the host reconnects.
+//!
+//! It owns everything that runs in the guest: its setup, the pod's containers
+//! (through `libcontainer`), their logs, exits and interactive streams. It
+//! knows the host only through the `agent-api` protocol: nothing of the CRI,
+//! kubelet, the hypervisor, the host's image store or CNI networking.
 
+mod attach;
+mod capture;
 mod channel;
 mod containers;
 mod fdio;
@@ -11,7 +18,9 @@ mod handlers;
 mod init;
 mod logs;
 mod net;
+mod output;
 mod reaper;
+mod relay;
 mod streams;
 
 use std::time::Instant;

@@ -7,34 +7,26 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use agent_api::messages::{AgentErrorKind, ExecStart};
-use agent_api::streams::{
-    Channel, MAX_CHUNK, StreamEnd, close_frame, data_frame, eof_frame, window_frame,
-};
+use agent_api::streams::{Channel, StreamEnd};
 use agent_api::{AgentError, Frame, Response};
 use container::runner::Stdio;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{Notify, Semaphore, broadcast, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, broadcast, mpsc};
 
-use crate::channel::Output;
+use crate::attach::Chunk;
 use crate::containers::Containers;
 use crate::fdio::{ConsoleSocket, FdIo};
+use crate::output::Output;
+use crate::relay::{Input, Outlet, ReadSide, Sink, read_to, run_exec, write_from};
 
 /// Where console sockets for terminal execs are made.
 const CONSOLE_DIR: &str = "/run/frakti/console";
-/// How long an exec's output may go on after its process exited before the
-/// rest of its process group is killed.
-const EXIT_DRAIN: Duration = Duration::from_secs(2);
-/// How many output chunks an attached client may fall behind before it misses some.
-const ATTACH_BACKLOG: usize = 1024;
 /// How long libcontainer gets to hand over a terminal.
 const CONSOLE_WAIT: Duration = Duration::from_secs(10);
 
@@ -44,11 +36,6 @@ fn err(kind: AgentErrorKind, message: impl Into<String>) -> AgentError {
 
 fn internal(what: &str, e: impl std::fmt::Display) -> AgentError {
     err(AgentErrorKind::Internal, format!("{what}: {e}"))
-}
-
-enum Input {
-    Data(Vec<u8>),
-    Eof,
 }
 
 struct Slot {
@@ -75,46 +62,6 @@ impl std::fmt::Debug for StreamTable {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Sends one stream's frames to the host within its credit.
-#[derive(Clone)]
-struct Outlet {
-    stream: u64,
-    out: std::sync::mpsc::Sender<Output>,
-    credit: Arc<Semaphore>,
-}
-
-impl Outlet {
-    fn frame(&self, frame: &Frame) -> bool {
-        self.out.send(Output::Bytes(frame.encode())).is_ok()
-    }
-
-    /// Sends `data`, waiting for credit; false once the stream is gone.
-    async fn data(&self, channel: Channel, data: &[u8]) -> bool {
-        for chunk in data.chunks(MAX_CHUNK) {
-            match self.credit.acquire_many(chunk.len() as u32).await {
-                Ok(p) => p.forget(),
-                Err(_) => return false,
-            }
-            if !self.frame(&data_frame(self.stream, channel, chunk)) {
-                return false;
-            }
-        }
-        true
-    }
-
-    fn eof(&self, channel: Channel) {
-        self.frame(&eof_frame(self.stream, channel));
-    }
-
-    fn close(&self, end: &StreamEnd) {
-        self.frame(&close_frame(self.stream, end));
-    }
-
-    fn grant(&self, n: usize) {
-        self.frame(&window_frame(self.stream, n as u32));
-    }
 }
 
 /// What a stream task gets: its input, its outlet, and the cancel signal.
@@ -228,11 +175,7 @@ impl StreamTable {
         );
         Ok(Wiring {
             input: rx,
-            outlet: Outlet {
-                stream,
-                out,
-                credit,
-            },
+            outlet: Outlet::new(stream, out, credit),
             cancel,
             terminal,
             attach_terminal,
@@ -517,225 +460,5 @@ impl StreamTable {
         };
         result.map_err(|e| internal("resize the terminal", e))?;
         Ok(Response::Done)
-    }
-}
-
-enum ReadSide {
-    Fd(Arc<FdIo>),
-    Tcp(tokio::net::tcp::OwnedReadHalf),
-}
-
-/// Copies one output to the host until EOF; `eof` sends the channel's EOF.
-fn read_to(
-    side: ReadSide,
-    outlet: Outlet,
-    channel: Channel,
-    eof: bool,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; MAX_CHUNK];
-        let mut side = side;
-        loop {
-            let n = match &mut side {
-                ReadSide::Fd(fd) => fd.read(&mut buf).await,
-                ReadSide::Tcp(t) => t.read(&mut buf).await,
-            };
-            match n {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if !outlet.data(channel, &buf[..n]).await {
-                        return;
-                    }
-                }
-            }
-        }
-        if eof {
-            outlet.eof(channel);
-        }
-    })
-}
-
-enum Sink {
-    Pipe(Arc<FdIo>),
-    Terminal(Arc<FdIo>),
-    Tcp(tokio::net::tcp::OwnedWriteHalf),
-    File(Arc<File>),
-    Discard,
-}
-
-/// Feeds the host's input to `sink`, returning credit as bytes are taken.
-fn write_from(
-    mut input: mpsc::UnboundedReceiver<Input>,
-    outlet: Outlet,
-    mut sink: Sink,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        while let Some(item) = input.recv().await {
-            match item {
-                Input::Data(data) => {
-                    let n = data.len();
-                    let ok = match &mut sink {
-                        Sink::Pipe(fd) | Sink::Terminal(fd) => fd.write_all(&data).await.is_ok(),
-                        Sink::Tcp(t) => t.write_all(&data).await.is_ok(),
-                        Sink::File(f) => {
-                            let f = f.clone();
-                            tokio::task::spawn_blocking(move || (&*f).write_all(&data).is_ok())
-                                .await
-                                .unwrap_or(false)
-                        }
-                        Sink::Discard => true,
-                    };
-                    // Credit comes back even when the bytes were dropped, so
-                    // the host never stalls on a closed input.
-                    outlet.grant(n);
-                    if !ok {
-                        sink = Sink::Discard;
-                    }
-                }
-                Input::Eof => {
-                    match &mut sink {
-                        // A terminal has no EOF of its own: send ^D, as a keyboard would.
-                        Sink::Terminal(fd) => {
-                            let _ = fd.write_all(&[4]).await;
-                        }
-                        Sink::Tcp(t) => {
-                            let _ = t.shutdown().await;
-                        }
-                        // Dropping the pipe's end closes it.
-                        Sink::Pipe(_) | Sink::File(_) | Sink::Discard => {}
-                    }
-                    return;
-                }
-            }
-        }
-    })
-}
-
-fn kill_group(pid: i32) {
-    let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
-    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-}
-
-/// Waits for an exec to exit and its output to drain, then reports its exit
-/// code; a cancel kills its process group.
-async fn run_exec(
-    pid: i32,
-    exited: tokio::sync::oneshot::Receiver<i32>,
-    readers: Vec<tokio::task::JoinHandle<()>>,
-    input: tokio::task::JoinHandle<()>,
-    outlet: Outlet,
-    cancel: Arc<Notify>,
-) {
-    let finish = async {
-        let code = exited.await.unwrap_or(255);
-        let mut drained = futures_join(readers);
-        tokio::select! {
-            () = &mut drained => {}
-            () = tokio::time::sleep(EXIT_DRAIN) => {
-                // Something it started still holds the output open.
-                kill_group(pid);
-                drained.await;
-            }
-        }
-        code
-    };
-    tokio::select! {
-        code = finish => {
-            tracing::debug!(pid, code, "exec finished");
-            outlet.close(&StreamEnd { exit_code: Some(code), error: None });
-        }
-        () = cancel.notified() => {
-            tracing::debug!(pid, "exec cancelled: killing its process group");
-            kill_group(pid);
-        }
-    }
-    input.abort();
-}
-
-/// Resolves when every handle has finished.
-fn futures_join(
-    handles: Vec<tokio::task::JoinHandle<()>>,
-) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
-    Box::pin(async move {
-        for h in handles {
-            let _ = h.await;
-        }
-    })
-}
-
-/// A piece of a container's output, as attached clients receive it.
-#[derive(Debug, Clone)]
-pub enum Chunk {
-    /// Bytes on stdout or stderr.
-    Data(Channel, Arc<[u8]>),
-}
-
-/// Where clients attach to a container's main process: its output fanned
-/// out, its stdin and terminal.
-#[derive(Debug)]
-pub struct AttachPoint {
-    output: broadcast::Sender<Chunk>,
-    open_outputs: AtomicUsize,
-    done: watch::Sender<bool>,
-    stdin: Mutex<Option<Arc<File>>>,
-    terminal: Option<Arc<File>>,
-    stdin_once: bool,
-    stdin_closed: AtomicBool,
-}
-
-impl AttachPoint {
-    /// A point for a container with `outputs` output readers; `stdin` is
-    /// its input (the terminal's master with a terminal), `terminal` set when
-    /// it has one.
-    pub fn new(
-        outputs: usize,
-        stdin: Option<File>,
-        terminal: Option<File>,
-        stdin_once: bool,
-    ) -> Arc<Self> {
-        Arc::new(Self {
-            output: broadcast::channel(ATTACH_BACKLOG).0,
-            open_outputs: AtomicUsize::new(outputs),
-            done: watch::channel(outputs == 0).0,
-            stdin: Mutex::new(stdin.map(Arc::new)),
-            terminal: terminal.map(Arc::new),
-            stdin_once,
-            stdin_closed: AtomicBool::new(false),
-        })
-    }
-
-    /// Passes output to attached clients (none attached: dropped).
-    pub fn publish(&self, channel: Channel, data: &[u8]) {
-        if self.output.receiver_count() > 0 {
-            let _ = self.output.send(Chunk::Data(channel, Arc::from(data)));
-        }
-    }
-
-    /// One output reached its end; after the last, attached clients finish.
-    pub fn output_ended(&self) {
-        if self.open_outputs.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.done.send_replace(true);
-        }
-    }
-
-    fn stdin(&self) -> Option<Arc<File>> {
-        lock(&self.stdin).clone()
-    }
-
-    fn terminal(&self) -> Option<Arc<File>> {
-        self.terminal.clone()
-    }
-
-    /// A client that wrote to stdin detached: with `stdin_once` the
-    /// container's stdin closes now (a terminal gets ^D).
-    fn detached_stdin(&self) {
-        if !self.stdin_once || self.stdin_closed.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let taken = lock(&self.stdin).take();
-        if let (Some(_), Some(t)) = (&taken, &self.terminal) {
-            let _ = (&**t).write_all(&[4]);
-        }
-        tracing::debug!("stdin_once: closing the container's stdin");
     }
 }

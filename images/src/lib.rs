@@ -8,6 +8,11 @@
 //! `blobs/sha256/<hex>` (content), `snapshots/<chain-id hex>/` (a layer
 //! chain's root filesystem), `index/<image-id hex>.json` (image records),
 //! `tmp/` (downloads and snapshots in progress; emptied at start).
+//!
+//! This crate owns registry access, the content store, the snapshots and the
+//! image index. It knows nothing of the CRI, pods, containers or VMs: callers
+//! map its [`Image`] records and [`PullError`]s onto their own API, and decide
+//! how a snapshot reaches a guest.
 
 pub mod hosts;
 mod pull;
