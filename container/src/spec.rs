@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use pods::container::{ContainerConfig, NamespaceMode, Propagation, Seccomp};
-use pods::model::SandboxConfig;
+use runtime_api::container::{ContainerConfig, NamespaceMode, Propagation, Seccomp};
+use runtime_api::sandbox::SandboxConfig;
 use serde_json::{Value, json};
 
 use crate::{caps, seccomp, users};
@@ -382,7 +382,7 @@ fn resources(config: &ContainerConfig) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pods::container::ImageProcess;
+    use runtime_api::container::ImageProcess;
 
     fn config() -> ContainerConfig {
         let mut c = ContainerConfig::default();
@@ -423,7 +423,7 @@ mod tests {
 #[cfg(test)]
 mod build_tests {
     use super::*;
-    use pods::container::{ImageProcess, Seccomp};
+    use runtime_api::container::{ImageProcess, Seccomp};
 
     fn layout(dir: &Path) -> Layout {
         Layout {

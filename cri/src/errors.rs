@@ -3,7 +3,7 @@
 use pods::{
     ContainerStatusError, CreateContainerError, ExecSyncError, RemoveContainerError,
     RemovePodError, ReopenLogError, RunPodError, RuntimeError, RuntimeErrorKind,
-    StartContainerError, StatusPodError, StopContainerError, StopPodError,
+    StartContainerError, StatusPodError, StopContainerError, StopPodError, TargetError,
 };
 use tonic::{Code, Status};
 
@@ -19,19 +19,32 @@ fn runtime_code(e: &RuntimeError) -> Code {
 }
 
 /// The gRPC status for a domain error.
-pub trait ToStatus: std::fmt::Display {
+pub trait ToStatus: std::error::Error + 'static {
     /// The gRPC code.
     fn code(&self) -> Code;
-    /// The status, with the error's message.
-    fn status(&self) -> Status {
-        Status::new(self.code(), self.to_string())
+    /// The status, with the error's message and its causes.
+    fn status(&self) -> Status
+    where
+        Self: Sized,
+    {
+        Status::new(self.code(), pods::report(self))
+    }
+}
+
+impl ToStatus for TargetError {
+    fn code(&self) -> Code {
+        match self {
+            Self::ContainerNotFound(_) | Self::SandboxNotFound(_) => Code::NotFound,
+            Self::ContainerAmbiguous(_) | Self::SandboxAmbiguous(_) => Code::InvalidArgument,
+            Self::ContainerNotRunning { .. } | Self::SandboxNotReady(_) => Code::FailedPrecondition,
+        }
     }
 }
 
 impl ToStatus for RunPodError {
     fn code(&self) -> Code {
         match self {
-            Self::Invalid(_) => Code::InvalidArgument,
+            Self::Invalid(_) | Self::Route(_) => Code::InvalidArgument,
             Self::NameReserved { .. } => Code::AlreadyExists,
             Self::NotReady(_) => Code::FailedPrecondition,
             Self::Runtime(e) => runtime_code(e),

@@ -2,13 +2,18 @@
 //! messages into domain calls on `pods` and `images` and maps their
 //! errors to gRPC status codes; it holds no logic of its own.
 
+mod container;
 mod convert;
 mod errors;
 mod images;
 mod runtime;
+mod sandbox;
+mod service;
+mod status;
+mod stream;
 
 pub use images::ImageService;
-pub use runtime::RuntimeService;
+pub use service::RuntimeService;
 
 pub mod proto {
     //! Generated CRI types, clients and servers (from the vendored `api.proto`).

@@ -1,15 +1,18 @@
 //! The container RPCs' error codes and idempotency, over a pod service whose
 //! runtime runs sandboxes but refuses every container operation.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cri::proto;
 use cri::proto::runtime_service_server::RuntimeService as _;
 use pods::{
-    ContainerConfig, ContainerRecord, ContainerRuntimeStatus, ExecOutput, PodRuntime, PodService,
+    ContainerConfig, ContainerRecord, ContainerRuntimeStatus, ExecOutput, PodService, Registry,
     RuntimeError, RuntimeErrorKind, SandboxConfig, SandboxRecord, StartedSandbox, Store,
 };
+use runtime_api::streams::{AttachRequest, Duplex, ExecRequest, StreamIo};
+use runtime_api::{ContainerRuntime, ContainerStreams, SandboxRuntime, SessionError};
 use tonic::{Code, Request};
 
 #[derive(Debug)]
@@ -20,7 +23,7 @@ fn refused() -> RuntimeError {
 }
 
 #[async_trait::async_trait]
-impl PodRuntime for SandboxesOnly {
+impl SandboxRuntime for SandboxesOnly {
     fn name(&self) -> &'static str {
         "stub"
     }
@@ -52,6 +55,13 @@ impl PodRuntime for SandboxesOnly {
     async fn sandbox_info(&self, _id: &str, _s: &serde_json::Value) -> serde_json::Value {
         serde_json::Value::Null
     }
+    fn sweep_orphans(&self, _known: &HashSet<String>) -> usize {
+        0
+    }
+}
+
+#[async_trait::async_trait]
+impl ContainerRuntime for SandboxesOnly {
     async fn create_container(
         &self,
         _s: &SandboxRecord,
@@ -111,11 +121,39 @@ impl PodRuntime for SandboxesOnly {
     }
 }
 
+#[async_trait::async_trait]
+impl ContainerStreams for SandboxesOnly {
+    async fn exec(
+        &self,
+        _s: &SandboxRecord,
+        _c: &ContainerRecord,
+        _r: &ExecRequest,
+        _io: StreamIo,
+    ) -> Result<i32, SessionError> {
+        Err(SessionError::Failed("not in this test".into()))
+    }
+    async fn attach(
+        &self,
+        _s: &SandboxRecord,
+        _c: &ContainerRecord,
+        _r: &AttachRequest,
+        _io: StreamIo,
+    ) -> Result<(), SessionError> {
+        Err(SessionError::Failed("not in this test".into()))
+    }
+    async fn port_forward(
+        &self,
+        _s: &SandboxRecord,
+        _port: u16,
+    ) -> Result<Box<dyn Duplex>, SessionError> {
+        Err(SessionError::Failed("not in this test".into()))
+    }
+}
+
 fn service(dir: &std::path::Path) -> cri::RuntimeService {
     let pods = PodService::new(
         Store::open(&dir.join("pods")).unwrap(),
-        Arc::new(SandboxesOnly),
-        Vec::new(),
+        Registry::new("frakti", Arc::new(SandboxesOnly)),
     );
     let images = images::ImageStore::open(&dir.join("images"), None).unwrap();
     cri::RuntimeService::new(pods, images, serde_json::Value::Null)

@@ -13,14 +13,17 @@ use clap::Parser;
 use cri::proto::image_service_server::ImageServiceServer;
 use cri::proto::runtime_service_server::RuntimeServiceServer;
 use hypervisor::{Qemu, QemuConfig};
-use network::Cni;
-use pods::{PodService, Store};
+use network::{Cni, PodNetworks};
+use pods::{PodService, Registry, Store};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::wrappers::UnixListenerStream;
 use vm::{VmRuntime, VmRuntimeConfig};
 
 use crate::config::{Cli, Config};
+
+/// The runtime handler of VM pods, and the default one.
+const VM_HANDLER: &str = "frakti";
 
 /// How long in-flight CRI calls may run on after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -57,6 +60,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let networks = PodNetworks::new(Cni::new(
+        config.cni_conf_dir.clone(),
+        config.cni_bin_dir.clone(),
+    ));
     let qemu = Qemu::new(QemuConfig {
         binary: config.qemu.clone(),
         firmware: config.qemu_firmware.clone(),
@@ -72,10 +79,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             accel: config.accel,
             boot_timeout: Duration::from_secs(config.boot_timeout),
             extra_cmdline: Vec::new(),
-            cni: Some(Arc::new(Cni::new(
-                config.cni_conf_dir.clone(),
-                config.cni_bin_dir.clone(),
-            ))),
+            networks: Some(networks.clone()),
             virtiofsd: config.virtiofsd.clone(),
             containers_dir: config.root.join("layers"),
         },
@@ -83,24 +87,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         events_tx,
     ));
     let store = Store::open(&config.root).context("open the record store")?;
-    let pods = PodService::new(store, vm_runtime.clone(), vec!["frakti".into()]);
+    let pods = PodService::new(store, Registry::new(VM_HANDLER, vm_runtime));
     let recovered = pods.recover().await.context("load pod records")?;
     tracing::info!(recovered, "pod records loaded");
-    let known = pods
-        .list(&pods::SandboxFilter::default())
-        .await
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
-    vm_runtime.sweep_orphans(&known);
     tokio::spawn(pods.clone().watch_events(events_rx));
-    {
-        // Probe the accelerator now, so the first pod does not wait for it.
-        let vm_runtime = vm_runtime.clone();
-        tokio::spawn(async move {
-            vm_runtime.accel().await;
-        });
-    }
+    // Probe the accelerator now, so the first pod does not wait for it.
+    pods.warm_up();
 
     let hosts_dir = config.registry_config_dir.clone();
     let root = config.root.clone();
@@ -110,27 +102,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .context("open the image store")?
             .context("open the image store")?;
 
-    {
-        // Streaming sessions name containers; the records know their pods.
-        let pods = Arc::downgrade(&pods);
-        vm_runtime.set_container_locator(Arc::new(move |id: &str| {
-            let pods = pods.upgrade()?;
-            let found = pods.list_containers(&pods::ContainerFilter {
-                id: Some(id.to_owned()),
-                ..Default::default()
-            });
-            match found.as_slice() {
-                [one] => Some(one.sandbox_id.clone()),
-                _ => None,
-            }
-        }));
-    }
     let streaming_server = streaming::StreamingServer::bind(
         streaming::ServerConfig {
             address: config.streaming_address,
             ..Default::default()
         },
-        vm_runtime.clone(),
+        Arc::new(pods.stream_router()),
     )
     .await
     .context("start the streaming server")?;
@@ -144,7 +121,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Ok(()) => {}
         Err(e) => tracing::warn!("pod networking not ready: {e}"),
     }
-    if let Ok(cni) = Cni::new(config.cni_conf_dir.clone(), config.cni_bin_dir.clone()).load() {
+    if let Ok(cni) = networks.cni().load() {
         tracing::info!(network = cni.name(), source = %cni.source, "CNI configuration");
     }
     tracing::info!(socket = %config.listen.display(), version = env!("CARGO_PKG_VERSION"), "frakti serving the CRI");

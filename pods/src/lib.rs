@@ -1,26 +1,38 @@
-//! Pod sandboxes and their containers: records, their state machine, persistence, and routing of
-//! each pod to a [`PodRuntime`]. This crate owns no I/O details of its own
-//! beyond its record store.
+//! Pod sandboxes and their containers: records, their state machine,
+//! persistence, routing of each pod to the runtime of its handler, and the
+//! routing of streaming sessions.
+//!
+//! It owns the policy of which runtime runs a pod ([`Registry::route`]) and
+//! every state check before a runtime is called. It must not know how a
+//! runtime works (VMs, agents, namespaces, CNI) nor the CRI wire format;
+//! beyond its record store it does no I/O of its own.
 
-pub mod container;
-pub mod container_service;
-pub mod model;
-pub mod runtime;
+mod container_errors;
+pub mod containers;
+pub mod filter;
+pub mod registry;
+mod sandboxes;
 pub mod service;
 pub mod store;
+pub mod streams;
+mod table;
+mod validate;
 
-pub use container::{
-    ContainerConfig, ContainerFilter, ContainerRecord, ContainerRuntimeStatus, ContainerState,
-    ExecOutput,
-};
-pub use container_service::{
+pub use container_errors::{
     ContainerStatusError, CreateContainerError, ExecSyncError, RemoveContainerError,
     ReopenLogError, StartContainerError, StopContainerError,
 };
-pub use model::{
-    DnsConfig, PodMetadata, PodResources, PortMapping, SandboxConfig, SandboxFilter, SandboxRecord,
-    SandboxState,
+pub use filter::{ContainerFilter, SandboxFilter};
+pub use registry::{Registry, RouteError};
+pub use runtime_api::container;
+pub use runtime_api::{
+    ContainerConfig, ContainerRecord, ContainerRuntimeStatus, ContainerState, DnsConfig,
+    ExecOutput, PodMetadata, PodResources, PodRuntime, PortMapping, RuntimeError, RuntimeErrorKind,
+    RuntimeEvent, SandboxConfig, SandboxRecord, SandboxState, StartedSandbox, report,
 };
-pub use runtime::{PodRuntime, RuntimeError, RuntimeErrorKind, RuntimeEvent, StartedSandbox};
-pub use service::{PodService, RemovePodError, RunPodError, StatusPodError, StopPodError};
+pub use sandboxes::{RemovePodError, RunPodError, StatusPodError, StopPodError};
+pub use service::PodService;
 pub use store::{Store, StoreError};
+pub use streams::{StreamRouter, TargetError};
+pub use table::new_id;
+pub use validate::absolute_log_path;

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::container::ContainerRecord;
-use crate::model::SandboxRecord;
+use runtime_api::ContainerRecord;
+use runtime_api::SandboxRecord;
 
 /// Reading or writing a record failed.
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +121,7 @@ fn load_in<T: DeserializeOwned>(dir: &Path) -> Result<Vec<T>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{SandboxConfig, SandboxState};
+    use runtime_api::{SandboxConfig, SandboxState};
 
     fn record(id: &str) -> SandboxRecord {
         SandboxRecord {
@@ -133,7 +133,7 @@ mod tests {
             state: SandboxState::Ready,
             reason: String::new(),
             created_at_ns: 1,
-            runtime: "fake".into(),
+            handler: "fake".into(),
             runtime_state: serde_json::json!({"pid": 1}),
             ips: vec!["10.0.0.2".into()],
         }
@@ -169,7 +169,7 @@ mod tests {
 
     #[test]
     fn containers_are_kept_apart_from_sandboxes() {
-        use crate::container::{ContainerConfig, ContainerRecord, ContainerRuntimeStatus};
+        use runtime_api::{ContainerConfig, ContainerRecord, ContainerRuntimeStatus};
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store.save(&record("s")).unwrap();

@@ -275,43 +275,6 @@ pub struct ContainerRecord {
     pub runtime_state: serde_json::Value,
 }
 
-/// Which containers `ListContainers` returns; every set field must match.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ContainerFilter {
-    /// Exact id or unique prefix.
-    pub id: Option<String>,
-    /// Sandbox id or prefix.
-    pub sandbox_id: Option<String>,
-    /// State to match.
-    pub state: Option<ContainerState>,
-    /// Labels that must all be present with these values.
-    pub label_selector: BTreeMap<String, String>,
-}
-
-impl ContainerFilter {
-    /// Whether `record` passes the filter.
-    pub fn matches(&self, record: &ContainerRecord) -> bool {
-        if let Some(id) = &self.id
-            && !record.id.starts_with(id.as_str())
-        {
-            return false;
-        }
-        if let Some(sandbox) = &self.sandbox_id
-            && !record.sandbox_id.starts_with(sandbox.as_str())
-        {
-            return false;
-        }
-        if let Some(state) = self.state
-            && record.status.state != state
-        {
-            return false;
-        }
-        self.label_selector
-            .iter()
-            .all(|(k, v)| record.config.labels.get(k) == Some(v))
-    }
-}
-
 /// Output of a command run to completion in a container.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExecOutput {

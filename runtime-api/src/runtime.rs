@@ -1,16 +1,21 @@
-//! The seam between pod bookkeeping and whatever actually runs a pod.
+//! The runtime seam, split by concern: the sandbox side, the container side
+//! and the container streams. A [`PodRuntime`] is all three; the pod service
+//! picks one per pod by its handler and calls nothing else.
 
+use std::collections::HashSet;
 use std::fmt::Debug;
-
 use std::time::Duration;
 
 use crate::container::{ContainerConfig, ContainerRecord, ContainerRuntimeStatus, ExecOutput};
-use crate::model::{SandboxConfig, SandboxRecord};
+use crate::error::RuntimeError;
+use crate::sandbox::{SandboxConfig, SandboxRecord};
+use crate::streams::ContainerStreams;
 
-/// Something that can run pod sandboxes (a VM per pod, or host namespaces).
+/// The sandbox side of a runtime: a pod's isolation boundary (a VM, or
+/// host namespaces) from start to removal, and across daemon restarts.
 #[async_trait::async_trait]
-pub trait PodRuntime: Send + Sync + Debug {
-    /// Short name, stored in each record.
+pub trait SandboxRuntime: Send + Sync + Debug {
+    /// Short name of the kind of runtime (e.g. `vm`), for logs and verbose status.
     fn name(&self) -> &'static str;
 
     /// Whether the runtime can start pods now; `Err` carries the reason.
@@ -18,6 +23,10 @@ pub trait PodRuntime: Send + Sync + Debug {
 
     /// Whether pods can get a network now; `Err` carries the reason.
     async fn network_ready(&self) -> Result<(), String>;
+
+    /// Does in the background what the first pod would otherwise wait for
+    /// (e.g. probing the accelerator). Does nothing by default.
+    async fn warm_up(&self) {}
 
     /// Starts the sandbox; returns the runtime-private state to persist and the pod's IPs.
     async fn start_sandbox(
@@ -40,9 +49,18 @@ pub trait PodRuntime: Send + Sync + Debug {
         state: &serde_json::Value,
     ) -> Result<bool, RuntimeError>;
 
+    /// Deletes what sandboxes without a record left behind (a daemon killed
+    /// in the middle of a start); `known` are the ids that have records.
+    /// Returns how many were swept.
+    fn sweep_orphans(&self, known: &HashSet<String>) -> usize;
+
     /// Extra facts for verbose status.
     async fn sandbox_info(&self, id: &str, state: &serde_json::Value) -> serde_json::Value;
+}
 
+/// The container side of a runtime: containers inside a running sandbox.
+#[async_trait::async_trait]
+pub trait ContainerRuntime: Send + Sync + Debug {
     /// Creates container `id` in the running `sandbox` (not started); returns
     /// the runtime-private state to persist. `log_path` is absolute or empty.
     async fn create_container(
@@ -109,6 +127,11 @@ pub trait PodRuntime: Send + Sync + Debug {
     ) -> serde_json::Value;
 }
 
+/// Everything a pod needs from its runtime.
+pub trait PodRuntime: SandboxRuntime + ContainerRuntime + ContainerStreams {}
+
+impl<T: SandboxRuntime + ContainerRuntime + ContainerStreams> PodRuntime for T {}
+
 /// A sandbox the runtime started.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StartedSandbox {
@@ -137,41 +160,4 @@ pub enum RuntimeEvent {
         /// Its final status.
         status: ContainerRuntimeStatus,
     },
-}
-
-/// A runtime operation failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct RuntimeError {
-    /// Broad class, for mapping to gRPC codes.
-    pub kind: RuntimeErrorKind,
-    /// What went wrong.
-    pub message: String,
-}
-
-impl RuntimeError {
-    /// An error of `kind` with `message`.
-    pub fn new(kind: RuntimeErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-        }
-    }
-}
-
-/// Broad classes of runtime errors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RuntimeErrorKind {
-    /// The request cannot be satisfied as given.
-    InvalidArgument,
-    /// The host lacks something the runtime needs (assets, devices).
-    Unavailable,
-    /// The operation did not finish in time.
-    DeadlineExceeded,
-    /// The object does not exist (any more) in the runtime.
-    NotFound,
-    /// The object is not in a state that allows the operation.
-    FailedPrecondition,
-    /// Anything else.
-    Internal,
 }

@@ -1,4 +1,5 @@
-//! Domain types for pod sandboxes, independent of the CRI wire format.
+//! Pod sandboxes as runtimes see them: what the kubelet asked for, and the
+//! stored record, independent of the CRI wire format.
 
 use std::collections::BTreeMap;
 
@@ -122,8 +123,9 @@ pub struct SandboxRecord {
     pub reason: String,
     /// Creation time, nanoseconds since the epoch.
     pub created_at_ns: i64,
-    /// Name of the runtime that runs it.
-    pub runtime: String,
+    /// The runtime handler that runs it, chosen once when it was created.
+    #[serde(alias = "runtime")]
+    pub handler: String,
     /// Runtime-private state (e.g. the VM's pid and directories).
     pub runtime_state: serde_json::Value,
     /// The pod's IP addresses, the primary first.
@@ -135,35 +137,5 @@ impl SandboxRecord {
     /// The pod's metadata (records are only created with metadata).
     pub fn metadata(&self) -> Option<&PodMetadata> {
         self.config.metadata.as_ref()
-    }
-}
-
-/// Which sandboxes `ListPodSandbox` returns; every set field must match.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SandboxFilter {
-    /// Exact id or unique prefix.
-    pub id: Option<String>,
-    /// State to match.
-    pub state: Option<SandboxState>,
-    /// Labels that must all be present with these values.
-    pub label_selector: BTreeMap<String, String>,
-}
-
-impl SandboxFilter {
-    /// Whether `record` passes the filter.
-    pub fn matches(&self, record: &SandboxRecord) -> bool {
-        if let Some(id) = &self.id
-            && !record.id.starts_with(id.as_str())
-        {
-            return false;
-        }
-        if let Some(state) = self.state
-            && record.state != state
-        {
-            return false;
-        }
-        self.label_selector
-            .iter()
-            .all(|(k, v)| record.config.labels.get(k) == Some(v))
     }
 }

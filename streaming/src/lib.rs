@@ -7,6 +7,11 @@
 //! the Kubernetes remotecommand or port-forward protocol. The work itself is
 //! done by a [`StreamingRuntime`]. [`client`] holds the client side, for tests
 //! and tools.
+//!
+//! This crate owns the HTTP server, the SPDY/3.1 and WebSocket transports and
+//! the Kubernetes remotecommand and port-forward protocols. It knows nothing
+//! of pods, VMs, the guest agent or the CRI's gRPC services: pod and container
+//! ids are opaque strings handed to the [`StreamingRuntime`].
 
 pub mod cache;
 pub mod client;
@@ -19,7 +24,7 @@ pub mod spdy;
 pub mod wsstream;
 
 pub use runtime::{
-    AttachRequest, BoxRead, BoxWrite, Duplex, ExecRequest, PortForwardRequest, RuntimeError,
+    AttachRequest, BoxRead, BoxWrite, Duplex, ExecRequest, PortForwardRequest, SessionError,
     StreamIo, StreamingRuntime, TerminalSize,
 };
 pub use server::{BindError, RequestError, ServerConfig, StreamingServer};

@@ -27,7 +27,7 @@ use tracing::{debug, warn};
 
 use crate::protocol::{STREAM_TYPE, Status, channel, remotecommand_version};
 use crate::runtime::{
-    AttachRequest, BoxRead, BoxWrite, ExecRequest, RuntimeError, StreamIo, StreamingRuntime,
+    AttachRequest, BoxRead, BoxWrite, ExecRequest, SessionError, StreamIo, StreamingRuntime,
     TerminalSize,
 };
 use crate::spdy::frame::rst;
@@ -73,14 +73,14 @@ impl Command {
         self,
         runtime: &dyn StreamingRuntime,
         io: StreamIo,
-    ) -> Result<Option<i32>, RuntimeError> {
+    ) -> Result<Option<i32>, SessionError> {
         match self {
             Command::Exec(r) => runtime.exec(&r, io).await.map(Some),
             Command::Attach(r) => runtime.attach(&r, io).await.map(|()| None),
         }
     }
 
-    fn status(result: Result<Option<i32>, RuntimeError>, exec: bool) -> Status {
+    fn status(result: Result<Option<i32>, SessionError>, exec: bool) -> Status {
         match result {
             Ok(Some(0) | None) => Status::success(),
             Ok(Some(code)) => Status::exit_code(code),

@@ -13,9 +13,11 @@
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use pods::container::{ContainerConfig, ContainerRuntimeStatus, ContainerState, Propagation};
-use pods::model::SandboxConfig;
-use pods::{RuntimeError, RuntimeErrorKind};
+use runtime_api::container::{
+    ContainerConfig, ContainerRuntimeStatus, ContainerState, Propagation,
+};
+use runtime_api::error::Cause;
+use runtime_api::{RuntimeError, RuntimeErrorKind, SandboxConfig};
 use serde::{Deserialize, Serialize};
 
 /// Where the guest mounts the pod's shared directory.
@@ -38,8 +40,8 @@ pub struct ContainerFiles {
     pub mounts: Vec<PathBuf>,
 }
 
-fn internal(what: impl std::fmt::Display, e: impl std::fmt::Display) -> RuntimeError {
-    RuntimeError::new(RuntimeErrorKind::Internal, format!("{what}: {e}"))
+fn internal(what: impl Into<String>, e: impl Into<Cause>) -> RuntimeError {
+    RuntimeError::internal(what, e)
 }
 
 fn invalid(what: impl Into<String>) -> RuntimeError {

@@ -1,29 +1,22 @@
-//! A VM pod's network: namespace, CNI, tap mirror, and the guest's view of it.
+//! A VM pod's network: the pod network (namespace + CNI, from `network`'s
+//! shared service), a tap mirroring each CNI interface, and the guest's view.
 
 use agent_api::{NetInterface, NetRoute};
-use network::cni::Attachment;
-use network::{Cni, CniConfig, CniResult, Netns, PortMapping, TapLink};
-use pods::SandboxConfig;
+use network::{Netns, PodIdentity, PodNetwork, PodNetworkError, PodNetworks, PortMapping, TapLink};
+use runtime_api::SandboxConfig;
 use serde::{Deserialize, Serialize};
 
 /// The CNI interface inside the pod's namespace.
-const IFNAME: &str = "eth0";
+const IFNAME: &str = network::pod::IFNAME;
 /// The tap QEMU attaches to.
 const TAP: &str = "tap0";
 
-/// Everything needed to tear a pod's network down, even after a restart.
+/// A VM pod's network: the pod network, and the taps its NICs use.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PodNetwork {
-    /// Name of the namespace under /run/netns.
-    pub netns: String,
-    /// The network configuration used for ADD (DEL must use the same).
-    pub config: CniConfig,
-    /// Who the network was added for.
-    pub attachment: Attachment,
-    /// The ADD result.
-    pub result: CniResult,
-    /// hostPorts passed to ADD.
-    pub port_mappings: Vec<PortMapping>,
+pub struct VmNetwork {
+    /// The pod network CNI added.
+    #[serde(flatten)]
+    pub pod: PodNetwork,
     /// The tap mirroring the CNI interface.
     pub tap: TapLink,
     /// Taps mirroring further interfaces the CNI result put in the namespace.
@@ -31,7 +24,7 @@ pub struct PodNetwork {
     pub extra_taps: Vec<TapLink>,
 }
 
-impl PodNetwork {
+impl VmNetwork {
     /// Every tap, the CNI interface's first: one guest NIC each.
     pub fn taps(&self) -> impl Iterator<Item = &TapLink> {
         std::iter::once(&self.tap).chain(self.extra_taps.iter())
@@ -41,132 +34,92 @@ impl PodNetwork {
 /// Most NICs a pod VM takes (its hot-plug slots).
 pub const MAX_NICS: usize = 4;
 
-fn attachment(id: &str, netns: &Netns, ifname: &str, config: &SandboxConfig) -> Attachment {
-    let meta = config
-        .metadata
-        .clone()
-        .unwrap_or_else(|| pods::PodMetadata {
-            name: String::new(),
-            uid: String::new(),
-            namespace: String::new(),
-            attempt: 0,
-        });
-    Attachment {
-        container_id: id.to_owned(),
-        netns: netns.path(),
-        ifname: ifname.to_owned(),
-        pod_namespace: meta.namespace,
-        pod_name: meta.name,
-        pod_uid: meta.uid,
+/// Setting up a VM pod's network failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VmNetworkError {
+    /// The pod network (namespace or CNI) failed
+    #[error(transparent)]
+    Pod(#[from] PodNetworkError),
+    /// A tap could not mirror a CNI interface
+    #[error(transparent)]
+    Tap(#[from] network::TapError),
+    /// The CNI result has more interfaces than the VM has NIC slots
+    #[error("the CNI result has {0} interfaces in the pod; a pod VM takes at most {MAX_NICS}")]
+    TooManyInterfaces(usize),
+}
+
+/// Who the pod network of sandbox `id` is for.
+fn identity(id: &str, config: &SandboxConfig) -> PodIdentity {
+    let meta = config.metadata.as_ref();
+    PodIdentity {
+        id: id.to_owned(),
+        name: meta.map(|m| m.name.clone()).unwrap_or_default(),
+        namespace: meta.map(|m| m.namespace.clone()).unwrap_or_default(),
+        uid: meta.map(|m| m.uid.clone()).unwrap_or_default(),
+        port_mappings: config
+            .port_mappings
+            .iter()
+            .map(|p| PortMapping {
+                host_port: p.host_port,
+                container_port: p.container_port,
+                protocol: p.protocol.clone(),
+                host_ip: p.host_ip.clone(),
+            })
+            .collect(),
     }
 }
 
-/// The pod's network namespace (`/run/netns/frakti-<id>`).
-pub fn netns_for(id: &str) -> Netns {
-    Netns::new(format!("frakti-{id}"))
-}
-
-/// Runs CNI ADD (loopback and the pod network) in `netns` and mirrors the CNI
-/// interface to a tap. On failure the CNI part is undone; the namespace stays.
+/// Adds the pod network in `netns` and mirrors each of its interfaces in
+/// the namespace to a tap. On failure the network is removed again.
 pub async fn setup(
-    cni: &Cni,
+    networks: &PodNetworks,
     netns: &Netns,
     id: &str,
     config: &SandboxConfig,
-) -> Result<PodNetwork, String> {
-    let port_mappings: Vec<PortMapping> = config
-        .port_mappings
-        .iter()
-        .filter(|p| p.host_port > 0)
-        .map(|p| PortMapping {
-            host_port: p.host_port,
-            container_port: p.container_port,
-            protocol: p.protocol.to_lowercase(),
-            host_ip: p.host_ip.clone(),
-        })
-        .collect();
-    let cni_config = cni.load().map_err(|e| e.to_string())?;
-    let loopback = attachment(id, netns, "lo", config);
-    let pod = attachment(id, netns, IFNAME, config);
-    let undo = async |why: String, added: bool| {
-        if added {
-            let _ = cni.del(&cni_config, &pod, None, &port_mappings).await;
+) -> Result<VmNetwork, VmNetworkError> {
+    let pod = networks.add(netns, &identity(id, config)).await?;
+    match taps(netns, &pod).await {
+        Ok((tap, extra_taps)) => Ok(VmNetwork {
+            pod,
+            tap,
+            extra_taps,
+        }),
+        Err(e) => {
+            if let Err(undo) = networks.remove(&pod).await {
+                tracing::warn!(%id, "cleaning up the pod network: {undo}");
+            }
+            Err(e)
         }
-        let _ = cni.del(&cni.loopback(), &loopback, None, &[]).await;
-        why
-    };
-    if let Err(e) = cni.add(&cni.loopback(), &loopback, &[]).await {
-        return Err(undo(e.to_string(), false).await);
     }
-    let result = match cni.add(&cni_config, &pod, &port_mappings).await {
-        Ok(r) => r,
-        // A failed ADD may have left state behind: DEL cleans it (spec §DEL).
-        Err(e) => return Err(undo(e.to_string(), true).await),
-    };
-    let tap = match network::tap::setup(netns, IFNAME, TAP).await {
-        Ok(t) => t,
-        Err(e) => return Err(undo(e.to_string(), true).await),
-    };
-    // Other interfaces the plugins created in the namespace get a NIC too.
+}
+
+/// A tap for the CNI interface, and one for each other interface the
+/// plugins created in the namespace.
+async fn taps(netns: &Netns, pod: &PodNetwork) -> Result<(TapLink, Vec<TapLink>), VmNetworkError> {
     let sandbox = netns.path().display().to_string();
-    let others: Vec<String> = result
+    let others: Vec<String> = pod
+        .result
         .interfaces
         .iter()
         .filter(|i| i.sandbox == sandbox && i.name != IFNAME && i.name != "lo")
         .map(|i| i.name.clone())
         .collect();
     if others.len() + 1 > MAX_NICS {
-        let why = format!(
-            "the CNI result has {} interfaces in the pod; a pod VM takes at most {MAX_NICS}",
-            others.len() + 1
-        );
-        return Err(undo(why, true).await);
+        return Err(VmNetworkError::TooManyInterfaces(others.len() + 1));
     }
+    let tap = network::tap::setup(netns, IFNAME, TAP).await?;
     let mut extra_taps = Vec::new();
     for (n, name) in others.iter().enumerate() {
-        match network::tap::setup(netns, name, &format!("tap{}", n + 1)).await {
-            Ok(t) => extra_taps.push(t),
-            Err(e) => return Err(undo(e.to_string(), true).await),
-        }
+        extra_taps.push(network::tap::setup(netns, name, &format!("tap{}", n + 1)).await?);
     }
-    tracing::info!(%id, network = cni_config.name(), source = %cni_config.source,
-        ips = ?result.pod_ips(), "pod network added");
-    Ok(PodNetwork {
-        netns: netns.name().to_owned(),
-        config: cni_config,
-        attachment: pod,
-        result,
-        port_mappings,
-        tap,
-        extra_taps,
-    })
-}
-
-/// Runs CNI DEL (pod network, then loopback) and removes the namespace. Idempotent.
-pub async fn teardown(cni: &Cni, net: &PodNetwork) -> Result<(), String> {
-    cni.del(
-        &net.config,
-        &net.attachment,
-        Some(&net.result),
-        &net.port_mappings,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let mut loopback = net.attachment.clone();
-    loopback.ifname = "lo".into();
-    cni.del(&cni.loopback(), &loopback, None, &[])
-        .await
-        .map_err(|e| e.to_string())?;
-    Netns::new(net.netns.clone())
-        .remove()
-        .map_err(|e| e.to_string())
+    Ok((tap, extra_taps))
 }
 
 /// What the guest agent must configure: the addresses of the CNI interface
 /// on the VM's NIC, and the routes (with the address family's gateway when a
 /// route names none).
-pub fn guest_config(net: &PodNetwork) -> (Vec<NetInterface>, Vec<NetRoute>) {
-    let result = &net.result;
+pub fn guest_config(net: &VmNetwork) -> (Vec<NetInterface>, Vec<NetRoute>) {
+    let result = &net.pod.result;
     let index_of = |name: &str| {
         result
             .interfaces
@@ -217,11 +170,11 @@ pub fn guest_config(net: &PodNetwork) -> (Vec<NetInterface>, Vec<NetRoute>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use network::cni::{Interface, IpConfig, Route};
+    use network::cni::{Attachment, CniConfig, CniResult, Interface, IpConfig, Route};
 
     #[test]
     fn guest_gets_our_addresses_and_gatewayed_routes() {
-        let net = PodNetwork {
+        let pod = PodNetwork {
             netns: "n".into(),
             config: CniConfig {
                 source: "t".into(),
@@ -281,6 +234,9 @@ mod tests {
                 ],
             },
             port_mappings: Vec::new(),
+        };
+        let net = VmNetwork {
+            pod,
             tap: TapLink {
                 ifname: "eth0".into(),
                 tap: "tap0".into(),

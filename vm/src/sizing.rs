@@ -1,6 +1,6 @@
 //! VM size from a pod's resources.
 
-use pods::{PodResources, SandboxConfig};
+use runtime_api::{PodResources, SandboxConfig};
 
 /// The least memory the guest kernel and agent need to run containers.
 pub const MIN_MEMORY_MIB: u64 = 128;

@@ -6,59 +6,32 @@ use std::time::Duration;
 
 use agent_api::messages::{AgentErrorKind, ExecStart};
 use agent_api::streams::Channel;
-use agent_api::{AgentClient, AgentStream, CallError, Request, StreamEvent};
-use streaming::{
-    AttachRequest, BoxWrite, Duplex, ExecRequest, RuntimeError, StreamIo, StreamingRuntime,
-};
+use agent_api::{AgentClient, AgentStream, CallError, Request, StreamEvent, calls};
+use runtime_api::streams::{AttachRequest, BoxWrite, Duplex, ExecRequest, StreamIo};
+use runtime_api::{ContainerRecord, ContainerStreams, SandboxRecord, SessionError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::VmRuntime;
+use crate::runtime::VmRuntime;
 
 /// How long the agent gets to start an exec or open a connection.
 const OPEN_CALL: Duration = Duration::from_secs(30);
 /// Buffer of the in-memory pipe handed to the server for a forwarded port.
 const FORWARD_BUFFER: usize = 64 * 1024;
 
-/// Finds the pod sandbox of a container id (the daemon's records know).
-pub type ContainerLocator = dyn Fn(&str) -> Option<String> + Send + Sync;
-
-/// The runtime's container locator.
-pub(crate) struct Locator(Arc<ContainerLocator>);
-
-impl std::fmt::Debug for Locator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Locator")
-    }
-}
-
-fn open_error(what: &str, e: CallError) -> RuntimeError {
+fn open_error(what: &str, e: CallError) -> SessionError {
     match e {
         CallError::Agent(a) if a.kind == AgentErrorKind::NotFound => {
-            RuntimeError::NotFound(a.message)
+            SessionError::NotFound(a.message)
         }
-        other => RuntimeError::Failed(format!("{what}: {other}")),
+        other => SessionError::Failed(format!("{what}: {other}")),
     }
 }
 
 impl VmRuntime {
-    /// Tells the runtime how to find a container's pod for streaming sessions.
-    pub fn set_container_locator(&self, locator: Arc<ContainerLocator>) {
-        let _ = self.locator.set(Locator(locator));
-    }
-
-    fn stream_agent(&self, sandbox_id: &str) -> Result<Arc<AgentClient>, RuntimeError> {
-        self.vm(sandbox_id)
+    fn stream_agent(&self, sandbox: &SandboxRecord) -> Result<Arc<AgentClient>, SessionError> {
+        self.vm(&sandbox.id)
             .map(|vm| vm.agent.clone())
-            .ok_or_else(|| RuntimeError::NotFound(format!("running pod sandbox {sandbox_id}")))
-    }
-
-    fn container_agent(&self, container_id: &str) -> Result<Arc<AgentClient>, RuntimeError> {
-        let sandbox = self
-            .locator
-            .get()
-            .and_then(|locate| (locate.0)(container_id))
-            .ok_or_else(|| RuntimeError::NotFound(format!("container {container_id}")))?;
-        self.stream_agent(&sandbox)
+            .ok_or_else(|| SessionError::NotFound(format!("running pod sandbox {}", sandbox.id)))
     }
 }
 
@@ -68,7 +41,7 @@ async fn pump(
     agent: Arc<AgentClient>,
     mut stream: AgentStream,
     io: StreamIo,
-) -> Result<Option<i32>, RuntimeError> {
+) -> Result<Option<i32>, SessionError> {
     let sender = stream.sender();
     let stdin_task = io.stdin.map(|mut src| {
         let sender = sender.clone();
@@ -91,12 +64,12 @@ async fn pump(
         let (agent, id) = (agent.clone(), stream.id());
         tokio::spawn(async move {
             while let Some(size) = sizes.recv().await {
-                let request = Request::Resize {
+                let request = calls::Resize {
                     stream: id,
                     width: size.width,
                     height: size.height,
                 };
-                if let Err(e) = agent.call(&request, OPEN_CALL).await {
+                if let Err(e) = agent.request(request, OPEN_CALL).await {
                     tracing::debug!(stream = id, "resize failed: {e}");
                 }
             }
@@ -107,7 +80,7 @@ async fn pump(
     let result = loop {
         let event = match stream.recv().await {
             Ok(e) => e,
-            Err(e) => break Err(RuntimeError::Failed(e.to_string())),
+            Err(e) => break Err(SessionError::Failed(e.to_string())),
         };
         match event {
             StreamEvent::Data(channel, data) => {
@@ -134,7 +107,7 @@ async fn pump(
                 }
             }
             StreamEvent::End(end) => match end.error {
-                Some(e) => break Err(RuntimeError::Failed(e)),
+                Some(e) => break Err(SessionError::Failed(e)),
                 None => break Ok(end.exit_code),
             },
         }
@@ -150,12 +123,18 @@ async fn pump(
 }
 
 #[async_trait::async_trait]
-impl StreamingRuntime for VmRuntime {
-    async fn exec(&self, req: &ExecRequest, io: StreamIo) -> Result<i32, RuntimeError> {
-        let agent = self.container_agent(&req.container_id)?;
+impl ContainerStreams for VmRuntime {
+    async fn exec(
+        &self,
+        sandbox: &SandboxRecord,
+        container: &ContainerRecord,
+        req: &ExecRequest,
+        io: StreamIo,
+    ) -> Result<i32, SessionError> {
+        let agent = self.stream_agent(sandbox)?;
         let start = ExecStart {
             stream: 0,
-            id: req.container_id.clone(),
+            id: container.id.clone(),
             args: req.cmd.clone(),
             tty: req.tty,
             stdin: io.stdin.is_some(),
@@ -170,13 +149,19 @@ impl StreamingRuntime for VmRuntime {
             .await
             .map_err(|e| open_error("start the command", e))?;
         let code = pump(agent, stream, io).await?;
-        code.ok_or_else(|| RuntimeError::Failed("the agent reported no exit code".into()))
+        code.ok_or_else(|| SessionError::Failed("the agent reported no exit code".into()))
     }
 
-    async fn attach(&self, req: &AttachRequest, io: StreamIo) -> Result<(), RuntimeError> {
-        let agent = self.container_agent(&req.container_id)?;
+    async fn attach(
+        &self,
+        sandbox: &SandboxRecord,
+        container: &ContainerRecord,
+        req: &AttachRequest,
+        io: StreamIo,
+    ) -> Result<(), SessionError> {
+        let agent = self.stream_agent(sandbox)?;
         let (id, stdin, stdout, stderr) = (
-            req.container_id.clone(),
+            container.id.clone(),
             io.stdin.is_some(),
             io.stdout.is_some(),
             io.stderr.is_some() && !req.tty,
@@ -199,10 +184,10 @@ impl StreamingRuntime for VmRuntime {
 
     async fn port_forward(
         &self,
-        pod_sandbox_id: &str,
+        sandbox: &SandboxRecord,
         port: u16,
-    ) -> Result<Box<dyn Duplex>, RuntimeError> {
-        let agent = self.stream_agent(pod_sandbox_id)?;
+    ) -> Result<Box<dyn Duplex>, SessionError> {
+        let agent = self.stream_agent(sandbox)?;
         let mut stream = agent
             .open_stream(|stream| Request::PortForward { stream, port }, OPEN_CALL)
             .await

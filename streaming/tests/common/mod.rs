@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use streaming::{
-    AttachRequest, Duplex, ExecRequest, RuntimeError, ServerConfig, StreamIo, StreamingRuntime,
+    AttachRequest, Duplex, ExecRequest, ServerConfig, SessionError, StreamIo, StreamingRuntime,
     StreamingServer, TerminalSize,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,8 +25,8 @@ pub const POD: &str = "p1";
 #[derive(Debug, Default)]
 pub struct HostRuntime;
 
-fn failed(e: impl std::fmt::Display) -> RuntimeError {
-    RuntimeError::Failed(e.to_string())
+fn failed(e: impl std::fmt::Display) -> SessionError {
+    SessionError::Failed(e.to_string())
 }
 
 fn exit_code(status: std::process::ExitStatus) -> i32 {
@@ -36,7 +36,7 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
-async fn run_piped(cmd: &[String], io: StreamIo) -> Result<i32, RuntimeError> {
+async fn run_piped(cmd: &[String], io: StreamIo) -> Result<i32, SessionError> {
     let pipe = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
     let mut child = Command::new(&cmd[0])
         .args(&cmd[1..])
@@ -88,7 +88,7 @@ fn set_size(master: &File, size: TerminalSize) {
     unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
 }
 
-async fn run_tty(cmd: &[String], io: StreamIo) -> Result<i32, RuntimeError> {
+async fn run_tty(cmd: &[String], io: StreamIo) -> Result<i32, SessionError> {
     let pty = nix::pty::openpty(None, None).map_err(failed)?;
     let master = File::from(pty.master);
     let slave: OwnedFd = pty.slave;
@@ -173,9 +173,9 @@ async fn run_tty(cmd: &[String], io: StreamIo) -> Result<i32, RuntimeError> {
 
 #[async_trait]
 impl StreamingRuntime for HostRuntime {
-    async fn exec(&self, req: &ExecRequest, io: StreamIo) -> Result<i32, RuntimeError> {
+    async fn exec(&self, req: &ExecRequest, io: StreamIo) -> Result<i32, SessionError> {
         if req.container_id != CONTAINER {
-            return Err(RuntimeError::NotFound(format!(
+            return Err(SessionError::NotFound(format!(
                 "container {}",
                 req.container_id
             )));
@@ -187,9 +187,9 @@ impl StreamingRuntime for HostRuntime {
         }
     }
 
-    async fn attach(&self, req: &AttachRequest, io: StreamIo) -> Result<(), RuntimeError> {
+    async fn attach(&self, req: &AttachRequest, io: StreamIo) -> Result<(), SessionError> {
         if req.container_id != CONTAINER {
-            return Err(RuntimeError::NotFound(format!(
+            return Err(SessionError::NotFound(format!(
                 "container {}",
                 req.container_id
             )));
@@ -199,7 +199,7 @@ impl StreamingRuntime for HostRuntime {
         if code == 0 {
             Ok(())
         } else {
-            Err(RuntimeError::Failed(format!(
+            Err(SessionError::Failed(format!(
                 "main process exited with {code}"
             )))
         }
@@ -209,9 +209,9 @@ impl StreamingRuntime for HostRuntime {
         &self,
         pod_sandbox_id: &str,
         port: u16,
-    ) -> Result<Box<dyn Duplex>, RuntimeError> {
+    ) -> Result<Box<dyn Duplex>, SessionError> {
         if pod_sandbox_id != POD {
-            return Err(RuntimeError::NotFound(format!(
+            return Err(SessionError::NotFound(format!(
                 "pod sandbox {pod_sandbox_id}"
             )));
         }

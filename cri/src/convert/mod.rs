@@ -1,0 +1,54 @@
+//! CRI messages <-> domain types, by verb family; each function says what is
+//! invalid in its `Err`.
+
+mod container;
+mod image;
+mod sandbox;
+
+use std::collections::HashMap;
+
+use pods::container::{NamespaceMode, NamespaceOptions};
+
+use crate::proto;
+
+pub use container::{container, container_config, container_filter, container_status};
+pub use image::image_process;
+pub use sandbox::{pod_sandbox, pod_sandbox_status, sandbox_config, sandbox_filter};
+
+pub(crate) fn namespace_mode(mode: i32, what: &str) -> Result<NamespaceMode, String> {
+    match proto::NamespaceMode::try_from(mode) {
+        Ok(proto::NamespaceMode::Pod) => Ok(NamespaceMode::Pod),
+        Ok(proto::NamespaceMode::Container) => Ok(NamespaceMode::Container),
+        Ok(proto::NamespaceMode::Node) => Ok(NamespaceMode::Node),
+        Ok(proto::NamespaceMode::Target) => Ok(NamespaceMode::Target),
+        Err(_) => Err(format!("unknown {what} namespace mode {mode}")),
+    }
+}
+
+/// Namespace options; absent options are the CRI default (all POD).
+pub(crate) fn namespace_options(
+    ns: Option<&proto::NamespaceOption>,
+) -> Result<NamespaceOptions, String> {
+    let Some(ns) = ns else {
+        return Ok(NamespaceOptions::default());
+    };
+    let options = NamespaceOptions {
+        network: namespace_mode(ns.network, "network")?,
+        pid: namespace_mode(ns.pid, "pid")?,
+        ipc: namespace_mode(ns.ipc, "ipc")?,
+        target_id: ns.target_id.clone(),
+    };
+    let targets = [options.network, options.pid, options.ipc].contains(&NamespaceMode::Target);
+    if targets && options.target_id.is_empty() {
+        return Err("namespace mode TARGET needs target_id".into());
+    }
+    Ok(options)
+}
+
+/// The seccomp profile: the `seccomp` field when set, else the deprecated
+/// `seccomp_profile_path` (`""` is unconfined, as the API documents).
+
+/// Labels or annotations as the CRI carries them.
+pub(crate) fn map(m: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}

@@ -1,0 +1,94 @@
+//! Pod sandbox calls: run, stop, remove, status, list.
+
+use std::collections::HashMap;
+
+use tonic::{Request, Response, Status};
+
+use crate::errors::ToStatus;
+use crate::service::{RuntimeService, require_id};
+use crate::{convert, proto};
+
+pub(crate) async fn run_pod_sandbox(
+    svc: &RuntimeService,
+    request: Request<proto::RunPodSandboxRequest>,
+) -> Result<Response<proto::RunPodSandboxResponse>, Status> {
+    let req = request.into_inner();
+    let config = req
+        .config
+        .ok_or_else(|| Status::invalid_argument("config is required (metadata is required)"))?;
+    let config =
+        convert::sandbox_config(config, req.runtime_handler).map_err(Status::invalid_argument)?;
+    let name = config
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
+    let id = svc.pods.run(config).await.map_err(|e| {
+        tracing::warn!(pod = %name, "RunPodSandbox failed: {e}");
+        e.status()
+    })?;
+    tracing::info!(pod = %name, %id, "pod sandbox ready");
+    Ok(Response::new(proto::RunPodSandboxResponse {
+        pod_sandbox_id: id,
+    }))
+}
+
+pub(crate) async fn stop_pod_sandbox(
+    svc: &RuntimeService,
+    request: Request<proto::StopPodSandboxRequest>,
+) -> Result<Response<proto::StopPodSandboxResponse>, Status> {
+    let id = request.into_inner().pod_sandbox_id;
+    require_id(&id, "pod_sandbox_id")?;
+    svc.pods.stop(&id).await.map_err(|e| e.status())?;
+    Ok(Response::new(proto::StopPodSandboxResponse {}))
+}
+
+pub(crate) async fn remove_pod_sandbox(
+    svc: &RuntimeService,
+    request: Request<proto::RemovePodSandboxRequest>,
+) -> Result<Response<proto::RemovePodSandboxResponse>, Status> {
+    let id = request.into_inner().pod_sandbox_id;
+    require_id(&id, "pod_sandbox_id")?;
+    svc.pods.remove(&id).await.map_err(|e| e.status())?;
+    Ok(Response::new(proto::RemovePodSandboxResponse {}))
+}
+
+pub(crate) async fn pod_sandbox_status(
+    svc: &RuntimeService,
+    request: Request<proto::PodSandboxStatusRequest>,
+) -> Result<Response<proto::PodSandboxStatusResponse>, Status> {
+    let req = request.into_inner();
+    require_id(&req.pod_sandbox_id, "pod_sandbox_id")?;
+    let (record, info) = svc
+        .pods
+        .status(&req.pod_sandbox_id, req.verbose)
+        .await
+        .map_err(|e| e.status())?;
+    let mut info_map = HashMap::new();
+    if let Some(mut info) = info {
+        info["state_reason"] = record.reason.clone().into();
+        info_map.insert("info".to_owned(), info.to_string());
+    }
+    Ok(Response::new(proto::PodSandboxStatusResponse {
+        status: Some(convert::pod_sandbox_status(&record)),
+        info: info_map,
+        containers_statuses: Vec::new(),
+        timestamp: 0,
+    }))
+}
+
+pub(crate) async fn list_pod_sandbox(
+    svc: &RuntimeService,
+    request: Request<proto::ListPodSandboxRequest>,
+) -> Result<Response<proto::ListPodSandboxResponse>, Status> {
+    let filter =
+        convert::sandbox_filter(request.into_inner().filter).map_err(Status::invalid_argument)?;
+    let items = svc
+        .pods
+        .list(&filter)
+        .await
+        .iter()
+        .map(convert::pod_sandbox)
+        .collect();
+    Ok(Response::new(proto::ListPodSandboxResponse { items }))
+}

@@ -1,0 +1,220 @@
+//! Routing: each pod goes to the runtime of its handler, decided once and
+//! kept in its record; streaming sessions follow the records.
+
+use std::sync::Arc;
+
+use pods::container::NamespaceMode;
+use pods::{PodService, Registry, RouteError, RunPodError, SandboxState, Store};
+use runtime_api::streams::{ExecRequest, StreamIo};
+use runtime_api::{SessionError, StreamingRuntime};
+use tokio::io::AsyncReadExt;
+
+mod common;
+
+use common::*;
+
+fn two_runtimes(dir: &std::path::Path) -> (Arc<PodService>, Arc<FakeRuntime>, Arc<FakeRuntime>) {
+    let (a, b) = (
+        Arc::new(FakeRuntime::default()),
+        Arc::new(FakeRuntime::default()),
+    );
+    let registry = Registry::new("frakti", a.clone()).with("other", b.clone());
+    (PodService::new(Store::open(dir).unwrap(), registry), a, b)
+}
+
+#[test]
+fn route_follows_the_handler_and_the_namespaces() {
+    let rt = Arc::new(FakeRuntime::default());
+    let registry = Registry::new("frakti", rt.clone()).with("other", rt.clone());
+    let mut c = config("a", &[]);
+    assert_eq!(registry.route(&c).unwrap(), "frakti");
+    c.runtime_handler = "other".into();
+    assert_eq!(registry.route(&c).unwrap(), "other");
+    c.runtime_handler = "gvisor".into();
+    let err = registry.route(&c).unwrap_err();
+    assert!(matches!(&err, RouteError::UnknownHandler { handler, .. } if handler == "gvisor"));
+    assert!(err.to_string().contains("\"gvisor\""), "{err}");
+
+    // A host namespace needs a host runtime, whatever the handler says.
+    c.runtime_handler = String::new();
+    c.namespaces.ipc = NamespaceMode::Node;
+    let err = registry.route(&c).unwrap_err();
+    assert_eq!(err, RouteError::NeedsHost { namespace: "ipc" });
+    assert!(err.to_string().contains("host ipc namespace"), "{err}");
+    let with_host = registry.clone().with_host_handler("other");
+    assert_eq!(with_host.route(&c).unwrap(), "other");
+    // One runtime serving two handlers is listed once.
+    assert_eq!(registry.runtimes().len(), 1);
+    assert_eq!(registry.handlers(), vec!["frakti", "other"]);
+}
+
+#[tokio::test]
+async fn every_call_goes_to_the_runtime_of_the_pods_handler() {
+    let dir = tempfile::tempdir().unwrap();
+    let (svc, a, b) = two_runtimes(dir.path());
+    let mut on_b = config("b", &[]);
+    on_b.runtime_handler = "other".into();
+    let pod_b = svc.run(on_b).await.unwrap();
+    let pod_a = svc.run(config("a", &[])).await.unwrap();
+    let (record, _) = svc.status(&pod_b, false).await.unwrap();
+    assert_eq!(record.handler, "other");
+    let (record, _) = svc.status(&pod_a, false).await.unwrap();
+    assert_eq!(
+        record.handler, "frakti",
+        "the empty handler is the default one"
+    );
+
+    let c = svc
+        .create_container(&pod_b, container("c", 0, &[]))
+        .await
+        .unwrap();
+    svc.start_container(&c).await.unwrap();
+    svc.stop(&pod_b).await.unwrap();
+    svc.remove(&pod_b).await.unwrap();
+    let short = |id: &str| id[..8].to_owned();
+    let b_calls = b.calls();
+    for call in ["start", "create", "stop", "remove"] {
+        assert!(
+            b_calls.iter().any(|l| l.starts_with(call)),
+            "{call} missing from {b_calls:?}"
+        );
+    }
+    assert!(
+        a.calls()
+            .iter()
+            .all(|l| !l.contains(&short(&pod_b)) && !l.contains(&short(&c))),
+        "runtime a saw pod b: {:?}",
+        a.calls()
+    );
+    assert!(
+        a.calls()
+            .iter()
+            .any(|l| l == &format!("start {}", short(&pod_a)))
+    );
+}
+
+#[tokio::test]
+async fn recovery_adopts_by_handler_and_keeps_records_of_unknown_handlers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (svc, _a, b) = two_runtimes(dir.path());
+    let mut on_b = config("b", &[]);
+    on_b.runtime_handler = "other".into();
+    let pod_b = svc.run(on_b).await.unwrap();
+    b.running.lock().unwrap().insert(pod_b.clone(), true);
+    drop(svc);
+
+    // The same handlers: the pod is adopted by its own runtime.
+    let (svc, a, b) = two_runtimes(dir.path());
+    b.running.lock().unwrap().insert(pod_b.clone(), true);
+    assert_eq!(svc.recover().await.unwrap(), 1);
+    assert!(
+        b.calls().contains(&format!("adopt {}", &pod_b[..8])),
+        "{:?}",
+        b.calls()
+    );
+    assert!(!a.calls().iter().any(|l| l.starts_with("adopt")));
+    // Each runtime sweeps once, knowing the recovered pod.
+    assert_eq!(a.calls().iter().filter(|l| *l == "sweep 1").count(), 1);
+    assert_eq!(b.calls().iter().filter(|l| *l == "sweep 1").count(), 1);
+    let (record, _) = svc.status(&pod_b, false).await.unwrap();
+    assert_eq!(record.state, SandboxState::Ready);
+    drop(svc);
+
+    // A daemon without that handler keeps the record, not ready, and says why.
+    let only_a = Arc::new(FakeRuntime::default());
+    let svc = PodService::new(
+        Store::open(dir.path()).unwrap(),
+        Registry::new("frakti", only_a.clone()),
+    );
+    svc.recover().await.unwrap();
+    let (record, _) = svc.status(&pod_b, false).await.unwrap();
+    assert_eq!(record.state, SandboxState::NotReady);
+    assert!(record.reason.contains("\"other\""), "{}", record.reason);
+    let err = svc.stop(&pod_b).await.unwrap_err();
+    assert!(err.to_string().contains("\"other\""), "{err}");
+    assert!(only_a.calls().iter().all(|l| !l.contains(&pod_b[..8])));
+}
+
+#[tokio::test]
+async fn host_namespace_pods_are_refused_without_a_host_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Arc::new(FakeRuntime::default());
+    let svc = service(dir.path(), rt.clone());
+    let mut host_net = config("h", &[]);
+    host_net.namespaces.network = NamespaceMode::Node;
+    let err = svc.run(host_net).await.unwrap_err();
+    assert!(matches!(
+        err,
+        RunPodError::Route(RouteError::NeedsHost {
+            namespace: "network"
+        })
+    ));
+    assert!(err.to_string().contains("host network"), "{err}");
+    assert!(rt.calls().is_empty(), "{:?}", rt.calls());
+}
+
+fn exec(container_id: &str) -> ExecRequest {
+    ExecRequest {
+        container_id: container_id.into(),
+        cmd: vec!["echo".into(), "hi".into()],
+        stdout: true,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn stream_sessions_reach_the_runtime_only_for_running_containers_of_ready_pods() {
+    let dir = tempfile::tempdir().unwrap();
+    let (svc, a, b) = two_runtimes(dir.path());
+    let mut on_b = config("b", &[]);
+    on_b.runtime_handler = "other".into();
+    let pod = svc.run(on_b).await.unwrap();
+    let c = svc
+        .create_container(&pod, container("c", 0, &[]))
+        .await
+        .unwrap();
+    let router = svc.stream_router();
+    let no_io = || StreamIo {
+        stdin: None,
+        stdout: None,
+        stderr: None,
+        resize: None,
+        tty: false,
+    };
+
+    // Created, not running: refused before the runtime.
+    let err = router.exec(&exec(&c), no_io()).await.unwrap_err();
+    assert!(
+        matches!(&err, SessionError::NotFound(m) if m.contains("not running")),
+        "{err}"
+    );
+    let err = router.exec(&exec("nope"), no_io()).await.unwrap_err();
+    assert!(matches!(err, SessionError::NotFound(_)));
+
+    svc.start_container(&c).await.unwrap();
+    let (mut client, server) = tokio::io::duplex(64);
+    let io = StreamIo {
+        stdout: Some(Box::new(server)),
+        ..no_io()
+    };
+    assert_eq!(router.exec(&exec(&c), io).await.unwrap(), 7);
+    let mut out = String::new();
+    client.read_to_string(&mut out).await.unwrap();
+    assert_eq!(out, "echo hi");
+    assert!(b.calls().contains(&format!("exec {}", &c[..8])));
+    assert!(!a.calls().iter().any(|l| l.starts_with("exec")));
+
+    router.port_forward(&pod, 80).await.unwrap();
+    assert!(b.calls().contains(&format!("forward 80 {}", &pod[..8])));
+
+    // Once the pod stops, nothing reaches the runtime any more.
+    svc.stop(&pod).await.unwrap();
+    let calls = b.calls().len();
+    assert!(router.exec(&exec(&c), no_io()).await.is_err());
+    let err = router.port_forward(&pod, 80).await.err().unwrap();
+    assert!(
+        matches!(&err, SessionError::NotFound(m) if m.contains("not ready")),
+        "{err}"
+    );
+    assert_eq!(b.calls().len(), calls);
+}

@@ -1,0 +1,226 @@
+//! Booting a pod VM: the network namespace, virtiofsd for the shared
+//! directory, the VMM, CNI (while the guest boots) and the NICs, then the
+//! guest's set-up through the agent. A failed boot undoes what it did.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_api::{AgentClient, UnixTransport, calls};
+use hypervisor::{NicSpec, VmEndpoints, VmSpec};
+use network::Netns;
+use runtime_api::{RuntimeError, RuntimeErrorKind, SandboxConfig};
+use tokio::time::Instant;
+
+use crate::config::VmState;
+use crate::containers;
+use crate::errors::{agent_failure, internal, launch_failure};
+use crate::guest::{console_tail, wait_boot};
+use crate::net::{self, VmNetwork};
+use crate::profile::size_for;
+use crate::runtime::{AGENT_CALL, VmRuntime};
+use crate::teardown::kill_virtiofsd;
+
+/// What a failed start must undo.
+#[derive(Default)]
+struct Undo {
+    virtiofsd: Option<i32>,
+    vm: Option<VmEndpoints>,
+    netns: Option<Netns>,
+    network: Option<VmNetwork>,
+}
+
+impl VmRuntime {
+    /// Boots the VM of sandbox `id` in `dir`; on failure everything started
+    /// for it is stopped again.
+    pub(crate) async fn boot(
+        &self,
+        id: &str,
+        config: &SandboxConfig,
+        dir: &Path,
+    ) -> Result<VmState, RuntimeError> {
+        let mut undo = Undo::default();
+        match self.boot_steps(id, config, dir, &mut undo).await {
+            Ok(state) => Ok(state),
+            Err(e) => {
+                self.undo(id, undo).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Boots the VM while CNI sets up the pod's network, then hot-plugs the
+    /// NIC: the network's set-up time hides behind the guest's boot.
+    async fn boot_steps(
+        &self,
+        id: &str,
+        config: &SandboxConfig,
+        dir: &Path,
+        undo: &mut Undo,
+    ) -> Result<VmState, RuntimeError> {
+        let accel = self.accel().await.accel;
+        let max_vcpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let size = size_for(
+            config,
+            self.config.default_vcpus,
+            self.config.default_memory_mib,
+            u32::try_from(max_vcpus).unwrap_or(u32::MAX),
+        );
+        let netns = match &self.config.networks {
+            Some(networks) => {
+                let ns = networks
+                    .create_netns(id)
+                    .map_err(|e| internal("pod network", e))?;
+                undo.netns = Some(ns.clone());
+                Some(ns)
+            }
+            None => None,
+        };
+        let shared = dir.join("shared");
+        std::fs::create_dir_all(&shared)
+            .map_err(|e| internal("create the pod's shared directory", e))?;
+        let fs_socket = dir.join("vfs.sock");
+        let virtiofsd = hypervisor::virtiofsd::spawn(
+            &self.config.virtiofsd,
+            &fs_socket,
+            &shared,
+            &dir.join("virtiofsd.log"),
+        )
+        .await
+        .map_err(|e| match e {
+            hypervisor::virtiofsd::VirtiofsdError::Missing(_) => {
+                RuntimeError::caused(RuntimeErrorKind::Unavailable, "share the pod directory", e)
+            }
+            other => internal("share the pod directory", other),
+        })?;
+        undo.virtiofsd = Some(virtiofsd);
+        let spec = VmSpec {
+            id: id.to_owned(),
+            dir: dir.to_path_buf(),
+            vcpus: size.vcpus,
+            memory_mib: size.memory_mib,
+            kernel: self.config.kernel.clone(),
+            initrd: self.config.initrd.clone(),
+            extra_cmdline: self.config.extra_cmdline.clone(),
+            accel,
+            netns: netns.as_ref().map(Netns::path),
+            nics: Vec::new(),
+            shares: vec![hypervisor::FsShare {
+                tag: containers::SHARE_TAG.to_owned(),
+                socket: fs_socket,
+            }],
+        };
+        let started = Instant::now();
+        let endpoints = self
+            .hypervisor
+            .launch(&spec)
+            .await
+            .map_err(launch_failure)?;
+        undo.vm = Some(endpoints.clone());
+        tracing::debug!(%id, elapsed = ?started.elapsed(), "VMM started");
+        let agent = Arc::new(AgentClient::new(Arc::new(UnixTransport::new(
+            &endpoints.agent_socket,
+        ))));
+        let attach = async {
+            let (Some(networks), Some(ns)) = (&self.config.networks, &netns) else {
+                return (None, Ok(()));
+            };
+            let pod_net = match net::setup(networks, ns, id, config).await {
+                Ok(n) => n,
+                Err(e) => return (None, Err(internal("pod network", e))),
+            };
+            tracing::debug!(%id, elapsed = ?started.elapsed(), "CNI added");
+            let mut plugged = Ok(());
+            for (index, tap) in pod_net.taps().enumerate() {
+                let nic = NicSpec {
+                    tap: tap.tap.clone(),
+                    mac: tap.mac.clone(),
+                };
+                plugged = self
+                    .hypervisor
+                    .add_nic(&endpoints, index, &nic)
+                    .await
+                    .map_err(|e| internal("pod network", e));
+                if plugged.is_err() {
+                    break;
+                }
+            }
+            tracing::debug!(%id, elapsed = ?started.elapsed(), "NIC hot-plugged");
+            (Some(pod_net), plugged)
+        };
+        let booted = wait_boot(&agent, &endpoints, started + self.config.boot_timeout);
+        let ((pod_net, plugged), booted) = tokio::join!(attach, booted);
+        undo.network = pod_net.clone();
+        plugged?;
+        if let Err(why) = booted {
+            let tail = console_tail(&endpoints.console_log);
+            return Err(RuntimeError::new(
+                RuntimeErrorKind::DeadlineExceeded,
+                format!("the pod VM did not come up: {why}; console: {tail}"),
+            ));
+        }
+        tracing::debug!(%id, elapsed = ?started.elapsed(), "agent answered");
+        let welcome = agent.welcome().await;
+        let ips = pod_net
+            .as_ref()
+            .map(|n| n.pod.result.pod_ips())
+            .unwrap_or_default();
+        containers::write_sandbox_files(&shared, config, &ips)
+            .map_err(|e| internal("write the pod's hosts and resolv.conf", e))?;
+        let clock_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(0));
+        let setup = calls::SetupSandbox {
+            hostname: config.hostname.clone(),
+            clock_ns,
+            share_tag: containers::SHARE_TAG.to_owned(),
+            sysctls: config.sysctls.clone(),
+        };
+        agent
+            .request(setup, AGENT_CALL)
+            .await
+            .map_err(|e| agent_failure("set up the guest", e))?;
+        if let Some(n) = &pod_net {
+            let (interfaces, routes) = net::guest_config(n);
+            agent
+                .request(calls::ConfigureNetwork { interfaces, routes }, AGENT_CALL)
+                .await
+                .map_err(|e| agent_failure("configure the guest network", e))?;
+        }
+        tracing::info!(%id, pid = endpoints.pid, %accel, vcpus = size.vcpus, memory_mib = size.memory_mib,
+            boot = ?started.elapsed(), "pod VM ready");
+        let state = VmState {
+            pid: endpoints.pid,
+            dir: dir.to_path_buf(),
+            accel,
+            vcpus: size.vcpus,
+            memory_mib: size.memory_mib,
+            boot_id: welcome.map(|w| w.boot_id).unwrap_or_default(),
+            network: pod_net,
+            virtiofsd_pid: Some(virtiofsd),
+        };
+        self.track(id, endpoints, agent)?;
+        Ok(state)
+    }
+
+    /// Undoes a failed start: the VM, then the network, then the namespace.
+    async fn undo(&self, id: &str, undo: Undo) {
+        if let Some(vm) = &undo.vm {
+            let _ = self.hypervisor.stop(id, vm, Duration::ZERO).await;
+        }
+        if let Some(pid) = undo.virtiofsd {
+            kill_virtiofsd(pid).await;
+        }
+        match (&self.config.networks, &undo.network, &undo.netns) {
+            (Some(networks), Some(n), _) => {
+                if let Err(why) = networks.remove(&n.pod).await {
+                    tracing::warn!(%id, "cleaning up the pod network: {why}");
+                }
+            }
+            (_, None, Some(ns)) => {
+                let _ = ns.remove();
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! What the VM runtime is configured with, and what it persists per pod.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hypervisor::{Accel, AccelMode};
+use network::PodNetworks;
+use runtime_api::RuntimeError;
+use serde::{Deserialize, Serialize};
+
+use crate::errors::internal;
+use crate::net::VmNetwork;
+
+/// Settings of the VM runtime.
+#[derive(Debug, Clone)]
+pub struct VmRuntimeConfig {
+    /// Per-pod runtime files go to `<state_dir>/<pod id>/`.
+    pub state_dir: PathBuf,
+    /// Guest kernel (uncompressed PVH vmlinux).
+    pub kernel: PathBuf,
+    /// Guest initramfs with the agent as `/init`.
+    pub initrd: PathBuf,
+    /// vCPUs of a pod without a CPU limit.
+    pub default_vcpus: u32,
+    /// Memory (MiB) of a pod without a memory limit.
+    pub default_memory_mib: u64,
+    /// Accelerator policy.
+    pub accel: AccelMode,
+    /// How long a guest may take to boot until its agent answers.
+    pub boot_timeout: Duration,
+    /// Extra kernel command-line words (e.g. `frakti.log=debug`).
+    pub extra_cmdline: Vec<String>,
+    /// Pod networking; `None` leaves pods without a network.
+    pub networks: Option<PodNetworks>,
+    /// The virtiofsd binary that serves each pod's shared directory.
+    pub virtiofsd: PathBuf,
+    /// Containers' writable layers go to `<containers_dir>/<container id>/`.
+    pub containers_dir: PathBuf,
+}
+
+/// What is persisted per VM sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmState {
+    /// PID of QEMU.
+    pub pid: i32,
+    /// The pod's runtime directory.
+    pub dir: PathBuf,
+    /// Accelerator used.
+    pub accel: Accel,
+    /// vCPUs given.
+    pub vcpus: u32,
+    /// Memory given, MiB.
+    pub memory_mib: u64,
+    /// The agent's boot id at start.
+    pub boot_id: String,
+    /// The pod's network, if it has one.
+    #[serde(default)]
+    pub network: Option<VmNetwork>,
+    /// PID of the virtiofsd serving the pod's shared directory.
+    #[serde(default)]
+    pub virtiofsd_pid: Option<i32>,
+}
+
+impl VmState {
+    /// The state stored in a sandbox record.
+    pub fn parse(state: &serde_json::Value) -> Result<Self, RuntimeError> {
+        serde_json::from_value(state.clone()).map_err(|e| internal("unreadable VM state", e))
+    }
+
+    /// The pod's shared directory on the host.
+    pub fn shared_dir(&self) -> PathBuf {
+        self.dir.join("shared")
+    }
+}
