@@ -1,6 +1,10 @@
 //! CRI `runtime.v1` gRPC services. This crate validates and translates CRI
 //! messages into domain calls on `pods` and `images` and maps their
-//! errors to gRPC status codes; it holds no logic of its own.
+//! errors to gRPC status codes, in one place (`errors`); it holds no logic
+//! of its own. It must not know which runtime runs a pod, nor make policy
+//! (which pods may run where is `pods`' decision), nor do any I/O besides
+//! answering gRPC. One module per verb family: `status`, `sandbox`,
+//! `container`, `stream`, `images`.
 
 mod container;
 mod convert;

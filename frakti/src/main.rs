@@ -1,5 +1,9 @@
 //! The frakti daemon: serves the CRI on a unix socket and runs every pod
 //! sandbox as its own VM.
+//!
+//! It owns the configuration (file and flags), the wiring of the crates
+//! (the registry of runtimes by handler, the pod networks, the servers) and
+//! signal handling; it holds no pod logic of its own.
 
 mod config;
 

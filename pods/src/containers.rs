@@ -48,7 +48,7 @@ impl Drop for NameGuard<'_> {
     }
 }
 
-fn name_key(record_sandbox: &str, config: &ContainerConfig) -> (String, String) {
+pub(crate) fn name_key(record_sandbox: &str, config: &ContainerConfig) -> (String, String) {
     (
         record_sandbox.to_owned(),
         format!("{}_{}", config.metadata.name, config.metadata.attempt),
@@ -56,7 +56,10 @@ fn name_key(record_sandbox: &str, config: &ContainerConfig) -> (String, String) 
 }
 
 /// The status of a container whose pod sandbox stopped under it.
-fn pod_stopped_status(current: &ContainerRuntimeStatus, why: &str) -> ContainerRuntimeStatus {
+pub(crate) fn pod_stopped_status(
+    current: &ContainerRuntimeStatus,
+    why: &str,
+) -> ContainerRuntimeStatus {
     ContainerRuntimeStatus {
         state: ContainerState::Exited,
         started_at_ns: current.started_at_ns,
@@ -83,7 +86,7 @@ fn ready_and_running(
     })
 }
 
-fn is_live(state: ContainerState) -> bool {
+pub(crate) fn is_live(state: ContainerState) -> bool {
     state != ContainerState::Exited
 }
 
@@ -265,7 +268,7 @@ impl PodService {
     }
 
     /// Stops the container; the caller holds its operation lock.
-    async fn stop_locked(
+    pub(crate) async fn stop_locked(
         &self,
         id: &str,
         slot: &ContainerSlot,
@@ -315,7 +318,7 @@ impl PodService {
     }
 
     /// Removes the container; the caller holds its operation lock.
-    async fn remove_locked(
+    pub(crate) async fn remove_locked(
         &self,
         id: &str,
         slot: &ContainerSlot,
@@ -396,7 +399,12 @@ impl PodService {
 
     /// Brings a live record up to date with the runtime (or with its dead
     /// sandbox); errors are logged, the record is kept.
-    async fn refresh(&self, id: &str, slot: &ContainerSlot, sandbox: Option<&SandboxRecord>) {
+    pub(crate) async fn refresh(
+        &self,
+        id: &str,
+        slot: &ContainerSlot,
+        sandbox: Option<&SandboxRecord>,
+    ) {
         let Some(record) = slot.get() else {
             return;
         };
@@ -504,89 +512,7 @@ impl PodService {
             .map_err(|source| ReopenLogError::Runtime { id, source })
     }
 
-    /// Records a container's exit reported by the runtime.
-    pub(crate) fn container_exited(
-        &self,
-        sandbox_id: &str,
-        id: &str,
-        status: ContainerRuntimeStatus,
-    ) {
-        let Some(slot) = lock(&self.containers).get(id).cloned() else {
-            tracing::debug!(%id, "exit of an unknown container");
-            return;
-        };
-        if slot.sandbox_id != sandbox_id {
-            tracing::warn!(%id, %sandbox_id, "exit event names the wrong sandbox; ignored");
-            return;
-        }
-        tracing::info!(%id, exit_code = status.exit_code, reason = %status.reason, "container exited");
-        if let Err(e) = self.apply_status(&slot, status) {
-            tracing::error!(%id, "cannot persist container exit: {e}");
-        }
-    }
-
-    /// Marks every live container of `sandbox_id` exited because the pod stopped.
-    pub(crate) fn containers_pod_stopped(&self, sandbox_id: &str, why: &str) {
-        for (id, slot) in self.containers_of(sandbox_id) {
-            let Some(record) = slot.get() else { continue };
-            if is_live(record.status.state)
-                && let Err(e) = self.apply_status(&slot, pod_stopped_status(&record.status, why))
-            {
-                tracing::error!(%id, "cannot persist container status: {e}");
-            }
-        }
-    }
-
-    /// Stops every running container of the sandbox at once (the caller
-    /// holds the sandbox's lock); failures are logged, as the sandbox's own
-    /// stop ends them anyway.
-    pub(crate) async fn stop_pod_containers(&self, sandbox: &SandboxRecord) {
-        let ready = sandbox.state == SandboxState::Ready;
-        for (id, slot) in self.containers_of(&sandbox.id) {
-            let _op = slot.op.lock().await;
-            let sandbox = ready.then_some(sandbox);
-            if let Err(e) = self.stop_locked(&id, &slot, sandbox, Duration::ZERO).await {
-                tracing::warn!(%id, "cannot stop container with its pod: {}", report(&e));
-            }
-        }
-    }
-
-    /// Removes every container of the sandbox and its record (the caller
-    /// holds the sandbox's lock and has stopped the sandbox).
-    pub(crate) async fn remove_pod_containers(
-        &self,
-        sandbox: &SandboxRecord,
-    ) -> Result<(), RemoveContainerError> {
-        for (id, slot) in self.containers_of(&sandbox.id) {
-            let _op = slot.op.lock().await;
-            self.remove_locked(&id, &slot, Some(sandbox)).await?;
-        }
-        Ok(())
-    }
-
-    /// Loads stored containers and reconciles the live ones with the runtime;
-    /// call after the sandboxes are recovered. Returns how many were loaded.
-    pub(crate) async fn recover_containers(&self) -> Result<usize, StoreError> {
-        let records = self.store.load_containers()?;
-        let count = records.len();
-        let mut slots = Vec::new();
-        for record in records {
-            let id = record.id.clone();
-            let key = name_key(&record.sandbox_id, &record.config);
-            lock(&self.container_names).insert(key, id.clone());
-            let slot = ContainerSlot::new(record);
-            lock(&self.containers).insert(id.clone(), slot.clone());
-            slots.push((id, slot));
-        }
-        for (id, slot) in slots {
-            let sandbox = self.sandbox_snapshot(&slot.sandbox_id).await;
-            let _op = slot.op.lock().await;
-            self.refresh(&id, &slot, sandbox.as_ref()).await;
-        }
-        Ok(count)
-    }
-
-    fn containers_of(&self, sandbox_id: &str) -> Vec<(String, Arc<ContainerSlot>)> {
+    pub(crate) fn containers_of(&self, sandbox_id: &str) -> Vec<(String, Arc<ContainerSlot>)> {
         lock(&self.containers)
             .iter()
             .filter(|(_, s)| s.sandbox_id == sandbox_id)
@@ -594,14 +520,14 @@ impl PodService {
             .collect()
     }
 
-    async fn sandbox_snapshot(&self, sandbox_id: &str) -> Option<SandboxRecord> {
+    pub(crate) async fn sandbox_snapshot(&self, sandbox_id: &str) -> Option<SandboxRecord> {
         let slot = lock(&self.pods).get(sandbox_id).cloned()?;
         slot.lock().await.clone()
     }
 
     /// Stores `status` in the container's record, unless it would bring an
     /// exited container back to life (a late answer racing an exit event).
-    fn apply_status(
+    pub(crate) fn apply_status(
         &self,
         slot: &ContainerSlot,
         status: ContainerRuntimeStatus,

@@ -10,6 +10,7 @@
 mod container_errors;
 pub mod containers;
 pub mod filter;
+mod pod_containers;
 pub mod registry;
 mod sandboxes;
 pub mod service;

@@ -1,4 +1,8 @@
 //! A real frakti daemon on a private socket, state and root, for tests and benchmarks.
+//!
+//! The end-to-end tests reach frakti only as kubelet does, through its CRI
+//! socket (and the streaming URLs it returns), with the generated CRI
+//! types of `cri::proto`; they use none of the daemon's internals.
 
 pub mod registry;
 pub mod workload;

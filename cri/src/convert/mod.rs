@@ -45,9 +45,6 @@ pub(crate) fn namespace_options(
     Ok(options)
 }
 
-/// The seccomp profile: the `seccomp` field when set, else the deprecated
-/// `seccomp_profile_path` (`""` is unconfined, as the API documents).
-
 /// Labels or annotations as the CRI carries them.
 pub(crate) fn map(m: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
     m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()

@@ -11,6 +11,8 @@ use pods::{ContainerConfig, ContainerFilter, ContainerRecord, ContainerState};
 use super::{map, namespace_options};
 use crate::proto;
 
+/// The seccomp profile: the `seccomp` field when set, else the deprecated
+/// `seccomp_profile_path` (`""` is unconfined, as the API documents).
 fn seccomp(profile: Option<&proto::SecurityProfile>, path: &str) -> Result<Seccomp, String> {
     use proto::security_profile::ProfileType;
     if let Some(p) = profile {
