@@ -14,12 +14,7 @@ pub(crate) async fn exec(
 ) -> Result<Response<proto::ExecResponse>, Status> {
     let req = request.into_inner();
     let server = svc.streaming()?;
-    require_id(&req.container_id, "container_id")?;
-    let container_id = svc
-        .pods
-        .running_container(&req.container_id)
-        .map_err(|e| e.status())?
-        .id;
+    let container_id = running_container(svc, &req.container_id)?;
     let url = server
         .get_exec(streaming::ExecRequest {
             container_id,
@@ -39,12 +34,7 @@ pub(crate) async fn attach(
 ) -> Result<Response<proto::AttachResponse>, Status> {
     let req = request.into_inner();
     let server = svc.streaming()?;
-    require_id(&req.container_id, "container_id")?;
-    let container_id = svc
-        .pods
-        .running_container(&req.container_id)
-        .map_err(|e| e.status())?
-        .id;
+    let container_id = running_container(svc, &req.container_id)?;
     let url = server
         .get_attach(streaming::AttachRequest {
             container_id,
@@ -86,6 +76,13 @@ pub(crate) async fn port_forward(
         })
         .map_err(request_status)?;
     Ok(Response::new(proto::PortForwardResponse { url }))
+}
+
+/// The full id of running container `id` (an id or unique prefix).
+fn running_container(svc: &RuntimeService, id: &str) -> Result<String, Status> {
+    require_id(id, "container_id")?;
+    let record = svc.pods.running_container(id).map_err(|e| e.status())?;
+    Ok(record.id)
 }
 
 fn request_status(e: RequestError) -> Status {
