@@ -220,7 +220,7 @@ impl AgentClient {
     /// Sends `request` and waits at most `limit` for its answer. Prefer
     /// [`AgentClient::request`], which checks the kind of the answer.
     pub async fn call(&self, request: &Request, limit: Duration) -> Result<Response, CallError> {
-        let deadline = Instant::now() + limit;
+        let deadline = deadline_after(limit);
         let conn = self.connection(deadline).await?;
         self.call_on(&conn, request, deadline, limit).await
     }
@@ -232,7 +232,7 @@ impl AgentClient {
         request: impl FnOnce(u64) -> Request,
         limit: Duration,
     ) -> Result<AgentStream, CallError> {
-        let deadline = Instant::now() + limit;
+        let deadline = deadline_after(limit);
         let conn = self.connection(deadline).await?;
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -589,4 +589,12 @@ impl StreamSender {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The instant `limit` from now; a limit beyond what an `Instant` can hold
+/// (callers pass client-chosen timeouts) saturates at about a century.
+pub fn deadline_after(limit: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(limit)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }

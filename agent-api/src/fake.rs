@@ -373,6 +373,17 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_limit_beyond_any_instant_saturates() {
+        // CRI timeouts are client-chosen: i64::MAX seconds must not panic.
+        let client = agent().client();
+        client
+            .request(calls::Ping, Duration::from_secs(i64::MAX as u64))
+            .await
+            .unwrap();
+        client.request(calls::Ping, Duration::MAX).await.unwrap();
+    }
+
+    #[tokio::test]
     async fn a_typed_call_gets_its_reply() {
         let fake = agent();
         let client = fake.client();

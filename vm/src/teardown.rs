@@ -84,6 +84,9 @@ impl VmRuntime {
 
 /// Kills a pod's virtiofsd (it normally exits with QEMU) and reaps it.
 pub(crate) async fn kill_virtiofsd(pid: i32) {
+    // Usually it has exited with QEMU: reap it by pid (a zombie's command
+    // line is empty, so the check below cannot recognise it).
+    hypervisor::process::reap(pid);
     let is_ours = hypervisor::process::cmdline(pid)
         .and_then(|c| c.first().cloned())
         .is_some_and(|bin| bin.contains("virtiofsd"));

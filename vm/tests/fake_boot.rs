@@ -183,6 +183,36 @@ async fn a_booted_pod_is_set_up_then_shut_down_and_removed() {
     s.runtime.remove_sandbox(&id, &started.state).await.unwrap();
 }
 
+/// The state letter of `pid` in `/proc/<pid>/stat`, if it exists.
+fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.trim().chars().next()
+}
+
+#[tokio::test]
+async fn a_virtiofsd_that_exited_first_is_reaped_not_left_a_zombie() {
+    let s = setup(Duration::from_secs(10));
+    let id = id(7);
+    let started = s.runtime.start_sandbox(&id, &pod("z")).await.unwrap();
+    let virtiofsd = state_of(&started.state).virtiofsd_pid.unwrap();
+    // As when QEMU goes: virtiofsd exits on its own and nobody waits for it.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(virtiofsd),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    for _ in 0..100 {
+        if proc_state(virtiofsd) == Some('Z') {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(proc_state(virtiofsd), Some('Z'), "a zombie before the stop");
+    s.runtime.stop_sandbox(&id, &started.state).await.unwrap();
+    assert_eq!(proc_state(virtiofsd), None, "reaped by the stop");
+    s.runtime.remove_sandbox(&id, &started.state).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_failed_launch_undoes_virtiofsd_and_the_directory() {
     let s = setup(Duration::from_secs(10));
