@@ -41,6 +41,10 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if let Err(e) = check_socket_paths(&config) {
+        eprintln!("frakti: {e}");
+        std::process::exit(2);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log_level))
         .with_target(false)
@@ -68,11 +72,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.cni_conf_dir.clone(),
         config.cni_bin_dir.clone(),
     ));
-    let qemu = Qemu::new(QemuConfig {
-        binary: config.qemu.clone(),
-        firmware: config.qemu_firmware.clone(),
-        seccomp: config.qemu_sandbox,
-    });
+    let qemu = qemu(&config);
     let vm_runtime = Arc::new(VmRuntime::new(
         VmRuntimeConfig {
             state_dir: config.state_dir.clone(),
@@ -149,6 +149,40 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&config.listen);
     tracing::info!("frakti stopped; pod VMs keep running");
+    Ok(())
+}
+
+fn qemu(config: &Config) -> Qemu {
+    Qemu::new(QemuConfig {
+        binary: config.qemu.clone(),
+        firmware: config.qemu_firmware.clone(),
+        seccomp: config.qemu_sandbox,
+    })
+}
+
+/// Every unix socket frakti makes must fit a `sun_path`: the CRI socket and
+/// each pod's sockets under the state directory.
+fn check_socket_paths(config: &Config) -> Result<(), config::ConfigError> {
+    let mut checks = vec![("listen", config.listen.clone())];
+    checks.extend(
+        vm::pod_socket_paths(&qemu(config), &config.state_dir)
+            .into_iter()
+            .map(|p| ("state_dir", p)),
+    );
+    for (key, path) in checks {
+        let len = path.as_os_str().len();
+        if len > vm::MAX_SOCKET_PATH {
+            return Err(config::ConfigError::Value {
+                key,
+                message: format!(
+                    "the socket {} would be {len} bytes long, over the {}-byte limit of a \
+                     unix socket path; choose a shorter directory",
+                    path.display(),
+                    vm::MAX_SOCKET_PATH
+                ),
+            });
+        }
+    }
     Ok(())
 }
 

@@ -45,6 +45,30 @@ fn help_and_config_errors() {
         "{err}"
     );
 
+    // Every pod socket must fit a unix socket path: a long state dir is
+    // refused at start, naming the key and the limit.
+    let long = format!("/tmp/{}", "d".repeat(70));
+    let out = Command::new(frakti_bin())
+        .args(["--state-dir", &long])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("key `state_dir`") && err.contains("107-byte"),
+        "{err}"
+    );
+    assert!(!std::path::Path::new(&long).exists(), "nothing was created");
+    let out = Command::new(frakti_bin())
+        .args([
+            "--listen",
+            &format!("{long}/{}/frakti.sock", "s".repeat(40)),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("key `listen`"));
+
     let out = Command::new(frakti_bin())
         .args(["--config", "/nonexistent/frakti.toml"])
         .output();

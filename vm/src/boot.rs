@@ -2,12 +2,12 @@
 //! directory, the VMM, CNI (while the guest boots) and the NICs, then the
 //! guest's set-up through the agent. A failed boot undoes what it did.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use agent_api::{AgentClient, UnixTransport, calls};
-use hypervisor::{NicSpec, VmEndpoints, VmSpec};
+use hypervisor::{Hypervisor, NicSpec, VmEndpoints, VmSpec};
 use network::Netns;
 use runtime_api::{RuntimeError, RuntimeErrorKind, SandboxConfig};
 use tokio::time::Instant;
@@ -20,6 +20,24 @@ use crate::net::{self, VmNetwork};
 use crate::profile::size_for;
 use crate::runtime::{AGENT_CALL, VmRuntime};
 use crate::teardown::kill_virtiofsd;
+
+/// virtiofsd's socket in the pod's directory.
+const VIRTIOFS_SOCKET: &str = "vfs.sock";
+
+/// The longest `sun_path` a unix socket can have (108 bytes with its NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Every unix socket a pod VM gets under `state_dir`, for a 64-character pod
+/// id: the ones that must fit in [`MAX_SOCKET_PATH`].
+pub fn pod_socket_paths(hypervisor: &dyn Hypervisor, state_dir: &Path) -> Vec<PathBuf> {
+    let dir = state_dir.join("f".repeat(64));
+    let vm = hypervisor.endpoints(&dir, 0);
+    vec![
+        vm.control_socket,
+        vm.agent_socket,
+        dir.join(VIRTIOFS_SOCKET),
+    ]
+}
 
 /// What a failed start must undo.
 #[derive(Default)]
@@ -79,7 +97,7 @@ impl VmRuntime {
         let shared = dir.join("shared");
         std::fs::create_dir_all(&shared)
             .map_err(|e| internal("create the pod's shared directory", e))?;
-        let fs_socket = dir.join("vfs.sock");
+        let fs_socket = dir.join(VIRTIOFS_SOCKET);
         let virtiofsd = hypervisor::virtiofsd::spawn(
             &self.config.virtiofsd,
             &fs_socket,

@@ -28,6 +28,7 @@ pub mod sizing;
 mod streams;
 mod teardown;
 
+pub use boot::{MAX_SOCKET_PATH, pod_socket_paths};
 pub use config::{VmRuntimeConfig, VmState};
 pub use profile::{AccelVerdict, VmSize, size_for};
 pub use runtime::VmRuntime;
