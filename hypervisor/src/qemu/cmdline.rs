@@ -1,0 +1,166 @@
+//! QEMU's command line and the guest kernel's, and the host probes they
+//! depend on (`-sandbox` support, TSC frequency).
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::VmSpec;
+use crate::accel::Accel;
+
+use super::hotplug::HOTPLUG_PORTS;
+use super::{AGENT_SOCKET, CONSOLE_LOG, PIDFILE, QMP_SOCKET, Qemu, vm_name};
+
+/// Kernel command line that boots reliably and fast under TCG (DESIGN.md §3).
+const BASE_CMDLINE: &[&str] = &[
+    "console=ttyS0",
+    "panic=-1",
+    "quiet",
+    "cryptomgr.notests",
+    "mitigations=off",
+    "no_timer_check",
+    "audit=0",
+    "nokaslr",
+    "init_on_alloc=0",
+    "8250.nr_uarts=1",
+    "random.trust_cpu=on",
+    "rcupdate.rcu_expedited=1",
+];
+
+/// The virtio-serial port name the agent looks for.
+const AGENT_PORT: &str = "frakti.agent";
+
+impl Qemu {
+    /// The full kernel command line for `spec`.
+    pub fn cmdline(&self, spec: &VmSpec) -> String {
+        let mut words: Vec<String> = BASE_CMDLINE.iter().map(|w| (*w).to_owned()).collect();
+        if let Some(khz) = self.tsc_khz {
+            words.push(format!("tsc_early_khz={khz}"));
+        }
+        words.extend(spec.extra_cmdline.iter().cloned());
+        words.join(" ")
+    }
+
+    /// QEMU's arguments for `spec`.
+    pub fn args(&self, spec: &VmSpec) -> Vec<String> {
+        let dir = &spec.dir;
+        let p = |name: &str| dir.join(name).display().to_string();
+        let mem = spec.memory_mib;
+        let mut args: Vec<String> = vec![
+            "-name".into(),
+            vm_name(&spec.id),
+            "-M".into(),
+            "q35,memory-backend=mem".into(),
+            "-accel".into(),
+            match spec.accel {
+                Accel::Kvm => "kvm".into(),
+                Accel::Tcg => "tcg,tb-size=16".into(),
+            },
+        ];
+        if spec.accel == Accel::Kvm {
+            args.extend(["-cpu".into(), "host".into()]);
+        }
+        args.extend([
+            "-bios".into(),
+            self.config.firmware.display().to_string(),
+            "-smp".into(),
+            spec.vcpus.to_string(),
+            "-m".into(),
+            format!("{mem}M"),
+            "-object".into(),
+            format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-display".into(),
+            "none".into(),
+            "-no-reboot".into(),
+            "-kernel".into(),
+            spec.kernel.display().to_string(),
+            "-initrd".into(),
+            spec.initrd.display().to_string(),
+            "-append".into(),
+            self.cmdline(spec),
+            "-chardev".into(),
+            format!("file,id=console,path={}", p(CONSOLE_LOG)),
+            "-serial".into(),
+            "chardev:console".into(),
+            "-chardev".into(),
+            format!("socket,id=qmp,path={},server=on,wait=off", p(QMP_SOCKET)),
+            "-mon".into(),
+            "chardev=qmp,mode=control".into(),
+            "-chardev".into(),
+            format!(
+                "socket,id=agent,path={},server=on,wait=off",
+                p(AGENT_SOCKET)
+            ),
+            "-device".into(),
+            "virtio-serial-pci,id=vser0,max_ports=4".into(),
+            "-device".into(),
+            format!("virtserialport,chardev=agent,name={}", AGENT_PORT),
+            // Entropy for the guest: without it getrandom() blocks early in boot.
+            "-object".into(),
+            "rng-random,id=rng0,filename=/dev/urandom".into(),
+            "-device".into(),
+            "virtio-rng-pci,rng=rng0".into(),
+            "-pidfile".into(),
+            p(PIDFILE),
+        ]);
+        // Hot-plug slots on q35: one PCIe root port each.
+        for port in 1..=HOTPLUG_PORTS {
+            args.extend([
+                "-device".into(),
+                format!("pcie-root-port,id=rp{port},bus=pcie.0,chassis={port},slot={port}"),
+            ]);
+        }
+        for (i, nic) in spec.nics.iter().enumerate() {
+            args.extend([
+                "-netdev".into(),
+                format!(
+                    "tap,id=net{i},ifname={},script=no,downscript=no,vhost=off",
+                    nic.tap
+                ),
+                "-device".into(),
+                format!("virtio-net-pci,netdev=net{i},mac={}", nic.mac),
+            ]);
+        }
+        for (i, share) in spec.shares.iter().enumerate() {
+            args.extend([
+                "-chardev".into(),
+                format!("socket,id=vfs{i},path={}", share.socket.display()),
+                "-device".into(),
+                format!("vhost-user-fs-pci,chardev=vfs{i},tag={}", share.tag),
+            ]);
+        }
+        if self.seccomp {
+            args.extend([
+                "-sandbox".into(),
+                "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
+            ]);
+        }
+        args
+    }
+}
+
+/// Whether `binary` was built with seccomp (`-sandbox` appears in its help).
+pub(super) fn supports_sandbox(binary: &Path) -> bool {
+    Command::new(binary)
+        .arg("-help")
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("-sandbox"))
+}
+
+/// The host's TSC frequency in kHz, from `/proc/cpuinfo`.
+pub(super) fn host_tsc_khz() -> Option<u64> {
+    let info = fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = info
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    // Whole kHz; the value only needs to be close for calibration to be skipped.
+    Some((mhz * 1000.0).round() as u64)
+}

@@ -1,0 +1,172 @@
+//! The QEMU process: starting it (fresh files in the VM directory, network
+//! namespace, own process group), re-finding and adopting it after a daemon
+//! restart, and stopping it.
+
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::process::{self, NotReady, Process};
+use crate::qmp::QmpClient;
+use crate::{AdoptError, LaunchError, StopError, VmEndpoints, VmSpec};
+
+use super::{
+    AGENT_SOCKET, CONSOLE_LOG, PIDFILE, QEMU_LOG, QMP_SOCKET, Qemu, endpoints_in, vm_name,
+};
+
+/// The name errors give the VMM.
+const VMM: &str = "QEMU";
+
+/// How long QEMU may take to create its sockets.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Starts QEMU for `spec` and waits until it has created its sockets.
+pub(super) async fn launch(qemu: &Qemu, spec: &VmSpec) -> Result<VmEndpoints, LaunchError> {
+    for (what, path) in [
+        ("QEMU binary", &qemu.config.binary),
+        ("firmware", &qemu.config.firmware),
+        ("guest kernel", &spec.kernel),
+        ("guest initramfs", &spec.initrd),
+    ] {
+        if !path.exists() {
+            return Err(LaunchError::Missing {
+                what,
+                path: path.clone(),
+            });
+        }
+    }
+    let dir = &spec.dir;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| LaunchError::Dir {
+            path: dir.clone(),
+            source,
+        })?;
+    for stale in [QMP_SOCKET, AGENT_SOCKET, PIDFILE, CONSOLE_LOG] {
+        let _ = fs::remove_file(dir.join(stale));
+    }
+    let log_path = dir.join(QEMU_LOG);
+    let dir_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| LaunchError::Dir { path, source }
+    };
+    let log = fs::File::create(&log_path).map_err(dir_err(&log_path))?;
+    let log2 = log.try_clone().map_err(dir_err(&log_path))?;
+    let args = qemu.args(spec);
+    tracing::debug!(binary = %qemu.config.binary.display(), ?args, "starting QEMU");
+    let netns = match &spec.netns {
+        Some(path) => Some(fs::File::open(path).map_err(dir_err(path))?),
+        None => None,
+    };
+    let mut command = Command::new(&qemu.config.binary);
+    if let Some(ns) = &netns {
+        let fd = ns.as_raw_fd();
+        // SAFETY: between fork and exec the closure only calls setns(2), which is
+        // async-signal-safe; `ns` is kept open until after spawn returns.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let child = command
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        // Its own process group: a Ctrl-C to the daemon must not reach the VM.
+        .process_group(0)
+        .spawn()
+        .map_err(|source| LaunchError::Spawn {
+            binary: qemu.config.binary.clone(),
+            source,
+        })?;
+    drop(netns);
+    let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
+    // The child is watched through its pidfd from here on and reaped by the watcher.
+    drop(child);
+    let proc = Process::open(pid).map_err(|source| LaunchError::Spawn {
+        binary: qemu.config.binary.clone(),
+        source,
+    })?;
+    let (qmp, agent) = (dir.join(QMP_SOCKET), dir.join(AGENT_SOCKET));
+    match process::wait_ready(&proc, &[&qmp, &agent], STARTUP_TIMEOUT, &log_path).await {
+        Ok(()) => Ok(endpoints_in(dir, pid)),
+        Err(NotReady::Exited(last)) => Err(LaunchError::Exited {
+            vmm: VMM,
+            log_tail: last.unwrap_or_default(),
+        }),
+        Err(NotReady::Timeout) => Err(LaunchError::Timeout {
+            vmm: VMM,
+            limit: STARTUP_TIMEOUT,
+        }),
+    }
+}
+
+/// Re-finds the VM `id` from the pidfile in `dir`.
+pub(super) fn find(id: &str, dir: &Path) -> Result<VmEndpoints, AdoptError> {
+    let pidfile = dir.join(PIDFILE);
+    let pid = fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .ok_or(AdoptError::NoPidfile(pidfile))?;
+    adopt(id, dir, pid)
+}
+
+/// Attaches to the running QEMU `pid` if it is the VM `id`.
+pub(super) fn adopt(id: &str, dir: &Path, pid: i32) -> Result<VmEndpoints, AdoptError> {
+    let proc = Process::open(pid).map_err(|_| AdoptError::Gone(pid))?;
+    if !proc.is_running() {
+        process::reap(pid);
+        return Err(AdoptError::Gone(pid));
+    }
+    let name = vm_name(id);
+    let ours = process::cmdline(pid).is_some_and(|args| args.contains(&name));
+    if !ours {
+        return Err(AdoptError::NotOurs {
+            pid,
+            id: id.to_owned(),
+        });
+    }
+    Ok(endpoints_in(dir, pid))
+}
+
+/// Asks the VM `id` to quit over QMP and kills it if it has not exited after `grace`.
+pub(super) async fn stop(id: &str, vm: &VmEndpoints, grace: Duration) -> Result<(), StopError> {
+    let Ok(proc) = Process::open(vm.pid) else {
+        return Ok(());
+    };
+    if !proc.is_running() {
+        process::reap(vm.pid);
+        return Ok(());
+    }
+    // Never signal a process that is not this VM (pid reuse).
+    if !process::cmdline(vm.pid).is_some_and(|a| a.iter().any(|x| *x == vm_name(id))) {
+        return Ok(());
+    }
+    let limit = Duration::from_secs(1);
+    if let Ok(qmp) = QmpClient::connect(&vm.control_socket, limit).await
+        && let Err(e) = qmp.execute("quit", None, limit).await
+    {
+        tracing::debug!(%id, "QMP quit: {e}");
+    }
+    if tokio::time::timeout(grace, proc.exited()).await.is_ok() {
+        return Ok(());
+    }
+    tracing::warn!(%id, pid = vm.pid, "QEMU did not quit; killing it");
+    proc.signal(Signal::SIGKILL);
+    tokio::time::timeout(Duration::from_secs(10), proc.exited())
+        .await
+        .map_err(|_| StopError::Unkillable(vm.pid))
+}

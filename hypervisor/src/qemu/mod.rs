@@ -1,0 +1,167 @@
+//! The QEMU backend: q35 + qboot + PVH kernel, virtio-serial agent channel,
+//! shared-memfd RAM (ready for virtio-fs), QMP on a unix socket.
+//!
+//! This module holds the [`Qemu`] type, its [`QemuConfig`], the layout of a
+//! VM's directory and the [`Hypervisor`] impl, which delegates to `cmdline`
+//! (QEMU's arguments and the kernel command line), `launch` (starting,
+//! re-finding, adopting and stopping the QEMU process) and `hotplug` (NIC
+//! and disk hot-plug over QMP).
+
+mod cmdline;
+mod hotplug;
+mod launch;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::{
+    AdoptError, BlockSpec, Capabilities, HotplugError, Hypervisor, LaunchError, NicSpec, StopError,
+    VmEndpoints, VmSpec,
+};
+
+use cmdline::{host_tsc_khz, supports_sandbox};
+use hotplug::HOTPLUG_PORTS;
+
+/// Files QEMU's VMs keep in their directory; no other code knows these names.
+const QMP_SOCKET: &str = "qmp.sock";
+const AGENT_SOCKET: &str = "agent.sock";
+const CONSOLE_LOG: &str = "console.log";
+const QEMU_LOG: &str = "qemu.log";
+const PIDFILE: &str = "qemu.pid";
+
+/// Where QEMU and its firmware are, and whether to confine it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuConfig {
+    /// The `qemu-system-x86_64` binary.
+    pub binary: PathBuf,
+    /// Firmware; qboot boots a PVH kernel fastest.
+    pub firmware: PathBuf,
+    /// Run QEMU under its seccomp `-sandbox` when the binary supports it.
+    pub seccomp: bool,
+}
+
+impl Default for QemuConfig {
+    fn default() -> Self {
+        Self {
+            binary: PathBuf::from("/usr/bin/qemu-system-x86_64"),
+            firmware: PathBuf::from("/usr/share/qemu/qboot.rom"),
+            seccomp: true,
+        }
+    }
+}
+
+/// The QEMU hypervisor backend.
+#[derive(Debug, Clone)]
+pub struct Qemu {
+    config: QemuConfig,
+    seccomp: bool,
+    tsc_khz: Option<u64>,
+}
+
+impl Qemu {
+    /// A backend with `config`; probes whether the binary has `-sandbox`.
+    pub fn new(config: QemuConfig) -> Self {
+        let seccomp = config.seccomp && supports_sandbox(&config.binary);
+        if config.seccomp && !seccomp {
+            tracing::warn!(
+                "{} has no -sandbox support: QEMU runs unconfined",
+                config.binary.display()
+            );
+        }
+        Self {
+            config,
+            seccomp,
+            tsc_khz: host_tsc_khz(),
+        }
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &QemuConfig {
+        &self.config
+    }
+}
+
+/// Most vCPUs of a q35 machine in QEMU 7.2.
+const Q35_MAX_VCPUS: u32 = 288;
+
+/// The `-name` QEMU gets for the VM `id`; its process is recognised by it.
+fn vm_name(id: &str) -> String {
+    format!("frakti-{id}")
+}
+
+/// The endpoints of the QEMU VM whose files are in `dir`.
+fn endpoints_in(dir: &Path, pid: i32) -> VmEndpoints {
+    VmEndpoints {
+        pid,
+        control_socket: dir.join(QMP_SOCKET),
+        agent_socket: dir.join(AGENT_SOCKET),
+        console_log: dir.join(CONSOLE_LOG),
+        vmm_log: dir.join(QEMU_LOG),
+    }
+}
+
+#[async_trait::async_trait]
+impl Hypervisor for Qemu {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            // q35 can, but see `resize`: not with this command line yet.
+            cpu_hotplug: false,
+            memory_hotplug: false,
+            block_hotplug: true,
+            nic_hotplug: true,
+            hotplug_slots: HOTPLUG_PORTS as u32,
+            max_vcpus: Q35_MAX_VCPUS,
+        }
+    }
+
+    async fn launch(&self, spec: &VmSpec) -> Result<VmEndpoints, LaunchError> {
+        launch::launch(self, spec).await
+    }
+
+    fn endpoints(&self, dir: &Path, pid: i32) -> VmEndpoints {
+        endpoints_in(dir, pid)
+    }
+
+    fn find(&self, id: &str, dir: &Path) -> Result<VmEndpoints, AdoptError> {
+        launch::find(id, dir)
+    }
+
+    fn adopt(&self, id: &str, dir: &Path, pid: i32) -> Result<VmEndpoints, AdoptError> {
+        launch::adopt(id, dir, pid)
+    }
+
+    async fn add_nic(
+        &self,
+        vm: &VmEndpoints,
+        index: usize,
+        nic: &NicSpec,
+    ) -> Result<(), HotplugError> {
+        hotplug::add_nic(vm, index, nic).await
+    }
+
+    async fn add_block(&self, vm: &VmEndpoints, disk: &BlockSpec) -> Result<(), HotplugError> {
+        hotplug::add_block(vm, disk).await
+    }
+
+    async fn remove_block(
+        &self,
+        vm: &VmEndpoints,
+        id: &str,
+        limit: Duration,
+    ) -> Result<(), HotplugError> {
+        hotplug::remove_block(vm, id, limit).await
+    }
+
+    // `resize` stays the trait's `Unsupported`: the command line reserves no
+    // room for more vCPUs (`maxcpus`) or memory (`slots`, `maxmem`) yet.
+
+    async fn stop(&self, id: &str, vm: &VmEndpoints, grace: Duration) -> Result<(), StopError> {
+        launch::stop(id, vm, grace).await
+    }
+}

@@ -1,0 +1,363 @@
+//! Unit tests of the QEMU backend: command lines, endpoints and
+//! capabilities, and disk hot-plug against a scripted QMP monitor (and,
+//! ignored by default, against a real QEMU).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::hotplug::{HOTPLUG_PORTS, QMP_LIMIT};
+use super::*;
+use crate::qmp::QmpClient;
+use crate::{Accel, BlockFormat};
+
+fn spec(accel: Accel) -> VmSpec {
+    VmSpec {
+        id: "abc".into(),
+        dir: PathBuf::from("/run/frakti/abc"),
+        vcpus: 2,
+        memory_mib: 512,
+        kernel: "/k".into(),
+        initrd: "/i".into(),
+        extra_cmdline: vec!["frakti.log=debug".into()],
+        accel,
+        netns: None,
+        nics: vec![NicSpec {
+            tap: "tap0".into(),
+            mac: "02:00:00:00:00:01".into(),
+        }],
+        shares: vec![crate::FsShare {
+            tag: "frakti".into(),
+            socket: "/run/p/virtiofsd.sock".into(),
+        }],
+    }
+}
+
+fn qemu(seccomp: bool) -> Qemu {
+    Qemu {
+        config: QemuConfig::default(),
+        seccomp,
+        tsc_khz: Some(2_445_430),
+    }
+}
+
+fn after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+    args.windows(2)
+        .filter(|w| w[0] == flag)
+        .map(|w| w[1].as_str())
+        .collect()
+}
+
+#[test]
+fn tcg_command_line() {
+    let args = qemu(true).args(&spec(Accel::Tcg));
+    assert_eq!(after(&args, "-accel"), ["tcg,tb-size=16"]);
+    assert_eq!(after(&args, "-smp"), ["2"]);
+    assert_eq!(after(&args, "-m"), ["512M"]);
+    assert_eq!(after(&args, "-name"), ["frakti-abc"]);
+    assert!(after(&args, "-object").contains(&"memory-backend-memfd,id=mem,size=512M,share=on"));
+    assert!(!args.contains(&"-cpu".to_string()));
+    let append = after(&args, "-append")[0];
+    assert!(append.contains("tsc_early_khz=2445430"));
+    assert!(append.ends_with("frakti.log=debug"));
+    assert!(after(&args, "-device").contains(&"virtserialport,chardev=agent,name=frakti.agent"));
+    assert!(after(&args, "-chardev").contains(&"socket,id=vfs0,path=/run/p/virtiofsd.sock"));
+    assert!(after(&args, "-device").contains(&"vhost-user-fs-pci,chardev=vfs0,tag=frakti"));
+    assert_eq!(after(&args, "-sandbox").len(), 1);
+    assert_eq!(
+        after(&args, "-netdev"),
+        ["tap,id=net0,ifname=tap0,script=no,downscript=no,vhost=off"]
+    );
+    assert!(after(&args, "-device").contains(&"virtio-net-pci,netdev=net0,mac=02:00:00:00:00:01"));
+}
+
+/// A scripted monitor for hot-plug: ports `occupied` have a device,
+/// `device_del` of a plugged disk is answered with `DEVICE_DELETED`
+/// unless `stuck`; records every command.
+async fn fake_monitor(
+    listener: tokio::net::UnixListener,
+    occupied: Vec<usize>,
+    stuck: bool,
+    log: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut disks = std::collections::HashSet::new();
+    let mut nodes = std::collections::HashSet::new();
+    while let Ok((stream, _)) = listener.accept().await {
+        let (read, mut write) = stream.into_split();
+        write
+            .write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n")
+            .await
+            .unwrap();
+        let mut lines = BufReader::new(read).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let msg: Value = serde_json::from_str(&line).unwrap();
+            let (id, args) = (msg["id"].clone(), msg["arguments"].clone());
+            let command = msg["execute"].as_str().unwrap().to_owned();
+            if command != "qmp_capabilities" {
+                log.lock().unwrap().push(msg.clone());
+            }
+            let not_found =
+                |desc: String| json!({"error": {"class": "GenericError", "desc": desc}, "id": id});
+            let reply = match command.as_str() {
+                "qom-list" => {
+                    let path = args["path"].as_str().unwrap();
+                    let port: usize = path.rsplit("rp").next().unwrap().parse().unwrap();
+                    let mut props = vec![json!({"name": "type", "type": "string"})];
+                    if occupied.contains(&port) {
+                        props.push(json!({"name": "child[0]", "type": "link<virtio-net-pci>"}));
+                    }
+                    json!({"return": props, "id": id})
+                }
+                "blockdev-add" => {
+                    nodes.insert(args["node-name"].as_str().unwrap().to_owned());
+                    json!({"return": {}, "id": id})
+                }
+                "device_add" => {
+                    disks.insert(args["id"].as_str().unwrap().to_owned());
+                    json!({"return": {}, "id": id})
+                }
+                "device_del" => {
+                    let dev = args["id"].as_str().unwrap().to_owned();
+                    if disks.contains(&dev) {
+                        write
+                            .write_all(format!("{}\n", json!({"return": {}, "id": id})).as_bytes())
+                            .await
+                            .unwrap();
+                        if !stuck {
+                            disks.remove(&dev);
+                            let backend = json!({"event": "DEVICE_DELETED", "data": {"path": format!("/machine/peripheral/{dev}/virtio-backend")}});
+                            let done = json!({"event": "DEVICE_DELETED", "data": {"device": dev, "path": format!("/machine/peripheral/{dev}")}});
+                            write
+                                .write_all(format!("{backend}\n{done}\n").as_bytes())
+                                .await
+                                .unwrap();
+                        }
+                        continue;
+                    }
+                    json!({"error": {"class": "DeviceNotFound", "desc": format!("Device '{dev}' not found")}, "id": id})
+                }
+                "blockdev-del" => {
+                    let node = args["node-name"].as_str().unwrap();
+                    if nodes.remove(node) {
+                        json!({"return": {}, "id": id})
+                    } else {
+                        not_found(format!("Failed to find node with node-name='{node}'"))
+                    }
+                }
+                _ => json!({"return": {}, "id": id}),
+            };
+            write
+                .write_all(format!("{reply}\n").as_bytes())
+                .await
+                .unwrap();
+        }
+    }
+}
+
+fn monitor(
+    occupied: Vec<usize>,
+    stuck: bool,
+) -> (
+    tempfile::TempDir,
+    VmEndpoints,
+    std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = endpoints_in(dir.path(), 1);
+    let listener = tokio::net::UnixListener::bind(&vm.control_socket).unwrap();
+    let log = std::sync::Arc::default();
+    tokio::spawn(fake_monitor(
+        listener,
+        occupied,
+        stuck,
+        std::sync::Arc::clone(&log),
+    ));
+    (dir, vm, log)
+}
+
+fn disk(id: &str) -> BlockSpec {
+    BlockSpec {
+        id: id.into(),
+        path: "/img/vol.erofs".into(),
+        format: BlockFormat::Raw,
+        read_only: true,
+    }
+}
+
+fn commands(log: &std::sync::Mutex<Vec<Value>>) -> Vec<String> {
+    log.lock()
+        .unwrap()
+        .iter()
+        .map(|m| m["execute"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_disk_goes_to_the_highest_free_port_and_comes_out_again() {
+    let (_dir, vm, log) = monitor(vec![4], false);
+    let q = qemu(false);
+    q.add_block(&vm, &disk("vol1")).await.unwrap();
+    {
+        let log = log.lock().unwrap();
+        let add = log.iter().find(|m| m["execute"] == "blockdev-add").unwrap();
+        assert_eq!(
+            add["arguments"],
+            json!({"driver": "raw", "node-name": "node-vol1", "read-only": true,
+                "file": {"driver": "file", "filename": "/img/vol.erofs", "read-only": true}})
+        );
+        let dev = log.iter().find(|m| m["execute"] == "device_add").unwrap();
+        assert_eq!(
+            dev["arguments"],
+            json!({"driver": "virtio-blk-pci", "id": "disk-vol1", "drive": "node-vol1",
+                "serial": "vol1", "bus": "rp3"})
+        );
+    }
+    log.lock().unwrap().clear();
+    q.remove_block(&vm, "vol1", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(commands(&log), ["device_del", "blockdev-del"]);
+    // Not plugged any more: still fine.
+    q.remove_block(&vm, "vol1", Duration::from_secs(5))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn no_free_port_bad_ids_and_a_stuck_unplug_are_errors() {
+    let (_dir, vm, log) = monitor(vec![1, 2, 3, 4], true);
+    let q = qemu(false);
+    let err = q.add_block(&vm, &disk("vol1")).await.unwrap_err();
+    assert!(
+        matches!(err, HotplugError::NoSlot(ref d) if d == "disk-vol1"),
+        "{err}"
+    );
+    assert!(!commands(&log).contains(&"blockdev-add".to_owned()));
+    for bad in ["", "1abc", "a b", "abcdefghijklmnopqrstu"] {
+        let err = q.add_block(&vm, &disk(bad)).await.unwrap_err();
+        assert!(
+            matches!(err, HotplugError::InvalidId { .. }),
+            "{bad:?}: {err}"
+        );
+    }
+    let (_dir, vm, log) = monitor(Vec::new(), true);
+    q.add_block(&vm, &disk("vol2")).await.unwrap();
+    let err = q
+        .remove_block(&vm, "vol2", Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HotplugError::Timeout { .. }), "{err}");
+    // The node stays while the guest holds the disk.
+    assert!(!commands(&log).contains(&"blockdev-del".to_owned()));
+}
+
+#[tokio::test]
+async fn endpoints_and_capabilities() {
+    let q = qemu(false);
+    let vm = q.endpoints(Path::new("/run/p"), 42);
+    assert_eq!(vm.pid, 42);
+    assert_eq!(vm.control_socket, Path::new("/run/p/qmp.sock"));
+    assert_eq!(vm.agent_socket, Path::new("/run/p/agent.sock"));
+    assert_eq!(vm.vmm_log, Path::new("/run/p/qemu.log"));
+    let caps = q.capabilities();
+    assert!(caps.block_hotplug && caps.nic_hotplug);
+    assert_eq!(caps.hotplug_slots, 4);
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        q.find("abc", dir.path()),
+        Err(AdoptError::NoPidfile(_))
+    ));
+    // Our own pid is not the VM `abc`.
+    fs::write(
+        dir.path().join(PIDFILE),
+        format!("{}\n", std::process::id()),
+    )
+    .unwrap();
+    assert!(matches!(
+        q.find("abc", dir.path()),
+        Err(AdoptError::NotOurs { .. })
+    ));
+}
+
+/// Against a real QEMU (no guest): disks land on free root ports, and
+/// without a guest to release it an unplug times out.
+#[tokio::test]
+#[ignore = "needs qemu-system-x86_64"]
+async fn hotplug_against_real_qemu() {
+    /// Kills QEMU however the test ends.
+    struct Reaper(std::process::Child);
+    impl Drop for Reaper {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.img");
+    fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    let vm = endpoints_in(dir.path(), 0);
+    let mut args: Vec<String> = ["-M", "q35", "-nodefaults", "-display", "none", "-S"]
+        .map(String::from)
+        .to_vec();
+    let qmp_arg = format!("unix:{},server=on,wait=off", vm.control_socket.display());
+    args.extend(["-qmp".into(), qmp_arg]);
+    for port in 1..=HOTPLUG_PORTS {
+        args.extend([
+            "-device".into(),
+            format!("pcie-root-port,id=rp{port},bus=pcie.0,chassis={port},slot={port}"),
+        ]);
+    }
+    let child = Command::new(&QemuConfig::default().binary)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _reaper = Reaper(child);
+    while !vm.control_socket.exists() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let q = qemu(false);
+    let spec = |id: &str| BlockSpec {
+        path: image.clone(),
+        ..disk(id)
+    };
+    q.add_block(&vm, &spec("d1")).await.unwrap();
+    q.add_block(&vm, &spec("d2")).await.unwrap();
+    {
+        // QEMU serves one QMP connection at a time: this one is closed below.
+        let qmp = QmpClient::connect(&vm.control_socket, QMP_LIMIT)
+            .await
+            .unwrap();
+        for (dev, bus) in [("disk-d1", "rp4"), ("disk-d2", "rp3")] {
+            let path =
+                json!({"path": format!("/machine/peripheral/{dev}"), "property": "parent_bus"});
+            let parent = qmp.execute("qom-get", Some(path), QMP_LIMIT).await.unwrap();
+            assert_eq!(parent, format!("/machine/peripheral/{bus}/{bus}"));
+        }
+    }
+    // A second disk `d1`: QEMU refuses the duplicate node name.
+    let err = q.add_block(&vm, &spec("d1")).await.unwrap_err();
+    assert!(err.to_string().contains("node-d1"), "{err}");
+    let err = q
+        .remove_block(&vm, "d2", Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HotplugError::Timeout { .. }), "{err}");
+    q.remove_block(&vm, "never", Duration::from_millis(300))
+        .await
+        .unwrap();
+}
+
+#[test]
+fn kvm_uses_host_cpu_and_no_sandbox_when_unsupported() {
+    let args = qemu(false).args(&spec(Accel::Kvm));
+    assert_eq!(after(&args, "-accel"), ["kvm"]);
+    assert_eq!(after(&args, "-cpu"), ["host"]);
+    assert!(after(&args, "-sandbox").is_empty());
+}
