@@ -381,7 +381,7 @@ impl Containers {
     }
 
     async fn wait_exit(&self, id: &str, limit: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
+        let deadline = agent_api::client::deadline_after(limit);
         loop {
             let notified = self.changed.notified();
             match self.info(id) {
@@ -559,7 +559,7 @@ impl Containers {
 
     /// Answers once some container changed after event `after`, or after `timeout`.
     pub async fn wait_events(&self, after: u64, timeout: Duration) -> Response {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = agent_api::client::deadline_after(timeout);
         loop {
             let notified = self.changed.notified();
             let (last, changed) = {

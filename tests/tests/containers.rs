@@ -522,6 +522,33 @@ async fn security_mounts_exec_stop_oom_and_restart() {
         waited >= Duration::from_secs(2),
         "stopped before the timeout: {waited:?}"
     );
+    // Client-chosen timeouts near i64::MAX seconds saturate, never panic.
+    let huge = pod
+        .exec_with(&secure, "echo fine", i64::MAX)
+        .await
+        .expect("ExecSync with a huge timeout");
+    assert_eq!((huge.exit_code, text(&huge.stdout)), (0, "fine".into()));
+    let polite = pod
+        .run(pod.container(
+            "polite",
+            &["trap 'exit 3' TERM; while true; do sleep 1; done"],
+        ))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pod.rt
+        .stop_container(proto::StopContainerRequest {
+            container_id: polite.clone(),
+            timeout: i64::MAX,
+        })
+        .await
+        .expect("StopContainer with a huge timeout");
+    let s = pod.status(&polite).await;
+    assert_eq!(
+        (s.state, s.exit_code),
+        (proto::ContainerState::ContainerExited as i32, 3)
+    );
+    // The agent is still there for the next call.
+    assert_eq!(text(&pod.exec(&secure, "echo alive").await.stdout), "alive");
     // Stop of an unknown id succeeds.
     pod.rt
         .stop_container(proto::StopContainerRequest {
