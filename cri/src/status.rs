@@ -28,12 +28,12 @@ pub(crate) async fn status(
         .pods
         .runtime_ready()
         .await
-        .map_err(|m| ("GuestAssetsMissing".to_owned(), m));
+        .map_err(|e| (e.reason.to_owned(), e.message));
     let network_ready = svc
         .pods
         .network_ready()
         .await
-        .map_err(|m| ("NetworkPluginNotReady".to_owned(), m));
+        .map_err(|e| (e.reason.to_owned(), e.message));
     let conditions = vec![
         condition("RuntimeReady", runtime_ready),
         condition("NetworkReady", network_ready),

@@ -27,10 +27,10 @@ impl SandboxRuntime for SandboxesOnly {
     fn name(&self) -> &'static str {
         "stub"
     }
-    async fn ready(&self) -> Result<(), String> {
+    async fn ready(&self) -> Result<(), runtime_api::NotReady> {
         Ok(())
     }
-    async fn network_ready(&self) -> Result<(), String> {
+    async fn network_ready(&self) -> Result<(), runtime_api::NotReady> {
         Ok(())
     }
     async fn start_sandbox(

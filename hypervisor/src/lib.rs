@@ -276,6 +276,12 @@ pub trait Hypervisor: Send + Sync + Debug {
     /// Short name of the backend.
     fn name(&self) -> &'static str;
 
+    /// Whether this host can start VMs now (the VMM and its firmware are
+    /// there and executable); `Err` names what is missing. Ready by default.
+    fn check_host(&self) -> Result<(), LaunchError> {
+        Ok(())
+    }
+
     /// What the backend can do to a running VM; nothing by default.
     fn capabilities(&self) -> Capabilities {
         Capabilities::default()

@@ -120,7 +120,10 @@ impl PodService {
             self.registry.get(&handler).cloned().ok_or_else(|| {
                 RunPodError::NotReady(format!("no runtime for handler {handler:?}"))
             })?;
-        runtime.ready().await.map_err(RunPodError::NotReady)?;
+        runtime
+            .ready()
+            .await
+            .map_err(|e| RunPodError::NotReady(e.message))?;
 
         let key = metadata.reservation_key();
         let _reservation = self.reserve(&key).await?;

@@ -5,8 +5,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use runtime_api::{NotReady, SandboxState, report};
 use runtime_api::{PodRuntime, RuntimeError, RuntimeErrorKind, RuntimeEvent, SandboxRecord};
-use runtime_api::{SandboxState, report};
 use tokio::sync::mpsc;
 
 use crate::registry::Registry;
@@ -50,12 +50,12 @@ impl PodService {
     }
 
     /// Whether the default runtime can start pods.
-    pub async fn runtime_ready(&self) -> Result<(), String> {
+    pub async fn runtime_ready(&self) -> Result<(), NotReady> {
         self.registry.default_runtime().ready().await
     }
 
     /// Whether pods of the default runtime can get a network.
-    pub async fn network_ready(&self) -> Result<(), String> {
+    pub async fn network_ready(&self) -> Result<(), NotReady> {
         self.registry.default_runtime().network_ready().await
     }
 

@@ -18,7 +18,9 @@ pub use container::{
     ContainerConfig, ContainerRecord, ContainerRuntimeStatus, ContainerState, ExecOutput,
 };
 pub use error::{RuntimeError, RuntimeErrorKind, report};
-pub use runtime::{ContainerRuntime, PodRuntime, RuntimeEvent, SandboxRuntime, StartedSandbox};
+pub use runtime::{
+    ContainerRuntime, NotReady, PodRuntime, RuntimeEvent, SandboxRuntime, StartedSandbox,
+};
 pub use sandbox::{
     DnsConfig, PodMetadata, PodResources, PortMapping, SandboxConfig, SandboxRecord, SandboxState,
 };

@@ -18,11 +18,11 @@ pub trait SandboxRuntime: Send + Sync + Debug {
     /// Short name of the kind of runtime (e.g. `vm`), for logs and verbose status.
     fn name(&self) -> &'static str;
 
-    /// Whether the runtime can start pods now; `Err` carries the reason.
-    async fn ready(&self) -> Result<(), String>;
+    /// Whether the runtime can start pods now; `Err` says why not.
+    async fn ready(&self) -> Result<(), NotReady>;
 
-    /// Whether pods can get a network now; `Err` carries the reason.
-    async fn network_ready(&self) -> Result<(), String>;
+    /// Whether pods can get a network now; `Err` says why not.
+    async fn network_ready(&self) -> Result<(), NotReady>;
 
     /// Does in the background what the first pod would otherwise wait for
     /// (e.g. probing the accelerator). Does nothing by default.
@@ -131,6 +131,27 @@ pub trait ContainerRuntime: Send + Sync + Debug {
 pub trait PodRuntime: SandboxRuntime + ContainerRuntime + ContainerStreams {}
 
 impl<T: SandboxRuntime + ContainerRuntime + ContainerStreams> PodRuntime for T {}
+
+/// Why a runtime cannot start pods (or give them a network) now, as the CRI
+/// `RuntimeCondition` carries it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct NotReady {
+    /// A short CamelCase reason, e.g. `HypervisorNotReady`.
+    pub reason: &'static str,
+    /// What is wrong, for people.
+    pub message: String,
+}
+
+impl NotReady {
+    /// Not ready for `reason`: `message`.
+    pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+}
 
 /// A sandbox the runtime started.
 #[derive(Debug, Clone, PartialEq)]

@@ -105,3 +105,60 @@ async fn config_file_keys_apply_and_auto_accel_boots() {
         .await
         .unwrap();
 }
+
+/// `Status` says what keeps pods from starting, and RunPodSandbox agrees.
+#[tokio::test]
+async fn status_names_what_keeps_pods_from_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_exec = dir.path().join("qemu-not-executable");
+    std::fs::write(&not_exec, "").unwrap();
+    let cases = [
+        (
+            vec!["--accel", "tcg", "--qemu", "/nonexistent/qemu"],
+            "HypervisorNotReady",
+            "/nonexistent/qemu".to_owned(),
+        ),
+        (
+            vec!["--accel", "tcg", "--qemu", not_exec.to_str().unwrap()],
+            "HypervisorNotReady",
+            not_exec.display().to_string(),
+        ),
+        (
+            vec!["--accel", "tcg", "--virtiofsd", "/nonexistent/virtiofsd"],
+            "VirtiofsdMissing",
+            "/nonexistent/virtiofsd".to_owned(),
+        ),
+    ];
+    for (flags, reason, names) in cases {
+        let daemon = Daemon::start(&flags).await.unwrap();
+        let mut c = daemon.runtime().await.unwrap();
+        let s = c
+            .status(proto::StatusRequest { verbose: false })
+            .await
+            .unwrap()
+            .into_inner();
+        let ready = s
+            .status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.r#type == "RuntimeReady")
+            .unwrap();
+        assert!(!ready.status, "{flags:?}: {ready:?}");
+        assert_eq!(ready.reason, reason, "{flags:?}");
+        assert!(
+            ready.message.contains(&names),
+            "{flags:?}: {}",
+            ready.message
+        );
+        let err = c
+            .run_pod_sandbox(proto::RunPodSandboxRequest {
+                config: Some(pod_config("not-ready", &[])),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{flags:?}");
+        assert!(err.message().contains(&names), "{}", err.message());
+    }
+}

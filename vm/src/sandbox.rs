@@ -4,8 +4,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use agent_api::calls;
+use hypervisor::AccelMode;
 use hypervisor::Process;
-use runtime_api::{RuntimeError, SandboxConfig, SandboxRuntime, StartedSandbox};
+use runtime_api::{NotReady, RuntimeError, SandboxConfig, SandboxRuntime, StartedSandbox};
 
 use crate::config::VmState;
 use crate::errors::internal;
@@ -17,25 +18,51 @@ impl SandboxRuntime for VmRuntime {
         "vm"
     }
 
-    async fn ready(&self) -> Result<(), String> {
+    async fn ready(&self) -> Result<(), NotReady> {
         for (what, path) in [
             ("guest kernel", &self.config.kernel),
             ("guest initramfs", &self.config.initrd),
         ] {
             if !path.exists() {
-                return Err(format!(
-                    "{what} {} not found (run `make build`)",
-                    path.display()
+                return Err(NotReady::new(
+                    "GuestAssetsMissing",
+                    format!("{what} {} not found (run `make build`)", path.display()),
                 ));
             }
+        }
+        self.hypervisor
+            .check_host()
+            .map_err(|e| NotReady::new("HypervisorNotReady", e.to_string()))?;
+        if !self.config.virtiofsd.is_file() {
+            return Err(NotReady::new(
+                "VirtiofsdMissing",
+                format!(
+                    "virtiofsd {} not found (install qemu-system-common or set --virtiofsd)",
+                    self.config.virtiofsd.display()
+                ),
+            ));
+        }
+        if self.config.accel == AccelMode::Kvm
+            && let Err(why) = hypervisor::accel::kvm_device_usable()
+        {
+            return Err(NotReady::new(
+                "AcceleratorUnavailable",
+                format!("accel is forced to kvm, but KVM is unavailable: {why}"),
+            ));
         }
         Ok(())
     }
 
-    async fn network_ready(&self) -> Result<(), String> {
+    async fn network_ready(&self) -> Result<(), NotReady> {
         match &self.config.networks {
-            Some(networks) => networks.ready().map(drop).map_err(|e| e.to_string()),
-            None => Err("pod networking is disabled".into()),
+            Some(networks) => networks
+                .ready()
+                .map(drop)
+                .map_err(|e| NotReady::new("NetworkPluginNotReady", e.to_string())),
+            None => Err(NotReady::new(
+                "NetworkDisabled",
+                "pod networking is disabled",
+            )),
         }
     }
 

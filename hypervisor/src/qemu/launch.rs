@@ -26,11 +26,31 @@ const VMM: &str = "QEMU";
 /// How long QEMU may take to create its sockets.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The QEMU binary is an executable file and the firmware is there.
+pub(super) fn check_host(qemu: &Qemu) -> Result<(), LaunchError> {
+    use std::os::unix::fs::PermissionsExt;
+    let binary = &qemu.config.binary;
+    let executable =
+        fs::metadata(binary).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if !executable {
+        return Err(LaunchError::Missing {
+            what: "QEMU binary",
+            path: binary.clone(),
+        });
+    }
+    if !qemu.config.firmware.exists() {
+        return Err(LaunchError::Missing {
+            what: "firmware",
+            path: qemu.config.firmware.clone(),
+        });
+    }
+    Ok(())
+}
+
 /// Starts QEMU for `spec` and waits until it has created its sockets.
 pub(super) async fn launch(qemu: &Qemu, spec: &VmSpec) -> Result<VmEndpoints, LaunchError> {
+    check_host(qemu)?;
     for (what, path) in [
-        ("QEMU binary", &qemu.config.binary),
-        ("firmware", &qemu.config.firmware),
         ("guest kernel", &spec.kernel),
         ("guest initramfs", &spec.initrd),
     ] {

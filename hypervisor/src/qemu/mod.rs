@@ -108,6 +108,10 @@ impl Hypervisor for Qemu {
         "qemu"
     }
 
+    fn check_host(&self) -> Result<(), LaunchError> {
+        launch::check_host(self)
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             // q35 can, but see `resize`: not with this command line yet.

@@ -47,11 +47,14 @@ impl SandboxRuntime for FakeRuntime {
     fn name(&self) -> &'static str {
         "fake"
     }
-    async fn ready(&self) -> Result<(), String> {
+    async fn ready(&self) -> Result<(), runtime_api::NotReady> {
         Ok(())
     }
-    async fn network_ready(&self) -> Result<(), String> {
-        Err("no network in the fake".into())
+    async fn network_ready(&self) -> Result<(), runtime_api::NotReady> {
+        Err(runtime_api::NotReady::new(
+            "NetworkPluginNotReady",
+            "no network in the fake",
+        ))
     }
     async fn start_sandbox(
         &self,
