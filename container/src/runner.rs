@@ -45,6 +45,19 @@ pub struct Runner {
     bundles: PathBuf,
 }
 
+/// libcontainer changes the process's working directory while it connects to
+/// a container's notify socket (when it starts a container or an exec), and
+/// the working directory is shared by every thread: two such calls at once
+/// connect in each other's directory and fail. They run one at a time.
+static CWD_USERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds [`CWD_USERS`] for one libcontainer call.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    CWD_USERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn rt(id: &str, e: impl std::fmt::Display) -> RunError {
     RunError::Runtime(id.to_owned(), e.to_string())
 }
@@ -88,6 +101,7 @@ impl Runner {
             .map_err(|e| RunError::Bundle(id.to_owned(), std::io::Error::other(e)))?;
         std::fs::write(bundle.join("config.json"), json)
             .map_err(|e| RunError::Bundle(id.to_owned(), e))?;
+        let _cwd = one_at_a_time();
         let container = self
             .builder(id, stdio)?
             .with_console_socket(console_socket)
@@ -112,7 +126,9 @@ impl Runner {
 
     /// Starts the created container's process.
     pub fn start(&self, id: &str) -> Result<(), RunError> {
-        self.load(id)?.start().map_err(|e| rt(id, e))
+        let mut container = self.load(id)?;
+        let _cwd = one_at_a_time();
+        container.start().map_err(|e| rt(id, e))
     }
 
     /// Sends `signal` to the container's init (to all its processes with `all`).
@@ -150,6 +166,7 @@ impl Runner {
         let process = spec.process().clone().unwrap_or_default();
         let user = process.user();
         let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+        let _cwd = one_at_a_time();
         let pid = self
             .builder(id, stdio)?
             .with_console_socket(console_socket)
@@ -196,6 +213,7 @@ impl Runner {
         let json = serde_json::to_vec(&process)
             .map_err(|e| RunError::Bundle(id.to_owned(), std::io::Error::other(e)))?;
         std::fs::write(&path, json).map_err(|e| RunError::Bundle(id.to_owned(), e))?;
+        let cwd = one_at_a_time();
         let built = self.builder(id, Stdio::default()).map(|b| {
             b.with_console_socket(Some(console_socket))
                 .with_executor(SeccompExecutor { profile: seccomp })
@@ -204,6 +222,7 @@ impl Runner {
                 .with_detach(true)
                 .build()
         });
+        drop(cwd);
         let _ = std::fs::remove_file(&path);
         let pid = built?.map_err(|e| rt(id, e))?;
         Ok(pid.as_raw())

@@ -489,6 +489,27 @@ async fn security_mounts_exec_stop_oom_and_restart() {
     let left = pod.exec(&secure, "ps -o args | grep -c '^sleep 30'").await;
     assert_eq!(text(&left.stdout), "0", "the timed-out exec left a process");
 
+    // 20 ExecSyncs at once (a probe while a user execs): each gets its own
+    // output, none fails.
+    let mut calls = Vec::new();
+    for n in 0..20 {
+        let mut rt = pod.rt.clone();
+        let req = proto::ExecSyncRequest {
+            container_id: secure.clone(),
+            cmd: vec!["/bin/sh".into(), "-c".into(), format!("echo exec-{n}")],
+            timeout: 120,
+        };
+        calls.push(tokio::spawn(async move { rt.exec_sync(req).await }));
+    }
+    for (n, call) in calls.into_iter().enumerate() {
+        let out = call
+            .await
+            .unwrap()
+            .expect("a concurrent ExecSync")
+            .into_inner();
+        assert_eq!((out.exit_code, text(&out.stdout)), (0, format!("exec-{n}")));
+    }
+
     // Restart the daemon: the container keeps running and is still reachable.
     pod.daemon.restart().await.unwrap();
     pod.rt = pod.daemon.runtime().await.unwrap();
