@@ -149,6 +149,13 @@ pub(super) async fn handle_frame(
             let ours = if shared.role == Role::Server { 0 } else { 1 };
             if id % 2 != ours {
                 shared.control(Frame::Ping { id });
+                return;
+            }
+            let mut conn = shared.lock();
+            if conn.closing_ping == Some(id) {
+                conn.closing_ping_answered = true;
+                drop(conn);
+                shared.peer_done.notify_waiters();
             }
         }
         Frame::GoAway {

@@ -15,6 +15,11 @@
 //! peer has never sent one, the session stops enforcing send windows and
 //! relies on TCP backpressure, as those peers do.
 //!
+//! Closing: GOAWAY, then a PING; the connection is shut down only once the
+//! peer answered it (so it has processed everything before it) or closed its
+//! side, or after [`ConnConfig::linger`], so our FIN never cuts off frames
+//! the peer has received but not yet handled.
+//!
 //! The code is split by concern: `state` holds what the tasks and handles
 //! share, `session` runs the reader and writer tasks, `dispatch` applies
 //! received frames, and `stream` is the per-stream API with the send side of
@@ -148,10 +153,13 @@ impl Connection {
                 last_peer_stream_id: 0,
                 closed: false,
                 peer_going_away: false,
+                closing_ping: None,
+                closing_ping_answered: false,
                 we_go_away: false,
             }),
             window_changed: Notify::new(),
             space_freed: Notify::new(),
+            peer_done: Notify::new(),
             session_unacked: AtomicU32::new(0),
             control_tx,
             data_tx,
@@ -234,6 +242,13 @@ impl Connection {
 
     /// Ends the session gracefully: GOAWAY after all queued data, then waits
     /// (up to the linger time) for the peer to close its side.
+    ///
+    /// Our FIN must not overtake the peer: it may still be working through
+    /// the frames it received last when the connection ends, and some peers
+    /// (node's spdy-transport) drop every stream when their socket ends,
+    /// unprocessed frames and all. So a PING follows the GOAWAY, and our
+    /// write half is shut down only once the peer answered it or closed its
+    /// side, or the linger time is up.
     pub async fn close(&self) {
         let last = {
             let mut conn = self.shared.lock();
@@ -241,12 +256,13 @@ impl Connection {
             conn.last_peer_stream_id
         };
         debug!(last_stream = last, "closing SPDY session");
-        let _ = self.shared.data_tx.send(Outgoing::GoAway).await;
+        let deadline = tokio::time::Instant::now() + self.shared.config.linger;
+        let _ = self.shared.data_tx.send(Outgoing::GoAway(deadline)).await;
         let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(w) = writer {
             let _ = w.await;
         }
-        let _ = tokio::time::timeout(self.shared.config.linger, self.closed()).await;
+        let _ = tokio::time::timeout_at(deadline, self.closed()).await;
     }
 }
 

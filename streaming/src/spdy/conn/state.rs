@@ -9,14 +9,18 @@ use std::task::Waker;
 
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::{ConnConfig, Role};
 use crate::spdy::frame::{DEFAULT_WINDOW, Frame, Headers};
 
 pub(super) enum Outgoing {
     Frame(Frame),
-    /// Write GOAWAY, flush and shut the write half down.
-    GoAway,
+    /// Write GOAWAY and a PING, then leave the connection open until the peer
+    /// has answered that PING (so it has processed everything before it) or
+    /// closed its side, or until the given time; only then shut the write
+    /// half down.
+    GoAway(Instant),
 }
 
 #[derive(Default)]
@@ -57,6 +61,10 @@ pub(super) struct ConnState {
     pub(super) last_peer_stream_id: u32,
     pub(super) closed: bool,
     pub(super) peer_going_away: bool,
+    /// The PING sent after our GOAWAY, once sent.
+    pub(super) closing_ping: Option<u32>,
+    /// The peer answered `closing_ping`.
+    pub(super) closing_ping_answered: bool,
     pub(super) we_go_away: bool,
 }
 
@@ -68,6 +76,8 @@ pub(super) struct Shared {
     pub(super) window_changed: Notify,
     /// Woken when a reader consumed inbound data.
     pub(super) space_freed: Notify,
+    /// Woken when the peer closed its side or answered our closing PING.
+    pub(super) peer_done: Notify,
     pub(super) session_unacked: AtomicU32,
     pub(super) control_tx: mpsc::UnboundedSender<Outgoing>,
     pub(super) data_tx: mpsc::Sender<Outgoing>,
@@ -76,6 +86,14 @@ pub(super) struct Shared {
 impl Shared {
     pub(super) fn lock(&self) -> MutexGuard<'_, ConnState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether our FIN can no longer overtake the peer's processing: it
+    /// closed its side, or it answered the PING sent after our GOAWAY (a
+    /// peer answers a PING only after handling every frame before it).
+    pub(super) fn peer_finished(&self) -> bool {
+        let conn = self.lock();
+        conn.closed || conn.closing_ping_answered
     }
 
     pub(super) fn control(&self, frame: Frame) {

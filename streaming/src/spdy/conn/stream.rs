@@ -396,7 +396,8 @@ mod tests {
             Role::Server,
             ConnConfig {
                 legacy_flow_control_after: Some(Duration::from_millis(50)),
-                ..Default::default()
+                // The peer never closes: close gives up on it after this.
+                linger: Duration::from_millis(100),
             },
         );
         let mut z = HeaderCompressor::new().unwrap();
