@@ -36,6 +36,13 @@ fn err(kind: AgentErrorKind, message: impl Into<String>) -> AgentError {
     AgentError::new(kind, message)
 }
 
+fn not_found(id: &str) -> AgentError {
+    err(
+        AgentErrorKind::NotFound,
+        format!("container {id} not found"),
+    )
+}
+
 pub(crate) fn run_err(e: RunError) -> AgentError {
     match e {
         RunError::NotFound(_) => err(AgentErrorKind::NotFound, e.to_string()),
@@ -53,7 +60,7 @@ struct Entry {
     log: Option<LogFile>,
     /// Output readers; awaited before an exit is reported.
     readers: Vec<tokio::task::JoinHandle<()>>,
-    /// Attached clients' view of its output, stdin (held open here) and terminal.
+    /// Attached clients' view of its output, stdin (owned there) and terminal.
     attach: Arc<AttachPoint>,
 }
 
@@ -107,12 +114,7 @@ impl Containers {
         self.entries()
             .get(id)
             .map(|e| e.info.clone())
-            .ok_or_else(|| {
-                err(
-                    AgentErrorKind::NotFound,
-                    format!("container {id} not found"),
-                )
-            })
+            .ok_or_else(|| not_found(id))
     }
 
     fn record_event(&self, id: &str) {
@@ -182,8 +184,8 @@ impl Containers {
                 let _ = self.runner.delete(&id);
                 run_err(e)
             })?;
-        // The stdin pipe's end lives in the attach point, which closes it
-        // for `stdin_once`.
+        // The stdin pipe's write end lives only in the attach point, which
+        // closes it for `stdin_once` and when the process exits.
         let attach_stdin = stdin_keep.map(File::from);
         let attach = AttachPoint::new(2, attach_stdin, None, req.stdin_once);
         let readers = vec![
@@ -320,16 +322,17 @@ impl Containers {
 
     /// Where clients attach to running container `id`.
     pub(crate) fn attach_point(&self, id: &str) -> Result<Arc<AttachPoint>, AgentError> {
-        self.require_running(id)?;
-        self.entries()
-            .get(id)
-            .map(|e| e.attach.clone())
-            .ok_or_else(|| {
-                err(
-                    AgentErrorKind::NotFound,
-                    format!("container {id} not found"),
-                )
-            })
+        let entries = self.entries();
+        let entry = entries.get(id).ok_or_else(|| not_found(id))?;
+        let why = match entry.info.state {
+            ContainerState::Running => return Ok(entry.attach.clone()),
+            ContainerState::Created => "it has not been started",
+            ContainerState::Exited => "its main process has exited",
+        };
+        Err(err(
+            AgentErrorKind::FailedPrecondition,
+            format!("cannot attach to container {id}: {why}"),
+        ))
     }
 
     async fn on_exit(&self, id: &str, code: i32) {
@@ -337,8 +340,11 @@ impl Containers {
             Some(e) => std::mem::take(&mut e.readers),
             None => return,
         };
+        // The output gets a while to drain, all readers together: something
+        // the process started may hold it open for ever.
+        let drained = tokio::time::Instant::now() + DRAIN_WAIT;
         for r in readers {
-            let _ = tokio::time::timeout(DRAIN_WAIT, r).await;
+            let _ = tokio::time::timeout_at(drained, r).await;
         }
         if let Some(e) = self.entries().get_mut(id) {
             e.info.state = ContainerState::Exited;
@@ -346,6 +352,9 @@ impl Containers {
             e.info.finished_at_ns = now_ns();
             e.info.pid = 0;
             e.info.oom_killed = oom_killed(&e.cgroup);
+            // Under the same lock as the state: an attach either sees the
+            // container running and is ended by this, or is refused.
+            e.attach.process_exited();
             tracing::info!(container = %id, code, oom = e.info.oom_killed, "exited");
         }
         self.record_event(id);
@@ -471,12 +480,7 @@ impl Containers {
     /// Reopens the log of a container.
     pub fn reopen_log(&self, id: &str) -> Result<Response, AgentError> {
         let entries = self.entries();
-        let entry = entries.get(id).ok_or_else(|| {
-            err(
-                AgentErrorKind::NotFound,
-                format!("container {id} not found"),
-            )
-        })?;
+        let entry = entries.get(id).ok_or_else(|| not_found(id))?;
         if entry.info.state != ContainerState::Running {
             return Err(err(
                 AgentErrorKind::FailedPrecondition,
@@ -497,12 +501,7 @@ impl Containers {
         args: Vec<String>,
         timeout: Option<Duration>,
     ) -> Result<Response, AgentError> {
-        if self.info(id)?.state != ContainerState::Running {
-            return Err(err(
-                AgentErrorKind::FailedPrecondition,
-                format!("container {id} is not running"),
-            ));
-        }
+        self.require_running(id)?;
         if args.is_empty() {
             return Err(err(AgentErrorKind::InvalidArgument, "empty command"));
         }
@@ -594,3 +593,6 @@ impl Containers {
         }
     }
 }
+
+#[cfg(test)]
+mod testing;

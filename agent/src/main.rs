@@ -10,6 +10,9 @@
 //! kubelet, the hypervisor, the host's image store or CNI networking.
 
 mod attach;
+mod attach_session;
+#[cfg(test)]
+mod attach_tests;
 mod capture;
 mod channel;
 mod containers;

@@ -1,10 +1,9 @@
 //! Moving a stream's bytes: out to the host within the stream's credit
-//! ([`Outlet`], [`read_to`]), in from the host to a pipe, terminal, socket or
-//! file ([`write_from`]), and an exec's end (exit code once its output
-//! drained, or its process group killed on cancel).
+//! ([`Outlet`], [`read_to`]), in from the host to a pipe, terminal or socket
+//! ([`write_from`]; attach writes through its attach point instead), and an
+//! exec's end (exit code once its output drained, or its process group
+//! killed on cancel).
 
-use std::fs::File;
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,7 +79,8 @@ impl Outlet {
         self.frame(&close_frame(self.stream, end));
     }
 
-    fn grant(&self, n: usize) {
+    /// Returns `n` bytes of input credit to the host.
+    pub(crate) fn grant(&self, n: usize) {
         self.frame(&window_frame(self.stream, n as u32));
     }
 }
@@ -124,7 +124,6 @@ pub(crate) enum Sink {
     Pipe(Arc<FdIo>),
     Terminal(Arc<FdIo>),
     Tcp(tokio::net::tcp::OwnedWriteHalf),
-    File(Arc<File>),
     Discard,
 }
 
@@ -142,12 +141,6 @@ pub(crate) fn write_from(
                     let ok = match &mut sink {
                         Sink::Pipe(fd) | Sink::Terminal(fd) => fd.write_all(&data).await.is_ok(),
                         Sink::Tcp(t) => t.write_all(&data).await.is_ok(),
-                        Sink::File(f) => {
-                            let f = f.clone();
-                            tokio::task::spawn_blocking(move || (&*f).write_all(&data).is_ok())
-                                .await
-                                .unwrap_or(false)
-                        }
                         Sink::Discard => true,
                     };
                     // Credit comes back even when the bytes were dropped, so
@@ -167,7 +160,7 @@ pub(crate) fn write_from(
                             let _ = t.shutdown().await;
                         }
                         // Dropping the pipe's end closes it.
-                        Sink::Pipe(_) | Sink::File(_) | Sink::Discard => {}
+                        Sink::Pipe(_) | Sink::Discard => {}
                     }
                     return;
                 }

@@ -17,9 +17,9 @@ use agent_api::{AgentError, Frame, Response};
 use container::runner::Stdio;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::sync::{Notify, Semaphore, broadcast, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 
-use crate::attach::Chunk;
+use crate::attach_session::{self, Wanted};
 use crate::containers::Containers;
 use crate::fdio::{ConsoleSocket, FdIo};
 use crate::output::Output;
@@ -360,7 +360,8 @@ impl StreamTable {
         Ok(Response::Done)
     }
 
-    /// Attaches a new stream to a running container's main process.
+    /// Attaches a new stream to a running container's main process; the
+    /// session's rules are in [`crate::attach_session`].
     pub async fn attach(
         self: &Arc<Self>,
         containers: &Arc<Containers>,
@@ -369,71 +370,34 @@ impl StreamTable {
         channels: (bool, bool, bool),
     ) -> Result<Response, AgentError> {
         let point = containers.attach_point(id)?;
+        // Subscribed before answering, so no output after `Done` is missed.
+        let sub = point.subscribe().ok_or_else(|| {
+            err(
+                AgentErrorKind::FailedPrecondition,
+                format!("cannot attach to container {id}: its main process has exited"),
+            )
+        })?;
         let (stdin, stdout, stderr) = channels;
         let wiring = self.register(stream)?;
         if let Some(t) = point.terminal() {
             let _ = wiring.attach_terminal.set(t);
         }
-        let mut rx = point.output.subscribe();
-        let mut done = point.done.subscribe();
         let table = self.clone();
         tokio::spawn(async move {
-            let outlet = wiring.outlet.clone();
-            let sink = match (stdin, point.stdin()) {
-                (true, Some(file)) => Sink::File(file),
-                _ => Sink::Discard,
+            let wanted = Wanted {
+                stdin,
+                stdout,
+                stderr,
             };
-            let input = write_from(wiring.input, outlet.clone(), sink);
-            let forward = async {
-                let wanted = |c: Channel| match c {
-                    Channel::Stdout => stdout,
-                    Channel::Stderr => stderr,
-                    Channel::Stdin => false,
-                };
-                let send = async |chunk: Chunk| -> bool {
-                    match chunk {
-                        Chunk::Data(c, data) if wanted(c) => outlet.data(c, &data).await,
-                        _ => true,
-                    }
-                };
-                loop {
-                    if *done.borrow_and_update() {
-                        // Everything published before the end is buffered.
-                        while let Ok(chunk) = rx.try_recv() {
-                            if !send(chunk).await {
-                                return;
-                            }
-                        }
-                        return;
-                    }
-                    tokio::select! {
-                        got = rx.recv() => match got {
-                            Ok(chunk) => if !send(chunk).await { return },
-                            Err(broadcast::error::RecvError::Lagged(n)) => {
-                                tracing::warn!(stream, missed = n, "attached client fell behind");
-                            }
-                            Err(broadcast::error::RecvError::Closed) => return,
-                        },
-                        changed = done.changed() => if changed.is_err() { return },
-                    }
-                }
-            };
-            let cancelled = tokio::select! {
-                () = forward => false,
-                () = wiring.cancel.notified() => true,
-            };
-            if !cancelled {
-                for (c, on) in [(Channel::Stdout, stdout), (Channel::Stderr, stderr)] {
-                    if on {
-                        outlet.eof(c);
-                    }
-                }
-                outlet.close(&StreamEnd::default());
-            }
-            input.abort();
-            if stdin {
-                point.detached_stdin();
-            }
+            attach_session::run(
+                point,
+                sub,
+                wanted,
+                wiring.input,
+                wiring.outlet,
+                wiring.cancel,
+            )
+            .await;
             table.unregister(stream);
         });
         Ok(Response::Done)
