@@ -492,4 +492,47 @@ async fn attach_and_port_forward_in_a_pod_vm() {
     session.abort();
     drop(in_w);
     pod.wait_exit(&once).await;
+
+    // stdin_once with the client closing its stdin alone (the session stays):
+    // cat reaches EOF and exits, and the attach ends by itself.
+    let mut eof = pod.container("eof", &["cat"]);
+    eof.stdin = true;
+    eof.stdin_once = true;
+    let eof = pod.run(eof).await;
+    let url = pod.attach_url(&eof, true, false).await;
+    let (out_w, mut out_r) = tokio::io::duplex(64 * 1024);
+    let (mut in_w, in_r) = tokio::io::duplex(4096);
+    let io = CommandIo {
+        stdin: Some(Box::new(in_r)),
+        stdout: Some(Box::new(out_w)),
+        stderr: None,
+        resize: None,
+        tty: false,
+    };
+    let session = tokio::spawn(async move { exec_spdy(&url, SPDY_REMOTECOMMAND, io).await });
+    let mut seen = Vec::new();
+    in_w.write_all(b"hello\n").await.unwrap();
+    read_until(&mut out_r, &mut seen, "hello").await;
+    drop(in_w);
+    let status = tokio::time::timeout(Duration::from_secs(60), session)
+        .await
+        .expect("the attach did not end after the client closed stdin")
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.status, "Success", "{status:?}");
+    let s = pod.wait_exit(&eof).await;
+    assert_eq!(s.exit_code, 0, "cat saw EOF and exited: {s:?}");
+    // Attaching to an exited container is refused.
+    let err = pod
+        .rt
+        .attach(proto::AttachRequest {
+            container_id: eof.clone(),
+            stdin: false,
+            tty: false,
+            stdout: true,
+            stderr: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
 }
