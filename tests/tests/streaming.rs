@@ -308,6 +308,36 @@ async fn read_until(r: &mut tokio::io::DuplexStream, seen: &mut Vec<u8>, needle:
     );
 }
 
+/// A `stdin_once` container running `script`, and a piped attach to it:
+/// the container id, the session, its stdin and its stdout.
+async fn stdin_once_attach(
+    pod: &mut Pod,
+    name: &str,
+    script: &str,
+) -> (
+    String,
+    JoinHandle<Result<Status, streaming::client::ClientError>>,
+    tokio::io::DuplexStream,
+    tokio::io::DuplexStream,
+) {
+    let mut config = pod.container(name, &[script]);
+    config.stdin = true;
+    config.stdin_once = true;
+    let id = pod.run(config).await;
+    let url = pod.attach_url(&id, true, false).await;
+    let (out_w, out_r) = tokio::io::duplex(64 * 1024);
+    let (in_w, in_r) = tokio::io::duplex(4096);
+    let io = CommandIo {
+        stdin: Some(Box::new(in_r)),
+        stdout: Some(Box::new(out_w)),
+        stderr: None,
+        resize: None,
+        tty: false,
+    };
+    let session = tokio::spawn(async move { exec_spdy(&url, SPDY_REMOTECOMMAND, io).await });
+    (id, session, in_w, out_r)
+}
+
 /// An attach session whose stdin and stdout the test holds.
 struct Attached {
     stdin: Option<tokio::io::DuplexStream>,
@@ -460,21 +490,8 @@ async fn attach_and_port_forward_in_a_pod_vm() {
     pod.wait_exit(&shell).await;
 
     // stdin_once: the container's stdin closes when the first attach ends.
-    let mut once = pod.container("once", &["cat; echo cat-done"]);
-    once.stdin = true;
-    once.stdin_once = true;
-    let once = pod.run(once).await;
-    let url = pod.attach_url(&once, true, false).await;
-    let (out_w, mut out_r) = tokio::io::duplex(64 * 1024);
-    let (mut in_w, in_r) = tokio::io::duplex(4096);
-    let io = CommandIo {
-        stdin: Some(Box::new(in_r)),
-        stdout: Some(Box::new(out_w)),
-        stderr: None,
-        resize: None,
-        tty: false,
-    };
-    let session = tokio::spawn(async move { exec_spdy(&url, SPDY_REMOTECOMMAND, io).await });
+    let (once, session, mut in_w, mut out_r) =
+        stdin_once_attach(&mut pod, "once", "cat; echo cat-done").await;
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -495,21 +512,7 @@ async fn attach_and_port_forward_in_a_pod_vm() {
 
     // stdin_once with the client closing its stdin alone (the session stays):
     // cat reaches EOF and exits, and the attach ends by itself.
-    let mut eof = pod.container("eof", &["cat"]);
-    eof.stdin = true;
-    eof.stdin_once = true;
-    let eof = pod.run(eof).await;
-    let url = pod.attach_url(&eof, true, false).await;
-    let (out_w, mut out_r) = tokio::io::duplex(64 * 1024);
-    let (mut in_w, in_r) = tokio::io::duplex(4096);
-    let io = CommandIo {
-        stdin: Some(Box::new(in_r)),
-        stdout: Some(Box::new(out_w)),
-        stderr: None,
-        resize: None,
-        tty: false,
-    };
-    let session = tokio::spawn(async move { exec_spdy(&url, SPDY_REMOTECOMMAND, io).await });
+    let (eof, session, mut in_w, mut out_r) = stdin_once_attach(&mut pod, "eof", "cat").await;
     let mut seen = Vec::new();
     in_w.write_all(b"hello\n").await.unwrap();
     read_until(&mut out_r, &mut seen, "hello").await;
