@@ -94,6 +94,20 @@ impl Registry {
         self.runtimes.get(handler)
     }
 
+    /// The runtime a stored record names: by its handler, or, for records
+    /// written before handlers were stored (they name the runtime's kind,
+    /// e.g. `vm`), by a runtime of that kind when exactly one has it.
+    pub fn for_record(&self, handler: &str) -> Option<&Arc<dyn PodRuntime>> {
+        if let Some(runtime) = self.runtimes.get(handler) {
+            return Some(runtime);
+        }
+        let mut kinds = self.runtimes.values().filter(|r| r.name() == handler);
+        match (kinds.next(), kinds.next()) {
+            (Some(one), None) => Some(one),
+            _ => None,
+        }
+    }
+
     /// Each runtime once, with the handlers it serves.
     pub fn runtimes(&self) -> Vec<Arc<dyn PodRuntime>> {
         let mut out: Vec<Arc<dyn PodRuntime>> = Vec::new();

@@ -72,7 +72,7 @@ impl PodService {
         &self,
         sandbox: &SandboxRecord,
     ) -> Result<&Arc<dyn PodRuntime>, RuntimeError> {
-        self.registry.get(&sandbox.handler).ok_or_else(|| {
+        self.registry.for_record(&sandbox.handler).ok_or_else(|| {
             RuntimeError::new(
                 RuntimeErrorKind::FailedPrecondition,
                 format!(

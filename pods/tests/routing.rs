@@ -218,3 +218,47 @@ async fn stream_sessions_reach_the_runtime_only_for_running_containers_of_ready_
     );
     assert_eq!(b.calls().len(), calls);
 }
+
+#[tokio::test]
+async fn records_from_before_handlers_name_the_runtime_kind_and_are_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Arc::new(FakeRuntime::default());
+    let svc = service(dir.path(), rt.clone());
+    let id = svc.run(config("old", &[])).await.unwrap();
+    rt.running.lock().unwrap().insert(id.clone(), true);
+    drop(svc);
+    // Rewrite the record as an older frakti stored it: `runtime` = the kind.
+    let path = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .flat_map(|e| {
+            if e.path().is_dir() {
+                std::fs::read_dir(e.path())
+                    .unwrap()
+                    .flatten()
+                    .map(|f| f.path())
+                    .collect()
+            } else {
+                vec![e.path()]
+            }
+        })
+        .find(|p| {
+            std::fs::read_to_string(p).is_ok_and(|t| t.contains(&id) && t.contains("\"handler\""))
+        })
+        .expect("the sandbox record");
+    let mut record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let object = record.as_object_mut().unwrap();
+    object.remove("handler");
+    object.insert("runtime".into(), "fake".into());
+    std::fs::write(&path, serde_json::to_vec(&record).unwrap()).unwrap();
+
+    let again = Arc::new(FakeRuntime::default());
+    again.running.lock().unwrap().insert(id.clone(), true);
+    let svc = service(dir.path(), again.clone());
+    svc.recover().await.unwrap();
+    let (record, _) = svc.status(&id, false).await.unwrap();
+    assert_eq!(record.state, SandboxState::Ready, "{}", record.reason);
+    assert!(again.calls().contains(&format!("adopt {}", &id[..8])));
+    svc.stop(&id).await.unwrap();
+}
