@@ -169,39 +169,59 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A scripted QMP monitor for tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use serde_json::{Value, json};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::UnixListener;
+
+    /// Greets each connection on `listener` and answers `qmp_capabilities`;
+    /// for every other command writes the lines `answer(command, arguments,
+    /// id)` returns (replies and events, in order).
+    pub(crate) async fn scripted_monitor(
+        listener: UnixListener,
+        mut answer: impl FnMut(&str, &Value, &Value) -> Vec<Value>,
+    ) {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (read, mut write) = stream.into_split();
+            write
+                .write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n")
+                .await
+                .unwrap();
+            let mut lines = BufReader::new(read).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let msg: Value = serde_json::from_str(&line).unwrap();
+                let id = msg["id"].clone();
+                let command = msg["execute"].as_str().unwrap();
+                let out = match command {
+                    "qmp_capabilities" => vec![json!({"return": {}, "id": id})],
+                    _ => answer(command, &msg["arguments"], &id),
+                };
+                for line in out {
+                    write
+                        .write_all(format!("{line}\n").as_bytes())
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncBufReadExt;
     use tokio::net::UnixListener;
 
-    /// A scripted monitor: greets, then answers each command by name.
-    async fn fake_monitor(listener: UnixListener) {
-        let (stream, _) = listener.accept().await.unwrap();
-        let (read, mut write) = stream.into_split();
-        write
-            .write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n")
-            .await
-            .unwrap();
-        let mut lines = BufReader::new(read).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let msg: Value = serde_json::from_str(&line).unwrap();
-            let id = msg["id"].clone();
-            let reply = match msg["execute"].as_str().unwrap() {
-                "qmp_capabilities" => json!({"return": {}, "id": id}),
-                "query-status" => {
-                    write
-                        .write_all(b"{\"event\": \"STOP\", \"data\": {}}\n")
-                        .await
-                        .unwrap();
-                    json!({"return": {"status": "running", "running": true}, "id": id})
-                }
-                _ => json!({"error": {"class": "CommandNotFound", "desc": "nope"}, "id": id}),
-            };
-            write
-                .write_all(format!("{reply}\n").as_bytes())
-                .await
-                .unwrap();
+    /// Answers `query-status` with a `STOP` event first; anything else is unknown.
+    fn answer(command: &str, _args: &Value, id: &Value) -> Vec<Value> {
+        match command {
+            "query-status" => vec![
+                json!({"event": "STOP", "data": {}}),
+                json!({"return": {"status": "running", "running": true}, "id": id}),
+            ],
+            _ => vec![json!({"error": {"class": "CommandNotFound", "desc": "nope"}, "id": id})],
         }
     }
 
@@ -210,7 +230,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("qmp.sock");
         let listener = UnixListener::bind(&path).unwrap();
-        tokio::spawn(fake_monitor(listener));
+        tokio::spawn(testing::scripted_monitor(listener, answer));
         let limit = Duration::from_secs(5);
         let qmp = QmpClient::connect(&path, limit).await.unwrap();
         let mut events = qmp.events();

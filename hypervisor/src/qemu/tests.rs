@@ -83,79 +83,60 @@ async fn fake_monitor(
     stuck: bool,
     log: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
 ) {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let mut disks = std::collections::HashSet::new();
     let mut nodes = std::collections::HashSet::new();
-    while let Ok((stream, _)) = listener.accept().await {
-        let (read, mut write) = stream.into_split();
-        write
-            .write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n")
-            .await
-            .unwrap();
-        let mut lines = BufReader::new(read).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let msg: Value = serde_json::from_str(&line).unwrap();
-            let (id, args) = (msg["id"].clone(), msg["arguments"].clone());
-            let command = msg["execute"].as_str().unwrap().to_owned();
-            if command != "qmp_capabilities" {
-                log.lock().unwrap().push(msg.clone());
+    let answer = move |command: &str, args: &Value, id: &Value| -> Vec<Value> {
+        log.lock()
+            .unwrap()
+            .push(json!({"execute": command, "arguments": args, "id": id}));
+        let not_found =
+            |desc: String| json!({"error": {"class": "GenericError", "desc": desc}, "id": id});
+        let reply = match command {
+            "qom-list" => {
+                let path = args["path"].as_str().unwrap();
+                let port: usize = path.rsplit("rp").next().unwrap().parse().unwrap();
+                let mut props = vec![json!({"name": "type", "type": "string"})];
+                if occupied.contains(&port) {
+                    props.push(json!({"name": "child[0]", "type": "link<virtio-net-pci>"}));
+                }
+                json!({"return": props, "id": id})
             }
-            let not_found =
-                |desc: String| json!({"error": {"class": "GenericError", "desc": desc}, "id": id});
-            let reply = match command.as_str() {
-                "qom-list" => {
-                    let path = args["path"].as_str().unwrap();
-                    let port: usize = path.rsplit("rp").next().unwrap().parse().unwrap();
-                    let mut props = vec![json!({"name": "type", "type": "string"})];
-                    if occupied.contains(&port) {
-                        props.push(json!({"name": "child[0]", "type": "link<virtio-net-pci>"}));
-                    }
-                    json!({"return": props, "id": id})
+            "blockdev-add" => {
+                nodes.insert(args["node-name"].as_str().unwrap().to_owned());
+                json!({"return": {}, "id": id})
+            }
+            "device_add" => {
+                disks.insert(args["id"].as_str().unwrap().to_owned());
+                json!({"return": {}, "id": id})
+            }
+            "device_del" => {
+                let dev = args["id"].as_str().unwrap().to_owned();
+                if !disks.contains(&dev) {
+                    return vec![
+                        json!({"error": {"class": "DeviceNotFound", "desc": format!("Device '{dev}' not found")}, "id": id}),
+                    ];
                 }
-                "blockdev-add" => {
-                    nodes.insert(args["node-name"].as_str().unwrap().to_owned());
+                let mut out = vec![json!({"return": {}, "id": id})];
+                if !stuck {
+                    disks.remove(&dev);
+                    out.push(json!({"event": "DEVICE_DELETED", "data": {"path": format!("/machine/peripheral/{dev}/virtio-backend")}}));
+                    out.push(json!({"event": "DEVICE_DELETED", "data": {"device": dev, "path": format!("/machine/peripheral/{dev}")}}));
+                }
+                return out;
+            }
+            "blockdev-del" => {
+                let node = args["node-name"].as_str().unwrap();
+                if nodes.remove(node) {
                     json!({"return": {}, "id": id})
+                } else {
+                    not_found(format!("Failed to find node with node-name='{node}'"))
                 }
-                "device_add" => {
-                    disks.insert(args["id"].as_str().unwrap().to_owned());
-                    json!({"return": {}, "id": id})
-                }
-                "device_del" => {
-                    let dev = args["id"].as_str().unwrap().to_owned();
-                    if disks.contains(&dev) {
-                        write
-                            .write_all(format!("{}\n", json!({"return": {}, "id": id})).as_bytes())
-                            .await
-                            .unwrap();
-                        if !stuck {
-                            disks.remove(&dev);
-                            let backend = json!({"event": "DEVICE_DELETED", "data": {"path": format!("/machine/peripheral/{dev}/virtio-backend")}});
-                            let done = json!({"event": "DEVICE_DELETED", "data": {"device": dev, "path": format!("/machine/peripheral/{dev}")}});
-                            write
-                                .write_all(format!("{backend}\n{done}\n").as_bytes())
-                                .await
-                                .unwrap();
-                        }
-                        continue;
-                    }
-                    json!({"error": {"class": "DeviceNotFound", "desc": format!("Device '{dev}' not found")}, "id": id})
-                }
-                "blockdev-del" => {
-                    let node = args["node-name"].as_str().unwrap();
-                    if nodes.remove(node) {
-                        json!({"return": {}, "id": id})
-                    } else {
-                        not_found(format!("Failed to find node with node-name='{node}'"))
-                    }
-                }
-                _ => json!({"return": {}, "id": id}),
-            };
-            write
-                .write_all(format!("{reply}\n").as_bytes())
-                .await
-                .unwrap();
-        }
-    }
+            }
+            _ => json!({"return": {}, "id": id}),
+        };
+        vec![reply]
+    };
+    crate::qmp::testing::scripted_monitor(listener, answer).await;
 }
 
 fn monitor(
