@@ -16,9 +16,10 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use runtime_api::container::{
     ContainerConfig, ContainerRuntimeStatus, ContainerState, Propagation,
 };
-use runtime_api::error::Cause;
 use runtime_api::{RuntimeError, RuntimeErrorKind, SandboxConfig};
 use serde::{Deserialize, Serialize};
+
+use crate::errors::internal;
 
 /// Where the guest mounts the pod's shared directory.
 pub const GUEST_SHARED: &str = "/run/frakti/shared";
@@ -38,10 +39,6 @@ pub struct ContainerFiles {
     pub layer: PathBuf,
     /// Host mount points made for it, in mount order.
     pub mounts: Vec<PathBuf>,
-}
-
-fn internal(what: impl Into<String>, e: impl Into<Cause>) -> RuntimeError {
-    RuntimeError::internal(what, e)
 }
 
 fn invalid(what: impl Into<String>) -> RuntimeError {
