@@ -15,9 +15,9 @@ use agent_api::streams::{Channel, StreamEnd, data_frame, eof_frame, split_payloa
 use agent_api::{Decoder, Frame, FrameKind};
 
 use crate::containers::Containers;
-use crate::logs::Stream;
 use crate::output::Output;
 use crate::streams::StreamTable;
+use container::logs::Stream;
 
 /// What the host received on one stream.
 #[derive(Debug, Default)]

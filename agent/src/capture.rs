@@ -11,7 +11,7 @@ use agent_api::AgentError;
 use agent_api::messages::AgentErrorKind;
 
 use crate::attach::AttachPoint;
-use crate::logs::{LineSplitter, LogFile, Stream};
+use container::logs::{LineSplitter, LogFile, Stream};
 
 pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd), AgentError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)

@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 
 use crate::attach::AttachPoint;
 use crate::capture::{pipe, spawn_collector, spawn_log_reader};
-use crate::logs::{LogFile, Stream};
+use container::logs::{LogFile, Stream};
 
 /// Where libcontainer keeps its state in the guest.
 const STATE_ROOT: &str = "/run/frakti/runtime";
@@ -205,7 +205,7 @@ impl Containers {
         cgroup: PathBuf,
         log: Option<LogFile>,
     ) -> Result<Response, AgentError> {
-        let console = crate::fdio::ConsoleSocket::bind(
+        let console = container::console::ConsoleSocket::bind(
             Path::new(STATE_ROOT).join(format!("console-{}.sock", &id[..id.len().min(32)])),
         )
         .map_err(|e| err(AgentErrorKind::Internal, format!("console socket: {e}")))?;

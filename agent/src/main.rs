@@ -19,7 +19,6 @@ mod containers;
 mod fdio;
 mod handlers;
 mod init;
-mod logs;
 mod net;
 mod output;
 mod reaper;

@@ -14,6 +14,7 @@ use std::time::Duration;
 use agent_api::messages::{AgentErrorKind, ExecStart};
 use agent_api::streams::{Channel, StreamEnd};
 use agent_api::{AgentError, Frame, Response};
+use container::console::ConsoleSocket;
 use container::runner::Stdio;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -21,7 +22,7 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 
 use crate::attach_session::{self, Wanted};
 use crate::containers::Containers;
-use crate::fdio::{ConsoleSocket, FdIo};
+use crate::fdio::FdIo;
 use crate::output::Output;
 use crate::relay::{Input, Outlet, ReadSide, Sink, read_to, run_exec, write_from};
 
@@ -415,7 +416,7 @@ impl StreamTable {
         let result = if let Some(t) = slot.terminal.get() {
             t.resize(width, height)
         } else if let Some(t) = slot.attach_terminal.get() {
-            crate::fdio::set_size(std::os::fd::AsFd::as_fd(&**t), width, height)
+            container::console::set_size(std::os::fd::AsFd::as_fd(&**t), width, height)
         } else {
             return Err(err(
                 AgentErrorKind::FailedPrecondition,

@@ -36,6 +36,9 @@ pub enum RunError {
     /// The container is not known to the runtime
     #[error("container {0} not found")]
     NotFound(String),
+    /// The runtime's devices cannot be given to a privileged container
+    #[error("cannot give container {0} the runtime's devices: {1}")]
+    Devices(String, crate::devices::DevicesError),
 }
 
 /// Containers whose state lives under one root directory.
@@ -88,6 +91,9 @@ impl Runner {
     }
 
     /// Creates container `id` from `spec` (created, not started); returns its init pid.
+    ///
+    /// A bind of the runtime's `/dev` on `/dev` (a privileged container) is
+    /// made as device nodes in a tmpfs instead (see [`crate::devices`]).
     pub fn create(
         &self,
         id: &str,
@@ -97,7 +103,10 @@ impl Runner {
     ) -> Result<i32, RunError> {
         let bundle = self.bundles.join(id);
         std::fs::create_dir_all(&bundle).map_err(|e| RunError::Bundle(id.to_owned(), e))?;
-        let json = serde_json::to_vec(spec)
+        let mut spec = spec.clone();
+        crate::devices::dev_bind_as_nodes(&mut spec, Path::new("/dev"))
+            .map_err(|e| RunError::Devices(id.to_owned(), e))?;
+        let json = serde_json::to_vec(&spec)
             .map_err(|e| RunError::Bundle(id.to_owned(), std::io::Error::other(e)))?;
         std::fs::write(bundle.join("config.json"), json)
             .map_err(|e| RunError::Bundle(id.to_owned(), e))?;

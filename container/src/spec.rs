@@ -10,7 +10,8 @@ use runtime_api::container::{ContainerConfig, NamespaceMode, Propagation, Seccom
 use runtime_api::sandbox::SandboxConfig;
 use serde_json::{Value, json};
 
-use crate::{caps, seccomp, users};
+pub use crate::namespaces::PodNamespaces;
+use crate::{caps, namespaces, seccomp, users};
 
 /// `PATH` for containers whose image sets none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -58,8 +59,8 @@ pub struct Layout {
     pub shm: PathBuf,
     /// cgroup path of the container.
     pub cgroup: String,
-    /// Path of the pod's shared PID namespace; `None` shares the runtime's own.
-    pub pod_pid_namespace: Option<PathBuf>,
+    /// The pod's namespaces.
+    pub namespaces: PodNamespaces,
 }
 
 /// The spec cannot be built.
@@ -81,8 +82,8 @@ pub enum SpecError {
     #[error("mount of {0}: {1}")]
     Mount(String, String),
     /// A namespace option cannot be honoured
-    #[error("{0}")]
-    Namespace(String),
+    #[error(transparent)]
+    Namespace(#[from] namespaces::NamespaceError),
     /// The result is not a valid OCI spec (a bug)
     #[error("the built spec is not valid OCI: {0}")]
     Invalid(String),
@@ -177,7 +178,13 @@ pub fn build(
 
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        // A privileged container gets the runtime's whole /dev (and may use
+        // every device), as with other runtimes.
+        if sec.privileged {
+            json!({"destination": "/dev", "type": "bind", "source": "/dev", "options": ["rbind", "rslave"]})
+        } else {
+            json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]})
+        },
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if sec.privileged { "rw" } else { "ro" }]}),
@@ -218,37 +225,7 @@ pub fn build(
         mounts.push(json!({"destination": m.container_path, "type": "bind", "source": source, "options": ["rbind", propagation, mode]}));
     }
 
-    let mut namespaces = vec![json!({"type": "mount"})];
-    match sec.namespaces.pid {
-        NamespaceMode::Container => namespaces.push(json!({"type": "pid"})),
-        // Without a path the pod's namespace is the runtime's own.
-        NamespaceMode::Pod => {
-            if let Some(path) = &layout.pod_pid_namespace {
-                namespaces.push(json!({"type": "pid", "path": path}));
-            }
-        }
-        NamespaceMode::Node => {
-            return Err(SpecError::Namespace(
-                "the node's PID namespace needs a host runtime, not a VM pod".into(),
-            ));
-        }
-        NamespaceMode::Target => {
-            return Err(SpecError::Namespace(
-                "PID namespace mode TARGET is not supported".into(),
-            ));
-        }
-    }
-    match sec.namespaces.ipc {
-        NamespaceMode::Container => namespaces.push(json!({"type": "ipc"})),
-        NamespaceMode::Pod => {}
-        other => {
-            return Err(SpecError::Namespace(format!(
-                "IPC namespace mode {other:?} is not supported in a VM pod"
-            )));
-        }
-    }
-    // The network and UTS namespaces are the pod's: the VM's own (the agent
-    // set the hostname), so the spec sets no hostname.
+    let namespaces = namespaces::entries(&sec.namespaces, &layout.namespaces)?;
 
     // The pod's sysctls are set in the pod's (the VM's) namespaces when it
     // starts; a container with an IPC namespace of its own gets the IPC ones.
@@ -342,7 +319,11 @@ pub fn is_ipc_sysctl(key: &str) -> bool {
 
 fn resources(config: &ContainerConfig) -> Value {
     let r = &config.resources;
-    let mut out = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    let mut out = if config.security.privileged {
+        json!({"devices": [{"allow": true, "access": "rwm"}]})
+    } else {
+        json!({"devices": [{"allow": false, "access": "rwm"}]})
+    };
     let mut cpu = serde_json::Map::new();
     if r.cpu_shares > 0 {
         cpu.insert("shares".into(), json!(r.cpu_shares));
@@ -373,7 +354,9 @@ fn resources(config: &ContainerConfig) -> Value {
             json!({"allow": true, "type": "c", "major": 136, "access": "rwm"}),
         ))
         .collect();
-    if let Some(list) = out["devices"].as_array_mut() {
+    if let Some(list) = out["devices"].as_array_mut()
+        && !config.security.privileged
+    {
         list.extend(allowed);
     }
     out
@@ -435,7 +418,7 @@ mod build_tests {
             etc_hostname: "/run/s/hostname".into(),
             shm: "/run/s/shm".into(),
             cgroup: "/frakti/c".into(),
-            pod_pid_namespace: None,
+            namespaces: PodNamespaces::default(),
         }
     }
 
@@ -475,3 +458,6 @@ mod build_tests {
         assert!(spec.linux().as_ref().unwrap().seccomp().is_none());
     }
 }
+
+#[cfg(test)]
+mod layout_tests;

@@ -183,7 +183,7 @@ impl VmRuntime {
             .as_ref()
             .map(|n| n.pod.result.pod_ips())
             .unwrap_or_default();
-        containers::write_sandbox_files(&shared, config, &ips)
+        container::podfiles::write(&shared.join("sandbox"), config, &ips, false)
             .map_err(|e| internal("write the pod's hosts and resolv.conf", e))?;
         let clock_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -7,7 +7,7 @@ use std::time::Duration;
 use agent_api::calls;
 use runtime_api::{
     ContainerConfig, ContainerRecord, ContainerRuntime, ContainerRuntimeStatus, ExecOutput,
-    RuntimeError, SandboxRecord,
+    RuntimeError, RuntimeErrorKind, SandboxRecord,
 };
 
 use crate::config::VmState;
@@ -78,7 +78,9 @@ impl ContainerRuntime for VmRuntime {
         timeout: Duration,
     ) -> Result<ContainerRuntimeStatus, RuntimeError> {
         let agent = self.agent_of(sandbox)?;
-        let signal = containers::stop_signal(&container.config.image.process.stop_signal)?;
+        let signal =
+            container::signals::stop_signal(&container.config.image.process.stop_signal)
+                .map_err(|e| RuntimeError::new(RuntimeErrorKind::InvalidArgument, e.to_string()))?;
         let request = calls::StopContainer {
             id: container.id.clone(),
             signal,

@@ -45,89 +45,19 @@ fn invalid(what: impl Into<String>) -> RuntimeError {
     RuntimeError::new(RuntimeErrorKind::InvalidArgument, what)
 }
 
-/// Writes the pod's `hosts`, `resolv.conf` and `hostname` under `shared/sandbox`.
-pub fn write_sandbox_files(
-    shared: &Path,
-    config: &SandboxConfig,
-    ips: &[String],
-) -> std::io::Result<()> {
-    let dir = shared.join("sandbox");
-    std::fs::create_dir_all(&dir)?;
-    let hostname = if config.hostname.is_empty() {
-        config
-            .metadata
-            .as_ref()
-            .map(|m| m.name.clone())
-            .unwrap_or_default()
-    } else {
-        config.hostname.clone()
-    };
-    let mut hosts = String::from(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n",
-    );
-    for ip in ips {
-        hosts.push_str(&format!("{ip}\t{hostname}\n"));
-    }
-    std::fs::write(dir.join("hosts"), hosts)?;
-    std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
-    let dns = &config.dns;
-    let resolv = if dns.servers.is_empty() && dns.searches.is_empty() && dns.options.is_empty() {
-        // As other runtimes do: without DNS settings the pod gets the node's.
-        std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
-    } else {
-        let mut text = String::new();
-        if !dns.searches.is_empty() {
-            text.push_str(&format!("search {}\n", dns.searches.join(" ")));
-        }
-        for server in &dns.servers {
-            text.push_str(&format!("nameserver {server}\n"));
-        }
-        if !dns.options.is_empty() {
-            text.push_str(&format!("options {}\n", dns.options.join(" ")));
-        }
-        text
-    };
-    std::fs::write(dir.join("resolv.conf"), resolv)
-}
-
+/// Bind-mounts `source` on `target` for the guest (see [`container::mounts::bind`]).
 fn bind(
     source: &Path,
     target: &Path,
     propagation: Propagation,
     readonly: bool,
 ) -> Result<(), RuntimeError> {
-    let what = || format!("bind {} on {}", source.display(), target.display());
-    mount(
-        Some(source),
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(|e| internal(what(), e))?;
-    let flag = match propagation {
-        Propagation::HostToContainer => MsFlags::MS_SLAVE,
-        _ => MsFlags::MS_PRIVATE,
-    };
-    mount(
-        None::<&str>,
-        target,
-        None::<&str>,
-        flag | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(|e| internal(what(), e))?;
-    if readonly {
-        mount(
-            None::<&str>,
-            target,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None::<&str>,
+    container::mounts::bind(source, target, propagation, readonly).map_err(|e| {
+        internal(
+            format!("bind {} on {}", source.display(), target.display()),
+            e,
         )
-        .map_err(|e| internal(what(), e))?;
-    }
-    Ok(())
+    })
 }
 
 /// Detaches every mount in `mounts` (last first) and deletes the container's files.
@@ -293,7 +223,13 @@ fn prepare_steps(
         etc_hostname: guest_sandbox.join("hostname"),
         shm: PathBuf::from(GUEST_SHM),
         cgroup: format!("/frakti/{id}"),
-        pod_pid_namespace: Some(PathBuf::from(GUEST_POD_PID_NS)),
+        namespaces: container::spec::PodNamespaces {
+            network: None,
+            uts: None,
+            ipc: None,
+            pid: Some(PathBuf::from(GUEST_POD_PID_NS)),
+            node: false,
+        },
     };
     let spec = container::spec::build(config, sandbox, &layout).map_err(|e| match e {
         container::spec::SpecError::Invalid(_) => internal("build the OCI spec", e),
@@ -301,28 +237,6 @@ fn prepare_steps(
     })?;
     let spec = serde_json::to_value(spec).map_err(|e| internal("encode the OCI spec", e))?;
     Ok((spec, guest_log))
-}
-
-/// The signal number of an image's `StopSignal` (`SIGQUIT`, `QUIT`, `3`); SIGTERM if empty.
-pub fn stop_signal(name: &str) -> Result<i32, RuntimeError> {
-    let name = name.trim();
-    if name.is_empty() {
-        return Ok(libc::SIGTERM);
-    }
-    if let Ok(n) = name.parse::<i32>() {
-        return nix::sys::signal::Signal::try_from(n)
-            .map(|s| s as i32)
-            .map_err(|_| invalid(format!("unknown stop signal {name}")));
-    }
-    let upper = name.to_ascii_uppercase();
-    let full = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    full.parse::<nix::sys::signal::Signal>()
-        .map(|s| s as i32)
-        .map_err(|_| invalid(format!("unknown stop signal {name}")))
 }
 
 /// The CRI view of the agent's container status.
@@ -346,43 +260,5 @@ pub fn runtime_status(info: &agent_api::messages::ContainerInfo) -> ContainerRun
         exit_code: info.exit_code,
         reason: reason.to_owned(),
         message: info.message.clone(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stop_signals_parse_in_every_form() {
-        assert_eq!(stop_signal("").unwrap(), libc::SIGTERM);
-        assert_eq!(stop_signal("SIGQUIT").unwrap(), libc::SIGQUIT);
-        assert_eq!(stop_signal("usr1").unwrap(), libc::SIGUSR1);
-        assert_eq!(stop_signal("9").unwrap(), libc::SIGKILL);
-        assert!(stop_signal("SIGBOGUS").is_err());
-    }
-
-    #[test]
-    fn resolv_conf_follows_the_pod_dns_config() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = SandboxConfig {
-            hostname: "web-0".into(),
-            ..Default::default()
-        };
-        config.dns.servers = vec!["10.96.0.10".into()];
-        config.dns.searches = vec!["ns.svc.cluster.local".into(), "cluster.local".into()];
-        config.dns.options = vec!["ndots:5".into()];
-        write_sandbox_files(dir.path(), &config, &["10.77.0.5".into()]).unwrap();
-        let resolv = std::fs::read_to_string(dir.path().join("sandbox/resolv.conf")).unwrap();
-        assert_eq!(
-            resolv,
-            "search ns.svc.cluster.local cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n"
-        );
-        let hosts = std::fs::read_to_string(dir.path().join("sandbox/hosts")).unwrap();
-        assert!(hosts.contains("10.77.0.5\tweb-0\n"));
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join("sandbox/hostname")).unwrap(),
-            "web-0\n"
-        );
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use super::Containers;
 use crate::attach::AttachPoint;
 use crate::capture::spawn_log_reader;
-use crate::logs::Stream;
+use container::logs::Stream;
 
 impl Containers {
     /// A set whose runtime state would live under `root`; nothing is created.

@@ -7,7 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// Longest piece written as one log line.
@@ -23,7 +23,8 @@ pub enum Stream {
 }
 
 impl Stream {
-    fn tag(self) -> &'static str {
+    /// The stream's name in a log line: `stdout` or `stderr`.
+    pub fn tag(self) -> &'static str {
         match self {
             Stream::Stdout => "stdout",
             Stream::Stderr => "stderr",
@@ -38,7 +39,7 @@ pub struct LogFile {
     file: Arc<Mutex<Option<File>>>,
 }
 
-fn open(path: &PathBuf) -> std::io::Result<File> {
+fn open(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
@@ -63,7 +64,16 @@ impl LogFile {
         Ok(())
     }
 
-    fn write_line(&self, stream: Stream, partial: bool, content: &[u8]) {
+    /// The path the log is (re)opened at.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes one log line of `stream` holding `content` (without its
+    /// newline), tagged `P` if `partial` (a piece of a longer line) or `F`.
+    /// A failed write is logged and otherwise ignored: a full disk must not
+    /// stop the container.
+    pub fn write_line(&self, stream: Stream, partial: bool, content: &[u8]) {
         let stamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
         let mut line = Vec::with_capacity(content.len() + 48);
         line.extend_from_slice(stamp.as_bytes());

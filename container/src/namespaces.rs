@@ -1,0 +1,238 @@
+//! The namespaces of a container's OCI spec: its own mount namespace, and the
+//! pod's network, UTS, IPC and PID namespaces as its runtime reaches them (a
+//! namespace file to join, or the runtime's own namespace when there is none).
+
+use std::path::PathBuf;
+
+use runtime_api::container::{NamespaceMode, NamespaceOptions};
+use serde_json::{Value, json};
+
+/// The pod's namespaces as the container's runtime reaches them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodNamespaces {
+    /// The pod's network namespace file; `None`: the runtime's own (the VM's, or the node's for a host-network pod).
+    pub network: Option<PathBuf>,
+    /// The pod's UTS namespace file; `None`: the runtime's own.
+    pub uts: Option<PathBuf>,
+    /// The pod's IPC namespace file (mode POD); `None`: the runtime's own.
+    pub ipc: Option<PathBuf>,
+    /// The pod's PID namespace file (mode POD); `None`: the runtime's own.
+    pub pid: Option<PathBuf>,
+    /// Whether mode NODE may be honoured (the host runtime): it means no namespace entry, i.e. the node's.
+    pub node: bool,
+}
+
+/// A container's namespace options cannot be honoured.
+#[derive(Debug, thiserror::Error)]
+pub enum NamespaceError {
+    /// The node's PID namespace is not this runtime's to give
+    #[error("the node's PID namespace needs a host runtime, not a VM pod")]
+    NodePid,
+    /// Joining another container's PID namespace is not supported
+    #[error("PID namespace mode TARGET is not supported")]
+    TargetPid,
+    /// The node's IPC namespace is not this runtime's to give
+    #[error("IPC namespace mode Node is not supported in a VM pod")]
+    NodeIpc,
+    /// Joining another container's IPC namespace is not supported
+    #[error("IPC namespace mode Target is not supported{}", if *.vm_pod { " in a VM pod" } else { "" })]
+    TargetIpc {
+        /// The refusing runtime is the VM's (it says so).
+        vm_pod: bool,
+    },
+}
+
+/// The `linux.namespaces` entries of a container with options `options` in a
+/// pod whose namespaces are `pod`: always a mount namespace of its own, then
+/// PID, IPC, network and UTS by the rules of [`PodNamespaces`].
+pub fn entries(
+    options: &NamespaceOptions,
+    pod: &PodNamespaces,
+) -> Result<Vec<Value>, NamespaceError> {
+    let mut out = vec![json!({"type": "mount"})];
+    let join = |out: &mut Vec<Value>, kind: &str, path: &Option<PathBuf>| {
+        // Without a path the pod's namespace is the runtime's own.
+        if let Some(path) = path {
+            out.push(json!({"type": kind, "path": path}));
+        }
+    };
+    match options.pid {
+        NamespaceMode::Container => out.push(json!({"type": "pid"})),
+        NamespaceMode::Pod => join(&mut out, "pid", &pod.pid),
+        NamespaceMode::Node if pod.node => {}
+        NamespaceMode::Node => return Err(NamespaceError::NodePid),
+        NamespaceMode::Target => return Err(NamespaceError::TargetPid),
+    }
+    match options.ipc {
+        NamespaceMode::Container => out.push(json!({"type": "ipc"})),
+        NamespaceMode::Pod => join(&mut out, "ipc", &pod.ipc),
+        NamespaceMode::Node if pod.node => {}
+        NamespaceMode::Node => return Err(NamespaceError::NodeIpc),
+        NamespaceMode::Target => return Err(NamespaceError::TargetIpc { vm_pod: !pod.node }),
+    }
+    // The network and UTS namespaces are always the pod's; the spec sets no
+    // hostname: whoever made the pod's UTS namespace (the agent, the host
+    // runtime) set it.
+    join(&mut out, "network", &pod.network);
+    join(&mut out, "uts", &pod.uts);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POD_PID: &str = "/run/frakti/sandbox/pidns";
+
+    fn options(pid: NamespaceMode, ipc: NamespaceMode) -> NamespaceOptions {
+        NamespaceOptions {
+            pid,
+            ipc,
+            ..Default::default()
+        }
+    }
+
+    fn text(options: &NamespaceOptions, pod: &PodNamespaces) -> String {
+        match entries(options, pod) {
+            Ok(list) => serde_json::to_string(&list).unwrap(),
+            Err(e) => format!("error: {e}"),
+        }
+    }
+
+    /// The VM's pod: everything is the VM's own but the pod's PID namespace.
+    fn vm() -> PodNamespaces {
+        PodNamespaces {
+            pid: Some(POD_PID.into()),
+            ..Default::default()
+        }
+    }
+
+    /// A host pod with namespace files for everything.
+    fn host() -> PodNamespaces {
+        PodNamespaces {
+            network: Some("/run/p/net".into()),
+            uts: Some("/run/p/uts".into()),
+            ipc: Some("/run/p/ipc".into()),
+            pid: Some("/run/p/pid".into()),
+            node: true,
+        }
+    }
+
+    /// What the spec builder produced for VM pods before the pod's
+    /// namespaces became a [`PodNamespaces`], byte for byte.
+    #[test]
+    fn vm_pods_get_the_namespaces_they_always_got() {
+        use NamespaceMode::{Container, Node, Pod, Target};
+        let cases = [
+            (
+                Pod,
+                Pod,
+                r#"[{"type":"mount"},{"path":"/run/frakti/sandbox/pidns","type":"pid"}]"#,
+            ),
+            (Container, Pod, r#"[{"type":"mount"},{"type":"pid"}]"#),
+            (
+                Pod,
+                Container,
+                r#"[{"type":"mount"},{"path":"/run/frakti/sandbox/pidns","type":"pid"},{"type":"ipc"}]"#,
+            ),
+            (
+                Container,
+                Container,
+                r#"[{"type":"mount"},{"type":"pid"},{"type":"ipc"}]"#,
+            ),
+            (
+                Node,
+                Pod,
+                "error: the node's PID namespace needs a host runtime, not a VM pod",
+            ),
+            (
+                Target,
+                Pod,
+                "error: PID namespace mode TARGET is not supported",
+            ),
+            (
+                Pod,
+                Node,
+                "error: IPC namespace mode Node is not supported in a VM pod",
+            ),
+            (
+                Pod,
+                Target,
+                "error: IPC namespace mode Target is not supported in a VM pod",
+            ),
+        ];
+        for (pid, ipc, want) in cases {
+            assert_eq!(
+                text(&options(pid, ipc), &vm()),
+                want,
+                "pid {pid:?}, ipc {ipc:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn pod_mode_joins_the_pods_files() {
+        let all = entries(&options(NamespaceMode::Pod, NamespaceMode::Pod), &host()).unwrap();
+        assert_eq!(
+            all,
+            [
+                json!({"type": "mount"}),
+                json!({"type": "pid", "path": "/run/p/pid"}),
+                json!({"type": "ipc", "path": "/run/p/ipc"}),
+                json!({"type": "network", "path": "/run/p/net"}),
+                json!({"type": "uts", "path": "/run/p/uts"}),
+            ]
+        );
+        // Without files: the runtime's own namespaces, no entries.
+        let pod = PodNamespaces {
+            node: true,
+            ..Default::default()
+        };
+        let none = entries(&options(NamespaceMode::Pod, NamespaceMode::Pod), &pod).unwrap();
+        assert_eq!(none, [json!({"type": "mount"})]);
+    }
+
+    #[test]
+    fn network_and_uts_ignore_the_containers_mode() {
+        let mut o = options(NamespaceMode::Container, NamespaceMode::Container);
+        o.network = NamespaceMode::Container;
+        let list = entries(&o, &host()).unwrap();
+        assert_eq!(
+            list,
+            [
+                json!({"type": "mount"}),
+                json!({"type": "pid"}),
+                json!({"type": "ipc"}),
+                json!({"type": "network", "path": "/run/p/net"}),
+                json!({"type": "uts", "path": "/run/p/uts"}),
+            ]
+        );
+    }
+
+    #[test]
+    fn node_mode_is_the_nodes_namespace_where_allowed() {
+        let mut pod = host();
+        pod.network = None;
+        pod.uts = None;
+        let o = options(NamespaceMode::Node, NamespaceMode::Node);
+        assert_eq!(entries(&o, &pod).unwrap(), [json!({"type": "mount"})]);
+        pod.node = false;
+        assert!(matches!(entries(&o, &pod), Err(NamespaceError::NodePid)));
+        let o = options(NamespaceMode::Pod, NamespaceMode::Node);
+        assert!(matches!(entries(&o, &pod), Err(NamespaceError::NodeIpc)));
+    }
+
+    #[test]
+    fn target_mode_is_refused_everywhere() {
+        let o = options(NamespaceMode::Target, NamespaceMode::Pod);
+        assert!(matches!(
+            entries(&o, &host()),
+            Err(NamespaceError::TargetPid)
+        ));
+        let o = options(NamespaceMode::Pod, NamespaceMode::Target);
+        assert_eq!(
+            text(&o, &host()),
+            "error: IPC namespace mode Target is not supported"
+        );
+    }
+}
