@@ -63,6 +63,24 @@ pub const DEFAULT: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
+/// The capability number of a `CAP_` name (its place in [`ALL`]).
+pub fn number(name: &str) -> Option<u32> {
+    ALL.iter().position(|c| *c == name).map(|n| n as u32)
+}
+
+/// The calling process's capability bounding set (the `CapBnd` mask of
+/// `/proc/self/status`); `None` if it cannot be read.
+pub fn own_bounding_set() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapBnd:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// Whether `name` is in the bounding set `mask`.
+pub fn in_bounding_set(name: &str, mask: u64) -> bool {
+    number(name).is_some_and(|n| n < 64 && mask & (1 << n) != 0)
+}
+
 /// `CAP_`-prefixed upper-case name of `name`, if it is a capability.
 pub fn normalize(name: &str) -> Option<&'static str> {
     let upper = name.trim().to_ascii_uppercase();
@@ -124,5 +142,20 @@ mod tests {
         );
         assert_eq!(effective(&s(&["ALL"]), &[]).unwrap().len(), ALL.len());
         assert_eq!(effective(&s(&["BOGUS"]), &[]), Err("BOGUS".to_string()));
+    }
+
+    #[test]
+    fn numbers_follow_the_kernel_and_masks_are_read() {
+        assert_eq!(number("CAP_CHOWN"), Some(0));
+        assert_eq!(number("CAP_SYS_RESOURCE"), Some(24));
+        assert_eq!(number("CAP_CHECKPOINT_RESTORE"), Some(40));
+        assert_eq!(number("CAP_BOGUS"), None);
+        let mask = (1 << 0) | (1 << 24);
+        assert!(in_bounding_set("CAP_SYS_RESOURCE", mask));
+        assert!(!in_bounding_set("CAP_KILL", mask));
+        // This process's own set, as the kernel reports it for pid 1's view too.
+        let own = own_bounding_set().expect("CapBnd in /proc/self/status");
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        assert!(status.contains(&format!("{own:016x}")), "{own:x}");
     }
 }
