@@ -67,6 +67,7 @@ pub(crate) async fn pod_sandbox_status(
     let mut info_map = HashMap::new();
     if let Some(mut info) = info {
         info["state_reason"] = record.reason.clone().into();
+        info["runtime_handler"] = record.handler.clone().into();
         info_map.insert("info".to_owned(), info.to_string());
     }
     Ok(Response::new(proto::PodSandboxStatusResponse {

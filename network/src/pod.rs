@@ -29,6 +29,29 @@ pub struct PodIdentity {
     pub port_mappings: Vec<PortMapping>,
 }
 
+impl PodIdentity {
+    /// Who the pod network of sandbox `id`, run with `config`, is for.
+    pub fn of_sandbox(id: &str, config: &runtime_api::SandboxConfig) -> Self {
+        let meta = config.metadata.as_ref();
+        Self {
+            id: id.to_owned(),
+            name: meta.map(|m| m.name.clone()).unwrap_or_default(),
+            namespace: meta.map(|m| m.namespace.clone()).unwrap_or_default(),
+            uid: meta.map(|m| m.uid.clone()).unwrap_or_default(),
+            port_mappings: config
+                .port_mappings
+                .iter()
+                .map(|p| PortMapping {
+                    host_port: p.host_port,
+                    container_port: p.container_port,
+                    protocol: p.protocol.clone(),
+                    host_ip: p.host_ip.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// A pod network as added: everything CHECK and DEL need, even after a restart.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PodNetwork {

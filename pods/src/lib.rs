@@ -24,7 +24,7 @@ pub use container_errors::{
     ReopenLogError, StartContainerError, StopContainerError,
 };
 pub use filter::{ContainerFilter, SandboxFilter};
-pub use registry::{Registry, RouteError};
+pub use registry::{HostPolicy, OS_CONTAINER_ANNOTATION, Registry, RouteError};
 pub use runtime_api::container;
 pub use runtime_api::{
     ContainerConfig, ContainerRecord, ContainerRuntimeStatus, ContainerState, DnsConfig,

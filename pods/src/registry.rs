@@ -9,6 +9,9 @@ use std::sync::Arc;
 use runtime_api::container::NamespaceMode;
 use runtime_api::{PodRuntime, SandboxConfig};
 
+/// The annotation that asks for a pod on the host (the original frakti's).
+pub const OS_CONTAINER_ANNOTATION: &str = "runtime.frakti.alpha.kubernetes.io/OSContainer";
+
 /// No runtime can take the pod.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
@@ -20,15 +23,32 @@ pub enum RouteError {
         /// The handlers there are.
         known: Vec<String>,
     },
-    /// The pod asks for a host namespace and no runtime here gives one
-    #[error(
-        "pods in the host {namespace} namespace cannot run in a VM sandbox \
-         (host-namespace pods are not supported yet)"
-    )]
+    /// The pod needs the host runtime and this daemon has none
+    #[error("{why}: such a pod needs the host runtime, which this daemon does not have")]
     NeedsHost {
-        /// The namespace asked for (`network`, `pid`, `ipc`).
-        namespace: &'static str,
+        /// The field that asks for the host, with its value.
+        why: String,
     },
+    /// The pod needs the host runtime and host pods are disabled
+    #[error(
+        "{why}: such a pod runs on the host, and host pods are disabled on this node (host_pods = false)"
+    )]
+    HostDisabled {
+        /// The field that asks for the host, with its value.
+        why: String,
+    },
+}
+
+/// Which pods run on the host runtime, and under which handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPolicy {
+    /// The host runtime's handler name (config `host_handler`).
+    pub handler: String,
+    /// Whether pods may run on the host at all (config `host_pods`).
+    pub enabled: bool,
+    /// Privileged pods run on the host (config `privileged_pods = "host"`);
+    /// otherwise they run in their VM.
+    pub privileged_on_host: bool,
 }
 
 /// The runtimes of one daemon, by handler name.
@@ -36,7 +56,7 @@ pub enum RouteError {
 pub struct Registry {
     runtimes: BTreeMap<String, Arc<dyn PodRuntime>>,
     default_handler: String,
-    host_handler: Option<String>,
+    host: Option<HostPolicy>,
 }
 
 impl fmt::Debug for Registry {
@@ -44,7 +64,7 @@ impl fmt::Debug for Registry {
         f.debug_struct("Registry")
             .field("handlers", &self.handlers())
             .field("default_handler", &self.default_handler)
-            .field("host_handler", &self.host_handler)
+            .field("host", &self.host)
             .finish()
     }
 }
@@ -57,7 +77,7 @@ impl Registry {
         Self {
             runtimes: BTreeMap::from([(handler.clone(), runtime)]),
             default_handler: handler,
-            host_handler: None,
+            host: None,
         }
     }
 
@@ -67,10 +87,9 @@ impl Registry {
         self
     }
 
-    /// Names `handler` (already added) as the one that runs pods needing
-    /// the host's namespaces.
-    pub fn with_host_handler(mut self, handler: impl Into<String>) -> Self {
-        self.host_handler = Some(handler.into());
+    /// Sets the host policy; its handler must be added (when enabled).
+    pub fn with_host(mut self, policy: HostPolicy) -> Self {
+        self.host = Some(policy);
         self
     }
 
@@ -119,28 +138,58 @@ impl Registry {
         out
     }
 
-    /// The handler that runs a new pod of `config`.
+    /// The handler that runs a new pod of `config`. A pod runs on the host
+    /// when it names the host handler, asks for a node namespace, carries
+    /// the OS-container annotation, or is privileged (if the policy says
+    /// so); otherwise on the handler it names, or the default one.
     pub fn route(&self, config: &SandboxConfig) -> Result<String, RouteError> {
-        let ns = &config.namespaces;
-        let host_namespace = [("network", ns.network), ("pid", ns.pid), ("ipc", ns.ipc)]
-            .into_iter()
-            .find(|(_, mode)| *mode == NamespaceMode::Node)
-            .map(|(what, _)| what);
-        if let Some(namespace) = host_namespace {
-            return self
-                .host_handler
-                .clone()
-                .ok_or(RouteError::NeedsHost { namespace });
+        let named = &config.runtime_handler;
+        let host = self.host.as_ref();
+        let host_named = host.is_some_and(|h| &h.handler == named);
+        if !named.is_empty() && !host_named && !self.runtimes.contains_key(named) {
+            return Err(RouteError::UnknownHandler {
+                handler: named.clone(),
+                known: self.handlers(),
+            });
         }
-        if config.runtime_handler.is_empty() {
+        if let Some(why) = needs_host(config, host_named) {
+            return match host {
+                Some(h) if h.enabled => Ok(h.handler.clone()),
+                Some(_) => Err(RouteError::HostDisabled { why }),
+                None => Err(RouteError::NeedsHost { why }),
+            };
+        }
+        if config.privileged && host.is_some_and(|h| h.enabled && h.privileged_on_host) {
+            return Ok(host.map(|h| h.handler.clone()).unwrap_or_default());
+        }
+        if named.is_empty() {
             return Ok(self.default_handler.clone());
         }
-        if self.runtimes.contains_key(&config.runtime_handler) {
-            return Ok(config.runtime_handler.clone());
-        }
-        Err(RouteError::UnknownHandler {
-            handler: config.runtime_handler.clone(),
-            known: self.handlers(),
-        })
+        Ok(named.clone())
     }
+}
+
+/// What in `config` asks for the host runtime, if anything (privileged
+/// pods aside, which follow the policy).
+fn needs_host(config: &SandboxConfig, host_named: bool) -> Option<String> {
+    if host_named {
+        return Some(format!("runtime_handler {:?}", config.runtime_handler));
+    }
+    let ns = &config.namespaces;
+    let node = [("network", ns.network), ("pid", ns.pid), ("ipc", ns.ipc)]
+        .into_iter()
+        .find(|(_, mode)| *mode == NamespaceMode::Node);
+    if let Some((what, _)) = node {
+        return Some(format!(
+            "linux.security_context.namespace_options.{what} is NODE"
+        ));
+    }
+    if config
+        .annotations
+        .get(OS_CONTAINER_ANNOTATION)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    {
+        return Some(format!("annotation {OS_CONTAINER_ANNOTATION}=\"true\""));
+    }
+    None
 }

@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use pods::container::NamespaceMode;
-use pods::{PodService, Registry, RouteError, RunPodError, SandboxState, Store};
+use pods::{
+    HostPolicy, OS_CONTAINER_ANNOTATION, PodService, Registry, RouteError, RunPodError,
+    SandboxState, Store,
+};
 use runtime_api::streams::{ExecRequest, StreamIo};
 use runtime_api::{SessionError, StreamingRuntime};
 use tokio::io::AsyncReadExt;
@@ -12,6 +15,82 @@ use tokio::io::AsyncReadExt;
 mod common;
 
 use common::*;
+
+fn host_policy(handler: &str) -> HostPolicy {
+    HostPolicy {
+        handler: handler.into(),
+        enabled: true,
+        privileged_on_host: true,
+    }
+}
+
+#[test]
+fn each_host_rule_routes_to_the_host_handler() {
+    let rt = Arc::new(FakeRuntime::default());
+    let registry = Registry::new("frakti", rt.clone())
+        .with("host", rt.clone())
+        .with_host(host_policy("host"));
+    let base = config("a", &[]);
+    assert_eq!(registry.route(&base).unwrap(), "frakti");
+    let mut named = base.clone();
+    named.runtime_handler = "frakti".into();
+    assert_eq!(registry.route(&named).unwrap(), "frakti", "frakti stays VM");
+    named.runtime_handler = "host".into();
+    assert_eq!(registry.route(&named).unwrap(), "host");
+    for mode in [
+        |c: &mut runtime_api::SandboxConfig| c.namespaces.network = NamespaceMode::Node,
+        |c: &mut runtime_api::SandboxConfig| c.namespaces.pid = NamespaceMode::Node,
+        |c: &mut runtime_api::SandboxConfig| c.namespaces.ipc = NamespaceMode::Node,
+        |c: &mut runtime_api::SandboxConfig| c.privileged = true,
+        |c: &mut runtime_api::SandboxConfig| {
+            c.annotations
+                .insert(OS_CONTAINER_ANNOTATION.into(), "true".into());
+        },
+    ] {
+        let mut c = base.clone();
+        mode(&mut c);
+        assert_eq!(registry.route(&c).unwrap(), "host", "{c:?}");
+        // The rule holds whatever VM handler the pod names.
+        c.runtime_handler = "frakti".into();
+        assert_eq!(registry.route(&c).unwrap(), "host", "{c:?}");
+    }
+    let mut not_true = base.clone();
+    not_true
+        .annotations
+        .insert(OS_CONTAINER_ANNOTATION.into(), "false".into());
+    assert_eq!(registry.route(&not_true).unwrap(), "frakti");
+
+    // privileged_pods = "vm": privileged pods stay in their VM.
+    let vm_privileged = registry.clone().with_host(HostPolicy {
+        privileged_on_host: false,
+        ..host_policy("host")
+    });
+    let mut privileged = base.clone();
+    privileged.privileged = true;
+    assert_eq!(vm_privileged.route(&privileged).unwrap(), "frakti");
+
+    // host_pods = false: privileged pods run in VMs, the rest is refused
+    // with the field that asked for the host.
+    let disabled = registry.clone().with_host(HostPolicy {
+        enabled: false,
+        ..host_policy("host")
+    });
+    assert_eq!(disabled.route(&privileged).unwrap(), "frakti");
+    let err = disabled.route(&named).unwrap_err();
+    assert!(matches!(err, RouteError::HostDisabled { .. }), "{err}");
+    assert!(
+        err.to_string().contains("runtime_handler \"host\""),
+        "{err}"
+    );
+    assert!(err.to_string().contains("host_pods = false"), "{err}");
+    let mut host_pid = base.clone();
+    host_pid.namespaces.pid = NamespaceMode::Node;
+    let err = disabled.route(&host_pid).unwrap_err();
+    assert!(
+        err.to_string().contains("namespace_options.pid is NODE"),
+        "{err}"
+    );
+}
 
 fn two_runtimes(dir: &std::path::Path) -> (Arc<PodService>, Arc<FakeRuntime>, Arc<FakeRuntime>) {
     let (a, b) = (
@@ -39,9 +118,11 @@ fn route_follows_the_handler_and_the_namespaces() {
     c.runtime_handler = String::new();
     c.namespaces.ipc = NamespaceMode::Node;
     let err = registry.route(&c).unwrap_err();
-    assert_eq!(err, RouteError::NeedsHost { namespace: "ipc" });
-    assert!(err.to_string().contains("host ipc namespace"), "{err}");
-    let with_host = registry.clone().with_host_handler("other");
+    assert!(
+        matches!(&err, RouteError::NeedsHost { why } if why.contains("namespace_options.ipc is NODE")),
+        "{err}"
+    );
+    let with_host = registry.clone().with_host(host_policy("other"));
     assert_eq!(with_host.route(&c).unwrap(), "other");
     // One runtime serving two handlers is listed once.
     assert_eq!(registry.runtimes().len(), 1);
@@ -145,11 +226,13 @@ async fn host_namespace_pods_are_refused_without_a_host_runtime() {
     let err = svc.run(host_net).await.unwrap_err();
     assert!(matches!(
         err,
-        RunPodError::Route(RouteError::NeedsHost {
-            namespace: "network"
-        })
+        RunPodError::Route(RouteError::NeedsHost { .. })
     ));
-    assert!(err.to_string().contains("host network"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("namespace_options.network is NODE"),
+        "{err}"
+    );
     assert!(rt.calls().is_empty(), "{:?}", rt.calls());
 }
 

@@ -75,6 +75,10 @@ pub struct SandboxConfig {
     /// The pod asks for privileged containers.
     #[serde(default)]
     pub privileged: bool,
+    /// The pod's parent cgroup on the host (cgroupfs path, or a systemd
+    /// `.slice`); empty when the kubelet sent none.
+    #[serde(default)]
+    pub cgroup_parent: String,
 }
 
 /// DNS settings of a pod.

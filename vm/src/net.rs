@@ -2,7 +2,7 @@
 //! shared service), a tap mirroring each CNI interface, and the guest's view.
 
 use agent_api::{NetInterface, NetRoute};
-use network::{Netns, PodIdentity, PodNetwork, PodNetworkError, PodNetworks, PortMapping, TapLink};
+use network::{Netns, PodIdentity, PodNetwork, PodNetworkError, PodNetworks, TapLink};
 use runtime_api::SandboxConfig;
 use serde::{Deserialize, Serialize};
 
@@ -48,27 +48,6 @@ pub enum VmNetworkError {
     TooManyInterfaces(usize),
 }
 
-/// Who the pod network of sandbox `id` is for.
-fn identity(id: &str, config: &SandboxConfig) -> PodIdentity {
-    let meta = config.metadata.as_ref();
-    PodIdentity {
-        id: id.to_owned(),
-        name: meta.map(|m| m.name.clone()).unwrap_or_default(),
-        namespace: meta.map(|m| m.namespace.clone()).unwrap_or_default(),
-        uid: meta.map(|m| m.uid.clone()).unwrap_or_default(),
-        port_mappings: config
-            .port_mappings
-            .iter()
-            .map(|p| PortMapping {
-                host_port: p.host_port,
-                container_port: p.container_port,
-                protocol: p.protocol.clone(),
-                host_ip: p.host_ip.clone(),
-            })
-            .collect(),
-    }
-}
-
 /// Adds the pod network in `netns` and mirrors each of its interfaces in
 /// the namespace to a tap. On failure the network is removed again.
 pub async fn setup(
@@ -77,7 +56,9 @@ pub async fn setup(
     id: &str,
     config: &SandboxConfig,
 ) -> Result<VmNetwork, VmNetworkError> {
-    let pod = networks.add(netns, &identity(id, config)).await?;
+    let pod = networks
+        .add(netns, &PodIdentity::of_sandbox(id, config))
+        .await?;
     match taps(netns, &pod).await {
         Ok((tap, extra_taps)) => Ok(VmNetwork {
             pod,

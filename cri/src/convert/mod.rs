@@ -25,6 +25,16 @@ pub(crate) fn namespace_mode(mode: i32, what: &str) -> Result<NamespaceMode, Str
     }
 }
 
+/// A domain namespace mode as the CRI enum value.
+pub(crate) fn proto_namespace_mode(mode: NamespaceMode) -> i32 {
+    match mode {
+        NamespaceMode::Pod => proto::NamespaceMode::Pod as i32,
+        NamespaceMode::Container => proto::NamespaceMode::Container as i32,
+        NamespaceMode::Node => proto::NamespaceMode::Node as i32,
+        NamespaceMode::Target => proto::NamespaceMode::Target as i32,
+    }
+}
+
 /// Namespace options; absent options are the CRI default (all POD).
 pub(crate) fn namespace_options(
     ns: Option<&proto::NamespaceOption>,

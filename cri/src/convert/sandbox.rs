@@ -6,7 +6,7 @@ use pods::{
     SandboxState,
 };
 
-use super::{map, namespace_options};
+use super::{map, namespace_options, proto_namespace_mode};
 use crate::proto;
 
 /// Translates a RunPodSandbox config; `Err` names what is invalid.
@@ -64,6 +64,7 @@ pub fn sandbox_config(
         sysctls: linux.sysctls.into_iter().collect(),
         namespaces,
         privileged: security.privileged,
+        cgroup_parent: linux.cgroup_parent,
     })
 }
 
@@ -92,7 +93,7 @@ pub fn pod_sandbox(record: &SandboxRecord) -> proto::PodSandbox {
         created_at: record.created_at_ns,
         labels: map(&record.config.labels),
         annotations: map(&record.config.annotations),
-        runtime_handler: record.config.runtime_handler.clone(),
+        runtime_handler: record.handler.clone(),
     }
 }
 
@@ -114,12 +115,18 @@ pub fn pod_sandbox_status(record: &SandboxRecord) -> proto::PodSandboxStatus {
         }),
         linux: Some(proto::LinuxPodSandboxStatus {
             namespaces: Some(proto::Namespace {
-                options: Some(proto::NamespaceOption::default()),
+                options: Some(proto::NamespaceOption {
+                    network: proto_namespace_mode(record.config.namespaces.network),
+                    pid: proto_namespace_mode(record.config.namespaces.pid),
+                    ipc: proto_namespace_mode(record.config.namespaces.ipc),
+                    target_id: record.config.namespaces.target_id.clone(),
+                    ..Default::default()
+                }),
             }),
         }),
         labels: map(&record.config.labels),
         annotations: map(&record.config.annotations),
-        runtime_handler: record.config.runtime_handler.clone(),
+        runtime_handler: record.handler.clone(),
     }
 }
 
