@@ -67,6 +67,41 @@ pub struct Cli {
     /// Address of the streaming server (exec, attach, port-forward URLs); port 0 picks a free one.
     #[arg(long)]
     pub streaming_address: Option<String>,
+    /// Whether pods may run on the host (privileged, node namespaces, the
+    /// OS-container annotation, the host handler) [default: true].
+    #[arg(long)]
+    pub host_pods: Option<bool>,
+    /// Runtime handler name of host pods [default: host].
+    #[arg(long)]
+    pub host_handler: Option<String>,
+    /// Where privileged pods run: `host` or `vm` (all capabilities and the guest's devices) [default: host].
+    #[arg(long)]
+    pub privileged_pods: Option<String>,
+    /// The container monitor binary of host pods [default: frakti-monitor next to frakti].
+    #[arg(long)]
+    pub host_monitor: Option<PathBuf>,
+}
+
+/// Where privileged pods run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrivilegedPods {
+    /// On the host, as ordinary privileged containers.
+    Host,
+    /// In their VM, privileged there.
+    Vm,
+}
+
+impl std::str::FromStr for PrivilegedPods {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "host" => Ok(Self::Host),
+            "vm" => Ok(Self::Vm),
+            other => Err(format!("{other:?} is neither \"host\" nor \"vm\"")),
+        }
+    }
 }
 
 /// The config file's keys (all optional); the same names as the flags.
@@ -91,6 +126,10 @@ struct FileConfig {
     cni_bin_dir: Option<Vec<PathBuf>>,
     registry_config_dir: Option<PathBuf>,
     streaming_address: Option<String>,
+    host_pods: Option<bool>,
+    host_handler: Option<String>,
+    privileged_pods: Option<String>,
+    host_monitor: Option<PathBuf>,
 }
 
 /// The effective configuration.
@@ -132,6 +171,14 @@ pub struct Config {
     pub registry_config_dir: PathBuf,
     /// Streaming server address.
     pub streaming_address: std::net::SocketAddr,
+    /// Pods may run on the host.
+    pub host_pods: bool,
+    /// Runtime handler of host pods.
+    pub host_handler: String,
+    /// Where privileged pods run.
+    pub privileged_pods: PrivilegedPods,
+    /// The container monitor of host pods.
+    pub host_monitor: PathBuf,
 }
 
 /// The configuration is unusable.
@@ -254,6 +301,24 @@ impl Config {
                     )
                 })?
             },
+            host_pods: cli.host_pods.or(file.host_pods).unwrap_or(true),
+            host_handler: cli
+                .host_handler
+                .clone()
+                .or(file.host_handler)
+                .unwrap_or_else(|| "host".into()),
+            privileged_pods: cli
+                .privileged_pods
+                .clone()
+                .or(file.privileged_pods)
+                .unwrap_or_else(|| "host".into())
+                .parse()
+                .map_err(|e: String| invalid("privileged_pods", e))?,
+            host_monitor: cli
+                .host_monitor
+                .clone()
+                .or(file.host_monitor)
+                .unwrap_or_else(default_monitor),
         };
         config.validate()?;
         Ok(config)
@@ -272,6 +337,15 @@ impl Config {
                 format!(
                     "{} MiB is below the {MIN_MEMORY_MIB} MiB a guest needs",
                     self.memory
+                ),
+            ));
+        }
+        if self.host_handler.is_empty() || self.host_handler == crate::VM_HANDLER {
+            return Err(invalid(
+                "host_handler",
+                format!(
+                    "{:?} is the VM pods' handler; host pods need a name of their own",
+                    self.host_handler
                 ),
             ));
         }
@@ -295,6 +369,15 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// `frakti-monitor` next to the running binary, else the installed one.
+fn default_monitor() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("frakti-monitor")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| "/usr/local/bin/frakti-monitor".into())
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -401,6 +484,27 @@ mod tests {
                 .to_string()
                 .contains("key `streaming_address`")
         );
+    }
+
+    #[test]
+    fn host_pod_keys() {
+        let c = Config::merge(&cli(&[]), FileConfig::default()).unwrap();
+        assert!(c.host_pods);
+        assert_eq!(c.host_handler, "host");
+        assert_eq!(c.privileged_pods, PrivilegedPods::Host);
+        let f = file("host_pods = false\nhost_handler = \"node\"\nprivileged_pods = \"vm\"\n");
+        let c = Config::merge(&cli(&[]), f).unwrap();
+        assert!(!c.host_pods);
+        assert_eq!(c.host_handler, "node");
+        assert_eq!(c.privileged_pods, PrivilegedPods::Vm);
+        let c = Config::merge(&cli(&["--host-pods", "false"]), FileConfig::default()).unwrap();
+        assert!(!c.host_pods);
+        let err = Config::merge(&cli(&["--privileged-pods", "maybe"]), FileConfig::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("key `privileged_pods`"), "{err}");
+        let err =
+            Config::merge(&cli(&["--host-handler", "frakti"]), FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("key `host_handler`"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The frakti daemon: serves the CRI on a unix socket and runs every pod
-//! sandbox as its own VM.
+//! sandbox as its own VM, or on the host when the pod needs the node.
 //!
 //! It owns the configuration (file and flags), the wiring of the crates
 //! (the registry of runtimes by handler, the pod networks, the servers) and
@@ -16,9 +16,10 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use cri::proto::image_service_server::ImageServiceServer;
 use cri::proto::runtime_service_server::RuntimeServiceServer;
+use host::{HostRuntime, HostRuntimeConfig};
 use hypervisor::{Qemu, QemuConfig};
 use network::{Cni, PodNetworks};
-use pods::{PodService, Registry, Store};
+use pods::{HostPolicy, PodService, Registry, Store};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::wrappers::UnixListenerStream;
@@ -27,7 +28,7 @@ use vm::{VmRuntime, VmRuntimeConfig};
 use crate::config::{Cli, Config};
 
 /// The runtime handler of VM pods, and the default one.
-const VM_HANDLER: &str = "frakti";
+pub(crate) const VM_HANDLER: &str = "frakti";
 
 /// How long in-flight CRI calls may run on after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -88,10 +89,28 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             containers_dir: config.root.join("layers"),
         },
         Arc::new(qemu),
+        events_tx.clone(),
+    ));
+    let host_runtime = Arc::new(HostRuntime::new(
+        HostRuntimeConfig {
+            state_dir: config.state_dir.join("host"),
+            layers_dir: config.root.join("host-layers"),
+            monitor: config.host_monitor.clone(),
+            networks: Some(networks.clone()),
+            cgroup_root: "/sys/fs/cgroup".into(),
+        },
         events_tx,
     ));
+    let mut registry = Registry::new(VM_HANDLER, vm_runtime).with_host(HostPolicy {
+        handler: config.host_handler.clone(),
+        enabled: config.host_pods,
+        privileged_on_host: config.privileged_pods == config::PrivilegedPods::Host,
+    });
+    if config.host_pods {
+        registry = registry.with(config.host_handler.clone(), host_runtime);
+    }
     let store = Store::open(&config.root).context("open the record store")?;
-    let pods = PodService::new(store, Registry::new(VM_HANDLER, vm_runtime));
+    let pods = PodService::new(store, registry);
     let recovered = pods.recover().await.context("load pod records")?;
     tracing::info!(recovered, "pod records loaded");
     tokio::spawn(pods.clone().watch_events(events_rx));
@@ -167,6 +186,9 @@ fn check_socket_paths(config: &Config) -> Result<(), config::ConfigError> {
     checks.extend(
         vm::pod_socket_paths(&qemu(config), &config.state_dir)
             .into_iter()
+            .chain(HostRuntimeConfig::socket_paths(
+                &config.state_dir.join("host"),
+            ))
             .map(|p| ("state_dir", p)),
     );
     for (key, path) in checks {

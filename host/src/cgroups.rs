@@ -1,0 +1,380 @@
+//! cgroups of host pods: where a pod's and a container's cgroups are (the
+//! cgroupfs driver for plain paths, the systemd driver for `.slice`
+//! parents), changing a running container's limits, and removing the
+//! cgroups frakti made.
+//!
+//! libcontainer creates a container's cgroup from the spec's `cgroupsPath`
+//! and applies its limits at creation; this module does what comes after.
+
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use runtime_api::container::ContainerResources;
+
+/// Parent of the cgroups of pods that came without a `cgroup_parent`.
+pub const OWN_PARENT: &str = "/frakti";
+
+/// The v1 controllers a container's cgroup lives in (those libcontainer
+/// populates on this kind of host).
+const V1_CONTROLLERS: &[&str] = &[
+    "cpu", "cpuacct", "cpuset", "memory", "pids", "blkio", "devices", "freezer", "hugetlb",
+];
+
+/// A `cgroup_parent` cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParentError {
+    /// A systemd slice name is malformed
+    #[error(
+        "linux.cgroup_parent {0:?} is not a valid systemd slice name \
+         (a name ending in .slice, without '/', whose '-'-separated parts are not empty)"
+    )]
+    Slice(String),
+    /// A cgroupfs path is malformed
+    #[error("linux.cgroup_parent {0:?} must be a cgroup path without '.' or '..' components")]
+    Path(String),
+}
+
+/// A pod's place in the cgroup tree.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PodCgroup {
+    /// The pod's cgroup as a path from the hierarchy root (e.g. `/kubepods/pod1`).
+    pub path: String,
+    /// The systemd driver names containers `<path>/frakti-<id>.scope`.
+    pub systemd: bool,
+    /// frakti made this cgroup (no `cgroup_parent`) and removes it with the pod.
+    pub owned: bool,
+}
+
+impl PodCgroup {
+    /// The cgroup of pod `pod_id` for its `cgroup_parent` (empty: frakti's own).
+    pub fn for_pod(cgroup_parent: &str, pod_id: &str) -> Result<Self, ParentError> {
+        if cgroup_parent.is_empty() {
+            return Ok(Self {
+                path: format!("{OWN_PARENT}/{pod_id}"),
+                systemd: false,
+                owned: true,
+            });
+        }
+        if cgroup_parent.ends_with(".slice") {
+            return Ok(Self {
+                path: expand_slice(cgroup_parent)?,
+                systemd: true,
+                owned: false,
+            });
+        }
+        let trimmed = cgroup_parent.trim_end_matches('/');
+        let parts: Vec<&str> = trimmed.split('/').filter(|p| !p.is_empty()).collect();
+        if parts.iter().any(|p| *p == "." || *p == "..") {
+            return Err(ParentError::Path(cgroup_parent.to_owned()));
+        }
+        Ok(Self {
+            path: format!("/{}", parts.join("/")),
+            systemd: false,
+            owned: false,
+        })
+    }
+
+    /// The cgroup of container `id` in this pod.
+    pub fn container(&self, id: &str) -> String {
+        let base = self.path.trim_end_matches('/');
+        if self.systemd {
+            format!("{base}/frakti-{id}.scope")
+        } else {
+            format!("{base}/{id}")
+        }
+    }
+}
+
+/// The cgroupfs path of a systemd slice: `a-b-c.slice` lives at
+/// `/a.slice/a-b.slice/a-b-c.slice`, and `-.slice` is the root.
+pub fn expand_slice(slice: &str) -> Result<String, ParentError> {
+    let bad = || ParentError::Slice(slice.to_owned());
+    let name = slice.strip_suffix(".slice").ok_or_else(bad)?;
+    if name == "-" {
+        return Ok("/".to_owned());
+    }
+    if name.is_empty() || name.contains('/') {
+        return Err(bad());
+    }
+    let parts: Vec<&str> = name.split('-').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(bad());
+    }
+    let mut path = String::new();
+    let mut prefix = String::new();
+    for part in parts {
+        if !prefix.is_empty() {
+            prefix.push('-');
+        }
+        prefix.push_str(part);
+        path.push('/');
+        path.push_str(&prefix);
+        path.push_str(".slice");
+    }
+    Ok(path)
+}
+
+/// The cgroup hierarchy of this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hierarchy {
+    root: PathBuf,
+}
+
+/// A cgroup operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// A limit cannot be written
+    #[error("cannot set {file} to {value:?}: {source}")]
+    Write {
+        /// The cgroup file.
+        file: PathBuf,
+        /// The value.
+        value: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The container has no cgroup
+    #[error("the container's cgroup {0} does not exist")]
+    Missing(PathBuf),
+    /// A cgroup cannot be removed
+    #[error("cannot remove cgroup {0}: {1}")]
+    Remove(PathBuf, std::io::Error),
+}
+
+impl Hierarchy {
+    /// The hierarchy mounted at `root` (normally `/sys/fs/cgroup`).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// Whether the host runs the unified (v2-only) hierarchy.
+    pub fn unified(&self) -> bool {
+        self.root.join("cgroup.controllers").exists()
+    }
+
+    fn v1(&self, controller: &str, path: &str) -> PathBuf {
+        self.root
+            .join(controller)
+            .join(path.trim_start_matches('/'))
+    }
+
+    fn v2(&self, path: &str) -> PathBuf {
+        self.root.join(path.trim_start_matches('/'))
+    }
+
+    /// The directory of `path` in the memory controller (v1) or the
+    /// unified hierarchy.
+    pub fn memory_dir(&self, path: &str) -> PathBuf {
+        if self.unified() {
+            self.v2(path)
+        } else {
+            self.v1("memory", path)
+        }
+    }
+
+    /// Sets the limits of the cgroup at `path` to `resources` (0 and empty
+    /// fields leave a limit as it is).
+    pub fn update(&self, path: &str, resources: &ContainerResources) -> Result<(), CgroupError> {
+        let writes = if self.unified() {
+            self.v2_writes(path, resources)
+        } else {
+            self.v1_writes(path, resources)
+        };
+        let probe = if self.unified() {
+            self.v2(path)
+        } else {
+            self.v1("memory", path)
+        };
+        if !probe.is_dir() {
+            return Err(CgroupError::Missing(probe));
+        }
+        for (file, value) in writes {
+            std::fs::write(&file, &value).map_err(|source| CgroupError::Write {
+                file,
+                value,
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn v1_writes(&self, path: &str, r: &ContainerResources) -> Vec<(PathBuf, String)> {
+        let mut out = Vec::new();
+        let cpu = |f: &str| self.v1("cpu", path).join(f);
+        if r.cpu_shares > 0 {
+            out.push((cpu("cpu.shares"), r.cpu_shares.to_string()));
+        }
+        if r.cpu_period > 0 {
+            out.push((cpu("cpu.cfs_period_us"), r.cpu_period.to_string()));
+        }
+        if r.cpu_quota != 0 {
+            out.push((cpu("cpu.cfs_quota_us"), r.cpu_quota.to_string()));
+        }
+        if !r.cpuset_cpus.is_empty() {
+            out.push((
+                self.v1("cpuset", path).join("cpuset.cpus"),
+                r.cpuset_cpus.clone(),
+            ));
+        }
+        if !r.cpuset_mems.is_empty() {
+            out.push((
+                self.v1("cpuset", path).join("cpuset.mems"),
+                r.cpuset_mems.clone(),
+            ));
+        }
+        if r.memory_limit_bytes > 0 {
+            out.push((
+                self.v1("memory", path).join("memory.limit_in_bytes"),
+                r.memory_limit_bytes.to_string(),
+            ));
+        }
+        out
+    }
+
+    fn v2_writes(&self, path: &str, r: &ContainerResources) -> Vec<(PathBuf, String)> {
+        let dir = self.v2(path);
+        let mut out = Vec::new();
+        if r.cpu_shares > 0 {
+            out.push((
+                dir.join("cpu.weight"),
+                shares_to_weight(r.cpu_shares).to_string(),
+            ));
+        }
+        if r.cpu_quota != 0 || r.cpu_period > 0 {
+            let quota = if r.cpu_quota > 0 {
+                r.cpu_quota.to_string()
+            } else {
+                "max".to_owned()
+            };
+            let period = if r.cpu_period > 0 {
+                r.cpu_period
+            } else {
+                100_000
+            };
+            out.push((dir.join("cpu.max"), format!("{quota} {period}")));
+        }
+        if !r.cpuset_cpus.is_empty() {
+            out.push((dir.join("cpuset.cpus"), r.cpuset_cpus.clone()));
+        }
+        if !r.cpuset_mems.is_empty() {
+            out.push((dir.join("cpuset.mems"), r.cpuset_mems.clone()));
+        }
+        if r.memory_limit_bytes > 0 {
+            out.push((dir.join("memory.max"), r.memory_limit_bytes.to_string()));
+        }
+        out
+    }
+
+    /// Removes the cgroup at `path` from every controller (it must be
+    /// empty); a missing one is not an error.
+    pub fn remove(&self, path: &str) -> Result<(), CgroupError> {
+        let dirs: Vec<PathBuf> = if self.unified() {
+            vec![self.v2(path)]
+        } else {
+            V1_CONTROLLERS
+                .iter()
+                .map(|c| self.v1(c, path))
+                .chain(std::iter::once(self.v1("unified", path)))
+                .collect()
+        };
+        for dir in dirs {
+            remove_dir(&dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// Removes an empty cgroup directory, retrying while the kernel still
+/// counts a just-exited task in it.
+fn remove_dir(dir: &Path) -> Result<(), CgroupError> {
+    for attempt in 0..50 {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < 49 => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(CgroupError::Remove(dir.to_path_buf(), e)),
+        }
+    }
+    Ok(())
+}
+
+/// cgroup v1 CPU shares as a v2 weight (the conversion runc and the kubelet use).
+pub fn shares_to_weight(shares: i64) -> u64 {
+    let shares = shares.clamp(2, 262_144) as u64;
+    1 + ((shares - 2) * 9999) / 262_142
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_expand_to_their_cgroupfs_paths() {
+        assert_eq!(expand_slice("-.slice").unwrap(), "/");
+        assert_eq!(expand_slice("kubepods.slice").unwrap(), "/kubepods.slice");
+        assert_eq!(
+            expand_slice("kubepods-burstable-pod1234.slice").unwrap(),
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice"
+        );
+        for bad in ["kubepods", "a--b.slice", "-a.slice", "a/b.slice", ".slice"] {
+            assert!(expand_slice(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn container_cgroups_follow_the_driver() {
+        let fs = PodCgroup::for_pod("/kubepods/burstable/pod1/", "p").unwrap();
+        assert_eq!(fs.path, "/kubepods/burstable/pod1");
+        assert!(!fs.owned && !fs.systemd);
+        assert_eq!(fs.container("c1"), "/kubepods/burstable/pod1/c1");
+        let sd = PodCgroup::for_pod("kubepods-besteffort-pod2.slice", "p").unwrap();
+        assert_eq!(
+            sd.container("c1"),
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod2.slice/frakti-c1.scope"
+        );
+        let own = PodCgroup::for_pod("", "abc").unwrap();
+        assert_eq!(own.path, "/frakti/abc");
+        assert!(own.owned);
+        let err = PodCgroup::for_pod("/kubepods/../etc", "p").unwrap_err();
+        assert!(err.to_string().contains("linux.cgroup_parent"), "{err}");
+    }
+
+    #[test]
+    fn shares_convert_to_weights_at_the_ends_and_the_default() {
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+        assert_eq!(shares_to_weight(1024), 39);
+    }
+
+    #[test]
+    fn updates_write_the_v1_files_of_each_controller() {
+        let dir = tempfile::tempdir().unwrap();
+        for c in ["cpu", "cpuset", "memory"] {
+            std::fs::create_dir_all(dir.path().join(c).join("pod/c")).unwrap();
+        }
+        let h = Hierarchy::new(dir.path());
+        let r = ContainerResources {
+            cpu_shares: 512,
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            memory_limit_bytes: 64 << 20,
+            cpuset_cpus: "0".into(),
+            ..Default::default()
+        };
+        h.update("/pod/c", &r).unwrap();
+        let read = |p: &str| std::fs::read_to_string(dir.path().join(p)).unwrap();
+        assert_eq!(read("cpu/pod/c/cpu.shares"), "512");
+        assert_eq!(read("cpu/pod/c/cpu.cfs_quota_us"), "50000");
+        assert_eq!(read("cpu/pod/c/cpu.cfs_period_us"), "100000");
+        assert_eq!(
+            read("memory/pod/c/memory.limit_in_bytes"),
+            (64u64 << 20).to_string()
+        );
+        assert_eq!(read("cpuset/pod/c/cpuset.cpus"), "0");
+        assert!(!dir.path().join("cpuset/pod/c/cpuset.mems").exists());
+        let err = h.update("/pod/missing", &r).unwrap_err();
+        assert!(matches!(err, CgroupError::Missing(_)), "{err}");
+    }
+}

@@ -1,0 +1,255 @@
+//! The container side of the host runtime: each container is made by its
+//! own `frakti-monitor`, which stays its parent, writes its log and records
+//! its exit; the daemon talks to the monitor over its socket.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use monitor::protocol::Request;
+use runtime_api::container::{
+    ContainerConfig, ContainerRecord, ContainerRuntimeStatus, ContainerState, ExecOutput,
+};
+use runtime_api::{ContainerRuntime, RuntimeError, RuntimeErrorKind, SandboxRecord};
+
+use crate::config::{self, HostContainer, HostSandbox};
+use crate::runtime::{HostRuntime, exited_status};
+use crate::{exec, files, supervise};
+
+/// How long after SIGKILL a container may take to be reaped.
+const KILL_GRACE: Duration = Duration::from_secs(10);
+
+fn state(container: &ContainerRecord) -> Result<HostContainer, RuntimeError> {
+    config::parse("container", &container.runtime_state)
+}
+
+fn gone(id: &str) -> RuntimeError {
+    RuntimeError::new(
+        RuntimeErrorKind::FailedPrecondition,
+        format!("container {id} is not running"),
+    )
+}
+
+impl HostRuntime {
+    /// Waits until the container's monitor has gone (the container exited),
+    /// at most `limit`; whether it has.
+    async fn wait_exit(&self, c: &HostContainer, limit: Duration) -> Result<bool, RuntimeError> {
+        if limit.is_zero() {
+            return Ok(!c.socket().exists());
+        }
+        match supervise::call(&c.socket(), Request::Wait, limit).await {
+            Ok(Some(_)) | Ok(None) => Ok(true),
+            Err(e) if e.kind == RuntimeErrorKind::DeadlineExceeded => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn kill(&self, c: &HostContainer, signal: i32, all: bool) -> Result<bool, RuntimeError> {
+        match supervise::call(
+            &c.socket(),
+            Request::Kill { signal, all },
+            supervise::CALL_TIMEOUT,
+        )
+        .await?
+        {
+            None => Ok(false),
+            Some(reply) => {
+                supervise::accepted(reply, RuntimeErrorKind::Internal, "signal the container")?;
+                Ok(true)
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ContainerRuntime for HostRuntime {
+    async fn create_container(
+        &self,
+        sandbox: &SandboxRecord,
+        id: &str,
+        config: &ContainerConfig,
+        log_path: &str,
+    ) -> Result<serde_json::Value, RuntimeError> {
+        let pod: HostSandbox = config::parse("sandbox", &sandbox.runtime_state)?;
+        let prepared = files::prepare(&self.config, &sandbox.config, &pod, id, config, log_path)?;
+        let mut c = prepared.container;
+        let made = async {
+            let bundle = self.config.bundles().join(&c.name);
+            std::fs::create_dir_all(&bundle)
+                .map_err(|e| RuntimeError::internal(format!("create {}", bundle.display()), e))?;
+            let json = serde_json::to_vec(&prepared.spec)
+                .map_err(|e| RuntimeError::internal("encode the OCI spec", e))?;
+            std::fs::write(bundle.join("config.json"), json)
+                .map_err(|e| RuntimeError::internal("write the OCI spec", e))?;
+            let log = (!log_path.is_empty()).then(|| PathBuf::from(log_path));
+            supervise::start_monitor(&self.config, &c, log, config.stdin, config.stdin_once).await
+        }
+        .await;
+        match made {
+            Ok(pid) => {
+                c.pid = pid;
+                config::to_value("container", &c)
+            }
+            Err(e) => {
+                let _ = supervise::delete(&self.config, &c.name).await;
+                let _ = std::fs::remove_dir_all(self.config.bundles().join(&c.name));
+                if let Err(cleanup) = files::remove(&c) {
+                    tracing::warn!(container = id, "cleanup after a failed create: {cleanup}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_container(
+        &self,
+        sandbox: &SandboxRecord,
+        container: &ContainerRecord,
+    ) -> Result<ContainerRuntimeStatus, RuntimeError> {
+        let c = state(container)?;
+        let reply = supervise::call(&c.socket(), Request::Start, supervise::CALL_TIMEOUT)
+            .await?
+            .ok_or_else(|| gone(&container.id))?;
+        supervise::accepted(
+            reply,
+            RuntimeErrorKind::FailedPrecondition,
+            "start the container",
+        )?;
+        let started_at_ns = crate::now_ns();
+        self.watch(&sandbox.id, &container.id, &c, started_at_ns);
+        Ok(ContainerRuntimeStatus {
+            state: ContainerState::Running,
+            started_at_ns,
+            ..ContainerRuntimeStatus::created()
+        })
+    }
+
+    async fn stop_container(
+        &self,
+        _sandbox: &SandboxRecord,
+        container: &ContainerRecord,
+        timeout: Duration,
+    ) -> Result<ContainerRuntimeStatus, RuntimeError> {
+        let c = state(container)?;
+        let started = container.status.started_at_ns;
+        if container.status.state == ContainerState::Created {
+            // Never started: nothing to signal; its monitor ends with it.
+            self.kill(&c, libc::SIGKILL, true).await?;
+            self.wait_exit(&c, KILL_GRACE).await?;
+            return Ok(exited_status(&c, started));
+        }
+        let signal =
+            container::signals::stop_signal(&container.config.image.process.stop_signal)
+                .map_err(|e| RuntimeError::new(RuntimeErrorKind::InvalidArgument, e.to_string()))?;
+        if !timeout.is_zero() && self.kill(&c, signal, false).await? {
+            self.wait_exit(&c, timeout).await?;
+        }
+        if c.socket().exists() && self.kill(&c, libc::SIGKILL, true).await? {
+            self.wait_exit(&c, KILL_GRACE).await?;
+        }
+        Ok(exited_status(&c, started))
+    }
+
+    async fn remove_container(
+        &self,
+        _sandbox: &SandboxRecord,
+        container: &ContainerRecord,
+    ) -> Result<(), RuntimeError> {
+        let c = state(container)?;
+        if c.socket().exists() && self.kill(&c, libc::SIGKILL, true).await? {
+            self.wait_exit(&c, KILL_GRACE).await?;
+        }
+        supervise::delete(&self.config, &c.name).await?;
+        let bundle = self.config.bundles().join(&c.name);
+        match std::fs::remove_dir_all(&bundle) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(RuntimeError::internal(
+                    format!("remove {}", bundle.display()),
+                    e,
+                ));
+            }
+        }
+        files::remove(&c)
+    }
+
+    async fn container_status(
+        &self,
+        sandbox: &SandboxRecord,
+        container: &ContainerRecord,
+    ) -> Result<ContainerRuntimeStatus, RuntimeError> {
+        let c = state(container)?;
+        let started = container.status.started_at_ns;
+        if let Some(exit) = supervise::recorded_exit(&c)? {
+            return Ok(crate::runtime::status_of_exit(&exit, started));
+        }
+        match supervise::call(&c.socket(), Request::Status, supervise::CALL_TIMEOUT).await? {
+            None => Ok(exited_status(&c, started)),
+            Some(reply) => {
+                let reply =
+                    supervise::accepted(reply, RuntimeErrorKind::Internal, "container status")?;
+                let running = reply
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.state != monitor::protocol::ContainerState::Created);
+                if running {
+                    // After a daemon restart nobody watches it yet.
+                    self.watch(&sandbox.id, &container.id, &c, started);
+                    Ok(ContainerRuntimeStatus {
+                        state: ContainerState::Running,
+                        started_at_ns: started,
+                        ..ContainerRuntimeStatus::created()
+                    })
+                } else {
+                    Ok(ContainerRuntimeStatus::created())
+                }
+            }
+        }
+    }
+
+    async fn exec_sync(
+        &self,
+        _sandbox: &SandboxRecord,
+        container: &ContainerRecord,
+        cmd: &[String],
+        timeout: Option<Duration>,
+    ) -> Result<ExecOutput, RuntimeError> {
+        let c = state(container)?;
+        exec::run_to_completion(&self.config, &c, cmd, timeout).await
+    }
+
+    async fn reopen_container_log(
+        &self,
+        _sandbox: &SandboxRecord,
+        container: &ContainerRecord,
+    ) -> Result<(), RuntimeError> {
+        let c = state(container)?;
+        let reply = supervise::call(&c.socket(), Request::ReopenLog, supervise::CALL_TIMEOUT)
+            .await?
+            .ok_or_else(|| gone(&container.id))?;
+        supervise::accepted(
+            reply,
+            RuntimeErrorKind::FailedPrecondition,
+            "reopen the log",
+        )?;
+        Ok(())
+    }
+
+    async fn container_info(
+        &self,
+        _sandbox: &SandboxRecord,
+        container: &ContainerRecord,
+    ) -> serde_json::Value {
+        match state(container) {
+            Ok(c) => serde_json::json!({
+                "runtime": "host",
+                "pid": c.pid,
+                "dir": c.dir,
+                "rootfs": c.rootfs,
+                "cgroup": c.cgroup,
+                "monitorSocket": c.socket(),
+            }),
+            Err(e) => serde_json::json!({"runtime": "host", "error": e.to_string()}),
+        }
+    }
+}

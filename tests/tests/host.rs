@@ -1,0 +1,505 @@
+//! Mixed runtimes: pods that need the node run as namespace containers on
+//! the host, behind the same socket as the VM pods. Real processes, real
+//! namespaces, real cgroups, a real CNI network.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cri::proto;
+use e2e::workload::{TestPod, container, pull, push_box, run_container};
+use e2e::{Daemon, pod_config, pod_status, process_running};
+use streaming::client::PortForwarder;
+use tokio::io::AsyncReadExt;
+use tonic::Code;
+
+const OS_CONTAINER: &str = "runtime.frakti.alpha.kubernetes.io/OSContainer";
+const RUNNING: i32 = proto::ContainerState::ContainerRunning as i32;
+const EXITED: i32 = proto::ContainerState::ContainerExited as i32;
+
+/// One host test at a time: they share the node's namespaces.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn host_boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+fn sh(script: &str) -> String {
+    let out = Command::new("sh").args(["-c", script]).output().unwrap();
+    assert!(out.status.success(), "{script}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+async fn container_info(pod: &mut TestPod, id: &str) -> serde_json::Value {
+    let resp = pod
+        .rt
+        .container_status(proto::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    resp.info
+        .get("info")
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default()
+}
+
+async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&dir))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// An OS-container pod: its own network (CNI), UTS, IPC and PID namespaces
+/// on the host; logs, exec, port-forward, a daemon SIGKILL and restart with
+/// containers running and exiting meanwhile, and nothing left after removal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_os_container_pod_runs_on_the_host_and_survives_a_daemon_restart() {
+    let _serial = SERIAL.lock().await;
+    let mut pod = TestPod::start("hostpod", |c| {
+        c.annotations.insert(OS_CONTAINER.into(), "true".into());
+    })
+    .await
+    .unwrap();
+    let (status, info) = pod_status(&mut pod.rt, &pod.id).await.unwrap();
+    assert_eq!(info["runtime"], "host", "{info}");
+    assert_eq!(info["runtime_handler"], "host", "{info}");
+    assert!(!status.network.unwrap().ip.is_empty(), "no pod IP");
+    let listed = pod
+        .rt
+        .list_pod_sandbox(proto::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(listed[0].runtime_handler, "host");
+    let netns = PathBuf::from(info["netns"].as_str().unwrap());
+    let pod_dir = PathBuf::from(info["dir"].as_str().unwrap());
+    let holder = info["pidHolder"]["pid"].as_i64().unwrap() as i32;
+    assert!(process_running(holder));
+
+    // The node's kernel, the pod's own hostname and network namespace.
+    let printer = pod.container(
+        "printer",
+        &["trap '' TERM; cat /proc/sys/kernel/random/boot_id; hostname; i=0; while true; do echo line $i; i=$((i+1)); sleep 0.2; done"],
+    );
+    let printer = pod.run(printer).await;
+    let log = pod.logs.path().join("printer/0.log");
+    wait_for("the printer's first lines", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("line 2"))
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let first: Vec<&str> = text
+        .lines()
+        .map(|l| l.splitn(4, ' ').nth(3).unwrap())
+        .collect();
+    assert_eq!(first[0], host_boot_id(), "{text}");
+    assert_eq!(first[1], "hostpod");
+    assert!(
+        text.lines().all(|l| l.split(' ').nth(1) == Some("stdout")),
+        "{text}"
+    );
+    let inside = pod
+        .exec(
+            &printer,
+            "readlink /proc/self/ns/net; id -u; echo err >&2; exit 7",
+        )
+        .await;
+    assert_eq!(inside.exit_code, 7);
+    assert_eq!(String::from_utf8_lossy(&inside.stderr), "err\n");
+    let net_inode = sh(&format!("stat -L -c net:[%i] {}", netns.display()));
+    assert_eq!(
+        String::from_utf8_lossy(&inside.stdout)
+            .lines()
+            .next()
+            .unwrap(),
+        net_inode
+    );
+    let err = pod.exec_with(&printer, "sleep 30", 1).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    let cinfo = container_info(&mut pod, &printer).await["runtime"].clone();
+    assert_eq!(cinfo["runtime"], "host", "{cinfo}");
+    let cgroup = cinfo["cgroup"].as_str().unwrap().to_owned();
+    let memory_cgroup = Path::new("/sys/fs/cgroup/memory").join(cgroup.trim_start_matches('/'));
+    let init = cinfo["pid"].as_i64().unwrap() as i32;
+    let procs = std::fs::read_to_string(memory_cgroup.join("cgroup.procs")).unwrap();
+    assert!(procs.lines().any(|p| p == init.to_string()), "{procs}");
+
+    // Port-forward reaches a server on the pod's loopback.
+    let web = pod.container(
+        "web",
+        &["mkdir -p /tmp/www && echo host-page > /tmp/www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /tmp/www"],
+    );
+    pod.run(web).await;
+    let url = pod
+        .rt
+        .port_forward(proto::PortForwardRequest {
+            pod_sandbox_id: pod.id.clone(),
+            port: vec![8080],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let forwarder = PortForwarder::connect(&url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let conn = forwarder.open(8080).await.unwrap();
+        conn.writer()
+            .write(b"GET /index.html HTTP/1.0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut resp = Vec::new();
+        let _ = conn.reader().read_to_end(&mut resp).await;
+        if String::from_utf8_lossy(&resp).contains("host-page") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no page through port-forward");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    forwarder.close().await;
+
+    // The daemon dies; the containers do not, their logs go on, and an
+    // exit while it is down is not lost.
+    let short = pod.container("short", &["sleep 2; echo bye; exit 3"]);
+    let short = pod.run(short).await;
+    pod.daemon.kill(libc::SIGKILL);
+    let before = std::fs::read_to_string(&log).unwrap().lines().count();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = std::fs::read_to_string(&log).unwrap().lines().count();
+    assert!(
+        after > before + 3,
+        "the log stopped with the daemon: {before} -> {after}"
+    );
+    assert!(process_running(init), "the container died with the daemon");
+    pod.daemon.restart().await.unwrap();
+    pod.rt = pod.daemon.runtime().await.unwrap();
+    assert_eq!(pod.status(&printer).await.state, RUNNING);
+    let s = pod.status(&short).await;
+    assert_eq!(
+        (s.state, s.exit_code, s.reason.as_str()),
+        (EXITED, 3, "Error"),
+        "{s:?}"
+    );
+    let short_log = std::fs::read_to_string(pod.logs.path().join("short/0.log")).unwrap();
+    assert!(short_log.contains("stdout F bye"), "{short_log}");
+    // The re-adopted container still answers exec, and its exit is seen.
+    assert_eq!(pod.exec(&printer, "true").await.exit_code, 0);
+    pod.rt
+        .stop_container(proto::StopContainerRequest {
+            container_id: printer.clone(),
+            timeout: 1,
+        })
+        .await
+        .unwrap();
+    let s = pod.status(&printer).await;
+    // The printer ignores SIGTERM: SIGKILL after the 1 s timeout.
+    assert_eq!((s.state, s.exit_code), (EXITED, 137), "{s:?}");
+    assert!(!process_running(init));
+
+    // Removal leaves nothing behind.
+    pod.rt
+        .remove_pod_sandbox(proto::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.id.clone(),
+        })
+        .await
+        .unwrap();
+    assert!(!netns.exists(), "netns {} left", netns.display());
+    assert!(!pod_dir.exists(), "pod dir {} left", pod_dir.display());
+    assert!(
+        !memory_cgroup.exists(),
+        "cgroup {} left",
+        memory_cgroup.display()
+    );
+    let pod_cgroup = Path::new("/sys/fs/cgroup/memory/frakti").join(&pod.id);
+    assert!(!pod_cgroup.exists(), "cgroup {} left", pod_cgroup.display());
+    assert!(!process_running(holder), "the PID namespace holder is left");
+    let left = mounts_under(pod.daemon.dir_path());
+    assert!(left.is_empty(), "mounts left: {left:#?}");
+    let sockets = pod.daemon.state_dir().join("host/c").display().to_string();
+    let left = e2e::pids_with_arg(&sockets);
+    assert!(left.is_empty(), "monitors left: {left:?}");
+    let rules = sh("iptables-save 2>/dev/null || true");
+    assert!(
+        !rules.contains(&pod.id[..12]),
+        "iptables rules left: {rules}"
+    );
+}
+
+/// Pods in the node's namespaces, privileged pods, each routing rule, and
+/// the same question to a VM pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_namespaces_privileges_and_routing() {
+    let _serial = SERIAL.lock().await;
+    let registry = e2e::registry::Registry::start(None).await.unwrap();
+    let image = push_box(&registry).await.unwrap();
+    let daemon = Daemon::start(&["--accel", "tcg"]).await.unwrap();
+    pull(&daemon, &image).await.unwrap();
+    let mut rt = daemon.runtime().await.unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let tag = std::process::id();
+
+    let run = |name: &str, handler: &str, tweak: &dyn Fn(&mut proto::PodSandboxConfig)| {
+        let mut config = pod_config(name, &[]);
+        config.log_directory = logs.path().display().to_string();
+        tweak(&mut config);
+        (
+            proto::RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: handler.into(),
+            },
+            config,
+        )
+    };
+    let node_ns = |network: i32, pid: i32, ipc: i32| {
+        move |c: &mut proto::PodSandboxConfig| {
+            let linux = c.linux.get_or_insert_with(Default::default);
+            let sc = linux.security_context.get_or_insert_with(Default::default);
+            sc.namespace_options = Some(proto::NamespaceOption {
+                network,
+                pid,
+                ipc,
+                ..Default::default()
+            });
+        }
+    };
+    const POD: i32 = proto::NamespaceMode::Pod as i32;
+    const CONTAINER: i32 = proto::NamespaceMode::Container as i32;
+    const NODE: i32 = proto::NamespaceMode::Node as i32;
+
+    // Host things the pods must (or must not) see.
+    let dummy = format!("frk{tag}");
+    sh(&format!("ip link add {dummy} type veth peer name {dummy}p"));
+    let mut sleeper = Command::new("sleep").arg("600").spawn().unwrap();
+    let shm_id = sh("ipcmk -M 4096 | grep -o '[0-9]*$'");
+
+    async fn one_shot(
+        rt: &mut proto::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+        req: proto::RunPodSandboxRequest,
+        config: proto::PodSandboxConfig,
+        image: &str,
+        script: &str,
+        privileged: bool,
+    ) -> (String, String) {
+        let id = rt
+            .run_pod_sandbox(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id;
+        let mut c = container(image, "probe", "sleep 600");
+        if privileged {
+            c.linux = Some(proto::LinuxContainerConfig {
+                security_context: Some(proto::LinuxContainerSecurityContext {
+                    privileged: true,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        let cid = run_container(rt, &id, &config, c).await.unwrap();
+        let out = rt
+            .exec_sync(proto::ExecSyncRequest {
+                container_id: cid,
+                cmd: vec!["/bin/sh".into(), "-c".into(), script.into()],
+                timeout: 30,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            out.exit_code,
+            0,
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (id, String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    // hostNetwork: the node's interfaces; no CNI IP.
+    let (req, config) = run("hostnet", "", &node_ns(NODE, CONTAINER, POD));
+    let (id, out) = one_shot(
+        &mut rt,
+        req,
+        config,
+        &image,
+        &format!("cat /sys/class/net/{dummy}/ifindex; cat /proc/sys/kernel/random/boot_id"),
+        false,
+    )
+    .await;
+    let (status, info) = pod_status(&mut rt, &id).await.unwrap();
+    assert_eq!(info["runtime"], "host", "{info}");
+    assert_eq!(info["hostNetwork"], true);
+    assert!(status.network.unwrap().ip.is_empty());
+    let ifindex = sh(&format!("cat /sys/class/net/{dummy}/ifindex"));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines, [ifindex.as_str(), host_boot_id().as_str()]);
+
+    // hostPID: a host process is visible.
+    let (req, config) = run("hostpid", "", &node_ns(POD, NODE, POD));
+    let (_, out) = one_shot(
+        &mut rt,
+        req,
+        config,
+        &image,
+        &format!("cat /proc/{}/cmdline | tr '\\0' ' '", sleeper.id()),
+        false,
+    )
+    .await;
+    assert_eq!(out.trim(), "sleep 600");
+
+    // hostIPC: a host SysV segment is visible.
+    let (req, config) = run("hostipc", "", &node_ns(POD, CONTAINER, NODE));
+    let (_, out) = one_shot(&mut rt, req, config, &image, "cat /proc/sysvipc/shm", false).await;
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(shm_id.as_str())),
+        "{out}"
+    );
+    // ... while a pod with its own IPC namespace does not see it.
+    let (req, config) = run("ownipc", "host", &|_| {});
+    let (_, out) = one_shot(&mut rt, req, config, &image, "cat /proc/sysvipc/shm", false).await;
+    assert!(
+        !out.lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(shm_id.as_str())),
+        "{out}"
+    );
+
+    // Privileged: host devices, writable /sys, and a bridge it may create
+    // in its own network namespace; a mount it makes under a bidirectional
+    // mount shows on the host.
+    let shared = tempfile::tempdir().unwrap();
+    let shared_path = shared.path().display().to_string();
+    sh(&format!(
+        "mount --bind {shared_path} {shared_path} && mount --make-rshared {shared_path}"
+    ));
+    let (req, config) = run("privileged", "", &|c| {
+        let linux = c.linux.get_or_insert_with(Default::default);
+        linux.security_context = Some(proto::LinuxSandboxSecurityContext {
+            privileged: true,
+            ..Default::default()
+        });
+    });
+    let id = rt
+        .run_pod_sandbox(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let mut c = container(&image, "probe", "sleep 600");
+    c.linux = Some(proto::LinuxContainerConfig {
+        security_context: Some(proto::LinuxContainerSecurityContext {
+            privileged: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    c.mounts = vec![proto::Mount {
+        container_path: "/mnt/shared".into(),
+        host_path: shared_path.clone(),
+        propagation: proto::MountPropagation::PropagationBidirectional as i32,
+        ..Default::default()
+    }];
+    let cid = run_container(&mut rt, &id, &config, c).await.unwrap();
+    let out = rt
+        .exec_sync(proto::ExecSyncRequest {
+            container_id: cid,
+            cmd: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "ip link add frakti-br0 type bridge && cat /sys/class/net/frakti-br0/type && test -e /dev/kmsg && mkdir /mnt/shared/sub && mount -t tmpfs made-in-pod /mnt/shared/sub && echo ok".into(),
+            ],
+            timeout: 30,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(out.exit_code, 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1\nok\n");
+    assert!(
+        !Path::new("/sys/class/net/frakti-br0").exists(),
+        "the bridge is in the pod's namespace, not the node's"
+    );
+    let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        host_mounts
+            .lines()
+            .any(|l| l.contains(&format!("{shared_path}/sub")) && l.contains("made-in-pod")),
+        "the pod's mount did not reach the host"
+    );
+    // A BIDIRECTIONAL mount of a private host path is refused, naming it.
+    let private = tempfile::tempdir().unwrap();
+    let mut c = container(&image, "private", "sleep 600");
+    c.mounts = vec![proto::Mount {
+        container_path: "/mnt/p".into(),
+        host_path: private.path().display().to_string(),
+        propagation: proto::MountPropagation::PropagationBidirectional as i32,
+        ..Default::default()
+    }];
+    let err = rt
+        .create_container(proto::CreateContainerRequest {
+            pod_sandbox_id: id.clone(),
+            config: Some(c),
+            sandbox_config: Some(config.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("/mnt/p"), "{err:?}");
+    rt.remove_pod_sandbox(proto::RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await
+        .unwrap();
+    let _ = Command::new("umount")
+        .arg(format!("{shared_path}/sub"))
+        .status();
+    let _ = Command::new("umount").arg(&shared_path).status();
+
+    // The same question to a VM pod: its own kernel.
+    let (req, config) = run("vmpod", "", &|_| {});
+    let (id, out) = one_shot(
+        &mut rt,
+        req,
+        config,
+        &image,
+        "cat /proc/sys/kernel/random/boot_id",
+        false,
+    )
+    .await;
+    assert_ne!(out.trim(), host_boot_id());
+    let (_, info) = pod_status(&mut rt, &id).await.unwrap();
+    assert_eq!(info["runtime_handler"], "frakti", "{info}");
+
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    sh(&format!("ip link del {dummy}; ipcrm -m {shm_id}"));
+
+    // host_pods = false: the host handler is refused, naming the setting.
+    drop(rt);
+    drop(daemon);
+    let strict = Daemon::start(&["--accel", "tcg", "--host-pods", "false"])
+        .await
+        .unwrap();
+    let mut rt = strict.runtime().await.unwrap();
+    let (req, _) = run("refused", "host", &|_| {});
+    let err = rt.run_pod_sandbox(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("host_pods = false"), "{err:?}");
+}
