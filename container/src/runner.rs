@@ -114,6 +114,7 @@ impl Runner {
         let container = self
             .builder(id, stdio)?
             .with_console_socket(console_socket)
+            .with_executor(ProcessExecutor { profile: None })
             .as_init(&bundle)
             .with_systemd(false)
             .with_detach(true)
@@ -179,7 +180,7 @@ impl Runner {
         let pid = self
             .builder(id, stdio)?
             .with_console_socket(console_socket)
-            .with_executor(SeccompExecutor { profile: seccomp })
+            .with_executor(ProcessExecutor { profile: seccomp })
             .as_tenant()
             .with_container_args(args)
             .with_user(Some(user.uid()))
@@ -225,7 +226,7 @@ impl Runner {
         let cwd = one_at_a_time();
         let built = self.builder(id, Stdio::default()).map(|b| {
             b.with_console_socket(Some(console_socket))
-                .with_executor(SeccompExecutor { profile: seccomp })
+                .with_executor(ProcessExecutor { profile: seccomp })
                 .as_tenant()
                 .with_process(Some(&path))
                 .with_detach(true)
@@ -238,7 +239,13 @@ impl Runner {
     }
 }
 
-/// Runs an exec'd process under the container's seccomp profile.
+/// Starts a container's process with default signal dispositions and an
+/// empty signal mask, and an exec'd process under the container's seccomp
+/// profile.
+///
+/// libcontainer passes on the caller's ignored signals and mask, and the
+/// Rust runtime ignores SIGPIPE: without the reset, every container would
+/// start with SIGPIPE ignored.
 ///
 /// libcontainer's exec drops the container's seccomp profile, so the profile
 /// is loaded here, in the new process right before it executes. Its
@@ -246,12 +253,63 @@ impl Runner {
 /// `no_new_privs` for the filter: exec'd processes of a container with a
 /// profile always run with `no_new_privs`.
 #[derive(Debug, Clone)]
-struct SeccompExecutor {
+struct ProcessExecutor {
     profile: Option<oci_spec::runtime::LinuxSeccomp>,
 }
 
-impl Executor for SeccompExecutor {
+/// The kernel's `struct sigaction` on x86_64 (the C library's differs, and
+/// its wrapper refuses the signals it reserves for itself).
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: u64,
+}
+
+/// Sets every signal to its default action and unblocks them all.
+fn reset_signals() -> Result<(), ExecutorError> {
+    let default = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for signal in 1..=64 {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: rt_sigaction with a valid kernel sigaction of SIG_DFL and
+        // no old-action pointer; the set size is the kernel's (8 bytes).
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                &default as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            )
+        };
+    }
+    // SAFETY: an empty set, initialised by sigemptyset before use.
+    let mut empty: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `empty` is a valid sigset_t owned here; sigprocmask only reads it.
+    let ok = unsafe {
+        libc::sigemptyset(&mut empty) == 0
+            && libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) == 0
+    };
+    if !ok {
+        return Err(ExecutorError::Other(format!(
+            "reset the signal mask: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+impl Executor for ProcessExecutor {
     fn exec(&self, spec: &oci_spec::runtime::Spec) -> Result<(), ExecutorError> {
+        reset_signals()?;
         if let Some(profile) = &self.profile {
             // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) takes plain integers and only
             // changes this process's flags.
