@@ -20,6 +20,8 @@ pub struct PodNamespaces {
     pub pid: Option<PathBuf>,
     /// Whether mode NODE may be honoured (the host runtime): it means no namespace entry, i.e. the node's.
     pub node: bool,
+    /// The PID namespace of the target container (mode TARGET); `None`: TARGET is refused.
+    pub target_pid: Option<PathBuf>,
 }
 
 /// A container's namespace options cannot be honoured.
@@ -61,7 +63,10 @@ pub fn entries(
         NamespaceMode::Pod => join(&mut out, "pid", &pod.pid),
         NamespaceMode::Node if pod.node => {}
         NamespaceMode::Node => return Err(NamespaceError::NodePid),
-        NamespaceMode::Target => return Err(NamespaceError::TargetPid),
+        NamespaceMode::Target => match &pod.target_pid {
+            Some(path) => out.push(json!({"type": "pid", "path": path})),
+            None => return Err(NamespaceError::TargetPid),
+        },
     }
     match options.ipc {
         NamespaceMode::Container => out.push(json!({"type": "ipc"})),
@@ -115,7 +120,26 @@ mod tests {
             ipc: Some("/run/p/ipc".into()),
             pid: Some("/run/p/pid".into()),
             node: true,
+            target_pid: None,
         }
+    }
+
+    #[test]
+    fn a_target_pid_namespace_is_joined_when_the_runtime_found_it() {
+        let target = options(NamespaceMode::Target, NamespaceMode::Pod);
+        assert_eq!(
+            text(&target, &host()),
+            "error: PID namespace mode TARGET is not supported"
+        );
+        let pod = PodNamespaces {
+            target_pid: Some("/proc/42/ns/pid".into()),
+            ..host()
+        };
+        assert!(
+            text(&target, &pod).contains(r#"{"path":"/proc/42/ns/pid","type":"pid"}"#),
+            "{}",
+            text(&target, &pod)
+        );
     }
 
     /// What the spec builder produced for VM pods before the pod's

@@ -229,6 +229,7 @@ fn prepare_steps(
             ipc: None,
             pid: Some(PathBuf::from(GUEST_POD_PID_NS)),
             node: false,
+            target_pid: None,
         },
     };
     let spec = container::spec::build(config, sandbox, &layout).map_err(|e| match e {

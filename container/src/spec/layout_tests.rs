@@ -80,6 +80,7 @@ fn host_pods_join_their_namespace_files() {
         ipc: Some("/run/p/ipc".into()),
         pid: None,
         node: true,
+        target_pid: None,
     };
     let spec = build(
         &config(),
