@@ -124,6 +124,22 @@ pub(crate) async fn container_status(
     }))
 }
 
+pub(crate) async fn update_container_resources(
+    svc: &RuntimeService,
+    request: Request<proto::UpdateContainerResourcesRequest>,
+) -> Result<Response<proto::UpdateContainerResourcesResponse>, Status> {
+    let req = request.into_inner();
+    require_id(&req.container_id, "container_id")?;
+    let linux = req
+        .linux
+        .ok_or_else(|| Status::invalid_argument("linux resources are required"))?;
+    svc.pods
+        .update_container_resources(&req.container_id, convert::container_resources(linux))
+        .await
+        .map_err(|e| e.status())?;
+    Ok(Response::new(proto::UpdateContainerResourcesResponse {}))
+}
+
 pub(crate) async fn reopen_container_log(
     svc: &RuntimeService,
     request: Request<proto::ReopenContainerLogRequest>,

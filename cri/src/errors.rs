@@ -4,6 +4,7 @@ use pods::{
     ContainerStatusError, CreateContainerError, ExecSyncError, RemoveContainerError,
     RemovePodError, ReopenLogError, RunPodError, RuntimeError, RuntimeErrorKind,
     StartContainerError, StatusPodError, StopContainerError, StopPodError, TargetError,
+    UpdateResourcesError,
 };
 use tonic::{Code, Status};
 
@@ -14,6 +15,8 @@ fn runtime_code(e: &RuntimeError) -> Code {
         RuntimeErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
         RuntimeErrorKind::NotFound => Code::NotFound,
         RuntimeErrorKind::FailedPrecondition => Code::FailedPrecondition,
+        RuntimeErrorKind::ResourceExhausted => Code::ResourceExhausted,
+        RuntimeErrorKind::Unsupported => Code::Unimplemented,
         RuntimeErrorKind::Internal => Code::Internal,
     }
 }
@@ -145,6 +148,18 @@ impl ToStatus for ExecSyncError {
             Self::NotFound(_) => Code::NotFound,
             Self::NotRunning { .. } => Code::FailedPrecondition,
             Self::Runtime { source, .. } => runtime_code(source),
+        }
+    }
+}
+
+impl ToStatus for UpdateResourcesError {
+    fn code(&self) -> Code {
+        match self {
+            Self::Invalid(_) | Self::Ambiguous(_) => Code::InvalidArgument,
+            Self::NotFound(_) => Code::NotFound,
+            Self::NotLive { .. } => Code::FailedPrecondition,
+            Self::Runtime { source, .. } => runtime_code(source),
+            Self::Store(_) => Code::Internal,
         }
     }
 }

@@ -113,6 +113,13 @@ impl proto::runtime_service_server::RuntimeService for RuntimeService {
         container::container_status(self, request).await
     }
 
+    async fn update_container_resources(
+        &self,
+        request: Request<proto::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<proto::UpdateContainerResourcesResponse>, Status> {
+        container::update_container_resources(self, request).await
+    }
+
     async fn reopen_container_log(
         &self,
         request: Request<proto::ReopenContainerLogRequest>,

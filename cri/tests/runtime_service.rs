@@ -109,6 +109,14 @@ impl ContainerRuntime for SandboxesOnly {
     ) -> Result<ExecOutput, RuntimeError> {
         Err(refused())
     }
+    async fn update_container_resources(
+        &self,
+        _s: &SandboxRecord,
+        _c: &ContainerRecord,
+        _r: &pods::container::ContainerResources,
+    ) -> Result<(), RuntimeError> {
+        Err(refused())
+    }
     async fn reopen_container_log(
         &self,
         _s: &SandboxRecord,

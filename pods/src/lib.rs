@@ -8,6 +8,7 @@
 //! beyond its record store it does no I/O of its own.
 
 mod container_errors;
+mod container_update;
 pub mod containers;
 pub mod filter;
 mod pod_containers;
@@ -23,6 +24,7 @@ pub use container_errors::{
     ContainerStatusError, CreateContainerError, ExecSyncError, RemoveContainerError,
     ReopenLogError, StartContainerError, StopContainerError,
 };
+pub use container_update::UpdateResourcesError;
 pub use filter::{ContainerFilter, SandboxFilter};
 pub use registry::{HostPolicy, OS_CONTAINER_ANNOTATION, Registry, RouteError};
 pub use runtime_api::container;

@@ -837,3 +837,90 @@ async fn the_first_recorded_exit_wins() {
         completed
     );
 }
+
+#[tokio::test]
+async fn resource_updates_are_stored_only_when_the_runtime_applied_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Arc::new(FakeRuntime::default());
+    let svc = service(dir.path(), rt.clone());
+    let pod = svc.run(config("p", &[])).await.unwrap();
+    let id = svc
+        .create_container(&pod, container("c", 0, &[]))
+        .await
+        .unwrap();
+    let limits = pods::container::ContainerResources {
+        cpu_shares: 512,
+        memory_limit_bytes: 64 << 20,
+        ..Default::default()
+    };
+    svc.update_container_resources(&id, limits.clone())
+        .await
+        .unwrap();
+    let (rec, _) = svc.container_status(&id, false).await.unwrap();
+    assert_eq!(rec.config.resources, limits);
+    let stored = Store::open(dir.path()).unwrap().load_containers().unwrap();
+    assert_eq!(stored[0].config.resources, limits, "not persisted");
+
+    // Refused by the runtime: the old limits stay, with the runtime's code.
+    let refused = pods::container::ContainerResources {
+        memory_limit_bytes: 1,
+        ..Default::default()
+    };
+    let err = svc
+        .update_container_resources(&id, refused)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, pods::UpdateResourcesError::Runtime { source, .. } if source.kind == RuntimeErrorKind::ResourceExhausted),
+        "{err}"
+    );
+    assert_eq!(
+        svc.container_status(&id, false)
+            .await
+            .unwrap()
+            .0
+            .config
+            .resources,
+        limits
+    );
+
+    // Invalid figures never reach the runtime; nor do unknown or exited containers.
+    let calls = rt.calls().len();
+    for bad in [
+        pods::container::ContainerResources {
+            cpu_period: 10,
+            ..Default::default()
+        },
+        pods::container::ContainerResources {
+            cpu_quota: -5,
+            ..Default::default()
+        },
+        pods::container::ContainerResources {
+            memory_limit_bytes: -1,
+            ..Default::default()
+        },
+    ] {
+        let err = svc.update_container_resources(&id, bad).await.unwrap_err();
+        assert!(
+            matches!(err, pods::UpdateResourcesError::Invalid(_)),
+            "{err}"
+        );
+    }
+    assert!(matches!(
+        svc.update_container_resources("missing", limits.clone())
+            .await,
+        Err(pods::UpdateResourcesError::NotFound(_))
+    ));
+    svc.start_container(&id).await.unwrap();
+    svc.stop_container(&id, Duration::ZERO).await.unwrap();
+    let calls_before_exited = rt.calls().len();
+    assert!(matches!(
+        svc.update_container_resources(&id, limits).await,
+        Err(pods::UpdateResourcesError::NotLive {
+            state: ContainerState::Exited,
+            ..
+        })
+    ));
+    assert_eq!(rt.calls().len(), calls_before_exited);
+    assert!(calls_before_exited > calls);
+}

@@ -61,6 +61,10 @@ pub enum RuntimeErrorKind {
     NotFound,
     /// The object is not in a state that allows the operation.
     FailedPrecondition,
+    /// The request asks for more than the node or the sandbox can give.
+    ResourceExhausted,
+    /// This runtime cannot do the operation.
+    Unsupported,
     /// Anything else.
     Internal,
 }

@@ -6,7 +6,9 @@ use std::collections::HashSet;
 use std::fmt::Debug;
 use std::time::Duration;
 
-use crate::container::{ContainerConfig, ContainerRecord, ContainerRuntimeStatus, ExecOutput};
+use crate::container::{
+    ContainerConfig, ContainerRecord, ContainerResources, ContainerRuntimeStatus, ExecOutput,
+};
 use crate::error::RuntimeError;
 use crate::sandbox::{SandboxConfig, SandboxRecord};
 use crate::streams::ContainerStreams;
@@ -111,6 +113,15 @@ pub trait ContainerRuntime: Send + Sync + Debug {
         cmd: &[String],
         timeout: Option<Duration>,
     ) -> Result<ExecOutput, RuntimeError>;
+
+    /// Sets the container's resource limits to `resources`; on failure the
+    /// old limits stay.
+    async fn update_container_resources(
+        &self,
+        sandbox: &SandboxRecord,
+        container: &ContainerRecord,
+        resources: &ContainerResources,
+    ) -> Result<(), RuntimeError>;
 
     /// Reopens the container's log file (after the kubelet rotated it).
     async fn reopen_container_log(

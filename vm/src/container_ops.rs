@@ -167,6 +167,22 @@ impl ContainerRuntime for VmRuntime {
         })
     }
 
+    async fn update_container_resources(
+        &self,
+        _sandbox: &SandboxRecord,
+        container: &ContainerRecord,
+        _resources: &runtime_api::container::ContainerResources,
+    ) -> Result<(), RuntimeError> {
+        Err(RuntimeError::new(
+            RuntimeErrorKind::Unsupported,
+            format!(
+                "container {}: resource updates of VM pods need CPU and memory hot-plug, \
+                 which this VM runtime does not do yet",
+                container.id
+            ),
+        ))
+    }
+
     async fn reopen_container_log(
         &self,
         sandbox: &SandboxRecord,

@@ -11,7 +11,9 @@ use pods::container::{NamespaceMode, NamespaceOptions};
 
 use crate::proto;
 
-pub use container::{container, container_config, container_filter, container_status};
+pub use container::{
+    container, container_config, container_filter, container_resources, container_status,
+};
 pub use image::image_process;
 pub use sandbox::{pod_sandbox, pod_sandbox_status, sandbox_config, sandbox_filter};
 

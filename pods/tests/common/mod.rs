@@ -205,6 +205,21 @@ impl ContainerRuntime for FakeRuntime {
             exit_code: 3,
         })
     }
+    async fn update_container_resources(
+        &self,
+        _sandbox: &SandboxRecord,
+        c: &ContainerRecord,
+        resources: &runtime_api::container::ContainerResources,
+    ) -> Result<(), RuntimeError> {
+        self.log("update", &c.id);
+        if resources.memory_limit_bytes == 1 {
+            return Err(RuntimeError::new(
+                RuntimeErrorKind::ResourceExhausted,
+                "memory_limit_in_bytes 1 is below what the container uses",
+            ));
+        }
+        Ok(())
+    }
     async fn reopen_container_log(
         &self,
         _sandbox: &SandboxRecord,

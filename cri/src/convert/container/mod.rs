@@ -93,7 +93,8 @@ fn mount(m: proto::Mount) -> Result<Mount, String> {
     })
 }
 
-fn container_resources(r: proto::LinuxContainerResources) -> ContainerResources {
+/// CRI Linux resources as the domain's.
+pub fn container_resources(r: proto::LinuxContainerResources) -> ContainerResources {
     ContainerResources {
         cpu_period: r.cpu_period,
         cpu_quota: r.cpu_quota,
