@@ -39,6 +39,14 @@ pub struct RunArgs {
     pub stdin_once: bool,
 }
 
+impl RunArgs {
+    /// The monitor's own log (its standard error, with libcontainer's
+    /// errors), next to its socket.
+    pub fn monitor_log(socket: &std::path::Path) -> PathBuf {
+        socket.with_file_name("monitor.log")
+    }
+}
+
 /// `exec`: run a process in a running container and report its exit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecArgs {

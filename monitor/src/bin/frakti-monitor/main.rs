@@ -19,6 +19,15 @@ mod sys;
 use monitor::args::Command;
 
 fn main() {
+    // libcontainer reports the detail of its failures through tracing.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FRAKTI_MONITOR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .init();
     let command = match Command::parse(std::env::args_os().skip(1)) {
         Ok(c) => c,
         Err(e) => {

@@ -28,6 +28,17 @@ pub fn stdio_to_null() -> io::Result<()> {
     Ok(())
 }
 
+/// Sends standard error to the end of `log` (created), so that what
+/// libcontainer and the monitor report there outlives the daemon's call.
+pub fn stderr_to(log: &std::path::Path) -> io::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    nix::unistd::dup2_stderr(&file)?;
+    Ok(())
+}
+
 /// Makes `fd` non-blocking.
 pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);

@@ -154,6 +154,8 @@ fn monitor_main(args: RunArgs, verdict: OwnedFd) -> i32 {
             .map_err(|e| format!("become a child subreaper: {e}"))?;
         nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
         sys::stdio_to_null().map_err(|e| format!("stdio to /dev/null: {e}"))?;
+        let log = RunArgs::monitor_log(&args.socket);
+        sys::stderr_to(&log).map_err(|e| format!("open {}: {e}", log.display()))?;
         setup::create(&args).map_err(|e| e.to_string())
     })();
     let monitor = match prepared {

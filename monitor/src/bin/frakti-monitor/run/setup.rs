@@ -42,6 +42,9 @@ pub enum SetupError {
     /// The terminal did not arrive
     #[error("did not receive the container's terminal: {0}")]
     Terminal(std::io::Error),
+    /// The container's init failed, and said why
+    #[error("{0}; the container's init said: {1}")]
+    Init(Box<SetupError>, String),
 }
 
 /// The console socket libcontainer sends the terminal to: beside the
@@ -98,6 +101,20 @@ fn listen(path: &Path) -> Result<UnixListener, SetupError> {
     Ok(listener)
 }
 
+/// Most of an init's last words kept in an error.
+const LAST_WORDS: usize = 4096;
+
+/// What can be read from `fd` at once (it is set non-blocking), as text.
+fn drain(fd: &OwnedFd) -> String {
+    if sys::set_nonblocking(fd.as_fd()).is_err() {
+        return String::new();
+    }
+    let mut out = vec![0u8; LAST_WORDS];
+    let n = nix::unistd::read(fd, &mut out).unwrap_or(0);
+    out.truncate(n);
+    String::from_utf8_lossy(&out).trim().to_owned()
+}
+
 /// Creates the container and everything the monitor holds for it. On error
 /// nothing is left: no socket, no container.
 pub fn create(args: &RunArgs) -> Result<Monitor, SetupError> {
@@ -148,7 +165,23 @@ pub fn create(args: &RunArgs) -> Result<Monitor, SetupError> {
         let _ = runner.delete(&args.id);
         e
     };
-    let pid = created.map_err(|e| undo(e.into()))?;
+    let pid = match created {
+        Ok(pid) => pid,
+        Err(e) => {
+            // What the container's init said on its way out (libcontainer
+            // reports the cause of a failed set-up there).
+            let said = ours
+                .iter()
+                .find(|(stream, _, _)| matches!(stream, Stream::Stderr))
+                .map(|(_, _, fd)| drain(fd))
+                .unwrap_or_default();
+            let mut e: SetupError = e.into();
+            if !said.is_empty() {
+                e = SetupError::Init(Box::new(e), said);
+            }
+            return Err(undo(e));
+        }
+    };
     let mut terminal = None;
     if let Some(console) = &console {
         let master = console
