@@ -162,6 +162,16 @@ impl Hierarchy {
         self.root.join(path.trim_start_matches('/'))
     }
 
+    /// The v1 controllers mounted here in which libcontainer makes a
+    /// container's cgroup (not the named or unified hierarchies).
+    pub fn v1_controllers(&self) -> Vec<String> {
+        V1_CONTROLLERS
+            .iter()
+            .filter(|c| self.root.join(c).join("cgroup.procs").exists())
+            .map(|c| (*c).to_owned())
+            .collect()
+    }
+
     /// The directory of `path` in the memory controller (v1) or the
     /// unified hierarchy.
     pub fn memory_dir(&self, path: &str) -> PathBuf {
@@ -173,7 +183,8 @@ impl Hierarchy {
     }
 
     /// Sets the limits of the cgroup at `path` to `resources` (0 and empty
-    /// fields leave a limit as it is).
+    /// fields leave a limit as it is). All or nothing: when a write fails,
+    /// the limits already written are put back.
     pub fn update(&self, path: &str, resources: &ContainerResources) -> Result<(), CgroupError> {
         let writes = if self.unified() {
             self.v2_writes(path, resources)
@@ -188,12 +199,22 @@ impl Hierarchy {
         if !probe.is_dir() {
             return Err(CgroupError::Missing(probe));
         }
+        let mut done: Vec<(PathBuf, String)> = Vec::new();
         for (file, value) in writes {
-            std::fs::write(&file, &value).map_err(|source| CgroupError::Write {
-                file,
-                value,
-                source,
-            })?;
+            let before = std::fs::read_to_string(&file).unwrap_or_default();
+            if let Err(source) = std::fs::write(&file, &value) {
+                for (file, old) in done.iter().rev() {
+                    if let Err(e) = std::fs::write(file, old.trim()) {
+                        tracing::warn!(file = %file.display(), "cannot restore a cgroup limit: {e}");
+                    }
+                }
+                return Err(CgroupError::Write {
+                    file,
+                    value,
+                    source,
+                });
+            }
+            done.push((file, before));
         }
         Ok(())
     }
@@ -376,5 +397,16 @@ mod tests {
         assert!(!dir.path().join("cpuset/pod/c/cpuset.mems").exists());
         let err = h.update("/pod/missing", &r).unwrap_err();
         assert!(matches!(err, CgroupError::Missing(_)), "{err}");
+        // A write that fails puts the earlier ones back.
+        std::fs::remove_file(dir.path().join("memory/pod/c/memory.limit_in_bytes")).unwrap();
+        std::fs::create_dir(dir.path().join("memory/pod/c/memory.limit_in_bytes")).unwrap();
+        let bigger = ContainerResources {
+            cpu_shares: 2048,
+            memory_limit_bytes: 1 << 30,
+            ..Default::default()
+        };
+        let err = h.update("/pod/c", &bigger).unwrap_err();
+        assert!(matches!(err, CgroupError::Write { .. }), "{err}");
+        assert_eq!(read("cpu/pod/c/cpu.shares"), "512", "not rolled back");
     }
 }

@@ -56,7 +56,7 @@ impl HostRuntimeConfig {
         let c = state_dir.join("c").join(short_id(&id));
         vec![
             c.join(MONITOR_SOCKET),
-            c.join(format!("{MONITOR_SOCKET}.console")),
+            c.join(format!("{MONITOR_SOCKET}.tty")),
             c.join("exec-ffffffffffffffff.sock"),
             state_dir.join("lc").join(short_id(&id)).join("notify.sock"),
         ]

@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use monitor::protocol::Request;
 use runtime_api::container::{
-    ContainerConfig, ContainerRecord, ContainerRuntimeStatus, ContainerState, ExecOutput,
+    ContainerConfig, ContainerRecord, ContainerResources, ContainerRuntimeStatus, ContainerState,
+    ExecOutput, NamespaceMode,
 };
 use runtime_api::{ContainerRuntime, RuntimeError, RuntimeErrorKind, SandboxRecord};
 
+use crate::cgroups::{CgroupError, Hierarchy};
 use crate::config::{self, HostContainer, HostSandbox};
 use crate::runtime::{HostRuntime, exited_status};
 use crate::{exec, files, supervise};
@@ -29,7 +31,45 @@ fn gone(id: &str) -> RuntimeError {
     )
 }
 
+/// The limits after an update: what the update sets, the rest as before
+/// (CRI updates carry the whole set, but a zero field means "unset").
+fn merge(old: &ContainerResources, new: &ContainerResources) -> ContainerResources {
+    let pick = |n: i64, o: i64| if n != 0 { n } else { o };
+    let text = |n: &String, o: &String| if n.is_empty() { o.clone() } else { n.clone() };
+    ContainerResources {
+        cpu_period: pick(new.cpu_period, old.cpu_period),
+        cpu_quota: pick(new.cpu_quota, old.cpu_quota),
+        cpu_shares: pick(new.cpu_shares, old.cpu_shares),
+        memory_limit_bytes: pick(new.memory_limit_bytes, old.memory_limit_bytes),
+        oom_score_adj: old.oom_score_adj,
+        cpuset_cpus: text(&new.cpuset_cpus, &old.cpuset_cpus),
+        cpuset_mems: text(&new.cpuset_mems, &old.cpuset_mems),
+    }
+}
+
 impl HostRuntime {
+    /// The PID namespace of running container `target` (for mode TARGET).
+    async fn target_pid_namespace(&self, target: &str) -> Result<PathBuf, RuntimeError> {
+        let socket = self
+            .config
+            .container_dir(target)
+            .join(config::MONITOR_SOCKET);
+        let not_running = || {
+            RuntimeError::new(
+                RuntimeErrorKind::FailedPrecondition,
+                format!("target container {target} of the PID namespace is not running"),
+            )
+        };
+        let reply = supervise::call(&socket, Request::Status, supervise::CALL_TIMEOUT)
+            .await?
+            .ok_or_else(not_running)?;
+        let status = supervise::accepted(reply, RuntimeErrorKind::FailedPrecondition, "target")?
+            .status
+            .filter(|s| s.state == monitor::protocol::ContainerState::Running)
+            .ok_or_else(not_running)?;
+        Ok(PathBuf::from(format!("/proc/{}/ns/pid", status.pid)))
+    }
+
     /// Waits until the container's monitor has gone (the container exited),
     /// at most `limit`; whether it has.
     async fn wait_exit(&self, c: &HostContainer, limit: Duration) -> Result<bool, RuntimeError> {
@@ -70,7 +110,22 @@ impl ContainerRuntime for HostRuntime {
         log_path: &str,
     ) -> Result<serde_json::Value, RuntimeError> {
         let pod: HostSandbox = config::parse("sandbox", &sandbox.runtime_state)?;
-        let prepared = files::prepare(&self.config, &sandbox.config, &pod, id, config, log_path)?;
+        let target_pid = match config.security.namespaces.pid {
+            NamespaceMode::Target => Some(
+                self.target_pid_namespace(&config.security.namespaces.target_id)
+                    .await?,
+            ),
+            _ => None,
+        };
+        let prepared = files::prepare(
+            &self.config,
+            &sandbox.config,
+            &pod,
+            id,
+            config,
+            log_path,
+            target_pid,
+        )?;
         let mut c = prepared.container;
         let made = async {
             let bundle = self.config.bundles().join(&c.name);
@@ -90,6 +145,7 @@ impl ContainerRuntime for HostRuntime {
                 config::to_value("container", &c)
             }
             Err(e) => {
+                let e = supervise::with_monitor_log(e, &c);
                 let _ = supervise::delete(&self.config, &c.name).await;
                 let _ = std::fs::remove_dir_all(self.config.bundles().join(&c.name));
                 if let Err(cleanup) = files::remove(&c) {
@@ -216,6 +272,37 @@ impl ContainerRuntime for HostRuntime {
     ) -> Result<ExecOutput, RuntimeError> {
         let c = state(container)?;
         exec::run_to_completion(&self.config, &c, cmd, timeout).await
+    }
+
+    async fn update_container_resources(
+        &self,
+        _sandbox: &SandboxRecord,
+        container: &ContainerRecord,
+        resources: &ContainerResources,
+    ) -> Result<(), RuntimeError> {
+        let c = state(container)?;
+        let hierarchy = Hierarchy::new(&self.config.cgroup_root);
+        let merged = merge(&container.config.resources, resources);
+        hierarchy.update(&c.cgroup, &merged).map_err(|e| match &e {
+            // The kernel refuses a memory limit below the current usage.
+            CgroupError::Write { file, source, .. }
+                if source.raw_os_error() == Some(libc::EBUSY)
+                    && file.ends_with("memory.limit_in_bytes") =>
+            {
+                RuntimeError::new(
+                    RuntimeErrorKind::ResourceExhausted,
+                    format!(
+                        "memory_limit_in_bytes {} is below what the container uses now",
+                        resources.memory_limit_bytes
+                    ),
+                )
+            }
+            CgroupError::Write { source, .. } if source.raw_os_error() == Some(libc::EINVAL) => {
+                RuntimeError::new(RuntimeErrorKind::InvalidArgument, e.to_string())
+            }
+            _ => RuntimeError::internal("update the container's cgroup", e),
+        })?;
+        Ok(())
     }
 
     async fn reopen_container_log(

@@ -42,6 +42,7 @@ pub fn prepare(
     id: &str,
     config: &ContainerConfig,
     log_path: &str,
+    target_pid: Option<PathBuf>,
 ) -> Result<Prepared, RuntimeError> {
     let dir = cfg.container_dir(id);
     let container = HostContainer {
@@ -53,7 +54,7 @@ pub fn prepare(
         cgroup: pod.cgroup.container(id),
         tty: config.tty,
     };
-    match spec(sandbox, pod, config, log_path, &container) {
+    match spec(sandbox, pod, config, log_path, &container, target_pid) {
         Ok(spec) => Ok(Prepared { container, spec }),
         Err(e) => {
             if let Err(cleanup) = remove(&container) {
@@ -109,6 +110,7 @@ fn spec(
     config: &ContainerConfig,
     log_path: &str,
     c: &HostContainer,
+    target_pid: Option<PathBuf>,
 ) -> Result<oci_spec::runtime::Spec, RuntimeError> {
     let lower = &config.image.rootfs;
     if !lower.is_dir() {
@@ -170,6 +172,7 @@ fn spec(
             ipc: pod.namespaces.ipc.clone(),
             pid: pod.pid_holder.as_ref().map(|h| h.file.clone()),
             node: true,
+            target_pid,
         },
     };
     let mut spec = container::spec::build(config, sandbox, &layout).map_err(|e| match e {
@@ -191,6 +194,10 @@ fn spec(
         config.security.privileged,
         container::caps::own_bounding_set(),
     )?;
+    let hierarchy = crate::cgroups::Hierarchy::new("/sys/fs/cgroup");
+    if !hierarchy.unified() {
+        own_cgroups_v1(&mut spec, &hierarchy.v1_controllers(), &c.cgroup)?;
+    }
     Ok(spec)
 }
 
@@ -245,6 +252,51 @@ fn bound_capabilities(
         .set_inheritable(inheritable)
         .set_ambient(ambient);
     process.set_capabilities(Some(caps));
+    Ok(())
+}
+
+/// On a cgroup v1 host, the container's `/sys/fs/cgroup` is a tmpfs with
+/// its own cgroup of each controller bound in (read-only unless the
+/// `cgroup` mount was writable, i.e. privileged), as runc shows v1 cgroups.
+///
+/// libcontainer's own v1 `cgroup` mount looks the container's cgroups up in
+/// `/proc/<pid>` with the pid of the container's PID namespace, which is
+/// wrong in a pod's shared PID namespace (the pid is the host's someone
+/// else's, or nobody's, and the create fails).
+fn own_cgroups_v1(
+    spec: &mut oci_spec::runtime::Spec,
+    controllers: &[String],
+    cgroup: &str,
+) -> Result<(), RuntimeError> {
+    let Some(mounts) = spec.mounts_mut().as_mut() else {
+        return Ok(());
+    };
+    let Some(at) = mounts.iter().position(|m| {
+        m.destination() == Path::new("/sys/fs/cgroup") && m.typ().as_deref() == Some("cgroup")
+    }) else {
+        return Ok(());
+    };
+    let writable = mounts[at]
+        .options()
+        .as_ref()
+        .is_some_and(|o| o.iter().any(|x| x == "rw"));
+    let mode = if writable { "rw" } else { "ro" };
+    let mut replacement = vec![serde_json::json!({
+        "destination": "/sys/fs/cgroup", "type": "tmpfs", "source": "tmpfs",
+        "options": ["nosuid", "noexec", "nodev", "mode=755", "size=64k"],
+    })];
+    for controller in controllers {
+        replacement.push(serde_json::json!({
+            "destination": format!("/sys/fs/cgroup/{controller}"),
+            "type": "bind",
+            "source": format!("/sys/fs/cgroup/{controller}{cgroup}"),
+            "options": ["rbind", "nosuid", "noexec", "nodev", mode],
+        }));
+    }
+    let replacement: Vec<oci_spec::runtime::Mount> =
+        serde_json::from_value(serde_json::Value::Array(replacement))
+            .map_err(|e| internal("build the cgroup mounts", e))?;
+    mounts.splice(at..=at, replacement);
     Ok(())
 }
 

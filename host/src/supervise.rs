@@ -159,6 +159,30 @@ pub async fn call(
     }
 }
 
+/// Most of a monitor's log quoted in an error.
+const LOG_TAIL: usize = 2048;
+
+/// `error`, with the end of `c`'s monitor log (libcontainer's detail of a
+/// failed create) appended.
+pub fn with_monitor_log(error: RuntimeError, c: &HostContainer) -> RuntimeError {
+    let log = monitor::args::RunArgs::monitor_log(&c.socket());
+    let Ok(text) = std::fs::read_to_string(&log) else {
+        return error;
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return error;
+    }
+    let start = text.len().saturating_sub(LOG_TAIL);
+    let start = (start..text.len())
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(text.len());
+    RuntimeError {
+        message: format!("{} (monitor log: {})", error.message, &text[start..]),
+        ..error
+    }
+}
+
 /// `reply`, or its refusal as an error of `kind`.
 pub fn accepted(reply: Reply, kind: RuntimeErrorKind, what: &str) -> Result<Reply, RuntimeError> {
     if reply.ok {

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use cri::proto;
 use e2e::workload::{TestPod, container, pull, push_box, run_container};
 use e2e::{Daemon, pod_config, pod_status, process_running};
-use streaming::client::PortForwarder;
-use tokio::io::AsyncReadExt;
+use streaming::client::{CommandIo, PortForwarder, exec_spdy};
+use streaming::protocol::SPDY_REMOTECOMMAND;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
 const OS_CONTAINER: &str = "runtime.frakti.alpha.kubernetes.io/OSContainer";
@@ -81,7 +82,10 @@ async fn an_os_container_pod_runs_on_the_host_and_survives_a_daemon_restart() {
     let (status, info) = pod_status(&mut pod.rt, &pod.id).await.unwrap();
     assert_eq!(info["runtime"], "host", "{info}");
     assert_eq!(info["runtime_handler"], "host", "{info}");
-    assert!(!status.network.unwrap().ip.is_empty(), "no pod IP");
+    let pod_ip = status.network.unwrap().ip;
+    assert!(!pod_ip.is_empty(), "no pod IP");
+    let lease = Path::new("/var/lib/cni/networks/frakti").join(&pod_ip);
+    assert!(lease.exists(), "no IPAM lease at {}", lease.display());
     let listed = pod
         .rt
         .list_pod_sandbox(proto::ListPodSandboxRequest::default())
@@ -117,6 +121,11 @@ async fn an_os_container_pod_runs_on_the_host_and_survives_a_daemon_restart() {
         text.lines().all(|l| l.split(' ').nth(1) == Some("stdout")),
         "{text}"
     );
+    let signals = pod
+        .exec(&printer, "exec grep -E '^Sig(Ign|Blk)' /proc/self/status")
+        .await;
+    let signals = String::from_utf8_lossy(&signals.stdout).into_owned();
+    assert_eq!(signals.matches("0000000000000000").count(), 2, "{signals}");
     let inside = pod
         .exec(
             &printer,
@@ -142,6 +151,51 @@ async fn an_os_container_pod_runs_on_the_host_and_survives_a_daemon_restart() {
     let init = cinfo["pid"].as_i64().unwrap() as i32;
     let procs = std::fs::read_to_string(memory_cgroup.join("cgroup.procs")).unwrap();
     assert!(procs.lines().any(|p| p == init.to_string()), "{procs}");
+
+    // UpdateContainerResources reaches the container's cgroup.
+    let update = |linux: proto::LinuxContainerResources| proto::UpdateContainerResourcesRequest {
+        container_id: printer.clone(),
+        linux: Some(linux),
+        ..Default::default()
+    };
+    pod.rt
+        .update_container_resources(update(proto::LinuxContainerResources {
+            cpu_shares: 512,
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            memory_limit_in_bytes: 256 << 20,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    let cpu_cgroup = Path::new("/sys/fs/cgroup/cpu").join(cgroup.trim_start_matches('/'));
+    let read = |p: PathBuf| std::fs::read_to_string(p).unwrap().trim().to_owned();
+    assert_eq!(read(cpu_cgroup.join("cpu.shares")), "512");
+    assert_eq!(read(cpu_cgroup.join("cpu.cfs_quota_us")), "50000");
+    assert_eq!(
+        read(memory_cgroup.join("memory.limit_in_bytes")),
+        (256u64 << 20).to_string()
+    );
+    let s = pod.status(&printer).await;
+    assert_eq!(s.resources.unwrap().linux.unwrap().cpu_shares, 512);
+    // The container sees its own cgroups, with the new limit.
+    let seen = pod
+        .exec(&printer, "cat /sys/fs/cgroup/memory/memory.limit_in_bytes")
+        .await;
+    assert_eq!(
+        String::from_utf8_lossy(&seen.stdout).trim(),
+        (256u64 << 20).to_string()
+    );
+    let err = pod
+        .rt
+        .update_container_resources(update(proto::LinuxContainerResources {
+            cpu_period: 10,
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(read(cpu_cgroup.join("cpu.shares")), "512");
 
     // Port-forward reaches a server on the pod's loopback.
     let web = pod.container(
@@ -176,6 +230,76 @@ async fn an_os_container_pod_runs_on_the_host_and_survives_a_daemon_restart() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     forwarder.close().await;
+
+    // Attach with stdin to a `cat`: what goes in comes out; a terminal exec
+    // sees its size.
+    let mut echo = pod.container("echo", &["exec cat"]);
+    echo.stdin = true;
+    let echo = pod.run(echo).await;
+    let url = pod
+        .rt
+        .attach(proto::AttachRequest {
+            container_id: echo.clone(),
+            stdin: true,
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let (out_w, mut out_r) = tokio::io::duplex(64 * 1024);
+    let (mut in_w, in_r) = tokio::io::duplex(4096);
+    let io = CommandIo {
+        stdin: Some(Box::new(in_r)),
+        stdout: Some(Box::new(out_w)),
+        stderr: None,
+        resize: None,
+        tty: false,
+    };
+    let session = tokio::spawn(async move { exec_spdy(&url, SPDY_REMOTECOMMAND, io).await });
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(&seen).contains("ping-through-attach") {
+        in_w.write_all(b"ping-through-attach\n").await.unwrap();
+        let mut buf = [0u8; 4096];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), out_r.read(&mut buf)).await
+        {
+            seen.extend_from_slice(&buf[..n]);
+        }
+        assert!(Instant::now() < deadline, "attach echoed nothing: {seen:?}");
+    }
+    session.abort();
+    let req = proto::ExecRequest {
+        container_id: echo.clone(),
+        cmd: vec!["stty".into(), "size".into()],
+        tty: true,
+        stdout: true,
+        ..Default::default()
+    };
+    let url = pod.rt.exec(req).await.unwrap().into_inner().url;
+    let (out_w, mut out_r) = tokio::io::duplex(64 * 1024);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.try_send(streaming::TerminalSize {
+        width: 91,
+        height: 17,
+    })
+    .unwrap();
+    let io = CommandIo {
+        stdin: None,
+        stdout: Some(Box::new(out_w)),
+        stderr: None,
+        resize: Some(rx),
+        tty: true,
+    };
+    let status = exec_spdy(&url, SPDY_REMOTECOMMAND, io).await.unwrap();
+    drop(tx);
+    let mut out = Vec::new();
+    out_r.read_to_end(&mut out).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&out).contains("17 91"),
+        "{status:?}: {out:?}"
+    );
 
     // The daemon dies; the containers do not, their logs go on, and an
     // exit while it is down is not lost.
@@ -223,6 +347,7 @@ async fn an_os_container_pod_runs_on_the_host_and_survives_a_daemon_restart() {
         .await
         .unwrap();
     assert!(!netns.exists(), "netns {} left", netns.display());
+    assert!(!lease.exists(), "IPAM lease {} left", lease.display());
     assert!(!pod_dir.exists(), "pod dir {} left", pod_dir.display());
     assert!(
         !memory_cgroup.exists(),
@@ -502,4 +627,132 @@ async fn node_namespaces_privileges_and_routing() {
     let err = rt.run_pod_sandbox(req).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("host_pods = false"), "{err:?}");
+}
+
+/// One security-context case: what the container asks, what it runs, what
+/// it must print.
+struct SecurityCase {
+    name: &'static str,
+    tweak: fn(&mut proto::LinuxContainerSecurityContext),
+    script: &'static str,
+    expect: &'static str,
+}
+
+const SECURITY_CASES: &[SecurityCase] = &[
+    SecurityCase {
+        name: "user",
+        tweak: |sc| {
+            sc.run_as_user = Some(proto::Int64Value { value: 1000 });
+            sc.run_as_group = Some(proto::Int64Value { value: 50 });
+        },
+        script: "id -u; id -g",
+        expect: "1000\n50",
+    },
+    SecurityCase {
+        name: "readonly-rootfs",
+        tweak: |sc| sc.readonly_rootfs = true,
+        script: "touch /x 2>/dev/null && echo writable || echo readonly",
+        expect: "readonly",
+    },
+    SecurityCase {
+        name: "default-caps",
+        tweak: |_| {},
+        script: "grep CapEff /proc/self/status",
+        expect: "CapEff:\t00000000a80425fb",
+    },
+    SecurityCase {
+        name: "caps",
+        tweak: |sc| {
+            sc.capabilities = Some(proto::Capability {
+                add_capabilities: vec!["NET_RAW".into()],
+                drop_capabilities: vec!["ALL".into()],
+                ..Default::default()
+            });
+        },
+        script: "grep CapEff /proc/self/status",
+        expect: "CapEff:\t0000000000002000",
+    },
+    SecurityCase {
+        name: "no-new-privs",
+        tweak: |sc| sc.no_new_privs = true,
+        script: "grep NoNewPrivs /proc/self/status",
+        expect: "NoNewPrivs:\t1",
+    },
+    SecurityCase {
+        name: "seccomp",
+        tweak: |sc| {
+            sc.seccomp = Some(proto::SecurityProfile {
+                profile_type: proto::security_profile::ProfileType::RuntimeDefault as i32,
+                ..Default::default()
+            });
+        },
+        script: "grep Seccomp: /proc/self/status",
+        expect: "Seccomp:\t2",
+    },
+    SecurityCase {
+        name: "masked-and-readonly-paths",
+        // As the kubelet sends them for procMount Default.
+        tweak: |sc| {
+            sc.masked_paths = ["/proc/kcore", "/proc/keys", "/proc/timer_list"]
+                .map(String::from)
+                .to_vec();
+            sc.readonly_paths = ["/proc/sys", "/proc/sysrq-trigger"]
+                .map(String::from)
+                .to_vec();
+        },
+        script: "wc -c < /proc/timer_list; (echo 1 > /proc/sys/kernel/shm_rmid_forced) 2>/dev/null && echo rw || echo ro",
+        expect: "0\nro",
+    },
+];
+
+/// The same security contexts mean the same in a VM pod and in a host pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_contexts_mean_the_same_in_both_runtimes() {
+    let _serial = SERIAL.lock().await;
+    let mut pod = TestPod::start("secvm", |_| {}).await.unwrap();
+    let mut host_config = pod_config("sechost", &[]);
+    host_config.log_directory = pod.logs.path().display().to_string();
+    host_config
+        .annotations
+        .insert(OS_CONTAINER.into(), "true".into());
+    let host_id = pod
+        .rt
+        .run_pod_sandbox(proto::RunPodSandboxRequest {
+            config: Some(host_config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let vm = (pod.id.clone(), pod.config.clone());
+    for case in SECURITY_CASES {
+        for (runtime, (pod_id, config)) in [
+            ("vm", &vm),
+            ("host", &(host_id.clone(), host_config.clone())),
+        ] {
+            let name = format!("{runtime}-{}", case.name);
+            let mut c = container(&pod.image, &name, case.script);
+            let mut sc = proto::LinuxContainerSecurityContext::default();
+            (case.tweak)(&mut sc);
+            c.linux = Some(proto::LinuxContainerConfig {
+                security_context: Some(sc),
+                ..Default::default()
+            });
+            let id = run_container(&mut pod.rt, pod_id, config, c)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            let s = pod.wait_exit(&id).await;
+            let log = std::fs::read_to_string(pod.logs.path().join(&name).join("0.log")).unwrap();
+            let out: Vec<&str> = log
+                .lines()
+                .filter_map(|l| l.splitn(4, ' ').nth(3))
+                .collect();
+            assert_eq!(
+                (s.exit_code, out.join("\n").as_str()),
+                (0, case.expect),
+                "{name}: {log}"
+            );
+        }
+    }
 }

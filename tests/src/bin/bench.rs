@@ -11,6 +11,9 @@
 //! (CRI `Exec` call to exit status), and port-forward throughput of one
 //! connection to an HTTP server inside the pod.
 //!
+//! Also: host-pod start (RunPodSandbox + CreateContainer + StartContainer
+//! until RUNNING) beside the VM pod's.
+//!
 //! Usage: frakti-bench [--runs N] [--accel auto|kvm|tcg] [--pull-only] [--streaming-only]
 
 use std::time::{Duration, Instant};
@@ -20,6 +23,9 @@ use cri::proto;
 use e2e::registry::Registry;
 use e2e::{Daemon, guest_dir, pod_config, pod_status, run_pod, vm_pid, workload};
 use hypervisor::{Accel, Qemu, QemuConfig, VmSpec};
+
+#[path = "bench/host_pods.rs"]
+mod host_pods;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -142,6 +148,7 @@ async fn main() -> anyhow::Result<()> {
     let pod_http = http_bench(&pod_ip).await?;
     c.remove_pod_sandbox(proto::RemovePodSandboxRequest { pod_sandbox_id: id })
         .await?;
+    let mut host_starts = host_pods::host_pod_starts(&mut c, &image, runs).await?;
 
     let (s50, s90) = (percentile(&mut starts, 50), percentile(&mut starts, 90));
     let (f50, f90) = (percentile(&mut floors, 50), percentile(&mut floors, 90));
@@ -174,6 +181,15 @@ async fn main() -> anyhow::Result<()> {
     );
     println!(
         "container start in a running pod (CreateContainer + StartContainer -> RUNNING): p50 {c50:.3} s  p90 {c90:.3} s"
+    );
+    let (h50, h90) = (
+        percentile(&mut host_starts, 50),
+        percentile(&mut host_starts, 90),
+    );
+    println!(
+        "host pod start (RunPodSandbox + CreateContainer + StartContainer -> RUNNING): p50 {h50:.3} s  p90 {h90:.3} s; \
+         VM pod, the same steps: p50 {:.3} s",
+        s50 + c50
     );
     println!(
         "ExecSync `true` round trip: p50 {:.1} ms",
