@@ -87,6 +87,41 @@ pub enum SharedError {
     },
 }
 
+/// A CRI mount's host path cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum HostPathError {
+    /// The host path is relative
+    #[error("mount {container_path}: host_path {host_path:?} must be absolute")]
+    NotAbsolute {
+        /// The mount's path in the container.
+        container_path: String,
+        /// The host path given.
+        host_path: String,
+    },
+    /// A missing host path cannot be created
+    #[error("create host path {}", .0.display())]
+    Create(PathBuf, #[source] std::io::Error),
+    /// The host path cannot be resolved
+    #[error("resolve host path {}", .0.display())]
+    Resolve(PathBuf, #[source] std::io::Error),
+}
+
+/// The host path of a CRI mount, resolved on the host (symlinks followed);
+/// a missing one is created as a directory, as other runtimes do.
+pub fn resolve_host_path(m: &runtime_api::container::Mount) -> Result<PathBuf, HostPathError> {
+    let host = Path::new(&m.host_path);
+    if !host.is_absolute() {
+        return Err(HostPathError::NotAbsolute {
+            container_path: m.container_path.clone(),
+            host_path: m.host_path.clone(),
+        });
+    }
+    if !host.exists() {
+        std::fs::create_dir_all(host).map_err(|e| HostPathError::Create(host.into(), e))?;
+    }
+    std::fs::canonicalize(host).map_err(|e| HostPathError::Resolve(host.into(), e))
+}
+
 /// Bind-mounts `source` (recursively) on `target`, which must exist, with
 /// `propagation` (private, slave or shared) and read-only if `readonly`.
 ///

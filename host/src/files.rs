@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use container::mounts::{check_shared, check_shared_or_slave};
+use container::mounts::{HostPathError, check_shared, check_shared_or_slave, resolve_host_path};
 use container::spec::{Layout, PodNamespaces};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use runtime_api::container::{ContainerConfig, Propagation};
@@ -54,7 +54,10 @@ pub fn prepare(
         cgroup: pod.cgroup.container(id),
         tty: config.tty,
     };
-    match spec(sandbox, pod, config, log_path, &container, target_pid) {
+    let hierarchy = crate::cgroups::Hierarchy::new(&cfg.cgroup_root);
+    match spec(
+        sandbox, pod, config, log_path, &container, target_pid, &hierarchy,
+    ) {
         Ok(spec) => Ok(Prepared { container, spec }),
         Err(e) => {
             if let Err(cleanup) = remove(&container) {
@@ -68,22 +71,12 @@ pub fn prepare(
 /// Resolves a CRI mount's host path (created when missing, as other
 /// runtimes do) and checks its propagation can be honoured.
 fn mount_source(m: &runtime_api::container::Mount) -> Result<PathBuf, RuntimeError> {
-    let host = Path::new(&m.host_path);
-    if !host.is_absolute() {
-        return Err(invalid(
-            RuntimeErrorKind::InvalidArgument,
-            format!(
-                "mount {}: host_path {:?} must be absolute",
-                m.container_path, m.host_path
-            ),
-        ));
-    }
-    if !host.exists() {
-        std::fs::create_dir_all(host)
-            .map_err(|e| internal(format!("create host path {}", host.display()), e))?;
-    }
-    let resolved = std::fs::canonicalize(host)
-        .map_err(|e| internal(format!("resolve host path {}", host.display()), e))?;
+    let resolved = resolve_host_path(m).map_err(|e| match e {
+        HostPathError::NotAbsolute { .. } => {
+            invalid(RuntimeErrorKind::InvalidArgument, e.to_string())
+        }
+        other => internal(other.to_string(), other),
+    })?;
     let (ok, needs) = match m.propagation {
         Propagation::Private => (Ok(()), ""),
         Propagation::HostToContainer => (check_shared_or_slave(&resolved), "a shared or slave"),
@@ -111,6 +104,7 @@ fn spec(
     log_path: &str,
     c: &HostContainer,
     target_pid: Option<PathBuf>,
+    hierarchy: &crate::cgroups::Hierarchy,
 ) -> Result<oci_spec::runtime::Spec, RuntimeError> {
     let lower = &config.image.rootfs;
     if !lower.is_dir() {
@@ -194,9 +188,8 @@ fn spec(
         config.security.privileged,
         container::caps::own_bounding_set(),
     )?;
-    let hierarchy = crate::cgroups::Hierarchy::new("/sys/fs/cgroup");
     if !hierarchy.unified() {
-        own_cgroups_v1(&mut spec, &hierarchy.v1_controllers(), &c.cgroup)?;
+        own_cgroups_v1(&mut spec, hierarchy, &c.cgroup)?;
     }
     Ok(spec)
 }
@@ -265,7 +258,7 @@ fn bound_capabilities(
 /// else's, or nobody's, and the create fails).
 fn own_cgroups_v1(
     spec: &mut oci_spec::runtime::Spec,
-    controllers: &[String],
+    hierarchy: &crate::cgroups::Hierarchy,
     cgroup: &str,
 ) -> Result<(), RuntimeError> {
     let Some(mounts) = spec.mounts_mut().as_mut() else {
@@ -285,11 +278,11 @@ fn own_cgroups_v1(
         "destination": "/sys/fs/cgroup", "type": "tmpfs", "source": "tmpfs",
         "options": ["nosuid", "noexec", "nodev", "mode=755", "size=64k"],
     })];
-    for controller in controllers {
+    for controller in hierarchy.v1_controllers() {
         replacement.push(serde_json::json!({
             "destination": format!("/sys/fs/cgroup/{controller}"),
             "type": "bind",
-            "source": format!("/sys/fs/cgroup/{controller}{cgroup}"),
+            "source": hierarchy.v1(&controller, cgroup),
             "options": ["rbind", "nosuid", "noexec", "nodev", mode],
         }));
     }
@@ -312,14 +305,17 @@ fn cap_name(c: &oci_spec::runtime::Capability) -> String {
 /// writable layer; a missing one is not an error.
 pub fn remove(c: &HostContainer) -> Result<(), RuntimeError> {
     unmount(&c.rootfs)?;
-    for dir in [&c.dir, &c.layer] {
-        match std::fs::remove_dir_all(dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(internal(format!("remove {}", dir.display()), e)),
-        }
+    remove_dir(&c.dir)?;
+    remove_dir(&c.layer)
+}
+
+/// Deletes the directory `dir` and what is in it; a missing one is not an error.
+pub fn remove_dir(dir: &Path) -> Result<(), RuntimeError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(internal(format!("remove {}", dir.display()), e)),
     }
-    Ok(())
 }
 
 /// Detaches the mount at `path`; nothing mounted there is not an error.

@@ -169,21 +169,11 @@ fn prepare_steps(
 
     let mut sources = Vec::new();
     for (n, m) in config.mounts.iter().enumerate() {
-        let host = Path::new(&m.host_path);
-        if !host.is_absolute() {
-            return Err(invalid(format!(
-                "mount {}: host_path {:?} must be absolute",
-                m.container_path, m.host_path
-            )));
-        }
-        if !host.exists() {
-            // Like other runtimes: a missing host directory is created.
-            std::fs::create_dir_all(host)
-                .map_err(|e| internal(format!("create host path {}", host.display()), e))?;
-        }
         // A symlinked host path is resolved on the host.
-        let resolved = std::fs::canonicalize(host)
-            .map_err(|e| internal(format!("resolve host path {}", host.display()), e))?;
+        let resolved = container::mounts::resolve_host_path(m).map_err(|e| match e {
+            container::mounts::HostPathError::NotAbsolute { .. } => invalid(e.to_string()),
+            other => internal(other.to_string(), other),
+        })?;
         let target = files.dir.join("mounts").join(n.to_string());
         std::fs::create_dir_all(files.dir.join("mounts"))
             .map_err(|e| internal("create the mounts directory", e))?;
