@@ -67,7 +67,7 @@ pub fn write(
 }
 
 /// The pod's hostname: the one asked for, else the pod's name.
-fn pod_hostname(config: &SandboxConfig) -> String {
+pub fn pod_hostname(config: &SandboxConfig) -> String {
     if config.hostname.is_empty() {
         config
             .metadata

@@ -61,18 +61,6 @@ fn split_sysctls(
     Ok((net, ipc))
 }
 
-fn hostname(config: &SandboxConfig) -> String {
-    if config.hostname.is_empty() {
-        config
-            .metadata
-            .as_ref()
-            .map(|m| m.name.clone())
-            .unwrap_or_default()
-    } else {
-        config.hostname.clone()
-    }
-}
-
 impl HostRuntime {
     fn networks(&self) -> Option<&PodNetworks> {
         self.config.networks.as_ref()
@@ -114,7 +102,7 @@ impl HostRuntime {
         pod.namespaces = namespaces::create(
             &ns_dir,
             &NewNamespaces {
-                hostname: (!pod.host_network).then(|| hostname(config)),
+                hostname: (!pod.host_network).then(|| container::podfiles::pod_hostname(config)),
                 ipc: !host_ipc,
                 ipc_sysctls,
             },
@@ -177,14 +165,7 @@ impl HostRuntime {
                 .remove(&pod.cgroup.path)
                 .map_err(|e| RuntimeError::internal("remove the pod's cgroup", e))?;
         }
-        match std::fs::remove_dir_all(&pod.dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(RuntimeError::internal(
-                format!("remove {}", pod.dir.display()),
-                e,
-            )),
-        }
+        crate::files::remove_dir(&pod.dir)
     }
 }
 
@@ -277,13 +258,16 @@ impl SandboxRuntime for HostRuntime {
     ) -> Result<bool, RuntimeError> {
         let pod: HostSandbox = config::parse("sandbox", state)?;
         // A host pod is its namespaces: it lives while they are there.
-        let netns_ok = pod.netns.as_ref().is_none_or(|p| is_nsfs(p));
+        let netns_ok = pod
+            .netns
+            .as_ref()
+            .is_none_or(|p| network::netns::is_nsfs(p));
         let files_ok = pod
             .namespaces
             .uts
             .iter()
             .chain(pod.namespaces.ipc.iter())
-            .all(|p| is_nsfs(p));
+            .all(|p| network::netns::is_nsfs(p));
         let holder_ok = pod
             .pid_holder
             .as_ref()
@@ -329,10 +313,6 @@ impl SandboxRuntime for HostRuntime {
             Err(e) => serde_json::json!({"runtime": "host", "error": e.to_string()}),
         }
     }
-}
-
-fn is_nsfs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == 0x6e73_6673)
 }
 
 fn is_executable(path: &Path) -> bool {

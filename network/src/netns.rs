@@ -47,7 +47,7 @@ impl Netns {
     pub fn create(&self) -> Result<(), NetnsError> {
         let path = self.path();
         let err = |e: String| NetnsError::Create(path.clone(), e);
-        if is_mounted_netns(&path) {
+        if is_nsfs(&path) {
             return Ok(());
         }
         fs::create_dir_all(NETNS_DIR).map_err(|e| err(e.to_string()))?;
@@ -76,7 +76,7 @@ impl Netns {
 
     /// Whether the namespace exists.
     pub fn exists(&self) -> bool {
-        is_mounted_netns(&self.path())
+        is_nsfs(&self.path())
     }
 
     /// Unmounts and deletes the namespace; a missing one is not an error.
@@ -97,8 +97,8 @@ impl Netns {
     }
 }
 
-/// Whether `path` is a mounted network namespace (nsfs).
-fn is_mounted_netns(path: &Path) -> bool {
+/// Whether `path` is a mounted namespace file (nsfs).
+pub fn is_nsfs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == 0x6e73_6673)
 }
 
