@@ -152,7 +152,8 @@ impl Hierarchy {
         self.root.join("cgroup.controllers").exists()
     }
 
-    fn v1(&self, controller: &str, path: &str) -> PathBuf {
+    /// The directory of cgroup `path` in v1 controller `controller`.
+    pub fn v1(&self, controller: &str, path: &str) -> PathBuf {
         self.root
             .join(controller)
             .join(path.trim_start_matches('/'))
@@ -172,29 +173,14 @@ impl Hierarchy {
             .collect()
     }
 
-    /// The directory of `path` in the memory controller (v1) or the
-    /// unified hierarchy.
-    pub fn memory_dir(&self, path: &str) -> PathBuf {
-        if self.unified() {
-            self.v2(path)
-        } else {
-            self.v1("memory", path)
-        }
-    }
-
     /// Sets the limits of the cgroup at `path` to `resources` (0 and empty
     /// fields leave a limit as it is). All or nothing: when a write fails,
     /// the limits already written are put back.
     pub fn update(&self, path: &str, resources: &ContainerResources) -> Result<(), CgroupError> {
-        let writes = if self.unified() {
-            self.v2_writes(path, resources)
+        let (writes, probe) = if self.unified() {
+            (self.v2_writes(path, resources), self.v2(path))
         } else {
-            self.v1_writes(path, resources)
-        };
-        let probe = if self.unified() {
-            self.v2(path)
-        } else {
-            self.v1("memory", path)
+            (self.v1_writes(path, resources), self.v1("memory", path))
         };
         if !probe.is_dir() {
             return Err(CgroupError::Missing(probe));

@@ -215,17 +215,7 @@ impl ContainerRuntime for HostRuntime {
             self.wait_exit(&c, KILL_GRACE).await?;
         }
         supervise::delete(&self.config, &c.name).await?;
-        let bundle = self.config.bundles().join(&c.name);
-        match std::fs::remove_dir_all(&bundle) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(RuntimeError::internal(
-                    format!("remove {}", bundle.display()),
-                    e,
-                ));
-            }
-        }
+        files::remove_dir(&self.config.bundles().join(&c.name))?;
         files::remove(&c)
     }
 

@@ -35,11 +35,6 @@ impl HostRuntime {
         }
     }
 
-    /// The runtime's settings.
-    pub fn config(&self) -> &HostRuntimeConfig {
-        &self.config
-    }
-
     /// Reports the exit of container `id` of `sandbox_id` when its monitor
     /// sees it, unless a watcher already does.
     pub(crate) fn watch(&self, sandbox_id: &str, id: &str, c: &HostContainer, started_at_ns: i64) {

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use monitor::protocol::{FrameDecoder, FrameKind, Request, encode_frame, encode_resize};
-use runtime_api::streams::{AttachRequest, BoxRead, BoxWrite, Duplex, ExecRequest, StreamIo};
+use runtime_api::streams::{AttachRequest, Duplex, ExecRequest, StreamIo};
 use runtime_api::{ContainerRecord, ContainerStreams, SandboxRecord, SessionError};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -30,37 +30,16 @@ fn container_state(container: &ContainerRecord) -> Result<HostContainer, Session
     config::parse("container", &container.runtime_state).map_err(failed)
 }
 
-/// Copies `src` into `dst` until EOF, then shuts `dst` down.
-async fn copy_out(mut src: impl tokio::io::AsyncRead + Unpin, dst: Option<BoxWrite>) {
-    let Some(mut dst) = dst else { return };
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        match src.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if dst.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    let _ = dst.shutdown().await;
-}
-
-/// Copies the client's stdin into `dst` until EOF, then closes `dst`.
-async fn copy_in(src: Option<BoxRead>, mut dst: impl tokio::io::AsyncWrite + Unpin) {
-    let Some(mut src) = src else { return };
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        match src.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if dst.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
+/// Copies `src` into `dst` until EOF (or until `dst` fails), then shuts
+/// `dst` down; nothing when either end is missing.
+async fn copy_then_close(
+    src: Option<impl tokio::io::AsyncRead + Unpin>,
+    dst: Option<impl tokio::io::AsyncWrite + Unpin>,
+) {
+    let (Some(mut src), Some(mut dst)) = (src, dst) else {
+        return;
+    };
+    let _ = tokio::io::copy(&mut src, &mut dst).await;
     let _ = dst.shutdown().await;
 }
 
@@ -108,8 +87,8 @@ async fn exec_on_terminal(
             }
         })
     });
-    let input = tokio::spawn(copy_in(io.stdin, writer));
-    let output = tokio::spawn(copy_out(reader, io.stdout));
+    let input = tokio::spawn(copy_then_close(io.stdin, Some(writer)));
+    let output = tokio::spawn(copy_then_close(Some(reader), io.stdout));
     let code = exec.finish().await;
     // The terminal reports EIO to the reader once the process is gone.
     let _ = output.await;
@@ -154,17 +133,17 @@ impl ContainerStreams for HostRuntime {
             .child
             .stdin
             .take()
-            .map(|w| tokio::spawn(copy_in(io.stdin, w)));
+            .map(|w| tokio::spawn(copy_then_close(io.stdin, Some(w))));
         let stdout = exec
             .child
             .stdout
             .take()
-            .map(|r| tokio::spawn(copy_out(r, io.stdout)));
+            .map(|r| tokio::spawn(copy_then_close(Some(r), io.stdout)));
         let stderr = exec
             .child
             .stderr
             .take()
-            .map(|r| tokio::spawn(copy_out(r, io.stderr)));
+            .map(|r| tokio::spawn(copy_then_close(Some(r), io.stderr)));
         let code = exec.finish().await;
         for out in [stdout, stderr].into_iter().flatten() {
             let _ = out.await;
