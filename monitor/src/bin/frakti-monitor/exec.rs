@@ -48,8 +48,6 @@ fn run(args: &ExecArgs) -> ExecReport {
             return failed(format!("install a handler for {s}: {e}"));
         }
     }
-    // The new process inherits ignored signals: it gets SIGPIPE's default.
-    let _ = sys::set_handler(Signal::SIGPIPE, SigHandler::SigDfl);
     let runner = Runner::new(&args.root, &args.bundles);
     let started = match &args.console_socket {
         Some(socket) => runner.exec_terminal(&args.id, args.args.clone(), socket),
@@ -62,7 +60,6 @@ fn run(args: &ExecArgs) -> ExecReport {
             runner.exec(&args.id, args.args.clone(), stdio, None)
         }
     };
-    let _ = sys::set_handler(Signal::SIGPIPE, SigHandler::SigIgn);
     let pid = match started {
         Ok(pid) => pid,
         Err(e) => {

@@ -154,12 +154,10 @@ pub fn create(args: &RunArgs) -> Result<Monitor, SetupError> {
     // `Runner::create`'s signature.
     let spec = serde_json::from_slice(&spec_bytes)
         .map_err(|e| SetupError::Spec(args.bundles.join(&args.id), e.to_string()))?;
-    // The container inherits ignored signals: it gets SIGPIPE's default (the
-    // Rust runtime ignores it in this process).
-    let _ = sys::set_handler(Signal::SIGPIPE, SigHandler::SigDfl);
+    // The container's process starts with default dispositions (the runner
+    // resets them), whatever this process ignores.
     let console_socket = console.as_ref().map(ConsoleSocket::path);
     let created = runner.create(&args.id, &spec, stdio, console_socket);
-    let _ = sys::set_handler(Signal::SIGPIPE, SigHandler::SigIgn);
     let _ = sys::set_handler(Signal::SIGHUP, SigHandler::SigIgn);
     let undo = |e: SetupError| {
         let _ = runner.delete(&args.id);
