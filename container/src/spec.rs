@@ -409,17 +409,7 @@ mod build_tests {
     use runtime_api::container::{ImageProcess, Seccomp};
 
     fn layout(dir: &Path) -> Layout {
-        Layout {
-            rootfs: "/run/c/rootfs".into(),
-            host_rootfs: dir.to_path_buf(),
-            mount_sources: Vec::new(),
-            etc_hosts: "/run/s/hosts".into(),
-            resolv_conf: "/run/s/resolv.conf".into(),
-            etc_hostname: "/run/s/hostname".into(),
-            shm: "/run/s/shm".into(),
-            cgroup: "/frakti/c".into(),
-            namespaces: PodNamespaces::default(),
-        }
+        layout_tests::layout(dir, PodNamespaces::default())
     }
 
     #[test]

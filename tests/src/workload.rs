@@ -247,3 +247,37 @@ impl TestPod {
         Ok(self.rt.exec_sync(req).await?.into_inner())
     }
 }
+
+/// GETs `/index.html` on `port` through `forwarder` until the answer holds
+/// `needle` (the server may still be starting); panics after 30 s with the
+/// last answer and the connection's error.
+pub async fn get_through_forward(
+    forwarder: &streaming::client::PortForwarder,
+    port: u16,
+    needle: &str,
+) {
+    use tokio::io::AsyncReadExt;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let conn = forwarder
+            .open(port)
+            .await
+            .expect("open a forwarded connection");
+        conn.writer()
+            .write(b"GET /index.html HTTP/1.0\r\n\r\n")
+            .await
+            .expect("write the request");
+        let mut resp = Vec::new();
+        let _ = conn.reader().read_to_end(&mut resp).await;
+        if String::from_utf8_lossy(&resp).contains(needle) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no page: {:?} / {:?}",
+            String::from_utf8_lossy(&resp),
+            conn.error_message().await
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cri::proto;
-use e2e::workload::{TestPod, container, pull, push_box, run_container};
+use e2e::workload::{TestPod, container, get_through_forward, pull, push_box, run_container};
 use e2e::{Daemon, pod_config, pod_status, process_running};
 use streaming::client::{CommandIo, PortForwarder, exec_spdy};
 use streaming::protocol::SPDY_REMOTECOMMAND;
@@ -214,21 +214,7 @@ async fn an_os_container_pod_runs_on_the_host_and_survives_a_daemon_restart() {
         .into_inner()
         .url;
     let forwarder = PortForwarder::connect(&url).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let conn = forwarder.open(8080).await.unwrap();
-        conn.writer()
-            .write(b"GET /index.html HTTP/1.0\r\n\r\n")
-            .await
-            .unwrap();
-        let mut resp = Vec::new();
-        let _ = conn.reader().read_to_end(&mut resp).await;
-        if String::from_utf8_lossy(&resp).contains("host-page") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no page through port-forward");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    get_through_forward(&forwarder, 8080, "host-page").await;
     forwarder.close().await;
 
     // Attach with stdin to a `cat`: what goes in comes out; a terminal exec

@@ -398,25 +398,8 @@ async fn attach_and_port_forward_in_a_pod_vm() {
         .into_inner()
         .url;
     let forwarder = PortForwarder::connect(&url).await.unwrap();
-    // httpd may still be starting: retry the first connection a little.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let conn = forwarder.open(8080).await.unwrap();
-        let w = conn.writer();
-        w.write(b"GET /index.html HTTP/1.0\r\n\r\n").await.unwrap();
-        let mut resp = Vec::new();
-        let _ = conn.reader().read_to_end(&mut resp).await;
-        if String::from_utf8_lossy(&resp).contains("pod-page") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no page: {:?} / {:?}",
-            String::from_utf8_lossy(&resp),
-            conn.error_message().await
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    // httpd may still be starting: the first connections are retried.
+    e2e::workload::get_through_forward(&forwarder, 8080, "pod-page").await;
     // Two connections at once.
     let a = forwarder.open(8080).await.unwrap();
     let b = forwarder.open(8080).await.unwrap();

@@ -13,7 +13,8 @@ fn config() -> ContainerConfig {
     c
 }
 
-fn layout(dir: &Path, namespaces: PodNamespaces) -> Layout {
+/// A layout of fixed paths with `dir` as the rootfs the host reads.
+pub(super) fn layout(dir: &Path, namespaces: PodNamespaces) -> Layout {
     Layout {
         rootfs: "/run/c/rootfs".into(),
         host_rootfs: dir.to_path_buf(),
