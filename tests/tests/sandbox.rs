@@ -107,9 +107,24 @@ async fn version_status_and_bad_input() {
         }),
         ..Default::default()
     });
-    let err = c.run_pod_sandbox(run(host_net, "")).await.unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().contains("host network"), "{}", err.message());
+    // A host-network pod is no longer refused: it runs on the host runtime.
+    let id = c
+        .run_pod_sandbox(run(host_net, ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let listed = c
+        .list_pod_sandbox(proto::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    let pod = listed.iter().find(|p| p.id == id).unwrap();
+    assert_eq!(pod.runtime_handler, "host");
+    c.remove_pod_sandbox(proto::RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await
+        .unwrap();
     let err = c
         .run_pod_sandbox(proto::RunPodSandboxRequest::default())
         .await
@@ -154,9 +169,16 @@ async fn version_status_and_bad_input() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    // RPCs not built yet are honest about it.
+    // A resource update without a container id says so.
     let err = c
         .update_container_resources(proto::UpdateContainerResourcesRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("container_id"), "{err:?}");
+    // RPCs not built yet are honest about it.
+    let err = c
+        .list_container_stats(proto::ListContainerStatsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
