@@ -15,7 +15,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::messages::{self, ContainerInfo, ExecResult, NetInterface, NetRoute, Request, Response};
+use crate::messages::{
+    self, ContainerInfo, ExecResult, GuestStats, NetInterface, NetRoute, Request, Response,
+};
 
 pub use crate::messages::{CreateContainer, ExecStart};
 
@@ -157,6 +159,14 @@ impl_call!(fields ContainerStatus { id } -> ContainerInfo { Response::Container(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListContainers;
 impl_call!(unit ListContainers -> Vec<ContainerInfo> { Response::Containers(all) => all });
+
+/// What the containers `containers` use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stats {
+    /// Container ids.
+    pub containers: Vec<String>,
+}
+impl_call!(fields Stats { containers } -> GuestStats { Response::Stats(stats) => stats });
 
 /// Runs a command in a container to completion.
 #[derive(Debug, Clone, PartialEq, Eq)]

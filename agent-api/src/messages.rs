@@ -83,6 +83,11 @@ pub enum Request {
     },
     /// Status of every container.
     ListContainers,
+    /// What the guest's containers use, from their cgroups.
+    Stats {
+        /// Container ids; the answer has one entry per id, in order.
+        containers: Vec<String>,
+    },
     /// Runs a command in a container to completion.
     ExecSync {
         /// Container id.
@@ -154,6 +159,7 @@ impl Request {
             Self::RemoveContainer { .. } => "RemoveContainer",
             Self::ContainerStatus { .. } => "ContainerStatus",
             Self::ListContainers => "ListContainers",
+            Self::Stats { .. } => "Stats",
             Self::ExecSync { .. } => "ExecSync",
             Self::ReopenLog { .. } => "ReopenLog",
             Self::WaitEvents { .. } => "WaitEvents",
@@ -281,6 +287,8 @@ pub enum Response {
     Containers(Vec<ContainerInfo>),
     /// Output of an exec.
     Exec(ExecResult),
+    /// Answer to [`Request::Stats`].
+    Stats(GuestStats),
     /// Containers that changed after the event number asked for.
     Events {
         /// The newest event number.
@@ -288,6 +296,16 @@ pub enum Response {
         /// Current status of each container that changed.
         containers: Vec<ContainerInfo>,
     },
+}
+
+/// What the guest's containers use.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestStats {
+    /// One entry per container asked about, in order; `None` for one that
+    /// does not run (or whose cgroup cannot be read).
+    pub containers: Vec<Option<usage::CgroupUsage>>,
+    /// Processes in the guest's containers.
+    pub processes: Option<u64>,
 }
 
 /// Facts about the running guest.

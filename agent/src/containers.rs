@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent_api::messages::{
+    GuestStats,
     AgentErrorKind, ContainerInfo, ContainerState, CreateContainer, ExecResult,
 };
 use agent_api::{AgentError, Response};
@@ -475,6 +476,42 @@ impl Containers {
     /// Status of all containers.
     pub fn list(&self) -> Response {
         Response::Containers(self.entries().values().map(|e| e.info.clone()).collect())
+    }
+
+    /// What the containers `ids` use, from their cgroups (one entry per
+    /// id, `None` for one that is unknown or does not run). The cgroups are
+    /// read after the table's lock is released.
+    pub fn stats(&self, ids: &[String]) -> Response {
+        let cgroups: Vec<Option<PathBuf>> = {
+            let entries = self.entries();
+            ids.iter()
+                .map(|id| {
+                    entries
+                        .get(id)
+                        .filter(|e| e.info.state == ContainerState::Running)
+                        .map(|e| e.cgroup.clone())
+                })
+                .collect()
+        };
+        let containers: Vec<Option<usage::CgroupUsage>> = cgroups
+            .iter()
+            .map(|cgroup| {
+                cgroup.as_ref().and_then(|dir| {
+                    usage::cgroup::read_v2(dir)
+                        .inspect_err(|e| tracing::debug!("container stats: {e}"))
+                        .ok()
+                })
+            })
+            .collect();
+        let processes = containers
+            .iter()
+            .flatten()
+            .filter_map(|u| u.processes)
+            .reduce(|a, b| a + b);
+        Response::Stats(GuestStats {
+            containers,
+            processes,
+        })
     }
 
     /// Reopens the log of a container.

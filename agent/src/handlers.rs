@@ -80,6 +80,7 @@ impl State {
             Request::RemoveContainer { id } => self.containers.remove(&id).await,
             Request::ContainerStatus { id } => self.containers.status(&id),
             Request::ListContainers => Ok(self.containers.list()),
+            Request::Stats { containers } => Ok(self.containers.stats(&containers)),
             Request::ExecSync {
                 id,
                 args,

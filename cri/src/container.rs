@@ -5,8 +5,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use pods::container::ContainerImage;
+use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
+use crate::batch::in_batches;
 use crate::errors::ToStatus;
 use crate::service::{RuntimeService, require_id};
 use crate::{convert, proto};
@@ -86,15 +88,32 @@ pub(crate) async fn list_containers(
     svc: &RuntimeService,
     request: Request<proto::ListContainersRequest>,
 ) -> Result<Response<proto::ListContainersResponse>, Status> {
-    let filter =
-        convert::container_filter(request.into_inner().filter).map_err(Status::invalid_argument)?;
-    let containers = svc
+    let containers = containers(svc, request.into_inner().filter)?;
+    Ok(Response::new(proto::ListContainersResponse { containers }))
+}
+
+pub(crate) async fn stream_containers(
+    svc: &RuntimeService,
+    request: Request<proto::StreamContainersRequest>,
+) -> Result<Response<BoxStream<proto::StreamContainersResponse>>, Status> {
+    let containers = containers(svc, request.into_inner().filter)?;
+    Ok(in_batches(containers, |containers| {
+        proto::StreamContainersResponse { containers }
+    }))
+}
+
+/// The containers that pass `filter`, for both list forms.
+fn containers(
+    svc: &RuntimeService,
+    filter: Option<proto::ContainerFilter>,
+) -> Result<Vec<proto::Container>, Status> {
+    let filter = convert::container_filter(filter).map_err(Status::invalid_argument)?;
+    Ok(svc
         .pods
         .list_containers(&filter)
         .iter()
         .map(convert::container)
-        .collect();
-    Ok(Response::new(proto::ListContainersResponse { containers }))
+        .collect())
 }
 
 pub(crate) async fn container_status(

@@ -3,7 +3,7 @@
 use pods::{
     ContainerStatusError, CreateContainerError, ExecSyncError, RemoveContainerError,
     RemovePodError, ReopenLogError, RunPodError, RuntimeError, RuntimeErrorKind,
-    StartContainerError, StatusPodError, StopContainerError, StopPodError, TargetError,
+    StartContainerError, StatsError, StatusPodError, StopContainerError, StopPodError, TargetError,
     UpdateResourcesError,
 };
 use tonic::{Code, Status};
@@ -74,6 +74,17 @@ impl ToStatus for RemovePodError {
             Self::Container(e) => e.code(),
             Self::Runtime { source, .. } => runtime_code(source),
             Self::Store(_) => Code::Internal,
+        }
+    }
+}
+
+impl ToStatus for StatsError {
+    fn code(&self) -> Code {
+        match self {
+            Self::ContainerNotFound(_) | Self::SandboxNotFound(_) => Code::NotFound,
+            Self::Ambiguous(_) => Code::InvalidArgument,
+            Self::SandboxNotReady(_) => Code::FailedPrecondition,
+            Self::Runtime { source, .. } => runtime_code(source),
         }
     }
 }

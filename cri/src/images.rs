@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use images::{Credentials, ImageStore, PullError};
+use tonic::codegen::BoxStream;
 use tonic::{Code, Request, Response, Status};
 
+use crate::batch::in_batches;
 use crate::errors::ToStatus;
 use crate::proto;
 
@@ -142,15 +144,11 @@ fn to_proto(img: &images::Image) -> proto::Image {
     }
 }
 
-#[tonic::async_trait]
-impl proto::image_service_server::ImageService for ImageService {
-    async fn list_images(
-        &self,
-        request: Request<proto::ListImagesRequest>,
-    ) -> Result<Response<proto::ListImagesResponse>, Status> {
-        let filter = request
-            .into_inner()
-            .filter
+impl ImageService {
+    /// The images that pass `filter` (an image reference, or none), for
+    /// both list forms.
+    fn images(&self, filter: Option<proto::ImageFilter>) -> Vec<proto::Image> {
+        let filter = filter
             .and_then(|f| f.image)
             .map(|s| s.image)
             .filter(|s| !s.is_empty());
@@ -158,8 +156,27 @@ impl proto::image_service_server::ImageService for ImageService {
             Some(r) => self.store.find(&r).into_iter().collect(),
             None => self.store.list(),
         };
-        Ok(Response::new(proto::ListImagesResponse {
-            images: images.iter().map(to_proto).collect(),
+        images.iter().map(to_proto).collect()
+    }
+}
+
+#[tonic::async_trait]
+impl proto::image_service_server::ImageService for ImageService {
+    async fn list_images(
+        &self,
+        request: Request<proto::ListImagesRequest>,
+    ) -> Result<Response<proto::ListImagesResponse>, Status> {
+        let images = self.images(request.into_inner().filter);
+        Ok(Response::new(proto::ListImagesResponse { images }))
+    }
+
+    async fn stream_images(
+        &self,
+        request: Request<proto::StreamImagesRequest>,
+    ) -> Result<Response<BoxStream<proto::StreamImagesResponse>>, Status> {
+        let images = self.images(request.into_inner().filter);
+        Ok(in_batches(images, |images| proto::StreamImagesResponse {
+            images,
         }))
     }
 

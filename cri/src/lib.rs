@@ -6,13 +6,16 @@
 //! answering gRPC. One module per verb family: `status`, `sandbox`,
 //! `container`, `stream`, `images`.
 
+mod batch;
 mod container;
 mod convert;
 mod errors;
+mod events;
 mod images;
 mod runtime;
 mod sandbox;
 mod service;
+mod stats;
 mod status;
 mod stream;
 

@@ -1,10 +1,11 @@
 //! The CRI `RuntimeService` gRPC trait: each call is handed to the module of
 //! its verb family (`status`, `sandbox`, `container`, `stream`).
 
+use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
 use crate::service::RuntimeService;
-use crate::{container, proto, sandbox, status, stream};
+use crate::{container, events, proto, sandbox, stats, status, stream};
 
 #[tonic::async_trait]
 impl proto::runtime_service_server::RuntimeService for RuntimeService {
@@ -71,6 +72,13 @@ impl proto::runtime_service_server::RuntimeService for RuntimeService {
         sandbox::list_pod_sandbox(self, request).await
     }
 
+    async fn stream_pod_sandboxes(
+        &self,
+        request: Request<proto::StreamPodSandboxesRequest>,
+    ) -> Result<Response<BoxStream<proto::StreamPodSandboxesResponse>>, Status> {
+        sandbox::stream_pod_sandboxes(self, request).await
+    }
+
     async fn create_container(
         &self,
         request: Request<proto::CreateContainerRequest>,
@@ -106,6 +114,13 @@ impl proto::runtime_service_server::RuntimeService for RuntimeService {
         container::list_containers(self, request).await
     }
 
+    async fn stream_containers(
+        &self,
+        request: Request<proto::StreamContainersRequest>,
+    ) -> Result<Response<BoxStream<proto::StreamContainersResponse>>, Status> {
+        container::stream_containers(self, request).await
+    }
+
     async fn container_status(
         &self,
         request: Request<proto::ContainerStatusRequest>,
@@ -132,6 +147,55 @@ impl proto::runtime_service_server::RuntimeService for RuntimeService {
         request: Request<proto::ExecSyncRequest>,
     ) -> Result<Response<proto::ExecSyncResponse>, Status> {
         container::exec_sync(self, request).await
+    }
+
+    async fn container_stats(
+        &self,
+        request: Request<proto::ContainerStatsRequest>,
+    ) -> Result<Response<proto::ContainerStatsResponse>, Status> {
+        stats::container_stats(self, request).await
+    }
+
+    async fn list_container_stats(
+        &self,
+        request: Request<proto::ListContainerStatsRequest>,
+    ) -> Result<Response<proto::ListContainerStatsResponse>, Status> {
+        stats::list_container_stats(self, request).await
+    }
+
+    async fn stream_container_stats(
+        &self,
+        request: Request<proto::StreamContainerStatsRequest>,
+    ) -> Result<Response<BoxStream<proto::StreamContainerStatsResponse>>, Status> {
+        stats::stream_container_stats(self, request).await
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        request: Request<proto::PodSandboxStatsRequest>,
+    ) -> Result<Response<proto::PodSandboxStatsResponse>, Status> {
+        stats::pod_sandbox_stats(self, request).await
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        request: Request<proto::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<proto::ListPodSandboxStatsResponse>, Status> {
+        stats::list_pod_sandbox_stats(self, request).await
+    }
+
+    async fn stream_pod_sandbox_stats(
+        &self,
+        request: Request<proto::StreamPodSandboxStatsRequest>,
+    ) -> Result<Response<BoxStream<proto::StreamPodSandboxStatsResponse>>, Status> {
+        stats::stream_pod_sandbox_stats(self, request).await
+    }
+
+    async fn get_container_events(
+        &self,
+        request: Request<proto::GetEventsRequest>,
+    ) -> Result<Response<BoxStream<proto::ContainerEventResponse>>, Status> {
+        events::get_container_events(self, request).await
     }
 
     async fn exec(

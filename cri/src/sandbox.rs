@@ -2,8 +2,10 @@
 
 use std::collections::HashMap;
 
+use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
+use crate::batch::in_batches;
 use crate::errors::ToStatus;
 use crate::service::{RuntimeService, require_id};
 use crate::{convert, proto};
@@ -64,6 +66,11 @@ pub(crate) async fn pod_sandbox_status(
         .status(&req.pod_sandbox_id, req.verbose)
         .await
         .map_err(|e| e.status())?;
+    let containers = svc.pods.list_containers(&pods::ContainerFilter {
+        sandbox_id: Some(record.id.clone()),
+        ..Default::default()
+    });
+    let timestamp = pods::now_ns();
     let mut info_map = HashMap::new();
     if let Some(mut info) = info {
         info["state_reason"] = record.reason.clone().into();
@@ -73,8 +80,8 @@ pub(crate) async fn pod_sandbox_status(
     Ok(Response::new(proto::PodSandboxStatusResponse {
         status: Some(convert::pod_sandbox_status(&record)),
         info: info_map,
-        containers_statuses: Vec::new(),
-        timestamp: 0,
+        containers_statuses: containers.iter().map(convert::container_status).collect(),
+        timestamp,
     }))
 }
 
@@ -82,14 +89,31 @@ pub(crate) async fn list_pod_sandbox(
     svc: &RuntimeService,
     request: Request<proto::ListPodSandboxRequest>,
 ) -> Result<Response<proto::ListPodSandboxResponse>, Status> {
-    let filter =
-        convert::sandbox_filter(request.into_inner().filter).map_err(Status::invalid_argument)?;
-    let items = svc
+    let items = pod_sandboxes(svc, request.into_inner().filter).await?;
+    Ok(Response::new(proto::ListPodSandboxResponse { items }))
+}
+
+pub(crate) async fn stream_pod_sandboxes(
+    svc: &RuntimeService,
+    request: Request<proto::StreamPodSandboxesRequest>,
+) -> Result<Response<BoxStream<proto::StreamPodSandboxesResponse>>, Status> {
+    let items = pod_sandboxes(svc, request.into_inner().filter).await?;
+    Ok(in_batches(items, |pod_sandboxes| {
+        proto::StreamPodSandboxesResponse { pod_sandboxes }
+    }))
+}
+
+/// The sandboxes that pass `filter`, for both list forms.
+async fn pod_sandboxes(
+    svc: &RuntimeService,
+    filter: Option<proto::PodSandboxFilter>,
+) -> Result<Vec<proto::PodSandbox>, Status> {
+    let filter = convert::sandbox_filter(filter).map_err(Status::invalid_argument)?;
+    Ok(svc
         .pods
         .list(&filter)
         .await
         .iter()
         .map(convert::pod_sandbox)
-        .collect();
-    Ok(Response::new(proto::ListPodSandboxResponse { items }))
+        .collect())
 }

@@ -194,7 +194,7 @@ impl ContainerRuntime for HostRuntime {
             return Ok(exited_status(&c, started));
         }
         let signal =
-            container::signals::stop_signal(&container.config.image.process.stop_signal)
+            container::signals::stop_signal(container.config.effective_stop_signal())
                 .map_err(|e| RuntimeError::new(RuntimeErrorKind::InvalidArgument, e.to_string()))?;
         if !timeout.is_zero() && self.kill(&c, signal, false).await? {
             self.wait_exit(&c, timeout).await?;
@@ -310,6 +310,14 @@ impl ContainerRuntime for HostRuntime {
             "reopen the log",
         )?;
         Ok(())
+    }
+
+    async fn pod_stats(
+        &self,
+        sandbox: &SandboxRecord,
+        containers: &[ContainerRecord],
+    ) -> Result<runtime_api::PodUsage, RuntimeError> {
+        self.measure_pod(sandbox, containers).await
     }
 
     async fn container_info(

@@ -22,15 +22,11 @@ pub mod files;
 pub mod namespaces;
 mod runtime;
 mod sandbox;
+mod stats;
 mod streams;
 mod supervise;
 
 pub use config::HostRuntimeConfig;
 pub use runtime::HostRuntime;
 
-/// Now, in nanoseconds since the epoch.
-pub(crate) fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-}
+pub(crate) use runtime_api::now_ns;

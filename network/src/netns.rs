@@ -102,6 +102,22 @@ pub fn is_nsfs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == 0x6e73_6673)
 }
 
+/// Runs `f` on a thread of its own that enters the network namespace at
+/// `netns` (setns moves only the calling thread, which then ends).
+pub fn in_netns<T: Send + 'static>(
+    netns: &Path,
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    let ns = fs::File::open(netns).map_err(|e| format!("open {}: {e}", netns.display()))?;
+    std::thread::spawn(move || {
+        nix::sched::setns(std::os::fd::AsFd::as_fd(&ns), CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("enter the network namespace: {e}"))?;
+        f()
+    })
+    .join()
+    .unwrap_or_else(|_| Err("the network namespace thread panicked".to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +136,14 @@ mod tests {
         let links = String::from_utf8_lossy(&out.stdout);
         assert_eq!(links.lines().count(), 1, "{links}");
         assert!(links.contains("lo:"));
+        // A thread that enters it sees its devices, not the host's.
+        let inside = in_netns(&ns.path(), || {
+            std::fs::read_to_string("/proc/thread-self/net/dev").map_err(|e| e.to_string())
+        })
+        .unwrap();
+        let host = std::fs::read_to_string("/proc/thread-self/net/dev").unwrap();
+        assert_eq!(inside.lines().count(), 3, "{inside}");
+        assert!(host.lines().count() > 3, "{host}");
         ns.remove().unwrap();
         assert!(!ns.exists());
         assert!(!ns.path().exists());

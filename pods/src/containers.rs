@@ -19,6 +19,7 @@ use crate::container_errors::{
     ContainerStatusError, CreateContainerError, ExecSyncError, RemoveContainerError,
     ReopenLogError, StartContainerError, StopContainerError,
 };
+use crate::events::ContainerEventKind;
 use crate::filter::ContainerFilter;
 use crate::service::PodService;
 use crate::store::StoreError;
@@ -175,7 +176,9 @@ impl PodService {
             }
             return Err(e);
         }
+        let created = record.clone();
         lock(&self.containers).insert(id.clone(), ContainerSlot::new(record));
+        self.container_transition(&created, ContainerEventKind::Created, guard.as_ref());
         drop(guard);
         reservation.keep();
         tracing::info!(%id, sandbox = %sandbox_id, "container created");
@@ -227,7 +230,7 @@ impl PodService {
         };
         match started {
             Ok(status) => {
-                self.apply_status(&slot, status)?;
+                self.apply_status(&slot, status, Some(&sandbox))?;
                 tracing::info!(%id, "container started");
                 Ok(())
             }
@@ -241,7 +244,7 @@ impl PodService {
                     reason: "StartError".into(),
                     message: report(&source),
                 };
-                if let Err(e) = self.apply_status(&slot, failed) {
+                if let Err(e) = self.apply_status(&slot, failed, Some(&sandbox)) {
                     tracing::error!(%id, "cannot persist the failed start: {e}");
                 }
                 Err(StartContainerError::Runtime { id, source })
@@ -283,10 +286,11 @@ impl PodService {
             ContainerState::Exited | ContainerState::Created => return Ok(()),
             ContainerState::Running | ContainerState::Unknown => {}
         }
-        let Some(sandbox) = sandbox.filter(|s| s.state == SandboxState::Ready) else {
+        let Some(ready) = sandbox.filter(|s| s.state == SandboxState::Ready) else {
             self.apply_status(
                 slot,
                 pod_stopped_status(&record.status, "the pod VM is not running"),
+                sandbox,
             )?;
             return Ok(());
         };
@@ -295,12 +299,12 @@ impl PodService {
             source,
         };
         let status = self
-            .runtime_of(sandbox)
+            .runtime_of(ready)
             .map_err(runtime_error)?
-            .stop_container(sandbox, &record, timeout)
+            .stop_container(ready, &record, timeout)
             .await
             .map_err(runtime_error)?;
-        self.apply_status(slot, status)?;
+        self.apply_status(slot, status, Some(ready))?;
         tracing::info!(%id, "container stopped");
         Ok(())
     }
@@ -357,6 +361,7 @@ impl PodService {
         self.store.delete_container(id)?;
         *lock(&slot.record) = None;
         lock(&self.containers).remove(id);
+        self.container_transition(&record, ContainerEventKind::Deleted, sandbox);
         let key = name_key(&record.sandbox_id, &record.config);
         let mut names = lock(&self.container_names);
         if names.get(&key).is_some_and(|holder| holder == id) {
@@ -430,7 +435,7 @@ impl PodService {
             }
             _ => pod_stopped_status(&record.status, "the pod VM is not running"),
         };
-        if let Err(e) = self.apply_status(slot, status) {
+        if let Err(e) = self.apply_status(slot, status, sandbox) {
             tracing::error!(%id, "cannot persist container status: {e}");
         }
     }
@@ -526,16 +531,19 @@ impl PodService {
     }
 
     /// Stores `status` in the container's record, unless it would bring an
-    /// exited container back to life (a late answer racing an exit event).
+    /// exited container back to life (a late answer racing an exit event),
+    /// and publishes the transition; `sandbox` is the pod as the caller holds it.
     pub(crate) fn apply_status(
         &self,
         slot: &ContainerSlot,
         status: ContainerRuntimeStatus,
+        sandbox: Option<&SandboxRecord>,
     ) -> Result<(), StoreError> {
         let mut guard = lock(&slot.record);
         let Some(record) = guard.as_mut() else {
             return Ok(());
         };
+        let before_state = record.status.state;
         // The first exit recorded wins; nothing brings an exited container back.
         if record.status == status || record.status.state == ContainerState::Exited {
             return Ok(());
@@ -544,6 +552,18 @@ impl PodService {
         if let Err(e) = self.store.save_container(record) {
             record.status = before;
             return Err(e);
+        }
+        let kind = match record.status.state {
+            ContainerState::Running if before_state != ContainerState::Running => {
+                Some(ContainerEventKind::Started)
+            }
+            ContainerState::Exited => Some(ContainerEventKind::Stopped),
+            _ => None,
+        };
+        let record = record.clone();
+        drop(guard);
+        if let Some(kind) = kind {
+            self.container_transition(&record, kind, sandbox);
         }
         Ok(())
     }

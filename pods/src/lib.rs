@@ -10,11 +10,13 @@
 mod container_errors;
 mod container_update;
 pub mod containers;
+pub mod events;
 pub mod filter;
 mod pod_containers;
 pub mod registry;
 mod sandboxes;
 pub mod service;
+pub mod stats;
 pub mod store;
 pub mod streams;
 mod table;
@@ -25,17 +27,19 @@ pub use container_errors::{
     ReopenLogError, StartContainerError, StopContainerError,
 };
 pub use container_update::UpdateResourcesError;
+pub use events::{ContainerEvent, ContainerEventKind};
 pub use filter::{ContainerFilter, SandboxFilter};
 pub use registry::{HostPolicy, OS_CONTAINER_ANNOTATION, Registry, RouteError};
 pub use runtime_api::container;
 pub use runtime_api::{
     ContainerConfig, ContainerRecord, ContainerRuntimeStatus, ContainerState, DnsConfig,
     ExecOutput, PodMetadata, PodResources, PodRuntime, PortMapping, RuntimeError, RuntimeErrorKind,
-    RuntimeEvent, SandboxConfig, SandboxRecord, SandboxState, StartedSandbox, report,
+    RuntimeEvent, SandboxConfig, ContainerUsage, PodUsage, LayerUsage, SandboxRecord, SandboxState, StartedSandbox, report,
 };
 pub use sandboxes::{RemovePodError, RunPodError, StatusPodError, StopPodError};
 pub use service::PodService;
+pub use stats::{ContainerStats, PodStats, StatsError};
 pub use store::{Store, StoreError};
 pub use streams::{StreamRouter, TargetError};
-pub use table::new_id;
+pub use table::{new_id, now_ns};
 pub use validate::absolute_log_path;

@@ -29,17 +29,21 @@ impl PodService {
             return;
         }
         tracing::info!(%id, exit_code = status.exit_code, reason = %status.reason, "container exited");
-        if let Err(e) = self.apply_status(&slot, status) {
+        if let Err(e) = self.apply_status(&slot, status, None) {
             tracing::error!(%id, "cannot persist container exit: {e}");
         }
     }
 
-    /// Marks every live container of `sandbox_id` exited because the pod stopped.
-    pub(crate) fn containers_pod_stopped(&self, sandbox_id: &str, why: &str) {
-        for (id, slot) in self.containers_of(sandbox_id) {
+    /// Marks every live container of `sandbox` exited because the pod stopped.
+    pub(crate) fn containers_pod_stopped(&self, sandbox: &SandboxRecord, why: &str) {
+        for (id, slot) in self.containers_of(&sandbox.id) {
             let Some(record) = slot.get() else { continue };
             if is_live(record.status.state)
-                && let Err(e) = self.apply_status(&slot, pod_stopped_status(&record.status, why))
+                && let Err(e) = self.apply_status(
+                    &slot,
+                    pod_stopped_status(&record.status, why),
+                    Some(sandbox),
+                )
             {
                 tracing::error!(%id, "cannot persist container status: {e}");
             }

@@ -201,12 +201,15 @@ impl PodService {
                 id: id.clone(),
                 source,
             })?;
-        self.containers_pod_stopped(&id, "the pod sandbox was stopped");
-        if record.state != SandboxState::NotReady || record.reason.is_empty() {
+        let stopped = record.state != SandboxState::NotReady || record.reason.is_empty();
+        if stopped {
             record.state = SandboxState::NotReady;
             if record.reason.is_empty() {
                 record.reason = "stopped".into();
             }
+        }
+        self.containers_pod_stopped(record, "the pod sandbox was stopped");
+        if stopped {
             self.store.save(record)?;
         }
         Ok(())

@@ -9,7 +9,9 @@ use runtime_api::{NotReady, SandboxState, report};
 use runtime_api::{PodRuntime, RuntimeError, RuntimeErrorKind, RuntimeEvent, SandboxRecord};
 use tokio::sync::mpsc;
 
+use crate::events::EventHub;
 use crate::registry::Registry;
+use crate::stats::CpuSamples;
 use crate::store::{Store, StoreError};
 use crate::table::{ContainerSlot, Lookup, Slot, lock, lookup_in};
 
@@ -29,6 +31,10 @@ pub struct PodService {
     pub(crate) containers: Mutex<HashMap<String, Arc<ContainerSlot>>>,
     /// `(sandbox id, "<name>_<attempt>")` -> the container holding the name.
     pub(crate) container_names: Mutex<HashMap<(String, String), String>>,
+    /// Container events.
+    pub(crate) events: EventHub,
+    /// The last CPU sample of each pod and container, for rates.
+    pub(crate) cpu_samples: CpuSamples,
 }
 
 impl PodService {
@@ -41,6 +47,8 @@ impl PodService {
             creating: Mutex::default(),
             containers: Mutex::default(),
             container_names: Mutex::default(),
+            events: EventHub::default(),
+            cpu_samples: CpuSamples::default(),
         })
     }
 
@@ -155,8 +163,9 @@ impl PodService {
                     if record.state == SandboxState::Ready {
                         tracing::warn!(%id, "sandbox exited: {reason}");
                         record.state = SandboxState::NotReady;
-                        self.containers_pod_stopped(&id, &format!("the pod VM stopped: {reason}"));
                         record.reason = reason;
+                        let why = format!("the pod VM stopped: {}", record.reason);
+                        self.containers_pod_stopped(record, &why);
                         if let Err(e) = self.store.save(record) {
                             tracing::error!(%id, "cannot persist sandbox state: {e}");
                         }

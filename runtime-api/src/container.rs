@@ -210,6 +210,22 @@ pub struct ContainerConfig {
     pub resources: ContainerResources,
     /// Security settings.
     pub security: SecurityContext,
+    /// The stop signal the kubelet asked for (e.g. `SIGRTMIN+3`); empty for
+    /// the image's.
+    #[serde(default)]
+    pub stop_signal: String,
+}
+
+impl ContainerConfig {
+    /// The signal that stops the container: the kubelet's, else the image's
+    /// (empty means SIGTERM).
+    pub fn effective_stop_signal(&self) -> &str {
+        if self.stop_signal.is_empty() {
+            &self.image.process.stop_signal
+        } else {
+            &self.stop_signal
+        }
+    }
 }
 
 /// CRI container states.

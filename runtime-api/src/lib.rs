@@ -12,6 +12,7 @@ pub mod container;
 pub mod error;
 pub mod runtime;
 pub mod sandbox;
+pub mod stats;
 pub mod streams;
 
 pub use container::{
@@ -24,4 +25,12 @@ pub use runtime::{
 pub use sandbox::{
     DnsConfig, PodMetadata, PodResources, PortMapping, SandboxConfig, SandboxRecord, SandboxState,
 };
+pub use stats::{ContainerUsage, LayerUsage, PodUsage};
+/// Now, in nanoseconds since the epoch (0 before it, saturating far after).
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
 pub use streams::{ContainerStreams, SessionError, StreamingRuntime};

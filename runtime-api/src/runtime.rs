@@ -11,6 +11,7 @@ use crate::container::{
 };
 use crate::error::RuntimeError;
 use crate::sandbox::{SandboxConfig, SandboxRecord};
+use crate::stats::PodUsage;
 use crate::streams::ContainerStreams;
 
 /// The sandbox side of a runtime: a pod's isolation boundary (a VM, or
@@ -122,6 +123,14 @@ pub trait ContainerRuntime: Send + Sync + Debug {
         container: &ContainerRecord,
         resources: &ContainerResources,
     ) -> Result<(), RuntimeError>;
+
+    /// What the pod uses now, with the usage of each of `containers` (its
+    /// own, running or not), in that order. One call measures them all.
+    async fn pod_stats(
+        &self,
+        sandbox: &SandboxRecord,
+        containers: &[ContainerRecord],
+    ) -> Result<PodUsage, RuntimeError>;
 
     /// Reopens the container's log file (after the kubelet rotated it).
     async fn reopen_container_log(

@@ -79,7 +79,7 @@ impl ContainerRuntime for VmRuntime {
     ) -> Result<ContainerRuntimeStatus, RuntimeError> {
         let agent = self.agent_of(sandbox)?;
         let signal =
-            container::signals::stop_signal(&container.config.image.process.stop_signal)
+            container::signals::stop_signal(container.config.effective_stop_signal())
                 .map_err(|e| RuntimeError::new(RuntimeErrorKind::InvalidArgument, e.to_string()))?;
         let request = calls::StopContainer {
             id: container.id.clone(),
@@ -181,6 +181,14 @@ impl ContainerRuntime for VmRuntime {
                 container.id
             ),
         ))
+    }
+
+    async fn pod_stats(
+        &self,
+        sandbox: &SandboxRecord,
+        containers: &[ContainerRecord],
+    ) -> Result<runtime_api::PodUsage, RuntimeError> {
+        self.measure_pod(sandbox, containers).await
     }
 
     async fn reopen_container_log(

@@ -25,6 +25,7 @@ mod recovery;
 mod runtime;
 mod sandbox;
 pub mod sizing;
+mod stats;
 mod streams;
 mod teardown;
 

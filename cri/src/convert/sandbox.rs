@@ -68,7 +68,7 @@ pub fn sandbox_config(
     })
 }
 
-fn metadata(record: &SandboxRecord) -> Option<proto::PodSandboxMetadata> {
+pub(crate) fn metadata(record: &SandboxRecord) -> Option<proto::PodSandboxMetadata> {
     record.metadata().map(|m| proto::PodSandboxMetadata {
         name: m.name.clone(),
         uid: m.uid.clone(),

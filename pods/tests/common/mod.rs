@@ -28,6 +28,11 @@ pub struct FakeRuntime {
     /// Containers whose stop waits for `gate`.
     pub gated: Mutex<HashSet<String>>,
     pub gate: tokio::sync::Notify,
+    /// Stats calls so far: the n-th is taken at 2n s with n s of CPU per
+    /// running container (half a core), and n s for the pod.
+    pub stats_calls: Mutex<u64>,
+    /// Sandboxes whose stats fail.
+    pub fail_stats: Mutex<HashSet<String>>,
 }
 
 impl FakeRuntime {
@@ -219,6 +224,43 @@ impl ContainerRuntime for FakeRuntime {
             ));
         }
         Ok(())
+    }
+    async fn pod_stats(
+        &self,
+        sandbox: &SandboxRecord,
+        containers: &[ContainerRecord],
+    ) -> Result<runtime_api::PodUsage, RuntimeError> {
+        self.log("stats", &sandbox.id);
+        if self.fail_stats.lock().unwrap().contains(&sandbox.id) {
+            return Err(RuntimeError::new(RuntimeErrorKind::Internal, "stats fail"));
+        }
+        let n = {
+            let mut calls = self.stats_calls.lock().unwrap();
+            *calls += 1;
+            *calls
+        };
+        let cpu = Some(runtime_api::stats::CpuUsage {
+            usage_core_ns: n * 1_000_000_000,
+        });
+        let statuses = self.containers.lock().unwrap().clone();
+        Ok(runtime_api::PodUsage {
+            timestamp_ns: i64::try_from(n).unwrap() * 2_000_000_000,
+            cpu,
+            containers: containers
+                .iter()
+                .map(|c| {
+                    let running = statuses
+                        .get(&c.id)
+                        .is_some_and(|s| s.state == ContainerState::Running);
+                    runtime_api::ContainerUsage {
+                        id: c.id.clone(),
+                        cpu: if running { cpu } else { None },
+                        ..Default::default()
+                    }
+                })
+                .collect(),
+            ..Default::default()
+        })
     }
     async fn reopen_container_log(
         &self,

@@ -199,8 +199,11 @@ pub fn container_config(config: proto::ContainerConfig) -> Result<ContainerConfi
         envs: config
             .envs
             .into_iter()
-            .map(|kv| (kv.key, kv.value))
-            .collect(),
+            .map(|kv| match String::from_utf8(kv.value) {
+                Ok(value) => Ok((kv.key, value)),
+                Err(_) => Err(format!("the value of environment variable {:?} is not UTF-8", kv.key)),
+            })
+            .collect::<Result<_, _>>()?,
         mounts: config
             .mounts
             .into_iter()
@@ -223,7 +226,34 @@ pub fn container_config(config: proto::ContainerConfig) -> Result<ContainerConfi
         tty: config.tty,
         resources: linux.resources.map(container_resources).unwrap_or_default(),
         security: security_context(linux.security_context)?,
+        stop_signal: stop_signal_name(config.stop_signal)?,
     })
+}
+
+/// The CRI `Signal` as a signal name (`SIGRTMIN+3`); empty for the runtime's default.
+fn stop_signal_name(value: i32) -> Result<String, String> {
+    let signal =
+        proto::Signal::try_from(value).map_err(|_| format!("unknown stop signal {value}"))?;
+    if signal == proto::Signal::RuntimeDefault {
+        return Ok(String::new());
+    }
+    let name = signal.as_str_name();
+    Ok(if let Some(n) = name.strip_prefix("SIGRTMINPLUS") {
+        format!("SIGRTMIN+{n}")
+    } else if let Some(n) = name.strip_prefix("SIGRTMAXMINUS") {
+        format!("SIGRTMAX-{n}")
+    } else {
+        name.to_owned()
+    })
+}
+
+/// A signal name as the CRI `Signal`; `RUNTIME_DEFAULT` for one the enum lacks.
+fn stop_signal_to_proto(name: &str) -> i32 {
+    let Ok(canonical) = container::signals::canonical_name(name) else {
+        return proto::Signal::RuntimeDefault as i32;
+    };
+    let wire = canonical.replace('+', "PLUS").replace('-', "MINUS");
+    proto::Signal::from_str_name(&wire).map_or(proto::Signal::RuntimeDefault as i32, |s| s as i32)
 }
 
 fn container_state(state: ContainerState) -> i32 {
@@ -235,7 +265,7 @@ fn container_state(state: ContainerState) -> i32 {
     }
 }
 
-fn container_metadata(record: &ContainerRecord) -> Option<proto::ContainerMetadata> {
+pub(crate) fn container_metadata(record: &ContainerRecord) -> Option<proto::ContainerMetadata> {
     Some(proto::ContainerMetadata {
         name: record.config.metadata.name.clone(),
         attempt: record.config.metadata.attempt,
@@ -296,6 +326,7 @@ pub fn container_status(record: &ContainerRecord) -> proto::ContainerStatus {
             })
             .collect(),
         log_path: record.log_path.clone(),
+        stop_signal: stop_signal_to_proto(record.config.effective_stop_signal()),
         resources: Some(proto::ContainerResources {
             linux: Some(resources_to_proto(&record.config.resources)),
             windows: None,
