@@ -9,8 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent_api::messages::{
-    GuestStats,
-    AgentErrorKind, ContainerInfo, ContainerState, CreateContainer, ExecResult,
+    AgentErrorKind, ContainerInfo, ContainerState, CreateContainer, ExecResult, GuestStats,
 };
 use agent_api::{AgentError, Response};
 use base64::Engine;

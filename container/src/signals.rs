@@ -118,7 +118,14 @@ mod tests {
         assert_eq!(canonical_name("quit").unwrap(), "SIGQUIT");
         assert_eq!(canonical_name("").unwrap(), "SIGTERM");
         assert_eq!(canonical_name("9").unwrap(), "SIGKILL");
-        for name in ["SIGRTMIN", "SIGRTMIN+1", "SIGRTMIN+15", "SIGRTMAX-14", "SIGRTMAX-1", "SIGRTMAX"] {
+        for name in [
+            "SIGRTMIN",
+            "SIGRTMIN+1",
+            "SIGRTMIN+15",
+            "SIGRTMAX-14",
+            "SIGRTMAX-1",
+            "SIGRTMAX",
+        ] {
             assert_eq!(canonical_name(name).unwrap(), name);
         }
         assert!(canonical_name("SIGNOPE").is_err());

@@ -37,7 +37,11 @@ mod tests {
         let stream = in_batches((0..n).collect::<Vec<_>>(), |b| b).into_inner();
         let batches: Vec<Vec<usize>> = stream.map(|r| r.unwrap()).collect().await;
         let flat: Vec<usize> = batches.iter().flatten().copied().collect();
-        assert_eq!(flat, (0..n).collect::<Vec<_>>(), "every item once, in order");
+        assert_eq!(
+            flat,
+            (0..n).collect::<Vec<_>>(),
+            "every item once, in order"
+        );
         batches.iter().map(Vec::len).collect()
     }
 

@@ -19,12 +19,20 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(50);
 #[derive(Debug, Clone)]
 pub struct ImageService {
     store: ImageStore,
+    /// Where containers' writable layers are, for `ImageFsInfo`.
+    pods: Option<std::sync::Arc<pods::PodService>>,
 }
 
 impl ImageService {
     /// Serves `store`.
     pub fn new(store: ImageStore) -> Self {
-        Self { store }
+        Self { store, pods: None }
+    }
+
+    /// Reports the writable layers of `pods`' runtimes in `ImageFsInfo`.
+    pub fn with_pods(mut self, pods: std::sync::Arc<pods::PodService>) -> Self {
+        self.pods = Some(pods);
+        self
     }
 }
 
@@ -127,7 +135,7 @@ fn image_ref(spec: Option<&proto::ImageSpec>, what: &str) -> Result<String, Stat
     }
 }
 
-fn to_proto(img: &images::Image) -> proto::Image {
+fn to_proto(store: &ImageStore, img: &images::Image) -> proto::Image {
     let (uid, username) = img.user_id();
     proto::Image {
         id: img.id.clone(),
@@ -140,7 +148,7 @@ fn to_proto(img: &images::Image) -> proto::Image {
             image: img.id.clone(),
             ..Default::default()
         }),
-        pinned: false,
+        pinned: store.is_pinned(img),
     }
 }
 
@@ -156,7 +164,7 @@ impl ImageService {
             Some(r) => self.store.find(&r).into_iter().collect(),
             None => self.store.list(),
         };
-        images.iter().map(to_proto).collect()
+        images.iter().map(|i| to_proto(&self.store, i)).collect()
     }
 }
 
@@ -202,7 +210,7 @@ impl proto::image_service_server::ImageService for ImageService {
             info.insert("info".to_owned(), detail.to_string());
         }
         Ok(Response::new(proto::ImageStatusResponse {
-            image: Some(to_proto(&img)),
+            image: Some(to_proto(&self.store, &img)),
             info,
         }))
     }
@@ -241,10 +249,13 @@ impl proto::image_service_server::ImageService for ImageService {
         request: Request<proto::RemoveImageRequest>,
     ) -> Result<Response<proto::RemoveImageResponse>, Status> {
         let reference = image_ref(request.get_ref().image.as_ref(), "image")?;
-        self.store
-            .remove(&reference)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        self.store.remove(&reference).await.map_err(|e| {
+            let code = match e {
+                images::RemoveError::Pinned(_) => Code::FailedPrecondition,
+                images::RemoveError::Index(_) => Code::Internal,
+            };
+            Status::new(code, e.to_string())
+        })?;
         Ok(Response::new(proto::RemoveImageResponse {}))
     }
 
@@ -257,23 +268,26 @@ impl proto::image_service_server::ImageService for ImageService {
             .usage()
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        let timestamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
-        let fs = proto::FilesystemUsage {
+        let timestamp = pods::now_ns();
+        let fs = crate::convert::filesystem_usage(
             timestamp,
-            fs_id: Some(proto::FilesystemIdentifier {
-                mountpoint: self.store.dir().display().to_string(),
-            }),
-            used_bytes: Some(proto::UInt64Value { value: usage.bytes }),
-            inodes_used: Some(proto::UInt64Value {
-                value: usage.inodes,
-            }),
-        };
+            self.store.dir().display().to_string(),
+            &usage::FsUsage {
+                used_bytes: usage.bytes,
+                inodes_used: usage.inodes,
+            },
+        );
         Ok(Response::new(proto::ImageFsInfoResponse {
             image_filesystems: vec![fs],
-            container_filesystems: Vec::new(),
+            container_filesystems: match &self.pods {
+                Some(pods) => pods
+                    .container_filesystems()
+                    .await
+                    .into_iter()
+                    .map(|l| crate::convert::filesystem_usage(timestamp, l.mountpoint, &l.usage))
+                    .collect(),
+                None => Vec::new(),
+            },
         }))
     }
 }

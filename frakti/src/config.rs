@@ -80,6 +80,10 @@ pub struct Cli {
     /// The container monitor binary of host pods [default: frakti-monitor next to frakti].
     #[arg(long)]
     pub host_monitor: Option<PathBuf>,
+    /// An image that RemoveImage must not remove (repeatable; e.g. the pause
+    /// image an operator pre-pulls). Replaces the file's `pinned_images`.
+    #[arg(long = "pinned-image")]
+    pub pinned_images: Vec<String>,
 }
 
 /// Where privileged pods run.
@@ -130,6 +134,7 @@ struct FileConfig {
     host_handler: Option<String>,
     privileged_pods: Option<String>,
     host_monitor: Option<PathBuf>,
+    pinned_images: Option<Vec<String>>,
 }
 
 /// The effective configuration.
@@ -179,6 +184,8 @@ pub struct Config {
     pub privileged_pods: PrivilegedPods,
     /// The container monitor of host pods.
     pub host_monitor: PathBuf,
+    /// Images RemoveImage must not remove (reported as pinned).
+    pub pinned_images: Vec<String>,
 }
 
 /// The configuration is unusable.
@@ -319,6 +326,11 @@ impl Config {
                 .clone()
                 .or(file.host_monitor)
                 .unwrap_or_else(default_monitor),
+            pinned_images: if cli.pinned_images.is_empty() {
+                file.pinned_images.unwrap_or_default()
+            } else {
+                cli.pinned_images.clone()
+            },
         };
         config.validate()?;
         Ok(config)
@@ -463,6 +475,18 @@ mod tests {
                 .to_string()
                 .contains("key `registry_config_dir`")
         );
+    }
+
+    #[test]
+    fn pinned_images_from_the_file_or_the_flags() {
+        let none = Config::merge(&cli(&[]), FileConfig::default()).unwrap();
+        assert!(none.pinned_images.is_empty());
+        let f = file("pinned_images = [\"registry.k8s.io/pause:3.10\"]\n");
+        let c = Config::merge(&cli(&[]), f).unwrap();
+        assert_eq!(c.pinned_images, vec!["registry.k8s.io/pause:3.10"]);
+        let f = file("pinned_images = [\"a\"]\n");
+        let c = Config::merge(&cli(&["--pinned-image", "b", "--pinned-image", "c"]), f).unwrap();
+        assert_eq!(c.pinned_images, vec!["b", "c"]);
     }
 
     #[test]

@@ -123,7 +123,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || images::ImageStore::open(&root, Some(hosts_dir)))
             .await
             .context("open the image store")?
-            .context("open the image store")?;
+            .context("open the image store")?
+            .with_pinned(config.pinned_images.clone());
 
     let streaming_server = streaming::StreamingServer::bind(
         streaming::ServerConfig {
@@ -151,7 +152,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(runtime_service))
-        .add_service(ImageServiceServer::new(cri::ImageService::new(image_store)))
+        .add_service(ImageServiceServer::new(
+            cri::ImageService::new(image_store).with_pods(pods.clone()),
+        ))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
             let _ = stop_rx.await;
         });

@@ -193,9 +193,8 @@ impl ContainerRuntime for HostRuntime {
             self.wait_exit(&c, KILL_GRACE).await?;
             return Ok(exited_status(&c, started));
         }
-        let signal =
-            container::signals::stop_signal(container.config.effective_stop_signal())
-                .map_err(|e| RuntimeError::new(RuntimeErrorKind::InvalidArgument, e.to_string()))?;
+        let signal = container::signals::stop_signal(container.config.effective_stop_signal())
+            .map_err(|e| RuntimeError::new(RuntimeErrorKind::InvalidArgument, e.to_string()))?;
         if !timeout.is_zero() && self.kill(&c, signal, false).await? {
             self.wait_exit(&c, timeout).await?;
         }
@@ -318,6 +317,10 @@ impl ContainerRuntime for HostRuntime {
         containers: &[ContainerRecord],
     ) -> Result<runtime_api::PodUsage, RuntimeError> {
         self.measure_pod(sandbox, containers).await
+    }
+
+    async fn writable_layers(&self) -> Result<runtime_api::LayerUsage, RuntimeError> {
+        runtime_api::stats::measure_layers(self.layers.clone()).await
     }
 
     async fn container_info(

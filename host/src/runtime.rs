@@ -23,15 +23,20 @@ pub struct HostRuntime {
     pub(crate) config: HostRuntimeConfig,
     events: mpsc::UnboundedSender<RuntimeEvent>,
     watched: Arc<Mutex<HashSet<String>>>,
+    /// What the containers' writable layers use in all.
+    pub(crate) layers: Arc<usage::dir::CachedDirUsage>,
 }
 
 impl HostRuntime {
     /// A host runtime with `config`, reporting container exits on `events`.
     pub fn new(config: HostRuntimeConfig, events: mpsc::UnboundedSender<RuntimeEvent>) -> Self {
+        let layers =
+            usage::dir::CachedDirUsage::new(&config.layers_dir, crate::stats::LAYERS_MAX_AGE);
         Self {
             config,
             events,
             watched: Arc::default(),
+            layers: Arc::new(layers),
         }
     }
 

@@ -10,6 +10,9 @@ use runtime_api::{ContainerUsage, LayerUsage, PodUsage, RuntimeError, SandboxRec
 use crate::config::{self, HostContainer, HostSandbox};
 use crate::runtime::HostRuntime;
 
+/// How old the total of the writable layers may be.
+pub(crate) const LAYERS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The pod's interface the CNI plugins create in its namespace.
 const POD_INTERFACE: &str = "eth0";
 

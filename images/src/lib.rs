@@ -150,6 +150,9 @@ pub enum RemoveError {
     /// Its record cannot be updated
     #[error("cannot update the image index: {0}")]
     Index(std::io::Error),
+    /// The image is pinned by the configuration
+    #[error("image {0} is pinned (config key pinned_images) and is not removed")]
+    Pinned(String),
 }
 
 /// Image store usage could not be measured.
@@ -221,6 +224,12 @@ struct Inner {
     in_flight: Mutex<HashMap<String, usize>>,
     locks: KeyedLocks,
     clients: Mutex<HashMap<(Endpoint, Credentials), oci_client::Client>>,
+    /// References of the images that must not be removed.
+    pinned: Vec<String>,
+    /// Bumped whenever what the store holds changes (commit, removal, GC).
+    generation: std::sync::atomic::AtomicU64,
+    /// The usage last measured, with the generation it was measured at.
+    usage: Mutex<Option<(u64, FsUsage)>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -307,6 +316,9 @@ impl ImageStore {
                 in_flight: Mutex::new(HashMap::new()),
                 locks: KeyedLocks::default(),
                 clients: Mutex::new(HashMap::new()),
+                pinned: Vec::new(),
+                generation: Default::default(),
+                usage: Mutex::new(None),
             }),
         };
         let n = lock(&store.inner.images).len();
@@ -320,6 +332,31 @@ impl ImageStore {
             Err(e) => tracing::warn!("image store GC failed: {e}"),
         }
         Ok(store)
+    }
+
+    /// Pins the images `references` name: [`Self::remove`] refuses them.
+    /// References that name no image yet pin the image once it is pulled.
+    /// Call before the store is shared.
+    pub fn with_pinned(mut self, references: Vec<String>) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.pinned = references,
+            None => tracing::error!("the image store is shared already; pins ignored"),
+        }
+        self
+    }
+
+    /// Whether `image` is pinned by the configuration.
+    pub fn is_pinned(&self, image: &Image) -> bool {
+        self.inner
+            .pinned
+            .iter()
+            .any(|r| self.find(r).is_some_and(|found| found.id == image.id))
+    }
+
+    fn changed(&self) {
+        self.inner
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The directory holding the store (`<root>/images`).
@@ -393,6 +430,9 @@ impl ImageStore {
         let Some(image) = self.find(reference) else {
             return Ok(false);
         };
+        if self.is_pinned(&image) {
+            return Err(RemoveError::Pinned(reference.to_owned()));
+        }
         {
             let mut images = lock(&self.inner.images);
             images.remove(&image.id);
@@ -407,6 +447,7 @@ impl ImageStore {
                 }
             }
         }
+        self.changed();
         tracing::info!(id = %image.id, tags = ?image.repo_tags, "image removed");
         let this = self.clone();
         let gc = tokio::task::spawn_blocking(move || this.collect_garbage()).await;
@@ -418,8 +459,18 @@ impl ImageStore {
         Ok(true)
     }
 
-    /// Bytes and inodes used by the store.
+    /// Bytes and inodes used by the store: measured again only after the
+    /// store changed (a pull committed, an image removed, garbage collected).
     pub async fn usage(&self) -> Result<FsUsage, FsInfoError> {
+        let generation = self
+            .inner
+            .generation
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if let Some((at, usage)) = *lock(&self.inner.usage)
+            && at == generation
+        {
+            return Ok(usage);
+        }
         let dir = self.inner.dir.clone();
         let r = tokio::task::spawn_blocking(move || {
             let mut seen = HashSet::new();
@@ -428,7 +479,9 @@ impl ImageStore {
         .await
         .map_err(|e| FsInfoError(self.inner.dir.clone(), std::io::Error::other(e)))?;
         let (bytes, inodes) = r.map_err(|e| FsInfoError(self.inner.dir.clone(), e))?;
-        Ok(FsUsage { bytes, inodes })
+        let usage = FsUsage { bytes, inodes };
+        *lock(&self.inner.usage) = Some((generation, usage));
+        Ok(usage)
     }
 
     /// Marks `keys` as in use by a pull until the guard drops.
@@ -488,6 +541,7 @@ impl ImageStore {
         if trash.exists() {
             std::fs::remove_dir_all(&trash)?;
         }
+        self.changed();
         Ok((blobs, snaps))
     }
 
@@ -518,6 +572,7 @@ impl ImageStore {
             &serde_json::to_vec_pretty(&image)?,
         )?;
         images.insert(id.clone(), image.clone());
+        self.changed();
         // Tags are unique: others lose the ones this image now carries.
         let mut changed = Vec::new();
         for other in images.values_mut().filter(|i| i.id != id) {

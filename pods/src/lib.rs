@@ -32,9 +32,10 @@ pub use filter::{ContainerFilter, SandboxFilter};
 pub use registry::{HostPolicy, OS_CONTAINER_ANNOTATION, Registry, RouteError};
 pub use runtime_api::container;
 pub use runtime_api::{
-    ContainerConfig, ContainerRecord, ContainerRuntimeStatus, ContainerState, DnsConfig,
-    ExecOutput, PodMetadata, PodResources, PodRuntime, PortMapping, RuntimeError, RuntimeErrorKind,
-    RuntimeEvent, SandboxConfig, ContainerUsage, PodUsage, LayerUsage, SandboxRecord, SandboxState, StartedSandbox, report,
+    ContainerConfig, ContainerRecord, ContainerRuntimeStatus, ContainerState, ContainerUsage,
+    DnsConfig, ExecOutput, LayerUsage, PodMetadata, PodResources, PodRuntime, PodUsage,
+    PortMapping, RuntimeError, RuntimeErrorKind, RuntimeEvent, SandboxConfig, SandboxRecord,
+    SandboxState, StartedSandbox, report,
 };
 pub use sandboxes::{RemovePodError, RunPodError, StatusPodError, StopPodError};
 pub use service::PodService;

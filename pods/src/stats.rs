@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use runtime_api::{
-    ContainerRecord, ContainerUsage, PodRuntime, PodUsage, RuntimeError, SandboxRecord,
+    ContainerRecord, ContainerUsage, LayerUsage, PodRuntime, PodUsage, RuntimeError, SandboxRecord,
     SandboxState, report,
 };
 
@@ -202,6 +202,26 @@ impl PodService {
             .collect()
     }
 
+    /// Where each runtime keeps writable layers and what they use, one
+    /// entry per directory; a runtime that cannot say is logged and left out.
+    pub async fn container_filesystems(&self) -> Vec<LayerUsage> {
+        let mut out: Vec<LayerUsage> = Vec::new();
+        for runtime in self.registry.runtimes() {
+            match runtime.writable_layers().await {
+                Ok(layers) if out.iter().all(|l| l.mountpoint != layers.mountpoint) => {
+                    out.push(layers);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(
+                    runtime = runtime.name(),
+                    "cannot measure writable layers: {}",
+                    report(&e)
+                ),
+            }
+        }
+        out
+    }
+
     fn pod_records(&self, sandbox_id: &str) -> Vec<ContainerRecord> {
         self.list_containers(&ContainerFilter {
             sandbox_id: Some(sandbox_id.to_owned()),
@@ -237,7 +257,9 @@ impl PodService {
                 .sandbox_snapshot(&pod)
                 .await
                 .filter(|s| s.state == SandboxState::Ready);
-            let runtime = sandbox.as_ref().and_then(|s| self.runtime_of(s).ok().cloned());
+            let runtime = sandbox
+                .as_ref()
+                .and_then(|s| self.runtime_of(s).ok().cloned());
             let (Some(sandbox), Some(runtime)) = (sandbox, runtime) else {
                 out.push((pod, None, records));
                 continue;

@@ -35,7 +35,10 @@ async fn one_call_per_pod_and_rates_between_two_samples() {
     assert_eq!(first.len(), 4);
     let stats_calls = rt.calls().iter().filter(|c| c.starts_with("stats")).count();
     assert_eq!(stats_calls, 2, "one runtime call per pod: {:?}", rt.calls());
-    assert!(first.iter().all(|s| s.nano_cores.is_none()), "no rate from one sample");
+    assert!(
+        first.iter().all(|s| s.nano_cores.is_none()),
+        "no rate from one sample"
+    );
     let idle = first.iter().find(|s| s.record.id == created).unwrap();
     assert!(idle.usage.cpu.is_none(), "a created container uses no CPU");
 
@@ -137,5 +140,9 @@ async fn pods_that_cannot_be_measured() {
         Err(StatsError::SandboxNotReady(_))
     ));
     // Pod lists leave out what cannot be measured.
-    assert!(svc.list_pod_stats(&SandboxFilter::default()).await.is_empty());
+    assert!(
+        svc.list_pod_stats(&SandboxFilter::default())
+            .await
+            .is_empty()
+    );
 }

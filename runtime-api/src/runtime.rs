@@ -11,7 +11,7 @@ use crate::container::{
 };
 use crate::error::RuntimeError;
 use crate::sandbox::{SandboxConfig, SandboxRecord};
-use crate::stats::PodUsage;
+use crate::stats::{LayerUsage, PodUsage};
 use crate::streams::ContainerStreams;
 
 /// The sandbox side of a runtime: a pod's isolation boundary (a VM, or
@@ -131,6 +131,10 @@ pub trait ContainerRuntime: Send + Sync + Debug {
         sandbox: &SandboxRecord,
         containers: &[ContainerRecord],
     ) -> Result<PodUsage, RuntimeError>;
+
+    /// Where this runtime keeps containers' writable layers, and what they
+    /// use in all (possibly a few seconds old).
+    async fn writable_layers(&self) -> Result<LayerUsage, RuntimeError>;
 
     /// Reopens the container's log file (after the kubelet rotated it).
     async fn reopen_container_log(

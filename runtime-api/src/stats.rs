@@ -11,6 +11,24 @@ pub struct LayerUsage {
     pub usage: FsUsage,
 }
 
+/// What the writable layers under `layers`' root use in all (the root is
+/// made if missing), off the async runtime.
+pub async fn measure_layers(
+    layers: std::sync::Arc<usage::dir::CachedDirUsage>,
+) -> Result<LayerUsage, crate::RuntimeError> {
+    let failed = |e: String| crate::RuntimeError::internal("measure the writable layers", e);
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(layers.root()).map_err(|e| failed(e.to_string()))?;
+        let usage = layers.get().map_err(|e| failed(e.to_string()))?;
+        Ok(LayerUsage {
+            mountpoint: layers.root().display().to_string(),
+            usage,
+        })
+    })
+    .await
+    .map_err(|e| failed(e.to_string()))?
+}
+
 /// What one container uses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContainerUsage {

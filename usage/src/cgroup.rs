@@ -167,7 +167,10 @@ mod tests {
             root.path(),
             &[
                 ("cgroup.controllers", "cpu memory pids\n"),
-                ("pod/c/cpu.stat", "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n"),
+                (
+                    "pod/c/cpu.stat",
+                    "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n",
+                ),
                 ("pod/c/memory.current", "10000\n"),
                 (
                     "pod/c/memory.stat",
@@ -196,7 +199,13 @@ mod tests {
         );
         assert_eq!(u.processes, Some(4));
         write(root.path(), &[("pod/c/memory.max", "max\n")]);
-        assert_eq!(read_v2(&root.path().join("pod/c")).unwrap().memory.available_bytes, None);
+        assert_eq!(
+            read_v2(&root.path().join("pod/c"))
+                .unwrap()
+                .memory
+                .available_bytes,
+            None
+        );
     }
 
     #[test]
@@ -224,8 +233,17 @@ mod tests {
         assert_eq!(u.memory.available_bytes, None, "no limit");
         assert_eq!(u.memory.swap_bytes, None, "no swap accounting");
         assert_eq!(u.processes, Some(2));
-        write(root.path(), &[("memory/p/c/memory.limit_in_bytes", "10240\n")]);
-        assert_eq!(read_cgroup(root.path(), "p/c").unwrap().memory.available_bytes, Some(3072));
+        write(
+            root.path(),
+            &[("memory/p/c/memory.limit_in_bytes", "10240\n")],
+        );
+        assert_eq!(
+            read_cgroup(root.path(), "p/c")
+                .unwrap()
+                .memory
+                .available_bytes,
+            Some(3072)
+        );
     }
 
     #[test]
@@ -235,6 +253,9 @@ mod tests {
         assert!(err.to_string().contains("cpuacct.usage"), "{err}");
         write(root.path(), &[("cpuacct/g/cpuacct.usage", "lots\n")]);
         let err = read_cgroup(root.path(), "/g").unwrap_err();
-        assert!(err.to_string().contains("\"lots\" is not a number"), "{err}");
+        assert!(
+            err.to_string().contains("\"lots\" is not a number"),
+            "{err}"
+        );
     }
 }

@@ -28,10 +28,16 @@ fn parse_net_dev(path: &Path, text: &str) -> Result<Vec<InterfaceUsage>, UsageEr
         }
         let fields: Vec<u64> = counters
             .split_whitespace()
-            .map(|f| f.parse().map_err(|_| bad(format!("{f:?} is not a counter"))))
+            .map(|f| {
+                f.parse()
+                    .map_err(|_| bad(format!("{f:?} is not a counter")))
+            })
             .collect::<Result<_, _>>()?;
         if fields.len() < 16 {
-            return Err(bad(format!("interface {name} has {} counters, not 16", fields.len())));
+            return Err(bad(format!(
+                "interface {name} has {} counters, not 16",
+                fields.len()
+            )));
         }
         out.push(InterfaceUsage {
             name: name.to_owned(),

@@ -78,9 +78,8 @@ impl ContainerRuntime for VmRuntime {
         timeout: Duration,
     ) -> Result<ContainerRuntimeStatus, RuntimeError> {
         let agent = self.agent_of(sandbox)?;
-        let signal =
-            container::signals::stop_signal(container.config.effective_stop_signal())
-                .map_err(|e| RuntimeError::new(RuntimeErrorKind::InvalidArgument, e.to_string()))?;
+        let signal = container::signals::stop_signal(container.config.effective_stop_signal())
+            .map_err(|e| RuntimeError::new(RuntimeErrorKind::InvalidArgument, e.to_string()))?;
         let request = calls::StopContainer {
             id: container.id.clone(),
             signal,
@@ -189,6 +188,10 @@ impl ContainerRuntime for VmRuntime {
         containers: &[ContainerRecord],
     ) -> Result<runtime_api::PodUsage, RuntimeError> {
         self.measure_pod(sandbox, containers).await
+    }
+
+    async fn writable_layers(&self) -> Result<runtime_api::LayerUsage, RuntimeError> {
+        runtime_api::stats::measure_layers(self.layers.clone()).await
     }
 
     async fn reopen_container_log(

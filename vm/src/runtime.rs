@@ -84,6 +84,8 @@ pub struct VmRuntime {
     accel: OnceCell<AccelVerdict>,
     vms: Mutex<HashMap<String, Arc<Vm>>>,
     events: mpsc::UnboundedSender<RuntimeEvent>,
+    /// What the containers' writable layers use in all.
+    pub(crate) layers: Arc<usage::dir::CachedDirUsage>,
 }
 
 impl VmRuntime {
@@ -93,12 +95,15 @@ impl VmRuntime {
         hypervisor: Arc<dyn Hypervisor>,
         events: mpsc::UnboundedSender<RuntimeEvent>,
     ) -> Self {
+        let layers =
+            usage::dir::CachedDirUsage::new(&config.containers_dir, crate::stats::LAYERS_MAX_AGE);
         Self {
             config,
             hypervisor,
             accel: OnceCell::new(),
             vms: Mutex::default(),
             events,
+            layers: Arc::new(layers),
         }
     }
 

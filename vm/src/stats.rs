@@ -18,6 +18,9 @@ use crate::containers::ContainerFiles;
 use crate::errors::{agent_failure, internal};
 use crate::runtime::{AGENT_CALL, VmRuntime};
 
+/// How old the total of the writable layers may be.
+pub(crate) const LAYERS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The pod's interface the CNI plugins create in its namespace.
 const POD_INTERFACE: &str = "eth0";
 
@@ -108,7 +111,9 @@ fn host_side(state: &VmState, layers: &[Option<PathBuf>]) -> Result<HostSide, Ru
     let mut cpu = CpuUsage::default();
     let mut memory = MemoryUsage::default();
     for pid in pids {
-        let Ok(pid) = u32::try_from(pid) else { continue };
+        let Ok(pid) = u32::try_from(pid) else {
+            continue;
+        };
         let p = match read_process(proc, pid) {
             Ok(p) => p,
             // QEMU itself must be there; a helper may have just gone.
@@ -156,6 +161,10 @@ fn host_side(state: &VmState, layers: &[Option<PathBuf>]) -> Result<HostSide, Ru
 /// The children of `pid` (virtiofsd serves from a child in its sandbox).
 fn children(pid: i32) -> Vec<i32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .map(|s| s.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+        .map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }

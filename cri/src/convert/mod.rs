@@ -17,7 +17,9 @@ pub use container::{
 };
 pub use image::image_process;
 pub use sandbox::{pod_sandbox, pod_sandbox_status, sandbox_config, sandbox_filter};
-pub use stats::{container_stats, container_stats_filter, pod_stats, pod_stats_filter};
+pub use stats::{
+    container_stats, container_stats_filter, filesystem_usage, pod_stats, pod_stats_filter,
+};
 
 pub(crate) fn namespace_mode(mode: i32, what: &str) -> Result<NamespaceMode, String> {
     match proto::NamespaceMode::try_from(mode) {

@@ -36,6 +36,20 @@ fn memory(timestamp: i64, m: &MemoryUsage) -> proto::MemoryUsage {
     }
 }
 
+/// What a directory tree (`mountpoint`) uses, as a CRI filesystem usage.
+pub fn filesystem_usage(
+    timestamp: i64,
+    mountpoint: String,
+    usage: &usage::FsUsage,
+) -> proto::FilesystemUsage {
+    proto::FilesystemUsage {
+        timestamp,
+        fs_id: Some(proto::FilesystemIdentifier { mountpoint }),
+        used_bytes: value(usage.used_bytes),
+        inodes_used: value(usage.inodes_used),
+    }
+}
+
 /// A container's stats.
 pub fn container_stats(s: &ContainerStats) -> proto::ContainerStats {
     let t = s.timestamp_ns;
@@ -53,14 +67,7 @@ pub fn container_stats(s: &ContainerStats) -> proto::ContainerStats {
             .usage
             .writable_layer
             .as_ref()
-            .map(|l| proto::FilesystemUsage {
-                timestamp: t,
-                fs_id: Some(proto::FilesystemIdentifier {
-                    mountpoint: l.mountpoint.clone(),
-                }),
-                used_bytes: value(l.usage.used_bytes),
-                inodes_used: value(l.usage.inodes_used),
-            }),
+            .map(|l| filesystem_usage(t, l.mountpoint.clone(), &l.usage)),
         swap: s
             .usage
             .memory

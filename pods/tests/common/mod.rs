@@ -262,6 +262,12 @@ impl ContainerRuntime for FakeRuntime {
             ..Default::default()
         })
     }
+    async fn writable_layers(&self) -> Result<runtime_api::LayerUsage, RuntimeError> {
+        Ok(runtime_api::LayerUsage {
+            mountpoint: "/fake/layers".into(),
+            usage: Default::default(),
+        })
+    }
     async fn reopen_container_log(
         &self,
         _sandbox: &SandboxRecord,

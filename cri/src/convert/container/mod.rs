@@ -201,7 +201,10 @@ pub fn container_config(config: proto::ContainerConfig) -> Result<ContainerConfi
             .into_iter()
             .map(|kv| match String::from_utf8(kv.value) {
                 Ok(value) => Ok((kv.key, value)),
-                Err(_) => Err(format!("the value of environment variable {:?} is not UTF-8", kv.key)),
+                Err(_) => Err(format!(
+                    "the value of environment variable {:?} is not UTF-8",
+                    kv.key
+                )),
             })
             .collect::<Result<_, _>>()?,
         mounts: config
