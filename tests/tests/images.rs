@@ -690,3 +690,100 @@ async fn tls_mirror_with_ca_and_skip_verify() {
         img.id()
     );
 }
+
+/// `pinned_images`: a pinned image is reported pinned and RemoveImage
+/// refuses it; `ImageFsInfo` measures the store again only after it changed.
+#[tokio::test]
+async fn pinned_images_stay_and_fs_info_follows_changes() {
+    let hosts = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(hosts.path()).unwrap();
+    let reg = Registry::start(None).await.unwrap();
+    reg.push_image("frakti/pause", "3", &layered_image("0", "pause"))
+        .await
+        .unwrap();
+    reg.push_image("frakti/app", "1", &layered_image("0", "app"))
+        .await
+        .unwrap();
+    let pinned = format!("{}/frakti/pause:3", reg.host);
+    let other = format!("{}/frakti/app:1", reg.host);
+    let d = Daemon::start(&[
+        "--accel",
+        "tcg",
+        "--registry-config-dir",
+        hosts.path().to_str().unwrap(),
+        "--pinned-image",
+        &pinned,
+    ])
+    .await
+    .unwrap();
+    let mut c = d.images().await.unwrap();
+    let fs_used =
+        |fs: proto::ImageFsInfoResponse| fs.image_filesystems[0].used_bytes.unwrap().value;
+    let empty = fs_used(
+        c.image_fs_info(proto::ImageFsInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+
+    let pinned_id = pull(&mut c, &pinned, None).await.unwrap();
+    pull(&mut c, &other, None).await.unwrap();
+    assert!(status(&mut c, &pinned, false).await.0.unwrap().pinned);
+    assert!(!status(&mut c, &other, false).await.0.unwrap().pinned);
+    let listed = list(&mut c).await;
+    assert_eq!(
+        listed
+            .iter()
+            .filter(|i| i.pinned)
+            .map(|i| i.id.clone())
+            .collect::<Vec<_>>(),
+        vec![pinned_id.clone()]
+    );
+
+    // The pulls changed the store: it is measured again.
+    let pulled = fs_used(
+        c.image_fs_info(proto::ImageFsInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert!(pulled > empty + 1_000_000, "{empty} -> {pulled}");
+    // A file the store did not write is not seen until the store changes.
+    std::fs::write(images_dir(&d).join("stray"), vec![1u8; 4 << 20]).unwrap();
+    let cached = fs_used(
+        c.image_fs_info(proto::ImageFsInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_eq!(
+        cached, pulled,
+        "ImageFsInfo walked the store again without a change"
+    );
+
+    // RemoveImage refuses the pinned image, by any of its names.
+    for name in [&pinned, &pinned_id] {
+        let err = c
+            .remove_image(proto::RemoveImageRequest { image: spec(name) })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        assert!(err.message().contains("pinned_images"), "{err:?}");
+    }
+    assert!(status(&mut c, &pinned, false).await.0.is_some());
+    c.remove_image(proto::RemoveImageRequest {
+        image: spec(&other),
+    })
+    .await
+    .unwrap();
+    assert!(status(&mut c, &other, false).await.0.is_none());
+    // The removal changed the store: measured again, the stray file with it.
+    let after = fs_used(
+        c.image_fs_info(proto::ImageFsInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_ne!(after, cached);
+    assert!(after >= 4 << 20, "{after}");
+}

@@ -12,9 +12,10 @@
 //! connection to an HTTP server inside the pod.
 //!
 //! Also: host-pod start (RunPodSandbox + CreateContainer + StartContainer
-//! until RUNNING) beside the VM pod's.
+//! until RUNNING) beside the VM pod's; `ListContainerStats` latency with 10
+//! pods of 3 containers (VM pods, then host pods).
 //!
-//! Usage: frakti-bench [--runs N] [--accel auto|kvm|tcg] [--pull-only] [--streaming-only]
+//! Usage: frakti-bench [--runs N] [--accel auto|kvm|tcg] [--pull-only] [--streaming-only] [--stats-only]
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,8 @@ use hypervisor::{Accel, Qemu, QemuConfig, VmSpec};
 
 #[path = "bench/host_pods.rs"]
 mod host_pods;
+#[path = "bench/stats.rs"]
+mod stats;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -33,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
     let mut accel = "tcg".to_owned();
     let mut pull_only = false;
     let mut streaming_only = false;
+    let mut stats_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -40,15 +44,19 @@ async fn main() -> anyhow::Result<()> {
             "--accel" => accel = args.next().context("--accel MODE")?,
             "--pull-only" => pull_only = true,
             "--streaming-only" => streaming_only = true,
+            "--stats-only" => stats_only = true,
             other => {
                 bail!(
-                    "unknown argument {other:?} (usage: frakti-bench [--runs N] [--accel MODE] [--pull-only] [--streaming-only])"
+                    "unknown argument {other:?} (usage: frakti-bench [--runs N] [--accel MODE] [--pull-only] [--streaming-only] [--stats-only])"
                 )
             }
         }
     }
     if streaming_only {
         return streaming_bench(&accel, runs).await;
+    }
+    if stats_only {
+        return stats_bench(&accel).await;
     }
     pull_bench(runs.clamp(1, 5)).await?;
     if pull_only {
@@ -210,7 +218,29 @@ async fn main() -> anyhow::Result<()> {
     );
     drop(c);
     drop(daemon);
+    stats_bench(&accel).await?;
     streaming_bench(&accel, runs).await
+}
+
+/// `ListContainerStats` latency, p50 and p99 of 100 calls, over VM pods and
+/// over host pods.
+async fn stats_bench(accel: &str) -> anyhow::Result<()> {
+    let daemon = Daemon::start(&["--accel", accel]).await?;
+    let mut c = daemon.runtime().await?;
+    let registry = Registry::start(None).await?;
+    let image = workload::push_box(&registry).await?;
+    workload::pull(&daemon, &image).await?;
+    for (host, kind) in [(false, "VM pods"), (true, "host pods")] {
+        let mut ms = stats::list_stats_latencies(&mut c, &image, host, 100).await?;
+        println!(
+            "ListContainerStats, {} {kind} x {} containers: p50 {:.1} ms  p99 {:.1} ms",
+            stats::PODS,
+            stats::CONTAINERS,
+            percentile(&mut ms, 50),
+            percentile(&mut ms, 99)
+        );
+    }
+    Ok(())
 }
 
 /// Exec round trip of `true` over SPDY, and port-forward throughput, in one pod VM.
