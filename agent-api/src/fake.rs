@@ -355,6 +355,7 @@ mod tests {
             exit_code: 0,
             oom_killed: false,
             message: String::new(),
+            user: None,
         }
     }
 

@@ -238,6 +238,9 @@ pub struct ContainerInfo {
     pub oom_killed: bool,
     /// Detail, e.g. why it could not start.
     pub message: String,
+    /// The identity its init process started with (once started).
+    #[serde(default)]
+    pub user: Option<usage::process::ProcessIds>,
 }
 
 /// Output of [`Request::ExecSync`].

@@ -267,6 +267,7 @@ impl Containers {
             exit_code: 0,
             oom_killed: false,
             message: String::new(),
+            user: None,
         };
         self.entries().insert(
             id.clone(),
@@ -384,6 +385,10 @@ impl Containers {
         {
             e.info.state = ContainerState::Running;
             e.info.started_at_ns = now_ns();
+            // What the process runs as; it may already be gone.
+            e.info.user = u32::try_from(e.info.pid)
+                .ok()
+                .and_then(|pid| usage::process::read_ids(Path::new("/proc"), pid).ok());
         }
         self.record_event(id);
         Ok(Response::Container(self.info(id)?))

@@ -117,6 +117,16 @@ impl ContainerRuntime for SandboxesOnly {
     ) -> Result<(), RuntimeError> {
         Err(refused())
     }
+    async fn pod_stats(
+        &self,
+        _s: &SandboxRecord,
+        _c: &[ContainerRecord],
+    ) -> Result<runtime_api::PodUsage, RuntimeError> {
+        Err(refused())
+    }
+    async fn writable_layers(&self) -> Result<runtime_api::LayerUsage, RuntimeError> {
+        Err(refused())
+    }
     async fn reopen_container_log(
         &self,
         _s: &SandboxRecord,

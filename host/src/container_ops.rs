@@ -24,6 +24,12 @@ fn state(container: &ContainerRecord) -> Result<HostContainer, RuntimeError> {
     config::parse("container", &container.runtime_state)
 }
 
+/// What the container's init process runs as; `None` once it is gone.
+fn process_ids(pid: i32) -> Option<usage::process::ProcessIds> {
+    let pid = u32::try_from(pid).ok()?;
+    usage::process::read_ids(std::path::Path::new("/proc"), pid).ok()
+}
+
 fn gone(id: &str) -> RuntimeError {
     RuntimeError::new(
         RuntimeErrorKind::FailedPrecondition,
@@ -175,6 +181,7 @@ impl ContainerRuntime for HostRuntime {
         Ok(ContainerRuntimeStatus {
             state: ContainerState::Running,
             started_at_ns,
+            user: process_ids(c.pid),
             ..ContainerRuntimeStatus::created()
         })
     }
@@ -243,6 +250,7 @@ impl ContainerRuntime for HostRuntime {
                     Ok(ContainerRuntimeStatus {
                         state: ContainerState::Running,
                         started_at_ns: started,
+                        user: process_ids(c.pid),
                         ..ContainerRuntimeStatus::created()
                     })
                 } else {

@@ -104,6 +104,7 @@ pub(crate) fn status_of_exit(exit: &Exit, started_at_ns: i64) -> ContainerRuntim
         exit_code: exit.exit_code,
         reason: reason.to_owned(),
         message: String::new(),
+        user: None,
     }
 }
 
@@ -119,6 +120,7 @@ pub(crate) fn exited_status(c: &HostContainer, started_at_ns: i64) -> ContainerR
             exit_code: 255,
             reason: "Error".to_owned(),
             message: "the container's monitor ended without recording its exit".to_owned(),
+            user: None,
         },
     }
 }

@@ -138,10 +138,10 @@ mod tests {
         assert!(links.contains("lo:"));
         // A thread that enters it sees its devices, not the host's.
         let inside = in_netns(&ns.path(), || {
-            std::fs::read_to_string("/proc/thread-self/net/dev").map_err(|e| e.to_string())
+            fs::read_to_string("/proc/thread-self/net/dev").map_err(|e| e.to_string())
         })
         .unwrap();
-        let host = std::fs::read_to_string("/proc/thread-self/net/dev").unwrap();
+        let host = fs::read_to_string("/proc/thread-self/net/dev").unwrap();
         assert_eq!(inside.lines().count(), 3, "{inside}");
         assert!(host.lines().count() > 3, "{host}");
         ns.remove().unwrap();

@@ -73,6 +73,7 @@ pub(crate) fn pod_stopped_status(
         },
         reason: "Error".into(),
         message: why.to_owned(),
+        user: None,
     }
 }
 
@@ -243,6 +244,7 @@ impl PodService {
                     exit_code: START_ERROR_EXIT_CODE,
                     reason: "StartError".into(),
                     message: report(&source),
+                    user: None,
                 };
                 if let Err(e) = self.apply_status(&slot, failed, Some(&sandbox)) {
                     tracing::error!(%id, "cannot persist the failed start: {e}");
@@ -536,13 +538,17 @@ impl PodService {
     pub(crate) fn apply_status(
         &self,
         slot: &ContainerSlot,
-        status: ContainerRuntimeStatus,
+        mut status: ContainerRuntimeStatus,
         sandbox: Option<&SandboxRecord>,
     ) -> Result<(), StoreError> {
         let mut guard = lock(&slot.record);
         let Some(record) = guard.as_mut() else {
             return Ok(());
         };
+        // The identity the process started with outlives the process.
+        if status.user.is_none() {
+            status.user.clone_from(&record.status.user);
+        }
         let before_state = record.status.state;
         // The first exit recorded wins; nothing brings an exited container back.
         if record.status == status || record.status.state == ContainerState::Exited {

@@ -328,6 +328,7 @@ async fn status_is_refreshed_from_the_runtime_and_persisted() {
         exit_code: 3,
         reason: "Error".into(),
         message: String::new(),
+        user: None,
     };
     rt.containers
         .lock()
@@ -395,6 +396,7 @@ async fn exit_events_update_and_persist_records() {
         exit_code: 0,
         reason: "Completed".into(),
         message: String::new(),
+        user: None,
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let watcher = tokio::spawn(svc.clone().watch_events(rx));
@@ -628,6 +630,7 @@ async fn recover_reloads_and_reconciles_containers() {
             exit_code: 2,
             reason: "Error".into(),
             message: String::new(),
+            user: None,
         },
     );
     rt.running.lock().unwrap().insert(dead.clone(), false);
@@ -819,6 +822,7 @@ async fn the_first_recorded_exit_wins() {
         exit_code: 0,
         reason: "Completed".into(),
         message: String::new(),
+        user: None,
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let watcher = tokio::spawn(svc.clone().watch_events(rx));

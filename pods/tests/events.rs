@@ -120,6 +120,7 @@ async fn exits_the_runtime_reports_are_stopped_events() {
             exit_code: 3,
             reason: "Error".into(),
             message: String::new(),
+            user: None,
         },
     })
     .unwrap();

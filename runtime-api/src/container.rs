@@ -256,6 +256,9 @@ pub struct ContainerRuntimeStatus {
     pub reason: String,
     /// Human-readable detail.
     pub message: String,
+    /// The identity the container's process started with, once known.
+    #[serde(default)]
+    pub user: Option<usage::process::ProcessIds>,
 }
 
 impl ContainerRuntimeStatus {
@@ -268,6 +271,7 @@ impl ContainerRuntimeStatus {
             exit_code: 0,
             reason: String::new(),
             message: String::new(),
+            user: None,
         }
     }
 }

@@ -117,7 +117,17 @@ async fn stats_events_and_statuses(
     let burner = pod
         .run(pod.container("burner", &["while :; do :; done"]))
         .await;
-    let idle = pod.run(pod.container("idle", &["exec sleep 1000"])).await;
+    let mut idle = pod.container("idle", &["exec sleep 1000"]);
+    idle.linux = Some(proto::LinuxContainerConfig {
+        security_context: Some(proto::LinuxContainerSecurityContext {
+            run_as_user: Some(proto::Int64Value { value: 1234 }),
+            run_as_group: Some(proto::Int64Value { value: 5678 }),
+            supplemental_groups: vec![42],
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let idle = pod.run(idle).await;
     let filler = pod
         .run(pod.container(
             "filler",
@@ -152,6 +162,12 @@ async fn stats_events_and_statuses(
             }
         }
     }
+
+    // The identity the idle container's process really has.
+    let user = pod.status(&idle).await.user.and_then(|u| u.linux);
+    let user = user.expect("ContainerStatus.user");
+    assert_eq!((user.uid, user.gid), (1234, 5678), "{user:?}");
+    assert!(user.supplemental_groups.contains(&42), "{user:?}");
 
     // Pod status carries its containers' statuses and when they were taken.
     let resp = pod
@@ -203,14 +219,16 @@ async fn stats_events_and_statuses(
     assert!(memory.page_faults.unwrap().value > 0);
 
     // The writable layer: a file written in the container shows.
-    let before = of(&all, &idle).writable_layer.clone().unwrap();
+    let before = of(&all, &filler).writable_layer.clone().unwrap();
     assert!(!before.fs_id.as_ref().unwrap().mountpoint.is_empty());
-    pod.exec(&idle, "head -c 4194304 /dev/zero > /big; sync")
+    let wrote = pod
+        .exec(&filler, "head -c 4194304 /dev/zero > /big && sync")
         .await;
+    assert_eq!(wrote.exit_code, 0, "{wrote:?}");
     let after = list_stats(
         pod,
         proto::ContainerStatsFilter {
-            id: idle.clone(),
+            id: filler.clone(),
             ..Default::default()
         },
     )
@@ -457,7 +475,7 @@ async fn a_host_pod_is_measured_and_its_containers_report_events() {
     // A stop signal from the container config is used and reported.
     let mut config = pod.container(
         "usr1",
-        &["trap 'echo got usr1; exit 0' USR1; while :; do sleep 0.1; done"],
+        &["trap 'echo got usr1; exit 0' USR1; touch /tmp/trapped; while :; do sleep 0.1; done"],
     );
     config.stop_signal = proto::Signal::Sigusr1 as i32;
     let usr1 = pod.run(config).await;
@@ -465,6 +483,11 @@ async fn a_host_pod_is_measured_and_its_containers_report_events() {
         pod.status(&usr1).await.stop_signal,
         proto::Signal::Sigusr1 as i32
     );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pod.exec(&usr1, "test -f /tmp/trapped").await.exit_code != 0 {
+        assert!(Instant::now() < deadline, "the trap was never set");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     pod.rt
         .stop_container(proto::StopContainerRequest {
             container_id: usr1.clone(),

@@ -17,6 +17,48 @@ pub struct ProcessUsage {
     pub major_page_faults: u64,
 }
 
+/// The identity a process runs with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProcessIds {
+    /// Effective user id.
+    pub uid: i64,
+    /// Effective group id.
+    pub gid: i64,
+    /// Supplementary groups.
+    pub groups: Vec<i64>,
+}
+
+/// The effective ids and supplementary groups of process `pid` (from the
+/// `Uid:`, `Gid:` and `Groups:` lines of `/proc/<pid>/status`).
+pub fn read_ids(proc: &Path, pid: u32) -> Result<ProcessIds, UsageError> {
+    let path = proc.join(pid.to_string()).join("status");
+    let text = read(&path)?;
+    let bad = |what: &str| UsageError::Parse {
+        path: path.clone(),
+        what: what.to_owned(),
+    };
+    let line = |key: &str| -> Result<Vec<i64>, UsageError> {
+        let rest = text
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .ok_or_else(|| bad(&format!("no {key} line")))?;
+        rest.split_whitespace()
+            .map(|n| n.parse().map_err(|_| bad(&format!("{key} holds {n:?}"))))
+            .collect()
+    };
+    // `Uid:` and `Gid:` are real, effective, saved and filesystem ids.
+    let effective = |ids: Vec<i64>, key: &str| {
+        ids.get(1)
+            .copied()
+            .ok_or_else(|| bad(&format!("{key} is short")))
+    };
+    Ok(ProcessIds {
+        uid: effective(line("Uid:")?, "Uid:")?,
+        gid: effective(line("Gid:")?, "Gid:")?,
+        groups: line("Groups:")?,
+    })
+}
+
 /// The usage of process `pid` as `/proc` (mounted at `proc`) reports it.
 pub fn read_process(proc: &Path, pid: u32) -> Result<ProcessUsage, UsageError> {
     let stat_path = proc.join(pid.to_string()).join("stat");
@@ -76,6 +118,36 @@ mod tests {
         assert_eq!(u.cpu_ns, 300 * (1_000_000_000 / ticks));
         assert_eq!(u.rss_bytes, 2048 * page);
         assert_eq!((u.page_faults, u.major_page_faults), (700, 9));
+    }
+
+    #[test]
+    fn ids_come_from_the_status_lines() {
+        let proc = tempfile::tempdir().unwrap();
+        std::fs::create_dir(proc.path().join("7")).unwrap();
+        std::fs::write(
+            proc.path().join("7/status"),
+            "Name:\tsh\nUid:\t0\t1000\t1000\t1000\nGid:\t0\t3000\t3000\t3000\nGroups:\t4 27 \n",
+        )
+        .unwrap();
+        let ids = read_ids(proc.path(), 7).unwrap();
+        assert_eq!(
+            ids,
+            ProcessIds {
+                uid: 1000,
+                gid: 3000,
+                groups: vec![4, 27]
+            }
+        );
+        std::fs::write(proc.path().join("7/status"), "Uid:\t0\n").unwrap();
+        assert!(read_ids(proc.path(), 7).is_err());
+        // SAFETY: geteuid only reads this process's credentials.
+        let me = u32::try_from(unsafe { libc::geteuid() }).unwrap();
+        assert_eq!(
+            read_ids(Path::new("/proc"), std::process::id())
+                .unwrap()
+                .uid,
+            i64::from(me)
+        );
     }
 
     #[test]

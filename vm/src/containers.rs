@@ -251,5 +251,6 @@ pub fn runtime_status(info: &agent_api::messages::ContainerInfo) -> ContainerRun
         exit_code: info.exit_code,
         reason: reason.to_owned(),
         message: info.message.clone(),
+        user: info.user.clone(),
     }
 }

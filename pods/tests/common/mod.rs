@@ -162,6 +162,7 @@ impl ContainerRuntime for FakeRuntime {
             exit_code: 137,
             reason: "Error".into(),
             message: String::new(),
+            user: None,
         };
         self.containers
             .lock()

@@ -335,7 +335,13 @@ pub fn container_status(record: &ContainerRecord) -> proto::ContainerStatus {
             windows: None,
         }),
         image_id: record.config.image.id.clone(),
-        user: None,
+        user: s.user.as_ref().map(|u| proto::ContainerUser {
+            linux: Some(proto::LinuxContainerUser {
+                uid: u.uid,
+                gid: u.gid,
+                supplemental_groups: u.groups.clone(),
+            }),
+        }),
     }
 }
 

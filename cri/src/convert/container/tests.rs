@@ -369,6 +369,7 @@ fn container_records_to_cri() {
             exit_code: 1,
             reason: "Error".into(),
             message: "boom".into(),
+            user: None,
         },
         log_path: "/var/log/pods/x/web/1.log".into(),
         runtime_state: serde_json::Value::Null,
