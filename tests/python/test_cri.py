@@ -496,6 +496,45 @@ class CriTest:
             ids = [p.id for p in lst.items]
             R.check("ListPodSandbox(state SANDBOX_NOTREADY) returns none", ids == [], repr(ids))
 
+        # ---- stats, streaming lists, events ---------------------------
+        ps = self.expect_ok("PodSandboxStats succeeds", self.rt.PodSandboxStats,
+                            pb.PodSandboxStatsRequest(pod_sandbox_id=pod_id))
+        if ps is not None:
+            lx = ps.stats.linux
+            R.check("PodSandboxStats: attributes name the pod", ps.stats.attributes.id == pod_id,
+                    repr(ps.stats.attributes.id))
+            R.check("PodSandboxStats: the VM's CPU time is counted", lx.cpu.usage_core_nano_seconds.value > 0,
+                    str(lx.cpu))
+            R.check("PodSandboxStats: the VM's memory is counted (> 16 MiB)",
+                    lx.memory.working_set_bytes.value > 16 << 20, str(lx.memory))
+            R.check("PodSandboxStats: the default interface is eth0",
+                    lx.network.default_interface.name == "eth0", str(lx.network))
+        lst = self.expect_ok("ListPodSandboxStats succeeds", self.rt.ListPodSandboxStats,
+                             pb.ListPodSandboxStatsRequest())
+        if lst is not None:
+            ids = [p.attributes.id for p in lst.stats]
+            R.check("ListPodSandboxStats lists the pod", ids == [pod_id], repr(ids))
+        lst = self.expect_ok("ListContainerStats succeeds", self.rt.ListContainerStats,
+                             pb.ListContainerStatsRequest())
+        if lst is not None:
+            R.check("ListContainerStats is empty (no containers)", len(lst.stats) == 0, str(lst))
+        self.expect_error("ContainerStats of an unknown id -> NOT_FOUND", self.rt.ContainerStats,
+                          pb.ContainerStatsRequest(container_id="nope"), C.NOT_FOUND)
+        try:
+            streamed = [p.id for batch in self.rt.StreamPodSandboxes(pb.StreamPodSandboxesRequest(),
+                                                                      timeout=RPC_TIMEOUT)
+                        for p in batch.pod_sandboxes]
+            R.check("StreamPodSandboxes gives what ListPodSandbox gives", streamed == [pod_id], repr(streamed))
+        except grpc.RpcError as err:
+            R.check("StreamPodSandboxes succeeds", False, f"{err.code().name}: {err.details()}")
+        try:
+            for _ in self.rt.GetContainerEvents(pb.GetEventsRequest(), timeout=1):
+                break
+            R.check("GetContainerEvents streams (no event without containers)", False, "an event arrived")
+        except grpc.RpcError as err:
+            R.check("GetContainerEvents streams until the deadline", err.code() == C.DEADLINE_EXCEEDED,
+                    f"{err.code().name}: {err.details()}")
+
         # ---- duplicate name -------------------------------------------
         self.expect_error("RunPodSandbox with the same metadata -> ALREADY_EXISTS", self.rt.RunPodSandbox,
                           pb.RunPodSandboxRequest(config=self.pod_config()), C.ALREADY_EXISTS,

@@ -176,9 +176,17 @@ async fn version_status_and_bad_input() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("container_id"), "{err:?}");
+    // Stats of a daemon without containers: an empty list.
+    let stats = c
+        .list_container_stats(proto::ListContainerStatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    assert!(stats.is_empty(), "{stats:?}");
     // RPCs not built yet are honest about it.
     let err = c
-        .list_container_stats(proto::ListContainerStatsRequest::default())
+        .list_metric_descriptors(proto::ListMetricDescriptorsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
