@@ -12,6 +12,7 @@ mod convert;
 mod errors;
 mod events;
 mod images;
+mod metrics;
 mod runtime;
 mod sandbox;
 mod service;

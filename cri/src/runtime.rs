@@ -5,7 +5,7 @@ use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
 use crate::service::RuntimeService;
-use crate::{container, events, proto, sandbox, stats, status, stream};
+use crate::{container, events, metrics, proto, sandbox, stats, status, stream};
 
 #[tonic::async_trait]
 impl proto::runtime_service_server::RuntimeService for RuntimeService {
@@ -189,6 +189,27 @@ impl proto::runtime_service_server::RuntimeService for RuntimeService {
         request: Request<proto::StreamPodSandboxStatsRequest>,
     ) -> Result<Response<BoxStream<proto::StreamPodSandboxStatsResponse>>, Status> {
         stats::stream_pod_sandbox_stats(self, request).await
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        request: Request<proto::ListMetricDescriptorsRequest>,
+    ) -> Result<Response<proto::ListMetricDescriptorsResponse>, Status> {
+        metrics::list_metric_descriptors(self, request).await
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        request: Request<proto::ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<proto::ListPodSandboxMetricsResponse>, Status> {
+        metrics::list_pod_sandbox_metrics(self, request).await
+    }
+
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        request: Request<proto::StreamPodSandboxMetricsRequest>,
+    ) -> Result<Response<BoxStream<proto::StreamPodSandboxMetricsResponse>>, Status> {
+        metrics::stream_pod_sandbox_metrics(self, request).await
     }
 
     async fn get_container_events(

@@ -389,6 +389,58 @@ async fn stats_events_and_statuses(
             .is_some()
     );
 
+    // Metrics: cAdvisor names, one label value per declared key, and the
+    // burner's CPU seconds.
+    let descriptors = pod
+        .rt
+        .list_metric_descriptors(proto::ListMetricDescriptorsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .descriptors;
+    let keys = |name: &str| {
+        descriptors
+            .iter()
+            .find(|d| d.name == name)
+            .unwrap_or_else(|| panic!("no descriptor {name}"))
+            .label_keys
+            .len()
+    };
+    let metrics = pod
+        .rt
+        .list_pod_sandbox_metrics(proto::ListPodSandboxMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_metrics;
+    assert_eq!(metrics.len(), 1);
+    let ours = &metrics[0];
+    assert_eq!(ours.pod_sandbox_id, pod.id);
+    for m in ours
+        .metrics
+        .iter()
+        .chain(ours.container_metrics.iter().flat_map(|c| &c.metrics))
+    {
+        assert_eq!(m.label_values.len(), keys(&m.name), "{m:?}");
+    }
+    let rx = ours
+        .metrics
+        .iter()
+        .find(|m| m.name == "container_network_receive_bytes_total")
+        .expect("pod network metrics");
+    assert!(rx.value.unwrap().value > 0);
+    let burner_cpu = ours
+        .container_metrics
+        .iter()
+        .find(|c| c.container_id == burner)
+        .and_then(|c| {
+            c.metrics
+                .iter()
+                .find(|m| m.name == "container_cpu_usage_seconds_total")
+        })
+        .expect("the burner's CPU metric");
+    assert!(burner_cpu.value.unwrap().value >= 1, "{burner_cpu:?}");
+
     // The streaming forms give what the lists give.
     let mut streamed = Vec::new();
     let mut stream = pod

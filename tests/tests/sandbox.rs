@@ -186,7 +186,7 @@ async fn version_status_and_bad_input() {
     assert!(stats.is_empty(), "{stats:?}");
     // RPCs not built yet are honest about it.
     let err = c
-        .list_metric_descriptors(proto::ListMetricDescriptorsRequest::default())
+        .update_pod_sandbox_resources(proto::UpdatePodSandboxResourcesRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
