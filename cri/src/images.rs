@@ -34,6 +34,20 @@ impl ImageService {
         self.pods = Some(pods);
         self
     }
+
+    /// The images that pass `filter` (an image reference, or none), for
+    /// both list forms.
+    fn images(&self, filter: Option<proto::ImageFilter>) -> Vec<proto::Image> {
+        let filter = filter
+            .and_then(|f| f.image)
+            .map(|s| s.image)
+            .filter(|s| !s.is_empty());
+        let images = match filter {
+            Some(r) => self.store.find(&r).into_iter().collect(),
+            None => self.store.list(),
+        };
+        images.iter().map(|i| to_proto(&self.store, i)).collect()
+    }
 }
 
 impl ToStatus for PullError {
@@ -149,22 +163,6 @@ fn to_proto(store: &ImageStore, img: &images::Image) -> proto::Image {
             ..Default::default()
         }),
         pinned: store.is_pinned(img),
-    }
-}
-
-impl ImageService {
-    /// The images that pass `filter` (an image reference, or none), for
-    /// both list forms.
-    fn images(&self, filter: Option<proto::ImageFilter>) -> Vec<proto::Image> {
-        let filter = filter
-            .and_then(|f| f.image)
-            .map(|s| s.image)
-            .filter(|s| !s.is_empty());
-        let images = match filter {
-            Some(r) => self.store.find(&r).into_iter().collect(),
-            None => self.store.list(),
-        };
-        images.iter().map(|i| to_proto(&self.store, i)).collect()
     }
 }
 

@@ -31,7 +31,7 @@ impl HostRuntime {
     /// A host runtime with `config`, reporting container exits on `events`.
     pub fn new(config: HostRuntimeConfig, events: mpsc::UnboundedSender<RuntimeEvent>) -> Self {
         let layers =
-            usage::dir::CachedDirUsage::new(&config.layers_dir, crate::stats::LAYERS_MAX_AGE);
+            usage::dir::CachedDirUsage::new(&config.layers_dir, runtime_api::stats::LAYERS_MAX_AGE);
         Self {
             config,
             events,

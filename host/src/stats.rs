@@ -1,20 +1,13 @@
 //! What a host pod and its containers use: their cgroups, the counters of
 //! the pod's network namespace, and their writable layers on the host.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use network::netns::in_netns;
 use runtime_api::container::{ContainerRecord, ContainerState};
 use runtime_api::{ContainerUsage, LayerUsage, PodUsage, RuntimeError, SandboxRecord};
 
 use crate::config::{self, HostContainer, HostSandbox};
 use crate::runtime::HostRuntime;
-
-/// How old the total of the writable layers may be.
-pub(crate) const LAYERS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// The pod's interface the CNI plugins create in its namespace.
-const POD_INTERFACE: &str = "eth0";
 
 impl HostRuntime {
     /// Measures the pod and `containers` (blocking file reads, off the runtime).
@@ -50,13 +43,14 @@ fn measure(
     let pod_cgroup = usage::cgroup::read_cgroup(root, &pod.cgroup.path)
         .map_err(|e| RuntimeError::internal("read the pod's cgroup", e))?;
     let interfaces = match &pod.netns {
-        Some(netns) => net_counters(netns.clone())?,
+        Some(netns) => network::netns::interface_counters(netns)
+            .map_err(|e| RuntimeError::internal("read the pod's network counters", e))?,
         None => Vec::new(),
     };
     let default_interface = interfaces
         .iter()
-        .any(|i| i.name == POD_INTERFACE)
-        .then(|| POD_INTERFACE.to_owned());
+        .any(|i| i.name == network::pod::IFNAME)
+        .then(|| network::pod::IFNAME.to_owned());
     let containers = containers
         .iter()
         .map(|(id, running, c)| container_usage(root, layers, id, *running, c))
@@ -100,12 +94,4 @@ fn container_usage(
         memory: cgroup.map(|c| c.memory),
         writable_layer,
     }
-}
-
-/// The counters of the interfaces in the network namespace at `netns`.
-fn net_counters(netns: PathBuf) -> Result<Vec<usage::InterfaceUsage>, RuntimeError> {
-    in_netns(&netns, || {
-        usage::net::read_net_dev(Path::new("/proc/thread-self/net/dev")).map_err(|e| e.to_string())
-    })
-    .map_err(|e| RuntimeError::internal("read the pod's network counters", e))
 }

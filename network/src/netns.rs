@@ -118,6 +118,14 @@ pub fn in_netns<T: Send + 'static>(
     .unwrap_or_else(|_| Err("the network namespace thread panicked".to_owned()))
 }
 
+/// The counters of every interface but loopback in the network namespace
+/// at `netns` (its `/proc/net/dev`, read from a thread inside it).
+pub fn interface_counters(netns: &Path) -> Result<Vec<usage::InterfaceUsage>, String> {
+    in_netns(netns, || {
+        usage::net::read_net_dev(Path::new("/proc/thread-self/net/dev")).map_err(|e| e.to_string())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,9 @@ pub struct LayerUsage {
     pub usage: FsUsage,
 }
 
+/// How old the total of a runtime's writable layers may be.
+pub const LAYERS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What the writable layers under `layers`' root use in all (the root is
 /// made if missing), off the async runtime.
 pub async fn measure_layers(

@@ -95,8 +95,10 @@ impl VmRuntime {
         hypervisor: Arc<dyn Hypervisor>,
         events: mpsc::UnboundedSender<RuntimeEvent>,
     ) -> Self {
-        let layers =
-            usage::dir::CachedDirUsage::new(&config.containers_dir, crate::stats::LAYERS_MAX_AGE);
+        let layers = usage::dir::CachedDirUsage::new(
+            &config.containers_dir,
+            runtime_api::stats::LAYERS_MAX_AGE,
+        );
         Self {
             config,
             hypervisor,

@@ -18,12 +18,6 @@ use crate::containers::ContainerFiles;
 use crate::errors::{agent_failure, internal};
 use crate::runtime::{AGENT_CALL, VmRuntime};
 
-/// How old the total of the writable layers may be.
-pub(crate) const LAYERS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// The pod's interface the CNI plugins create in its namespace.
-const POD_INTERFACE: &str = "eth0";
-
 impl VmRuntime {
     /// Measures the pod and `containers`.
     pub(crate) async fn measure_pod(
@@ -82,8 +76,8 @@ impl VmRuntime {
             default_interface: host
                 .interfaces
                 .iter()
-                .any(|i| i.name == POD_INTERFACE)
-                .then(|| POD_INTERFACE.to_owned()),
+                .any(|i| i.name == network::pod::IFNAME)
+                .then(|| network::pod::IFNAME.to_owned()),
             interfaces: host.interfaces,
             processes: guest.processes,
             containers,
@@ -130,16 +124,13 @@ fn host_side(state: &VmState, layers: &[Option<PathBuf>]) -> Result<HostSide, Ru
         memory.major_page_faults += p.major_page_faults;
     }
     let interfaces = match &state.network {
-        Some(net) => network::netns::in_netns(&net.pod.netns().path(), || {
-            usage::net::read_net_dev(Path::new("/proc/thread-self/net/dev"))
-                .map_err(|e| e.to_string())
-        })
-        .map_err(|e| internal("read the pod's network counters", e))?
-        .into_iter()
-        // The taps carry the pod interface's traffic to the VM: report the
-        // interfaces the pod's network gave it.
-        .filter(|i| !net.taps().any(|t| t.tap == i.name))
-        .collect(),
+        Some(net) => network::netns::interface_counters(&net.pod.netns().path())
+            .map_err(|e| internal("read the pod's network counters", e))?
+            .into_iter()
+            // The taps carry the pod interface's traffic to the VM: report the
+            // interfaces the pod's network gave it.
+            .filter(|i| !net.taps().any(|t| t.tap == i.name))
+            .collect(),
         None => Vec::new(),
     };
     let layers = layers
