@@ -49,9 +49,10 @@ if [[ ! -x $PYENV_DIR/bin/python ]]; then
   log "creating venv $PYENV_DIR"
   python3 -m venv "$PYENV_DIR"
 fi
-if ! "$PYENV_DIR/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
-  log "pip install grpcio grpcio-tools"
-  "$PYENV_DIR/bin/python" -m pip install -q --disable-pip-version-check grpcio grpcio-tools
+if ! "$PYENV_DIR/bin/python" -c 'import grpc, grpc_tools, prometheus_client' 2>/dev/null; then
+  log "pip install grpcio grpcio-tools prometheus-client"
+  "$PYENV_DIR/bin/python" -m pip install -q --disable-pip-version-check grpcio grpcio-tools \
+    'prometheus-client>=0.20,<1'
 else
   log "python venv ready ($PYENV_DIR)"
 fi

@@ -12,6 +12,7 @@ mod convert;
 mod errors;
 mod events;
 mod images;
+mod metered;
 mod metrics;
 mod runtime;
 mod sandbox;
@@ -21,6 +22,7 @@ mod status;
 mod stream;
 
 pub use images::ImageService;
+pub use metered::{Metered, MeteredLayer};
 pub use service::RuntimeService;
 
 pub mod proto {

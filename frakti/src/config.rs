@@ -67,6 +67,10 @@ pub struct Cli {
     /// Address of the streaming server (exec, attach, port-forward URLs); port 0 picks a free one.
     #[arg(long)]
     pub streaming_address: Option<String>,
+    /// Address of the Prometheus metrics endpoint (`/metrics`), e.g.
+    /// `127.0.0.1:9464` [default: off].
+    #[arg(long)]
+    pub metrics_address: Option<String>,
     /// Whether pods may run on the host (privileged, node namespaces, the
     /// OS-container annotation, the host handler) [default: true].
     #[arg(long)]
@@ -130,6 +134,7 @@ struct FileConfig {
     cni_bin_dir: Option<Vec<PathBuf>>,
     registry_config_dir: Option<PathBuf>,
     streaming_address: Option<String>,
+    metrics_address: Option<String>,
     host_pods: Option<bool>,
     host_handler: Option<String>,
     privileged_pods: Option<String>,
@@ -176,6 +181,8 @@ pub struct Config {
     pub registry_config_dir: PathBuf,
     /// Streaming server address.
     pub streaming_address: std::net::SocketAddr,
+    /// Prometheus endpoint address, if it is served.
+    pub metrics_address: Option<std::net::SocketAddr>,
     /// Pods may run on the host.
     pub host_pods: bool,
     /// Runtime handler of host pods.
@@ -307,6 +314,16 @@ impl Config {
                         format!("{text:?} is not an address with a port: {e}"),
                     )
                 })?
+            },
+            metrics_address: match cli.metrics_address.clone().or(file.metrics_address) {
+                None => None,
+                Some(text) if text.is_empty() => None,
+                Some(text) => Some(text.parse().map_err(|e| {
+                    invalid(
+                        "metrics_address",
+                        format!("{text:?} is not an address with a port: {e}"),
+                    )
+                })?),
             },
             host_pods: cli.host_pods.or(file.host_pods).unwrap_or(true),
             host_handler: cli
@@ -475,6 +492,25 @@ mod tests {
                 .to_string()
                 .contains("key `registry_config_dir`")
         );
+    }
+
+    #[test]
+    fn the_metrics_endpoint_is_off_unless_an_address_is_given() {
+        let none = Config::merge(&cli(&[]), FileConfig::default()).unwrap();
+        assert_eq!(none.metrics_address, None);
+        let f = file("metrics_address = \"127.0.0.1:9464\"\n");
+        let c = Config::merge(&cli(&[]), f).unwrap();
+        assert_eq!(c.metrics_address, Some("127.0.0.1:9464".parse().unwrap()));
+        let f = file("metrics_address = \"127.0.0.1:9464\"\n");
+        let c = Config::merge(&cli(&["--metrics-address", ""]), f).unwrap();
+        assert_eq!(c.metrics_address, None, "an empty flag turns it off");
+        let err = Config::merge(
+            &cli(&["--metrics-address", "localhost"]),
+            FileConfig::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("metrics_address"), "{err}");
     }
 
     #[test]

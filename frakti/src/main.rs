@@ -6,6 +6,7 @@
 //! signal handling; it holds no pod logic of its own.
 
 mod config;
+mod metrics;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -101,7 +102,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         },
         events_tx,
     ));
-    let mut registry = Registry::new(VM_HANDLER, vm_runtime).with_host(HostPolicy {
+    let mut registry = Registry::new(VM_HANDLER, vm_runtime.clone()).with_host(HostPolicy {
         handler: config.host_handler.clone(),
         enabled: config.host_pods,
         privileged_on_host: config.privileged_pods == config::PrivilegedPods::Host,
@@ -137,6 +138,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     .context("start the streaming server")?;
     tracing::info!(url = streaming_server.base_url(), "streaming server ready");
 
+    if let Some(address) = config.metrics_address {
+        telemetry::global().register_vms(vm_runtime.clone());
+        let bound = metrics::serve(address).await?;
+        tracing::info!(url = %format!("http://{bound}{}", metrics::PATH), "metrics endpoint ready");
+    }
+
     let listener = bind(&config.listen)?;
     let info = serde_json::to_value(&config).unwrap_or_default();
     let runtime_service = cri::RuntimeService::new(pods.clone(), image_store.clone(), info)
@@ -151,6 +158,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(socket = %config.listen.display(), version = env!("CARGO_PKG_VERSION"), "frakti serving the CRI");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
+        .layer(cri::MeteredLayer)
         .add_service(RuntimeServiceServer::new(runtime_service))
         .add_service(ImageServiceServer::new(
             cri::ImageService::new(image_store).with_pods(pods.clone()),

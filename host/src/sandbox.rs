@@ -90,9 +90,15 @@ impl HostRuntime {
                 .map_err(|e| RuntimeError::internal("create the pod's network namespace", e))?;
             pod.netns = Some(netns.path());
             let identity = PodIdentity::of_sandbox(id, config);
+            let net_started = std::time::Instant::now();
             let network = networks.add(&netns, &identity).await.map_err(|e| {
                 RuntimeError::caused(RuntimeErrorKind::Internal, "set up the pod network", e)
             })?;
+            telemetry::global().record_pod_start(
+                self.name(),
+                telemetry::StartPhase::Network,
+                net_started.elapsed(),
+            );
             ips = network.result.pod_ips();
             pod.network = Some(network);
             namespaces::set_net_sysctls(&netns.path(), &net_sysctls)

@@ -101,6 +101,7 @@ pub enum StatusPodError {
 impl PodService {
     /// Validates `config`, starts the sandbox and returns its id.
     pub async fn run(&self, config: SandboxConfig) -> Result<String, RunPodError> {
+        let started_at = std::time::Instant::now();
         let metadata = config
             .metadata
             .as_ref()
@@ -146,6 +147,11 @@ impl PodService {
             return Err(e.into());
         }
         lock(&self.pods).insert(id.clone(), Arc::new(tokio::sync::Mutex::new(Some(record))));
+        telemetry::global().record_pod_start(
+            runtime.name(),
+            telemetry::StartPhase::Total,
+            started_at.elapsed(),
+        );
         Ok(id)
     }
 

@@ -25,11 +25,14 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
+import urllib.error
+import urllib.request
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 PROTO_DIR = os.path.join(REPO, "third_party", "cri-api")
@@ -155,6 +158,13 @@ def pid_running(pid, starttime):
     return True, f"state {state}"
 
 
+def free_tcp_port():
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def tail(path, n=60):
     try:
         with open(path, errors="replace") as f:
@@ -197,6 +207,7 @@ class CriTest:
 
     def start_daemon(self):
         frakti_bin, kernel, initrd = self.paths()
+        self.metrics_port = free_tcp_port()
         missing = [p for p in (frakti_bin, kernel, initrd) if not os.path.isfile(p)]
         if not R.check("prerequisites: daemon binary and guest kernel/initrd exist", not missing,
                        "missing: " + ", ".join(missing) if missing else ""):
@@ -216,6 +227,7 @@ class CriTest:
             "--guest-initrd", initrd,
             # An empty CNI directory: the embedded default network.
             "--cni-conf-dir", os.path.join(self.tmp, "net.d"),
+            "--metrics-address", f"127.0.0.1:{self.metrics_port}",
         ]
         info("starting " + " ".join(cmd))
         self.log_file = open(self.log_path, "wb")
@@ -535,6 +547,9 @@ class CriTest:
             R.check("GetContainerEvents streams until the deadline", err.code() == C.DEADLINE_EXCEEDED,
                     f"{err.code().name}: {err.details()}")
 
+        # ---- Prometheus endpoint ---------------------------------------
+        self.check_metrics(pod_id)
+
         # ---- duplicate name -------------------------------------------
         self.expect_error("RunPodSandbox with the same metadata -> ALREADY_EXISTS", self.rt.RunPodSandbox,
                           pb.RunPodSandboxRequest(config=self.pod_config()), C.ALREADY_EXISTS,
@@ -550,6 +565,13 @@ class CriTest:
         if st is not None:
             R.check("status after stop == SANDBOX_NOTREADY", st.status.state == pb.SANDBOX_NOTREADY,
                     pb.PodSandboxState.Name(st.status.state))
+        families = self.scrape("metrics after stop")
+        if families is not None:
+            vms = self.metric_value(families, "frakti_vms", "frakti_vms", {})
+            R.check("metrics after stop: frakti_vms == 0", vms == 0, repr(vms))
+            cpu = self.metric_value(families, "frakti_pod_vm_host_cpu_seconds",
+                                    "frakti_pod_vm_host_cpu_seconds_total", {"sandbox_id": pod_id})
+            R.check("metrics after stop: no CPU series for the stopped pod", cpu is None, repr(cpu))
         if qemu_pid is not None:
             running, why = pid_running(qemu_pid, qemu_start)
             R.check(f"QEMU pid {qemu_pid} no longer running after stop", not running, why)
@@ -568,6 +590,92 @@ class CriTest:
         if lst is not None:
             ids = [p.id for p in lst.items]
             R.check("ListPodSandbox no longer lists the removed pod", pod_id not in ids, repr(ids))
+
+    # -- Prometheus endpoint --------------------------------------------
+
+    def metrics_url(self, path="/metrics"):
+        return f"http://127.0.0.1:{self.metrics_port}{path}"
+
+    def scrape(self, name):
+        """GET /metrics and parse it with prometheus_client's OpenMetrics parser."""
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families
+        try:
+            with urllib.request.urlopen(self.metrics_url(), timeout=RPC_TIMEOUT) as resp:
+                ctype = resp.headers.get("Content-Type", "")
+                body = resp.read().decode()
+        except (urllib.error.URLError, OSError) as e:
+            R.check(f"{name}: GET /metrics answers", False, str(e))
+            return None
+        if not R.check(f"{name}: Content-Type is OpenMetrics text",
+                       ctype.startswith("application/openmetrics-text"), repr(ctype)):
+            return None
+        try:
+            families = {f.name: f for f in text_string_to_metric_families(body)}
+        except Exception as e:  # the parser raises ValueError and friends
+            R.check(f"{name}: the OpenMetrics parser accepts the text", False, f"{e}: {body[:400]!r}")
+            return None
+        R.check(f"{name}: the OpenMetrics parser accepts the text", True, f"{len(families)} families")
+        return families
+
+    @staticmethod
+    def metric_value(families, family, sample, labels):
+        """The value of the sample whose labels include `labels`, or None."""
+        f = families.get(family)
+        if f is None:
+            return None
+        for s in f.samples:
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+        return None
+
+    def check_metrics(self, pod_id):
+        for path, method, want in (("/nope", "GET", 404), ("/metrics", "POST", 405)):
+            req = urllib.request.Request(self.metrics_url(path), method=method, data=b"" if method == "POST" else None)
+            try:
+                urllib.request.urlopen(req, timeout=RPC_TIMEOUT)
+                got = 200
+            except urllib.error.HTTPError as e:
+                got = e.code
+            except (urllib.error.URLError, OSError) as e:
+                got = str(e)
+            R.check(f"metrics endpoint: {method} {path} -> {want}", got == want, repr(got))
+        families = self.scrape("metrics")
+        if families is None:
+            return
+        v = self.metric_value
+        version = v(families, "frakti_cri_requests", "frakti_cri_requests_total",
+                    {"service": "RuntimeService", "method": "Version", "code": "OK"})
+        R.check("metrics: Version calls counted (>= 2) with code OK", version is not None and version >= 2,
+                repr(version))
+        nf = v(families, "frakti_cri_request_errors", "frakti_cri_request_errors_total",
+               {"service": "RuntimeService", "method": "PodSandboxStatus", "code": "NotFound"})
+        R.check("metrics: the PodSandboxStatus NotFound error is counted", nf is not None and nf >= 1, repr(nf))
+        ok_errors = v(families, "frakti_cri_request_errors", "frakti_cri_request_errors_total", {"code": "OK"})
+        R.check("metrics: no error series has code OK", ok_errors is None, repr(ok_errors))
+        lat = v(families, "frakti_cri_request_duration_seconds", "frakti_cri_request_duration_seconds_count",
+                {"service": "RuntimeService", "method": "RunPodSandbox"})
+        R.check("metrics: RunPodSandbox latency observed", lat is not None and lat >= 1, repr(lat))
+        pulls = v(families, "frakti_image_pull_bytes", "frakti_image_pull_bytes_total", {})
+        R.check("metrics: the image pull byte counter is exposed", pulls is not None, repr(pulls))
+        phases = {}
+        for phase in ("network", "vm_boot", "agent_ready", "total"):
+            labels = {"runtime": "vm", "phase": phase}
+            count = v(families, "frakti_pod_start_duration_seconds", "frakti_pod_start_duration_seconds_count",
+                      labels)
+            phases[phase] = v(families, "frakti_pod_start_duration_seconds",
+                              "frakti_pod_start_duration_seconds_sum", labels)
+            R.check(f"metrics: pod start phase {phase} observed once", count == 1, repr(count))
+        if None not in phases.values():
+            R.check("metrics: the VM boot and agent phases fit in the total",
+                    0 < phases["vm_boot"] + phases["agent_ready"] <= phases["total"], repr(phases))
+        vms = v(families, "frakti_vms", "frakti_vms", {})
+        R.check("metrics: frakti_vms == 1", vms == 1, repr(vms))
+        cpu = v(families, "frakti_pod_vm_host_cpu_seconds", "frakti_pod_vm_host_cpu_seconds_total",
+                {"sandbox_id": pod_id})
+        R.check("metrics: the pod VM's host CPU seconds > 0", cpu is not None and cpu > 0, repr(cpu))
+        rss = v(families, "frakti_pod_vm_host_memory_rss_bytes", "frakti_pod_vm_host_memory_rss_bytes",
+                {"sandbox_id": pod_id})
+        R.check("metrics: the pod VM's host RSS > 16 MiB", rss is not None and rss > 16 << 20, repr(rss))
 
     # -- cleanup --------------------------------------------------------
 

@@ -18,6 +18,47 @@ use cri::proto::{self, PodSandboxConfig, PodSandboxMetadata};
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+/// A TCP port on 127.0.0.1 that nobody listens on right now.
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// GETs `/metrics` from the endpoint at `address`: its content type and text.
+pub async fn scrape(address: &str) -> anyhow::Result<(String, String)> {
+    let response = reqwest::get(format!("http://{address}/metrics")).await?;
+    if !response.status().is_success() {
+        bail!("GET /metrics: {}", response.status());
+    }
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    Ok((content_type, response.text().await?))
+}
+
+/// The value of the first sample `name` in the metrics `text` whose labels
+/// include `labels`.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            let has = |(k, v): &(&str, &str)| {
+                series_labels
+                    .split("\",")
+                    .any(|pair| pair.trim_end_matches('"') == format!("{k}=\"{v}"))
+            };
+            (series_name == name && labels.iter().all(has)).then(|| value.parse().ok())?
+        })
+}
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -134,6 +134,8 @@ pub struct TestPod {
     pub image: String,
     /// The pod's log directory.
     pub logs: tempfile::TempDir,
+    /// Address of the daemon's metrics endpoint.
+    pub metrics: String,
     _registry: Registry,
 }
 
@@ -146,7 +148,9 @@ impl TestPod {
     ) -> anyhow::Result<Self> {
         let registry = Registry::start(None).await?;
         let image = push_box(&registry).await?;
-        let daemon = crate::Daemon::start(&["--accel", "tcg"]).await?;
+        let metrics = format!("127.0.0.1:{}", crate::free_port()?);
+        let daemon =
+            crate::Daemon::start(&["--accel", "tcg", "--metrics-address", &metrics]).await?;
         pull(&daemon, &image).await?;
         let logs = tempfile::tempdir()?;
         let mut config = crate::pod_config(name, &[]);
@@ -161,6 +165,7 @@ impl TestPod {
             config,
             image,
             logs,
+            metrics,
             _registry: registry,
         })
     }

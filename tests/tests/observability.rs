@@ -2,13 +2,14 @@
 //! memory, network counters, writable layers, filters), container events
 //! with several subscribers, complete pod statuses, and the streaming list
 //! calls. The same checks run against a host pod and a VM pod (TCG); the VM
-//! pod's events also cover a VM killed under its containers.
+//! pod's events also cover a VM killed under its containers. Both scrape
+//! the daemon's Prometheus endpoint (the Python client parses it too).
 
 use std::time::{Duration, Instant};
 
 use cri::proto;
 use e2e::workload::TestPod;
-use e2e::{pod_status, vm_pid};
+use e2e::{pod_status, sample, scrape, vm_pid};
 use tonic::Code;
 use tonic::codec::Streaming;
 
@@ -514,6 +515,40 @@ async fn stats_events_and_statuses(
     (idle, first)
 }
 
+/// Scrapes the daemon of `pod`, which pulled an image, ran the pod on
+/// `runtime` and answered calls of every kind; asserts what they left.
+async fn scraped_metrics(pod: &TestPod, runtime: &str) -> String {
+    let (content_type, text) = scrape(&pod.metrics).await.unwrap();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let value = |name: &str, labels: &[(&str, &str)]| sample(&text, name, labels);
+    assert!(
+        value("frakti_image_pull_bytes_total", &[]).unwrap() > 0.0,
+        "{text}"
+    );
+    let pulled = [("result", "pulled")];
+    assert_eq!(
+        value("frakti_image_pull_duration_seconds_count", &pulled),
+        Some(1.0)
+    );
+    for phase in ["network", "total"] {
+        let labels = [("runtime", runtime), ("phase", phase)];
+        assert_eq!(
+            value("frakti_pod_start_duration_seconds_count", &labels),
+            Some(1.0),
+            "phase {phase}: {text}"
+        );
+    }
+    let started = [("method", "StartContainer"), ("code", "OK")];
+    assert!(value("frakti_cri_requests_total", &started).unwrap() >= 2.0);
+    let unknown = [("method", "ContainerStats"), ("code", "NotFound")];
+    assert!(value("frakti_cri_request_errors_total", &unknown).unwrap() >= 1.0);
+    text
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_pod_is_measured_and_its_containers_report_events() {
     let _serial = SERIAL.lock().await;
@@ -556,6 +591,13 @@ async fn a_host_pod_is_measured_and_its_containers_report_events() {
         pod.status(&idle).await.stop_signal,
         proto::Signal::Sigterm as i32
     );
+    let text = scraped_metrics(&pod, "host").await;
+    assert_eq!(sample(&text, "frakti_vms", &[]), Some(0.0), "{text}");
+    let boot = [("runtime", "vm"), ("phase", "vm_boot")];
+    assert_eq!(
+        sample(&text, "frakti_pod_start_duration_seconds_count", &boot),
+        None
+    );
 
     // Stopping the pod stops its containers: an event each.
     pod.rt
@@ -597,6 +639,20 @@ async fn a_vm_pod_is_measured_and_a_killed_vm_stops_its_containers() {
         working_set >= rss_kib * 1024 / 2,
         "the pod's working set {working_set} should include QEMU's {rss_kib} KiB"
     );
+    let text = scraped_metrics(&pod, "vm").await;
+    assert_eq!(sample(&text, "frakti_vms", &[]), Some(1.0), "{text}");
+    let vm = [("sandbox_id", pod.id.as_str())];
+    let rss = sample(&text, "frakti_pod_vm_host_memory_rss_bytes", &vm).unwrap();
+    assert!(
+        rss >= (rss_kib * 1024 / 2) as f64,
+        "{rss} against QEMU's {rss_kib} KiB"
+    );
+    assert!(sample(&text, "frakti_pod_vm_host_cpu_seconds_total", &vm).unwrap() > 0.0);
+    for phase in ["vm_boot", "agent_ready"] {
+        let labels = [("runtime", "vm"), ("phase", phase)];
+        let count = sample(&text, "frakti_pod_start_duration_seconds_count", &labels);
+        assert_eq!(count, Some(1.0), "phase {phase}: {text}");
+    }
 
     // The VM dies: the running container is reported stopped.
     // SAFETY: kill only sends a signal, to the pid of this test's own VM.

@@ -10,6 +10,7 @@ use agent_api::{AgentClient, UnixTransport, calls};
 use hypervisor::{Hypervisor, NicSpec, VmEndpoints, VmSpec};
 use network::Netns;
 use runtime_api::{RuntimeError, RuntimeErrorKind, SandboxConfig};
+use telemetry::StartPhase;
 use tokio::time::Instant;
 
 use crate::config::VmState;
@@ -143,6 +144,7 @@ impl VmRuntime {
             let (Some(networks), Some(ns)) = (&self.config.networks, &netns) else {
                 return (None, Ok(()));
             };
+            let net_started = Instant::now();
             let pod_net = match net::setup(networks, ns, id, config).await {
                 Ok(n) => n,
                 Err(e) => return (None, Err(internal("pod network", e))),
@@ -164,6 +166,9 @@ impl VmRuntime {
                 }
             }
             tracing::debug!(%id, elapsed = ?started.elapsed(), "NIC hot-plugged");
+            if plugged.is_ok() {
+                record_phase(StartPhase::Network, net_started.elapsed());
+            }
             (Some(pod_net), plugged)
         };
         let booted = wait_boot(&agent, &endpoints, started + self.config.boot_timeout);
@@ -178,6 +183,8 @@ impl VmRuntime {
             ));
         }
         tracing::debug!(%id, elapsed = ?started.elapsed(), "agent answered");
+        let answered = Instant::now();
+        record_phase(StartPhase::VmBoot, answered - started);
         let welcome = agent.welcome().await;
         let ips = pod_net
             .as_ref()
@@ -205,6 +212,7 @@ impl VmRuntime {
                 .await
                 .map_err(|e| agent_failure("configure the guest network", e))?;
         }
+        record_phase(StartPhase::AgentReady, answered.elapsed());
         tracing::info!(%id, pid = endpoints.pid, %accel, vcpus = size.vcpus, memory_mib = size.memory_mib,
             boot = ?started.elapsed(), "pod VM ready");
         let state = VmState {
@@ -217,7 +225,7 @@ impl VmRuntime {
             network: pod_net,
             virtiofsd_pid: Some(virtiofsd),
         };
-        self.track(id, endpoints, agent)?;
+        self.track(id, endpoints, agent, Some(virtiofsd))?;
         Ok(state)
     }
 
@@ -241,4 +249,9 @@ impl VmRuntime {
             _ => {}
         }
     }
+}
+
+/// Records a phase of a VM pod's start in the daemon's metrics.
+fn record_phase(phase: StartPhase, elapsed: Duration) {
+    telemetry::global().record_pod_start(crate::runtime::NAME, phase, elapsed);
 }

@@ -37,7 +37,7 @@ impl VmRuntime {
             Ok(_) => {}
             Err(e) => tracing::warn!(%id, "VM runs but its agent does not answer yet: {e}"),
         }
-        self.track(id, endpoints, agent)?;
+        self.track(id, endpoints, agent, vm_state.virtiofsd_pid)?;
         Ok(true)
     }
 

@@ -18,6 +18,9 @@ use crate::containers;
 use crate::errors::internal;
 use crate::profile::{AccelVerdict, choose_accel};
 
+/// The runtime's name, in logs and metrics.
+pub(crate) const NAME: &str = "vm";
+
 /// Deadline for small agent requests.
 pub(crate) const AGENT_CALL: Duration = Duration::from_secs(10);
 
@@ -27,6 +30,8 @@ pub(crate) struct Vm {
     pub(crate) endpoints: VmEndpoints,
     pub(crate) agent: Arc<AgentClient>,
     pub(crate) stopping: Arc<AtomicBool>,
+    /// The virtiofsd serving the pod's shared directory.
+    pub(crate) virtiofsd_pid: Option<i32>,
     watcher: JoinHandle<()>,
     relay: JoinHandle<()>,
 }
@@ -125,6 +130,14 @@ impl VmRuntime {
         lock(&self.vms).remove(id);
     }
 
+    /// Every running VM, by sandbox id.
+    pub(crate) fn running(&self) -> Vec<(String, Arc<Vm>)> {
+        lock(&self.vms)
+            .iter()
+            .map(|(id, vm)| (id.clone(), vm.clone()))
+            .collect()
+    }
+
     /// The running VM of sandbox `id`.
     pub(crate) fn vm(&self, id: &str) -> Option<Arc<Vm>> {
         lock(&self.vms).get(id).cloned()
@@ -136,6 +149,7 @@ impl VmRuntime {
         id: &str,
         endpoints: VmEndpoints,
         agent: Arc<AgentClient>,
+        virtiofsd_pid: Option<i32>,
     ) -> Result<(), RuntimeError> {
         let process = Process::open(endpoints.pid).map_err(|e| internal("watch VM process", e))?;
         let stopping = Arc::new(AtomicBool::new(false));
@@ -166,6 +180,7 @@ impl VmRuntime {
             endpoints,
             agent,
             stopping,
+            virtiofsd_pid,
             watcher,
             relay,
         });

@@ -15,7 +15,7 @@ use crate::runtime::VmRuntime;
 #[async_trait::async_trait]
 impl SandboxRuntime for VmRuntime {
     fn name(&self) -> &'static str {
-        "vm"
+        crate::runtime::NAME
     }
 
     async fn ready(&self) -> Result<(), NotReady> {

@@ -96,33 +96,7 @@ struct HostSide {
 
 fn host_side(state: &VmState, layers: &[Option<PathBuf>]) -> Result<HostSide, RuntimeError> {
     let timestamp_ns = runtime_api::now_ns();
-    let proc = Path::new("/proc");
-    let mut pids = vec![state.pid];
-    if let Some(virtiofsd) = state.virtiofsd_pid {
-        pids.push(virtiofsd);
-        pids.extend(children(virtiofsd));
-    }
-    let mut cpu = CpuUsage::default();
-    let mut memory = MemoryUsage::default();
-    for pid in pids {
-        let Ok(pid) = u32::try_from(pid) else {
-            continue;
-        };
-        let p = match read_process(proc, pid) {
-            Ok(p) => p,
-            // QEMU itself must be there; a helper may have just gone.
-            Err(e) if pid == state.pid as u32 => {
-                return Err(internal("read the VM's CPU and memory", e));
-            }
-            Err(_) => continue,
-        };
-        cpu.usage_core_ns += p.cpu_ns;
-        memory.usage_bytes += p.rss_bytes;
-        memory.working_set_bytes += p.rss_bytes;
-        memory.rss_bytes += p.rss_bytes;
-        memory.page_faults += p.page_faults;
-        memory.major_page_faults += p.major_page_faults;
-    }
+    let (cpu, memory) = vm_processes(state.pid, state.virtiofsd_pid)?;
     let interfaces = match &state.network {
         Some(net) => network::netns::interface_counters(&net.pod.netns().path())
             .map_err(|e| internal("read the pod's network counters", e))?
@@ -147,6 +121,54 @@ fn host_side(state: &VmState, layers: &[Option<PathBuf>]) -> Result<HostSide, Ru
         interfaces,
         layers,
     })
+}
+
+/// What QEMU (`pid`) and virtiofsd with its children use on the host.
+fn vm_processes(pid: i32, virtiofsd: Option<i32>) -> Result<(CpuUsage, MemoryUsage), RuntimeError> {
+    let proc = Path::new("/proc");
+    let mut pids = vec![pid];
+    if let Some(virtiofsd) = virtiofsd {
+        pids.push(virtiofsd);
+        pids.extend(children(virtiofsd));
+    }
+    let mut cpu = CpuUsage::default();
+    let mut memory = MemoryUsage::default();
+    for each in pids {
+        let Ok(each) = u32::try_from(each) else {
+            continue;
+        };
+        let p = match read_process(proc, each) {
+            Ok(p) => p,
+            // QEMU itself must be there; a helper may have just gone.
+            Err(e) if i64::from(each) == i64::from(pid) => {
+                return Err(internal("read the VM's CPU and memory", e));
+            }
+            Err(_) => continue,
+        };
+        cpu.usage_core_ns += p.cpu_ns;
+        memory.usage_bytes += p.rss_bytes;
+        memory.working_set_bytes += p.rss_bytes;
+        memory.rss_bytes += p.rss_bytes;
+        memory.page_faults += p.page_faults;
+        memory.major_page_faults += p.major_page_faults;
+    }
+    Ok((cpu, memory))
+}
+
+impl telemetry::VmSource for VmRuntime {
+    fn vm_costs(&self) -> Vec<telemetry::VmCost> {
+        self.running()
+            .into_iter()
+            .filter_map(|(id, vm)| {
+                let (cpu, memory) = vm_processes(vm.endpoints.pid, vm.virtiofsd_pid).ok()?;
+                Some(telemetry::VmCost {
+                    sandbox_id: id,
+                    cpu_seconds: cpu.usage_core_ns as f64 / 1e9,
+                    rss_bytes: memory.rss_bytes,
+                })
+            })
+            .collect()
+    }
 }
 
 /// The children of `pid` (virtiofsd serves from a child in its sandbox).

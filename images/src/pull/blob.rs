@@ -109,6 +109,7 @@ impl ImageStore {
                 }
             };
             tmp.write(&chunk).map_err(storage)?;
+            telemetry::global().record_pull_bytes(chunk.len() as u64);
             if desc.size > 0 && tmp.len() > desc.size as u64 {
                 break; // longer than its descriptor: fails the size check below
             }

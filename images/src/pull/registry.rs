@@ -71,6 +71,22 @@ impl ImageStore {
     /// caller's (drop the future to abandon the pull: nothing partial stays).
     pub async fn pull(&self, reference: &str, creds: &Credentials) -> Result<Image, PullError> {
         let started = Instant::now();
+        let pulled = self.pull_from_endpoints(reference, creds, started).await;
+        let outcome = match pulled {
+            Ok(_) => telemetry::PullOutcome::Pulled,
+            Err(_) => telemetry::PullOutcome::Failed,
+        };
+        telemetry::global().record_pull(outcome, started.elapsed());
+        pulled
+    }
+
+    /// Tries the endpoints of `reference`'s registry in their order.
+    async fn pull_from_endpoints(
+        &self,
+        reference: &str,
+        creds: &Credentials,
+        started: Instant,
+    ) -> Result<Image, PullError> {
         let parsed = parse_reference(reference)?;
         let name = parsed.whole();
         let endpoints = self.inner.hosts.endpoints(parsed.registry())?;
