@@ -241,6 +241,26 @@ pub struct Resize {
 }
 impl_call!(fields Resize { stream, width, height } -> () { Response::Done => () });
 
+/// Onlines plugged memory and makes `cpus` vCPUs online; answers the guest's facts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OnlineResources {
+    /// vCPUs to have online.
+    pub cpus: u32,
+    /// Longest wait for plugged vCPUs to appear.
+    pub timeout_ms: u64,
+}
+impl_call!(fields OnlineResources { cpus, timeout_ms } -> messages::GuestInfo { Response::GuestInfo(info) => info });
+
+/// Sets a container's cgroup limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateContainer {
+    /// Container id.
+    pub id: String,
+    /// The limits, whole.
+    pub resources: runtime_api::container::ContainerResources,
+}
+impl_call!(fields UpdateContainer { id, resources } -> () { Response::Done => () });
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -142,6 +142,24 @@ pub enum Request {
         /// Rows.
         height: u16,
     },
+    /// Onlines the memory the host plugged, and makes exactly `cpus` vCPUs
+    /// online (onlining those the host plugged, offlining the highest ones
+    /// before the host unplugs them), waiting up to `timeout_ms` for
+    /// plugged vCPUs to appear; answers `GuestInfo`.
+    OnlineResources {
+        /// vCPUs to have online.
+        cpus: u32,
+        /// Longest wait.
+        timeout_ms: u64,
+    },
+    /// Sets the limits of a created or running container's cgroup (all or
+    /// nothing).
+    UpdateContainer {
+        /// Container id.
+        id: String,
+        /// The limits, whole (not a difference).
+        resources: runtime_api::container::ContainerResources,
+    },
 }
 
 impl Request {
@@ -167,6 +185,8 @@ impl Request {
             Self::Attach { .. } => "Attach",
             Self::PortForward { .. } => "PortForward",
             Self::Resize { .. } => "Resize",
+            Self::OnlineResources { .. } => "OnlineResources",
+            Self::UpdateContainer { .. } => "UpdateContainer",
         }
     }
 }
@@ -352,6 +372,8 @@ pub enum AgentErrorKind {
     FailedPrecondition,
     /// The request did not finish in time.
     DeadlineExceeded,
+    /// The guest has too little of something (e.g. memory below a new limit).
+    ResourceExhausted,
     /// Anything else.
     Internal,
 }

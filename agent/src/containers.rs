@@ -635,5 +635,6 @@ impl Containers {
     }
 }
 
+mod limits;
 #[cfg(test)]
 mod testing;

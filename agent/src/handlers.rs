@@ -113,6 +113,16 @@ impl State {
                 width,
                 height,
             } => self.streams.resize(stream, width, height),
+            Request::OnlineResources { cpus, timeout_ms } => {
+                let limit = Duration::from_millis(timeout_ms);
+                tokio::task::spawn_blocking(move || {
+                    crate::resources::online_resources(cpus, limit)
+                })
+                .await
+                .map_err(|e| AgentError::new(AgentErrorKind::Internal, e.to_string()))??;
+                Ok(Response::GuestInfo(self.guest_info()))
+            }
+            Request::UpdateContainer { id, resources } => self.containers.update(&id, &resources),
         }
     }
 
@@ -154,7 +164,7 @@ impl State {
             hostname: nix::unistd::gethostname()
                 .map(|h| h.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            cpus: crate::resources::online_cpus().len().max(1) as u32,
             mem_total_kib: mem("MemTotal:"),
             mem_available_kib: mem("MemAvailable:"),
             uptime_secs: fs::read_to_string("/proc/uptime")

@@ -23,6 +23,7 @@ mod net;
 mod output;
 mod reaper;
 mod relay;
+mod resources;
 mod streams;
 
 use std::time::Instant;

@@ -4,7 +4,7 @@ use pods::{
     ContainerStatusError, CreateContainerError, ExecSyncError, RemoveContainerError,
     RemovePodError, ReopenLogError, RunPodError, RuntimeError, RuntimeErrorKind,
     StartContainerError, StatsError, StatusPodError, StopContainerError, StopPodError, TargetError,
-    UpdateResourcesError,
+    UpdatePodResourcesError, UpdateResourcesError,
 };
 use tonic::{Code, Status};
 
@@ -169,6 +169,17 @@ impl ToStatus for UpdateResourcesError {
             Self::Invalid(_) | Self::Ambiguous(_) => Code::InvalidArgument,
             Self::NotFound(_) => Code::NotFound,
             Self::NotLive { .. } => Code::FailedPrecondition,
+            Self::Runtime { source, .. } => runtime_code(source),
+            Self::Store(_) => Code::Internal,
+        }
+    }
+}
+
+impl ToStatus for UpdatePodResourcesError {
+    fn code(&self) -> Code {
+        match self {
+            Self::Invalid(_) | Self::Ambiguous(_) => Code::InvalidArgument,
+            Self::NotFound(_) => Code::NotFound,
             Self::Runtime { source, .. } => runtime_code(source),
             Self::Store(_) => Code::Internal,
         }

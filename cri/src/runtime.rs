@@ -44,6 +44,13 @@ impl proto::runtime_service_server::RuntimeService for RuntimeService {
         sandbox::run_pod_sandbox(self, request).await
     }
 
+    async fn update_pod_sandbox_resources(
+        &self,
+        request: Request<proto::UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<proto::UpdatePodSandboxResourcesResponse>, Status> {
+        sandbox::update_pod_sandbox_resources(self, request).await
+    }
+
     async fn stop_pod_sandbox(
         &self,
         request: Request<proto::StopPodSandboxRequest>,

@@ -117,3 +117,20 @@ async fn pod_sandboxes(
         .map(convert::pod_sandbox)
         .collect())
 }
+
+pub(crate) async fn update_pod_sandbox_resources(
+    svc: &RuntimeService,
+    request: Request<proto::UpdatePodSandboxResourcesRequest>,
+) -> Result<Response<proto::UpdatePodSandboxResourcesResponse>, Status> {
+    let req = request.into_inner();
+    require_id(&req.pod_sandbox_id, "pod_sandbox_id")?;
+    svc.pods
+        .update_pod_resources(
+            &req.pod_sandbox_id,
+            req.resources.map(convert::pod_resources),
+            req.overhead.map(convert::pod_resources),
+        )
+        .await
+        .map_err(|e| e.status())?;
+    Ok(Response::new(proto::UpdatePodSandboxResourcesResponse {}))
+}

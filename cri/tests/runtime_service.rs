@@ -49,6 +49,14 @@ impl SandboxRuntime for SandboxesOnly {
     async fn remove_sandbox(&self, _id: &str, _s: &serde_json::Value) -> Result<(), RuntimeError> {
         Ok(())
     }
+    async fn resize_sandbox(
+        &self,
+        _sandbox: &SandboxRecord,
+        _need: &runtime_api::PodResources,
+        _shrink: bool,
+    ) -> Result<(), RuntimeError> {
+        Ok(())
+    }
     async fn adopt_sandbox(&self, _id: &str, _s: &serde_json::Value) -> Result<bool, RuntimeError> {
         Ok(true)
     }

@@ -33,6 +33,12 @@ pub struct Cli {
     /// Memory in MiB of a pod VM without a memory limit.
     #[arg(long)]
     pub memory: Option<u64>,
+    /// Most vCPUs a pod VM may grow to by hot-plug [default: the host's cores].
+    #[arg(long)]
+    pub max_cpu: Option<u32>,
+    /// Most memory in MiB a pod VM may grow to by hot-plug [default: half the host's memory].
+    #[arg(long)]
+    pub max_memory: Option<u64>,
     /// Accelerator: auto (probe KVM, fall back to TCG), kvm or tcg.
     #[arg(long)]
     pub accel: Option<String>,
@@ -112,6 +118,23 @@ impl std::str::FromStr for PrivilegedPods {
     }
 }
 
+/// The host's CPU cores.
+fn host_cores() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+}
+
+/// The host's memory, MiB (`MemTotal`).
+fn host_memory_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib / 1024)
+}
+
 /// The config file's keys (all optional); the same names as the flags.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,6 +144,8 @@ struct FileConfig {
     state_dir: Option<PathBuf>,
     cpu: Option<u32>,
     memory: Option<u64>,
+    max_cpu: Option<u32>,
+    max_memory: Option<u64>,
     accel: Option<String>,
     log_level: Option<String>,
     guest_kernel: Option<PathBuf>,
@@ -155,6 +180,10 @@ pub struct Config {
     pub cpu: u32,
     /// Default memory, MiB.
     pub memory: u64,
+    /// Most vCPUs of a pod VM.
+    pub max_cpu: u32,
+    /// Most memory of a pod VM, MiB.
+    pub max_memory: u64,
     /// Accelerator policy.
     pub accel: AccelMode,
     /// Log filter.
@@ -257,6 +286,13 @@ impl Config {
                 .unwrap_or_else(|| "/run/frakti".into()),
             cpu: cli.cpu.or(file.cpu).unwrap_or(1),
             memory: cli.memory.or(file.memory).unwrap_or(512),
+            max_cpu: cli
+                .max_cpu
+                .or(file.max_cpu)
+                .unwrap_or_else(|| host_cores().max(cli.cpu.or(file.cpu).unwrap_or(1))),
+            max_memory: cli.max_memory.or(file.max_memory).unwrap_or_else(|| {
+                (host_memory_mib() / 2).max(cli.memory.or(file.memory).unwrap_or(512))
+            }),
             accel: accel.parse().map_err(|e: String| invalid("accel", e))?,
             log_level: cli
                 .log_level
@@ -366,6 +402,21 @@ impl Config {
                 format!(
                     "{} MiB is below the {MIN_MEMORY_MIB} MiB a guest needs",
                     self.memory
+                ),
+            ));
+        }
+        if self.max_cpu < self.cpu {
+            return Err(invalid(
+                "max_cpu",
+                format!("{} is below cpu ({})", self.max_cpu, self.cpu),
+            ));
+        }
+        if self.max_memory < self.memory {
+            return Err(invalid(
+                "max_memory",
+                format!(
+                    "{} MiB is below memory ({} MiB)",
+                    self.max_memory, self.memory
                 ),
             ));
         }
@@ -573,6 +624,27 @@ mod tests {
         let c = Config::merge(&cli(&["--cpu", "3", "--accel", "tcg"]), f).unwrap();
         assert_eq!((c.cpu, c.memory, c.accel), (3, 1024, AccelMode::Tcg));
         assert_eq!(c.root, PathBuf::from("/srv/frakti"));
+    }
+
+    #[test]
+    fn the_maximum_a_vm_grows_to_is_at_least_its_default_size() {
+        let c = Config::merge(&cli(&["--cpu", "300"]), FileConfig::default());
+        assert!(c.is_err(), "cpu is checked first");
+        let c = Config::merge(
+            &cli(&["--cpu", "64", "--memory", "1048576"]),
+            FileConfig::default(),
+        )
+        .unwrap();
+        assert_eq!((c.max_cpu, c.max_memory), (64, 1_048_576));
+        let f = file("max_cpu = 1\n");
+        let err = Config::merge(&cli(&["--cpu", "2"]), f)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key `max_cpu`"), "{err}");
+        let err = Config::merge(&cli(&["--max-memory", "256"]), FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key `max_memory`"), "{err}");
     }
 
     #[test]

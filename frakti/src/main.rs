@@ -88,6 +88,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             networks: Some(networks.clone()),
             virtiofsd: config.virtiofsd.clone(),
             containers_dir: config.root.join("layers"),
+            max_vcpus: config.max_cpu,
+            max_memory_mib: config.max_memory,
         },
         Arc::new(qemu),
         events_tx.clone(),

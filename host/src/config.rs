@@ -8,8 +8,8 @@ use runtime_api::{RuntimeError, RuntimeErrorKind};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::cgroups::PodCgroup;
 use crate::namespaces::NamespaceFiles;
+use cgroups::PodCgroup;
 
 /// Settings of the host runtime.
 #[derive(Debug, Clone)]

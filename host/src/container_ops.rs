@@ -12,10 +12,10 @@ use runtime_api::container::{
 };
 use runtime_api::{ContainerRuntime, RuntimeError, RuntimeErrorKind, SandboxRecord};
 
-use crate::cgroups::{CgroupError, Hierarchy};
 use crate::config::{self, HostContainer, HostSandbox};
 use crate::runtime::{HostRuntime, exited_status};
 use crate::{exec, files, supervise};
+use cgroups::{CgroupError, Hierarchy};
 
 /// How long after SIGKILL a container may take to be reaped.
 const KILL_GRACE: Duration = Duration::from_secs(10);
@@ -39,20 +39,6 @@ fn gone(id: &str) -> RuntimeError {
 
 /// The limits after an update: what the update sets, the rest as before
 /// (CRI updates carry the whole set, but a zero field means "unset").
-fn merge(old: &ContainerResources, new: &ContainerResources) -> ContainerResources {
-    let pick = |n: i64, o: i64| if n != 0 { n } else { o };
-    let text = |n: &String, o: &String| if n.is_empty() { o.clone() } else { n.clone() };
-    ContainerResources {
-        cpu_period: pick(new.cpu_period, old.cpu_period),
-        cpu_quota: pick(new.cpu_quota, old.cpu_quota),
-        cpu_shares: pick(new.cpu_shares, old.cpu_shares),
-        memory_limit_bytes: pick(new.memory_limit_bytes, old.memory_limit_bytes),
-        oom_score_adj: old.oom_score_adj,
-        cpuset_cpus: text(&new.cpuset_cpus, &old.cpuset_cpus),
-        cpuset_mems: text(&new.cpuset_mems, &old.cpuset_mems),
-    }
-}
-
 impl HostRuntime {
     /// The PID namespace of running container `target` (for mode TARGET).
     async fn target_pid_namespace(&self, target: &str) -> Result<PathBuf, RuntimeError> {
@@ -279,26 +265,29 @@ impl ContainerRuntime for HostRuntime {
     ) -> Result<(), RuntimeError> {
         let c = state(container)?;
         let hierarchy = Hierarchy::new(&self.config.cgroup_root);
-        let merged = merge(&container.config.resources, resources);
-        hierarchy.update(&c.cgroup, &merged).map_err(|e| match &e {
-            // The kernel refuses a memory limit below the current usage.
-            CgroupError::Write { file, source, .. }
-                if source.raw_os_error() == Some(libc::EBUSY)
-                    && file.ends_with("memory.limit_in_bytes") =>
-            {
-                RuntimeError::new(
-                    RuntimeErrorKind::ResourceExhausted,
-                    format!(
-                        "memory_limit_in_bytes {} is below what the container uses now",
-                        resources.memory_limit_bytes
-                    ),
-                )
-            }
-            CgroupError::Write { source, .. } if source.raw_os_error() == Some(libc::EINVAL) => {
-                RuntimeError::new(RuntimeErrorKind::InvalidArgument, e.to_string())
-            }
-            _ => RuntimeError::internal("update the container's cgroup", e),
-        })?;
+        hierarchy
+            .update(&c.cgroup, resources)
+            .map_err(|e| match &e {
+                // The kernel refuses a memory limit below the current usage.
+                CgroupError::Write { file, source, .. }
+                    if source.raw_os_error() == Some(libc::EBUSY)
+                        && file.ends_with("memory.limit_in_bytes") =>
+                {
+                    RuntimeError::new(
+                        RuntimeErrorKind::ResourceExhausted,
+                        format!(
+                            "memory_limit_in_bytes {} is below what the container uses now",
+                            resources.memory_limit_bytes
+                        ),
+                    )
+                }
+                CgroupError::Write { source, .. }
+                    if source.raw_os_error() == Some(libc::EINVAL) =>
+                {
+                    RuntimeError::new(RuntimeErrorKind::InvalidArgument, e.to_string())
+                }
+                _ => RuntimeError::internal("update the container's cgroup", e),
+            })?;
         Ok(())
     }
 

@@ -54,7 +54,7 @@ pub fn prepare(
         cgroup: pod.cgroup.container(id),
         tty: config.tty,
     };
-    let hierarchy = crate::cgroups::Hierarchy::new(&cfg.cgroup_root);
+    let hierarchy = cgroups::Hierarchy::new(&cfg.cgroup_root);
     match spec(
         sandbox, pod, config, log_path, &container, target_pid, &hierarchy,
     ) {
@@ -104,7 +104,7 @@ fn spec(
     log_path: &str,
     c: &HostContainer,
     target_pid: Option<PathBuf>,
-    hierarchy: &crate::cgroups::Hierarchy,
+    hierarchy: &cgroups::Hierarchy,
 ) -> Result<oci_spec::runtime::Spec, RuntimeError> {
     let lower = &config.image.rootfs;
     if !lower.is_dir() {
@@ -258,7 +258,7 @@ fn bound_capabilities(
 /// else's, or nobody's, and the create fails).
 fn own_cgroups_v1(
     spec: &mut oci_spec::runtime::Spec,
-    hierarchy: &crate::cgroups::Hierarchy,
+    hierarchy: &cgroups::Hierarchy,
     cgroup: &str,
 ) -> Result<(), RuntimeError> {
     let Some(mounts) = spec.mounts_mut().as_mut() else {

@@ -14,7 +14,6 @@
 //! It implements the three `runtime-api` traits; it must not know pods'
 //! records, the CRI, VMs or the agent.
 
-pub mod cgroups;
 pub mod config;
 mod container_ops;
 mod exec;

@@ -9,14 +9,15 @@ use network::{PodIdentity, PodNetworks};
 use nix::mount::{MsFlags, mount};
 use runtime_api::container::NamespaceMode;
 use runtime_api::{
-    NotReady, RuntimeError, RuntimeErrorKind, SandboxConfig, SandboxRuntime, StartedSandbox,
+    NotReady, PodResources, RuntimeError, RuntimeErrorKind, SandboxConfig, SandboxRecord,
+    SandboxRuntime, StartedSandbox,
 };
 
-use crate::cgroups::{Hierarchy, PodCgroup};
 use crate::config::{self, HostSandbox};
 use crate::namespaces::{self, NewNamespaces, SysctlScope, sysctl_scope};
 use crate::runtime::HostRuntime;
 use crate::supervise;
+use cgroups::{Hierarchy, PodCgroup};
 
 fn invalid(message: impl Into<String>) -> RuntimeError {
     RuntimeError::new(RuntimeErrorKind::InvalidArgument, message)
@@ -255,6 +256,18 @@ impl SandboxRuntime for HostRuntime {
         let pod: HostSandbox = config::parse("sandbox", state)?;
         self.release(id, &pod).await?;
         self.remove_dirs(&pod)
+    }
+
+    /// A host pod takes what it needs from the node: the kubelet sizes its
+    /// cgroup (`cgroup_parent`), and each container's limits are set on
+    /// its own cgroup.
+    async fn resize_sandbox(
+        &self,
+        _sandbox: &SandboxRecord,
+        _need: &PodResources,
+        _shrink: bool,
+    ) -> Result<(), RuntimeError> {
+        Ok(())
     }
 
     async fn adopt_sandbox(

@@ -40,10 +40,14 @@ pub struct VmSpec {
     pub id: String,
     /// Per-VM directory for sockets, logs and the pidfile.
     pub dir: PathBuf,
-    /// Number of vCPUs.
+    /// Number of vCPUs at boot.
     pub vcpus: u32,
-    /// Guest memory in MiB.
+    /// Guest memory at boot, MiB.
     pub memory_mib: u64,
+    /// Most vCPUs it may grow to (at most `vcpus`: it cannot grow).
+    pub max_vcpus: u32,
+    /// Most memory it may grow to, MiB (at most `memory_mib`: it cannot grow).
+    pub max_memory_mib: u64,
     /// Uncompressed kernel image (PVH ELF).
     pub kernel: PathBuf,
     /// Initramfs holding the agent.
@@ -265,6 +269,24 @@ pub enum ResizeError {
     /// The backend cannot do this
     #[error("{0} is not supported by this hypervisor")]
     Unsupported(&'static str),
+    /// More was asked than the VM was booted with room for
+    #[error("{asked} {what} asked, but this VM can have at most {most}")]
+    TooLarge {
+        /// What was asked for.
+        what: &'static str,
+        /// How much.
+        asked: u64,
+        /// The most it can have.
+        most: u64,
+    },
+    /// The guest did not release an unplugged device in time
+    #[error("the guest did not release {device} within {limit:?}")]
+    NotReleased {
+        /// The device.
+        device: String,
+        /// How long it was given.
+        limit: Duration,
+    },
     /// A backend-specific failure
     #[error(transparent)]
     Backend(BackendError),
@@ -330,9 +352,18 @@ pub trait Hypervisor: Send + Sync + Debug {
         Err(HotplugError::Unsupported("disk hot-unplug"))
     }
 
-    /// Resizes a running VM to `to`.
+    /// Asks a running VM to have `to`: vCPUs are plugged or unplugged, the
+    /// memory above the boot size is offered or taken back. Returns when the
+    /// VMM took the request; the guest onlines what came and releases what
+    /// was asked back on its own time ([`Hypervisor::resources`] tells).
     async fn resize(&self, vm: &VmEndpoints, to: &Resources) -> Result<(), ResizeError> {
         let _ = (vm, to);
         Err(ResizeError::Unsupported("resizing a running VM"))
+    }
+
+    /// The vCPUs and memory a running VM has now.
+    async fn resources(&self, vm: &VmEndpoints) -> Result<Resources, ResizeError> {
+        let _ = vm;
+        Err(ResizeError::Unsupported("reading a running VM's size"))
     }
 }

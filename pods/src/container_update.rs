@@ -105,20 +105,38 @@ impl PodService {
                     id: id.clone(),
                     source,
                 })?;
+        let runtime_error = |source| UpdateResourcesError::Runtime {
+            id: id.clone(),
+            source,
+        };
+        // The limits in force after the update: unset fields keep theirs.
+        let merged = record.config.resources.updated_by(&resources);
+        let before = self.pod_need(&sandbox, None);
+        let after = self.pod_need(&sandbox, Some((&id, &merged)));
+        // The sandbox grows before the container may use more, and shrinks
+        // only once the container uses less.
         runtime
-            .update_container_resources(&sandbox, &record, &resources)
+            .resize_sandbox(&sandbox, &before.max(&after), false)
             .await
-            .map_err(|source| UpdateResourcesError::Runtime {
-                id: id.clone(),
-                source,
-            })?;
-        let mut guard = lock(&slot.record);
-        if let Some(record) = guard.as_mut() {
-            let before = std::mem::replace(&mut record.config.resources, resources);
-            if let Err(e) = self.store.save_container(record) {
-                record.config.resources = before;
-                return Err(e.into());
+            .map_err(runtime_error)?;
+        runtime
+            .update_container_resources(&sandbox, &record, &merged)
+            .await
+            .map_err(runtime_error)?;
+        {
+            let mut guard = lock(&slot.record);
+            if let Some(record) = guard.as_mut() {
+                let before = std::mem::replace(&mut record.config.resources, merged);
+                if let Err(e) = self.store.save_container(record) {
+                    record.config.resources = before;
+                    return Err(e.into());
+                }
             }
+        }
+        if after != before.max(&after)
+            && let Err(e) = runtime.resize_sandbox(&sandbox, &after, true).await
+        {
+            tracing::warn!(%id, sandbox = %sandbox.id, "the pod's sandbox keeps its size: {}", runtime_api::report(&e));
         }
         Ok(())
     }

@@ -143,6 +143,9 @@ impl PodService {
 
         let log_path = absolute_log_path(&sandbox.config.log_directory, &config.log_path);
         let runtime = self.runtime_of(&sandbox)?;
+        // The sandbox grows first if the pod needs more with this container.
+        let need = self.pod_need(&sandbox, Some((&id, &config.resources)));
+        runtime.resize_sandbox(&sandbox, &need, false).await?;
         let runtime_state = runtime
             .create_container(&sandbox, &id, &config, &log_path)
             .await?;

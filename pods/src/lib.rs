@@ -16,6 +16,7 @@ mod pod_containers;
 pub mod registry;
 mod sandboxes;
 pub mod service;
+mod sizing;
 pub mod stats;
 pub mod store;
 pub mod streams;
@@ -39,6 +40,7 @@ pub use runtime_api::{
 };
 pub use sandboxes::{RemovePodError, RunPodError, StatusPodError, StopPodError};
 pub use service::PodService;
+pub use sizing::UpdatePodResourcesError;
 pub use stats::{ContainerStats, PodStats, StatsError};
 pub use store::{Store, StoreError};
 pub use streams::{StreamRouter, TargetError};

@@ -928,3 +928,97 @@ async fn resource_updates_are_stored_only_when_the_runtime_applied_them() {
     assert_eq!(rt.calls().len(), calls_before_exited);
     assert!(calls_before_exited > calls);
 }
+
+#[tokio::test]
+async fn an_update_keeps_unset_limits_and_the_sandbox_grows_first_and_shrinks_after() {
+    use pods::container::ContainerResources;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Arc::new(FakeRuntime::default());
+    let svc = service(dir.path(), rt.clone());
+    let pod = svc.run(config("p", &[])).await.unwrap();
+    let mut half = container("c", 0, &[]);
+    half.resources = ContainerResources {
+        cpu_quota: 50_000,
+        cpu_period: 100_000,
+        memory_limit_bytes: 64 << 20,
+        ..Default::default()
+    };
+    let id = svc.create_container(&pod, half).await.unwrap();
+    // The sandbox is made to fit the new container before it is created.
+    let created = rt.resizes.lock().unwrap().clone();
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].0.cpu_millis(), Some(500));
+    assert_eq!(created[0].0.memory_limit_bytes, 64 << 20);
+    assert!(!created[0].1, "a create never shrinks the sandbox");
+
+    // Only memory changes: the CPU limits stay in force and on record.
+    let more = ContainerResources {
+        memory_limit_bytes: 128 << 20,
+        ..Default::default()
+    };
+    svc.update_container_resources(&id, more).await.unwrap();
+    let (rec, _) = svc.container_status(&id, false).await.unwrap();
+    assert_eq!(rec.config.resources.cpu_quota, 50_000, "{rec:?}");
+    assert_eq!(rec.config.resources.memory_limit_bytes, 128 << 20);
+    let grown = rt.resizes.lock().unwrap()[1];
+    assert_eq!(
+        (grown.0.memory_limit_bytes, grown.0.cpu_millis(), grown.1),
+        (128 << 20, Some(500), false)
+    );
+    assert_eq!(rt.resizes.lock().unwrap().len(), 2, "nothing to shrink");
+
+    // Less memory: the container first, then the sandbox shrinks.
+    let less = ContainerResources {
+        memory_limit_bytes: 32 << 20,
+        ..Default::default()
+    };
+    svc.update_container_resources(&id, less).await.unwrap();
+    let resizes = rt.resizes.lock().unwrap().clone();
+    assert_eq!(resizes[2].0.memory_limit_bytes, 128 << 20);
+    assert!(!resizes[2].1);
+    assert_eq!(resizes[3].0.memory_limit_bytes, 32 << 20);
+    assert!(resizes[3].1, "the sandbox may shrink after the update");
+    let calls = rt.calls();
+    let update = calls.iter().rposition(|c| c.starts_with("update")).unwrap();
+    let shrink = calls.iter().rposition(|c| c.starts_with("resize")).unwrap();
+    assert!(update < shrink, "{calls:?}");
+
+    // The sandbox cannot grow: the container keeps its limits, untouched.
+    *rt.fail_resize.lock().unwrap() = true;
+    let updates = calls.iter().filter(|c| c.starts_with("update")).count();
+    let err = svc
+        .update_container_resources(
+            &id,
+            ContainerResources {
+                cpu_quota: 400_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, pods::UpdateResourcesError::Runtime { source, .. } if source.kind == RuntimeErrorKind::ResourceExhausted),
+        "{err}"
+    );
+    assert_eq!(
+        svc.container_status(&id, false)
+            .await
+            .unwrap()
+            .0
+            .config
+            .resources
+            .cpu_quota,
+        50_000
+    );
+    assert_eq!(
+        rt.calls()
+            .iter()
+            .filter(|c| c.starts_with("update"))
+            .count(),
+        updates
+    );
+    // Nor can a container be created that would need more.
+    let mut big = container("big", 0, &[]);
+    big.resources.memory_limit_bytes = 1 << 40;
+    assert!(svc.create_container(&pod, big).await.is_err());
+}

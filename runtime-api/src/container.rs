@@ -175,6 +175,25 @@ pub struct ContainerResources {
     pub cpuset_mems: String,
 }
 
+impl ContainerResources {
+    /// These limits changed by `update`: its set (non-zero, non-empty)
+    /// fields replace these; the OOM score stays, as the CRI has it fixed
+    /// at creation.
+    pub fn updated_by(&self, update: &Self) -> Self {
+        let pick = |n: i64, o: i64| if n != 0 { n } else { o };
+        let text = |n: &String, o: &String| if n.is_empty() { o.clone() } else { n.clone() };
+        Self {
+            cpu_period: pick(update.cpu_period, self.cpu_period),
+            cpu_quota: pick(update.cpu_quota, self.cpu_quota),
+            cpu_shares: pick(update.cpu_shares, self.cpu_shares),
+            memory_limit_bytes: pick(update.memory_limit_bytes, self.memory_limit_bytes),
+            oom_score_adj: self.oom_score_adj,
+            cpuset_cpus: text(&update.cpuset_cpus, &self.cpuset_cpus),
+            cpuset_mems: text(&update.cpuset_mems, &self.cpuset_mems),
+        }
+    }
+}
+
 /// What the kubelet asked for when it created a container, with its image resolved.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerConfig {

@@ -10,7 +10,7 @@ use crate::container::{
     ContainerConfig, ContainerRecord, ContainerResources, ContainerRuntimeStatus, ExecOutput,
 };
 use crate::error::RuntimeError;
-use crate::sandbox::{SandboxConfig, SandboxRecord};
+use crate::sandbox::{PodResources, SandboxConfig, SandboxRecord};
 use crate::stats::{LayerUsage, PodUsage};
 use crate::streams::ContainerStreams;
 
@@ -44,6 +44,18 @@ pub trait SandboxRuntime: Send + Sync + Debug {
     /// Releases everything the sandbox left behind; succeeds if nothing is left.
     async fn remove_sandbox(&self, id: &str, state: &serde_json::Value)
     -> Result<(), RuntimeError>;
+
+    /// Makes the running sandbox fit `need`, the pod's resources (the
+    /// kubelet's pod-level figures or the sum of its containers' limits):
+    /// it grows when it is too small, and shrinks toward `need` (never
+    /// below its start size) only when `shrink` is set. A runtime whose
+    /// sandboxes take what they need from the node has nothing to do.
+    async fn resize_sandbox(
+        &self,
+        sandbox: &SandboxRecord,
+        need: &PodResources,
+        shrink: bool,
+    ) -> Result<(), RuntimeError>;
 
     /// Re-attaches to a sandbox after a daemon restart; `Ok(true)` if it still runs.
     async fn adopt_sandbox(

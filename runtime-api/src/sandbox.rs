@@ -41,6 +41,58 @@ pub struct PodResources {
     pub memory_limit_bytes: i64,
 }
 
+impl PodResources {
+    /// CPU in thousandths of a core (quota over period), if limited.
+    pub fn cpu_millis(&self) -> Option<u64> {
+        if self.cpu_quota <= 0 || self.cpu_period <= 0 {
+            return None;
+        }
+        let quota = u64::try_from(self.cpu_quota).ok()?;
+        let period = u64::try_from(self.cpu_period).ok()?;
+        Some(quota.saturating_mul(1000).div_ceil(period))
+    }
+
+    /// The sum of `limits`, as one pod's figures (CPU over a 100 ms period).
+    pub fn sum<'a>(
+        limits: impl IntoIterator<Item = &'a crate::container::ContainerResources>,
+    ) -> Self {
+        let mut millis = 0u64;
+        let mut total = Self::default();
+        for r in limits {
+            let one = Self {
+                cpu_quota: r.cpu_quota,
+                cpu_period: r.cpu_period,
+                ..Self::default()
+            };
+            millis = millis.saturating_add(one.cpu_millis().unwrap_or(0));
+            total.cpu_shares = total.cpu_shares.saturating_add(r.cpu_shares.max(0));
+            total.memory_limit_bytes = total
+                .memory_limit_bytes
+                .saturating_add(r.memory_limit_bytes.max(0));
+        }
+        if millis > 0 {
+            total.cpu_period = 100_000;
+            total.cpu_quota = i64::try_from(millis.saturating_mul(100)).unwrap_or(i64::MAX);
+        }
+        total
+    }
+
+    /// Per figure, the larger of the two.
+    pub fn max(&self, other: &Self) -> Self {
+        let (a, b) = (
+            self.cpu_millis().unwrap_or(0),
+            other.cpu_millis().unwrap_or(0),
+        );
+        let cpu = if a >= b { self } else { other };
+        Self {
+            cpu_quota: cpu.cpu_quota,
+            cpu_period: cpu.cpu_period,
+            cpu_shares: self.cpu_shares.max(other.cpu_shares),
+            memory_limit_bytes: self.memory_limit_bytes.max(other.memory_limit_bytes),
+        }
+    }
+}
+
 /// What the kubelet asked for when it ran the sandbox.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxConfig {

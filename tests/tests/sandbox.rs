@@ -184,12 +184,21 @@ async fn version_status_and_bad_input() {
         .into_inner()
         .stats;
     assert!(stats.is_empty(), "{stats:?}");
-    // RPCs not built yet are honest about it.
+    // A pod-level resize names what is missing or unknown.
     let err = c
         .update_pod_sandbox_resources(proto::UpdatePodSandboxResourcesRequest::default())
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented);
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("pod_sandbox_id"), "{err:?}");
+    let err = c
+        .update_pod_sandbox_resources(proto::UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: "nope".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
     // The image service answers: a fresh daemon has no images.
     let mut images = daemon.images().await.unwrap();
     let list = images

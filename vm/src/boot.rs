@@ -113,11 +113,22 @@ impl VmRuntime {
             other => internal("share the pod directory", other),
         })?;
         undo.virtiofsd = Some(virtiofsd);
+        let caps = self.hypervisor.capabilities();
         let spec = VmSpec {
             id: id.to_owned(),
             dir: dir.to_path_buf(),
             vcpus: size.vcpus,
             memory_mib: size.memory_mib,
+            max_vcpus: if caps.cpu_hotplug {
+                self.config.max_vcpus.min(caps.max_vcpus).max(size.vcpus)
+            } else {
+                size.vcpus
+            },
+            max_memory_mib: if caps.memory_hotplug {
+                self.config.max_memory_mib.max(size.memory_mib)
+            } else {
+                size.memory_mib
+            },
             kernel: self.config.kernel.clone(),
             initrd: self.config.initrd.clone(),
             extra_cmdline: self.config.extra_cmdline.clone(),
@@ -221,6 +232,8 @@ impl VmRuntime {
             accel,
             vcpus: size.vcpus,
             memory_mib: size.memory_mib,
+            max_vcpus: spec.max_vcpus,
+            max_memory_mib: spec.max_memory_mib,
             boot_id: welcome.map(|w| w.boot_id).unwrap_or_default(),
             network: pod_net,
             virtiofsd_pid: Some(virtiofsd),

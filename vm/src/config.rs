@@ -36,6 +36,10 @@ pub struct VmRuntimeConfig {
     pub virtiofsd: PathBuf,
     /// Containers' writable layers go to `<containers_dir>/<container id>/`.
     pub containers_dir: PathBuf,
+    /// Most vCPUs a pod VM may grow to.
+    pub max_vcpus: u32,
+    /// Most memory (MiB) a pod VM may grow to.
+    pub max_memory_mib: u64,
 }
 
 /// What is persisted per VM sandbox.
@@ -47,10 +51,16 @@ pub struct VmState {
     pub dir: PathBuf,
     /// Accelerator used.
     pub accel: Accel,
-    /// vCPUs given.
+    /// vCPUs at boot.
     pub vcpus: u32,
-    /// Memory given, MiB.
+    /// Memory at boot, MiB.
     pub memory_mib: u64,
+    /// Most vCPUs the VM can grow to (0: records from before hot-plug).
+    #[serde(default)]
+    pub max_vcpus: u32,
+    /// Most memory the VM can grow to, MiB (0: records from before hot-plug).
+    #[serde(default)]
+    pub max_memory_mib: u64,
     /// The agent's boot id at start.
     pub boot_id: String,
     /// The pod's network, if it has one.

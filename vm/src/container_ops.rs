@@ -168,18 +168,19 @@ impl ContainerRuntime for VmRuntime {
 
     async fn update_container_resources(
         &self,
-        _sandbox: &SandboxRecord,
+        sandbox: &SandboxRecord,
         container: &ContainerRecord,
-        _resources: &runtime_api::container::ContainerResources,
+        resources: &runtime_api::container::ContainerResources,
     ) -> Result<(), RuntimeError> {
-        Err(RuntimeError::new(
-            RuntimeErrorKind::Unsupported,
-            format!(
-                "container {}: resource updates of VM pods need CPU and memory hot-plug, \
-                 which this VM runtime does not do yet",
-                container.id
-            ),
-        ))
+        let agent = self.agent_of(sandbox)?;
+        let request = calls::UpdateContainer {
+            id: container.id.clone(),
+            resources: resources.clone(),
+        };
+        agent
+            .request(request, AGENT_CALL)
+            .await
+            .map_err(|e| agent_failure("update the container's limits", e))
     }
 
     async fn pod_stats(

@@ -23,6 +23,7 @@ pub(crate) fn agent_failure(what: &str, error: CallError) -> RuntimeError {
                 AgentErrorKind::NotFound => RuntimeErrorKind::NotFound,
                 AgentErrorKind::FailedPrecondition => RuntimeErrorKind::FailedPrecondition,
                 AgentErrorKind::DeadlineExceeded => RuntimeErrorKind::DeadlineExceeded,
+                AgentErrorKind::ResourceExhausted => RuntimeErrorKind::ResourceExhausted,
                 AgentErrorKind::Internal => RuntimeErrorKind::Internal,
             };
             RuntimeError::new(kind, format!("{what}: {}", e.message))

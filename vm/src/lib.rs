@@ -22,6 +22,7 @@ mod guest;
 pub mod net;
 pub mod profile;
 mod recovery;
+mod resize;
 mod runtime;
 mod sandbox;
 pub mod sizing;

@@ -45,6 +45,8 @@ pub(crate) async fn choose_accel(
         dir: config.state_dir.join("accel-probe"),
         vcpus: 1,
         memory_mib: 256,
+        max_vcpus: 1,
+        max_memory_mib: 256,
         kernel: config.kernel.clone(),
         initrd: config.initrd.clone(),
         extra_cmdline: Vec::new(),

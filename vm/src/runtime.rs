@@ -32,6 +32,8 @@ pub(crate) struct Vm {
     pub(crate) stopping: Arc<AtomicBool>,
     /// The virtiofsd serving the pod's shared directory.
     pub(crate) virtiofsd_pid: Option<i32>,
+    /// Held while the VM is resized: one resize at a time.
+    pub(crate) resizing: tokio::sync::Mutex<()>,
     watcher: JoinHandle<()>,
     relay: JoinHandle<()>,
 }
@@ -181,6 +183,7 @@ impl VmRuntime {
             agent,
             stopping,
             virtiofsd_pid,
+            resizing: tokio::sync::Mutex::new(()),
             watcher,
             relay,
         });

@@ -6,7 +6,10 @@ use std::time::Duration;
 use agent_api::calls;
 use hypervisor::AccelMode;
 use hypervisor::Process;
-use runtime_api::{NotReady, RuntimeError, SandboxConfig, SandboxRuntime, StartedSandbox};
+use runtime_api::{
+    NotReady, PodResources, RuntimeError, SandboxConfig, SandboxRecord, SandboxRuntime,
+    StartedSandbox,
+};
 
 use crate::config::VmState;
 use crate::errors::internal;
@@ -104,6 +107,15 @@ impl SandboxRuntime for VmRuntime {
         state: &serde_json::Value,
     ) -> Result<(), RuntimeError> {
         self.remove_vm(id, &VmState::parse(state)?).await
+    }
+
+    async fn resize_sandbox(
+        &self,
+        sandbox: &SandboxRecord,
+        need: &PodResources,
+        shrink: bool,
+    ) -> Result<(), RuntimeError> {
+        self.fit(sandbox, need, shrink).await
     }
 
     async fn adopt_sandbox(

@@ -43,12 +43,65 @@ pub fn size_for(
 }
 
 fn cpu_limit_ceil(r: &PodResources) -> Option<u32> {
-    if r.cpu_quota <= 0 || r.cpu_period <= 0 {
-        return None;
+    u32::try_from(r.cpu_millis()?.div_ceil(1000)).ok()
+}
+
+/// Hot-plugged memory is asked for in steps of this many MiB.
+pub const MEMORY_STEP_MIB: u64 = 2;
+
+/// The pod's need is more than the VM may have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the pod's resources need {asked} {what}, more than the {most} a VM may have ({key})")]
+pub struct TooLarge {
+    /// The figure.
+    pub what: &'static str,
+    /// How much the pod needs.
+    pub asked: u64,
+    /// The most a VM may have.
+    pub most: u64,
+    /// The config key that sets the most.
+    pub key: &'static str,
+}
+
+/// The size a VM booted at `boot` must have for `need` (the pod's
+/// resources): vCPUs are the ceiling of its CPU, memory its memory plus the
+/// sandbox overhead (or [`MIN_MEMORY_MIB`] for the guest without one);
+/// never below `boot`, and an error above `max`.
+pub fn fit(
+    boot: VmSize,
+    need: &PodResources,
+    overhead: Option<&PodResources>,
+    max: VmSize,
+) -> Result<VmSize, TooLarge> {
+    let vcpus = cpu_limit_ceil(need).unwrap_or(0).max(boot.vcpus);
+    let memory_mib = if need.memory_limit_bytes > 0 {
+        let reserve = overhead
+            .map(|o| o.memory_limit_bytes)
+            .filter(|m| *m > 0)
+            .map_or(MIN_MEMORY_MIB, |m| (m as u64).div_ceil(1 << 20));
+        let mib = (need.memory_limit_bytes as u64).div_ceil(1 << 20) + reserve;
+        mib.div_ceil(MEMORY_STEP_MIB) * MEMORY_STEP_MIB
+    } else {
+        0
     }
-    let q = u64::try_from(r.cpu_quota).ok()?;
-    let p = u64::try_from(r.cpu_period).ok()?;
-    u32::try_from(q.div_ceil(p)).ok()
+    .max(boot.memory_mib);
+    if vcpus > max.vcpus {
+        return Err(TooLarge {
+            what: "vCPUs",
+            asked: u64::from(vcpus),
+            most: u64::from(max.vcpus),
+            key: "max_cpu",
+        });
+    }
+    if memory_mib > max.memory_mib {
+        return Err(TooLarge {
+            what: "MiB of memory",
+            asked: memory_mib,
+            most: max.memory_mib,
+            key: "max_memory",
+        });
+    }
+    Ok(VmSize { vcpus, memory_mib })
 }
 
 #[cfg(test)]
@@ -115,6 +168,49 @@ mod tests {
         );
         let c = cfg(Some(res(200_000, 100_000, (300 << 20) + 1)), None);
         assert_eq!(size_for(&c, 1, 512, 8).memory_mib, 301);
+    }
+
+    #[test]
+    fn a_vm_grows_to_fit_its_pod_and_never_shrinks_below_its_boot_size() {
+        let boot = VmSize {
+            vcpus: 1,
+            memory_mib: 256,
+        };
+        let max = VmSize {
+            vcpus: 2,
+            memory_mib: 1024,
+        };
+        // 1.25 CPUs and 384 MiB: 2 vCPUs, 384 + 128 MiB for the guest.
+        let need = res(125_000, 100_000, 384 << 20);
+        assert_eq!(
+            fit(boot, &need, None, max).unwrap(),
+            VmSize {
+                vcpus: 2,
+                memory_mib: 512
+            }
+        );
+        // A sandbox overhead replaces the guest's reserve; odd MiB round up.
+        let overhead = res(0, 0, 63 << 20);
+        assert_eq!(
+            fit(boot, &need, Some(&overhead), max).unwrap().memory_mib,
+            448
+        );
+        // Less than the boot size, or nothing: the boot size.
+        assert_eq!(
+            fit(boot, &res(10_000, 100_000, 1 << 20), None, max).unwrap(),
+            boot
+        );
+        assert_eq!(
+            fit(boot, &PodResources::default(), None, max).unwrap(),
+            boot
+        );
+        let err = fit(boot, &res(300_000, 100_000, 0), None, max).unwrap_err();
+        assert_eq!(
+            (err.what, err.asked, err.most, err.key),
+            ("vCPUs", 3, 2, "max_cpu")
+        );
+        let err = fit(boot, &res(0, 0, 1 << 30), None, max).unwrap_err();
+        assert!(err.to_string().contains("max_memory"), "{err}");
     }
 
     #[test]

@@ -81,6 +81,8 @@ fn setup(boot_timeout: Duration) -> Setup {
             networks: None,
             virtiofsd,
             containers_dir: dir.path().join("layers"),
+            max_vcpus: 4,
+            max_memory_mib: 2048,
         },
         hv.clone(),
         tx,
@@ -327,6 +329,8 @@ fn runtime_config_of(s: &Setup) -> VmRuntimeConfig {
         networks: None,
         virtiofsd: dir.join("virtiofsd"),
         containers_dir: dir.join("layers"),
+        max_vcpus: 4,
+        max_memory_mib: 2048,
     }
 }
 

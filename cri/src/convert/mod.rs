@@ -16,6 +16,7 @@ pub use container::{
     container, container_config, container_filter, container_resources, container_status,
 };
 pub use image::image_process;
+pub(crate) use sandbox::pod_resources;
 pub use sandbox::{pod_sandbox, pod_sandbox_status, sandbox_config, sandbox_filter};
 pub use stats::{
     container_stats, container_stats_filter, filesystem_usage, pod_stats, pod_stats_filter,

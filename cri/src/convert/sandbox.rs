@@ -24,14 +24,7 @@ pub fn sandbox_config(
             searches: d.searches,
             options: d.options,
         });
-    let resources = |r: Option<proto::LinuxContainerResources>| {
-        r.map(|r| PodResources {
-            cpu_period: r.cpu_period,
-            cpu_quota: r.cpu_quota,
-            cpu_shares: r.cpu_shares,
-            memory_limit_bytes: r.memory_limit_in_bytes,
-        })
-    };
+    let resources = |r: Option<proto::LinuxContainerResources>| r.map(pod_resources);
     Ok(SandboxConfig {
         metadata: config.metadata.map(|m| PodMetadata {
             name: m.name,
@@ -66,6 +59,16 @@ pub fn sandbox_config(
         privileged: security.privileged,
         cgroup_parent: linux.cgroup_parent,
     })
+}
+
+/// Pod-level figures from the CRI's container-resources message.
+pub(crate) fn pod_resources(r: proto::LinuxContainerResources) -> PodResources {
+    PodResources {
+        cpu_period: r.cpu_period,
+        cpu_quota: r.cpu_quota,
+        cpu_shares: r.cpu_shares,
+        memory_limit_bytes: r.memory_limit_in_bytes,
+    }
 }
 
 pub(crate) fn metadata(record: &SandboxRecord) -> Option<proto::PodSandboxMetadata> {

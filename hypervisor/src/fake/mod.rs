@@ -96,6 +96,8 @@ struct State {
     calls: Vec<FakeCall>,
     /// VMs this fake launched and did not stop: id -> pid.
     running: HashMap<String, i32>,
+    /// The size of each VM (by pid): as launched, then as resized.
+    sizes: HashMap<i32, Resources>,
     /// Devices plugged per VM pid: NIC indexes and disk ids.
     nics: HashMap<i32, BTreeSet<usize>>,
     disks: HashMap<i32, BTreeSet<String>>,
@@ -293,6 +295,13 @@ impl Hypervisor for FakeHypervisor {
         let hook = {
             let mut state = self.lock();
             state.running.insert(spec.id.clone(), pid);
+            state.sizes.insert(
+                pid,
+                Resources {
+                    vcpus: spec.vcpus,
+                    memory_mib: spec.memory_mib,
+                },
+            );
             state.on_launch.clone()
         };
         if let Some(hook) = hook {
@@ -437,7 +446,25 @@ impl Hypervisor for FakeHypervisor {
         if !(caps.cpu_hotplug && caps.memory_hotplug) {
             return Err(ResizeError::Unsupported("resizing a running VM"));
         }
+        if to.vcpus > caps.max_vcpus {
+            return Err(ResizeError::TooLarge {
+                what: "vCPUs",
+                asked: u64::from(to.vcpus),
+                most: u64::from(caps.max_vcpus),
+            });
+        }
+        self.lock().sizes.insert(vm.pid, *to);
         Ok(())
+    }
+
+    async fn resources(&self, vm: &VmEndpoints) -> Result<Resources, ResizeError> {
+        self.lock()
+            .sizes
+            .get(&vm.pid)
+            .copied()
+            .ok_or(ResizeError::Unsupported(
+                "reading the size of a VM this fake did not launch",
+            ))
     }
 }
 

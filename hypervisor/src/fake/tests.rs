@@ -10,6 +10,8 @@ fn spec(id: &str, dir: &Path) -> VmSpec {
         dir: dir.join(id),
         vcpus: 1,
         memory_mib: 128,
+        max_vcpus: 1,
+        max_memory_mib: 128,
         kernel: "/k".into(),
         initrd: "/i".into(),
         extra_cmdline: Vec::new(),

@@ -25,6 +25,8 @@ const BASE_CMDLINE: &[&str] = &[
     "8250.nr_uarts=1",
     "random.trust_cpu=on",
     "rcupdate.rcu_expedited=1",
+    // Hot-plugged memory comes online by itself, movable so it can leave again.
+    "memhp_default_state=online_movable",
 ];
 
 /// The virtio-serial port name the agent looks for.
@@ -37,6 +39,7 @@ impl Qemu {
         if let Some(khz) = self.tsc_khz {
             words.push(format!("tsc_early_khz={khz}"));
         }
+        words.extend(super::resize::cmdline(spec));
         words.extend(spec.extra_cmdline.iter().cloned());
         words.join(" ")
     }
@@ -46,6 +49,7 @@ impl Qemu {
         let dir = &spec.dir;
         let p = |name: &str| dir.join(name).display().to_string();
         let mem = spec.memory_mib;
+        let (smp, memory, growth) = super::resize::args(spec);
         let mut args: Vec<String> = vec![
             "-name".into(),
             vm_name(&spec.id),
@@ -64,9 +68,9 @@ impl Qemu {
             "-bios".into(),
             self.config.firmware.display().to_string(),
             "-smp".into(),
-            spec.vcpus.to_string(),
+            smp,
             "-m".into(),
-            format!("{mem}M"),
+            memory,
             "-object".into(),
             format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
             "-nodefaults".into(),
@@ -112,6 +116,7 @@ impl Qemu {
                 format!("pcie-root-port,id=rp{port},bus=pcie.0,chassis={port},slot={port}"),
             ]);
         }
+        args.extend(growth);
         for (i, nic) in spec.nics.iter().enumerate() {
             args.extend([
                 "-netdev".into(),

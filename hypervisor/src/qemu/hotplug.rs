@@ -196,7 +196,7 @@ async fn free_port(qmp: &QmpClient) -> Result<Option<usize>, QmpError> {
 }
 
 /// Waits up to `limit` for `DEVICE_DELETED` of `device`; `Ok(false)` on timeout.
-async fn wait_deleted(
+pub(super) async fn wait_deleted(
     qmp: &QmpClient,
     events: &mut tokio::sync::broadcast::Receiver<Value>,
     device: &str,

@@ -10,6 +10,7 @@
 mod cmdline;
 mod hotplug;
 mod launch;
+mod resize;
 #[cfg(test)]
 mod tests;
 
@@ -17,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::{
-    AdoptError, BlockSpec, Capabilities, HotplugError, Hypervisor, LaunchError, NicSpec, StopError,
-    VmEndpoints, VmSpec,
+    AdoptError, BlockSpec, Capabilities, HotplugError, Hypervisor, LaunchError, NicSpec,
+    ResizeError, Resources, StopError, VmEndpoints, VmSpec,
 };
 
 use cmdline::{host_tsc_khz, supports_sandbox};
@@ -114,9 +115,8 @@ impl Hypervisor for Qemu {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            // q35 can, but see `resize`: not with this command line yet.
-            cpu_hotplug: false,
-            memory_hotplug: false,
+            cpu_hotplug: true,
+            memory_hotplug: true,
             block_hotplug: true,
             nic_hotplug: true,
             hotplug_slots: HOTPLUG_PORTS as u32,
@@ -162,8 +162,13 @@ impl Hypervisor for Qemu {
         hotplug::remove_block(vm, id, limit).await
     }
 
-    // `resize` stays the trait's `Unsupported`: the command line reserves no
-    // room for more vCPUs (`maxcpus`) or memory (`slots`, `maxmem`) yet.
+    async fn resize(&self, vm: &VmEndpoints, to: &Resources) -> Result<(), ResizeError> {
+        resize::resize(vm, to).await
+    }
+
+    async fn resources(&self, vm: &VmEndpoints) -> Result<Resources, ResizeError> {
+        resize::current(vm).await
+    }
 
     async fn stop(&self, id: &str, vm: &VmEndpoints, grace: Duration) -> Result<(), StopError> {
         launch::stop(id, vm, grace).await

@@ -20,6 +20,8 @@ fn spec(accel: Accel) -> VmSpec {
         dir: PathBuf::from("/run/frakti/abc"),
         vcpus: 2,
         memory_mib: 512,
+        max_vcpus: 2,
+        max_memory_mib: 512,
         kernel: "/k".into(),
         initrd: "/i".into(),
         extra_cmdline: vec!["frakti.log=debug".into()],
@@ -72,6 +74,38 @@ fn tcg_command_line() {
         ["tap,id=net0,ifname=tap0,script=no,downscript=no,vhost=off"]
     );
     assert!(after(&args, "-device").contains(&"virtio-net-pci,netdev=net0,mac=02:00:00:00:00:01"));
+}
+
+#[test]
+fn a_vm_with_room_to_grow_has_spare_vcpus_and_a_virtio_mem_region() {
+    let mut grow = spec(Accel::Kvm);
+    grow.max_vcpus = 4;
+    grow.max_memory_mib = 512 + 300;
+    let args = qemu(true).args(&grow);
+    assert_eq!(
+        after(&args, "-smp"),
+        ["2,maxcpus=4"],
+        "KVM plugs vCPUs later"
+    );
+    // The region is whole 128 MiB guest memory blocks.
+    assert_eq!(after(&args, "-m"), ["512M,slots=1,maxmem=768M"]);
+    assert!(
+        after(&args, "-object").contains(&"memory-backend-memfd,id=vmem0-mem,size=256M,share=on")
+    );
+    assert!(
+        after(&args, "-device")
+            .contains(&"virtio-mem-pci,id=vmem0,memdev=vmem0-mem,requested-size=0")
+    );
+    assert!(!after(&args, "-append")[0].contains("maxcpus="));
+    // Under TCG the spare vCPUs are there from boot, offline in the guest.
+    grow.accel = Accel::Tcg;
+    let args = qemu(true).args(&grow);
+    assert_eq!(after(&args, "-smp"), ["4"]);
+    assert!(after(&args, "-append")[0].contains("maxcpus=2"));
+    // Less than a block of room: no region.
+    grow.max_memory_mib = 512 + 100;
+    let args = qemu(true).args(&grow);
+    assert_eq!(after(&args, "-m"), ["512M"]);
 }
 
 /// A scripted monitor for hot-plug: ports `occupied` have a device,

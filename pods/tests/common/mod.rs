@@ -33,6 +33,10 @@ pub struct FakeRuntime {
     pub stats_calls: Mutex<u64>,
     /// Sandboxes whose stats fail.
     pub fail_stats: Mutex<HashSet<String>>,
+    /// Each `resize_sandbox`: the need and whether it may shrink.
+    pub resizes: Mutex<Vec<(runtime_api::PodResources, bool)>>,
+    /// `resize_sandbox` fails with ResourceExhausted.
+    pub fail_resize: Mutex<bool>,
 }
 
 impl FakeRuntime {
@@ -84,6 +88,22 @@ impl SandboxRuntime for FakeRuntime {
     async fn remove_sandbox(&self, id: &str, _s: &serde_json::Value) -> Result<(), RuntimeError> {
         self.log("remove", id);
         self.running.lock().unwrap().remove(id);
+        Ok(())
+    }
+    async fn resize_sandbox(
+        &self,
+        sandbox: &SandboxRecord,
+        need: &runtime_api::PodResources,
+        shrink: bool,
+    ) -> Result<(), RuntimeError> {
+        self.log("resize", &sandbox.id);
+        if *self.fail_resize.lock().unwrap() {
+            return Err(RuntimeError::new(
+                RuntimeErrorKind::ResourceExhausted,
+                "the pod would need more vCPUs than max_cpu",
+            ));
+        }
+        self.resizes.lock().unwrap().push((*need, shrink));
         Ok(())
     }
     async fn adopt_sandbox(&self, id: &str, _s: &serde_json::Value) -> Result<bool, RuntimeError> {

@@ -230,15 +230,17 @@ async fn stats_bench(accel: &str) -> anyhow::Result<()> {
     let registry = Registry::start(None).await?;
     let image = workload::push_box(&registry).await?;
     workload::pull(&daemon, &image).await?;
-    for (host, kind) in [(false, "VM pods"), (true, "host pods")] {
-        let mut ms = stats::list_stats_latencies(&mut c, &image, host, 100).await?;
-        println!(
-            "ListContainerStats, {} {kind} x {} containers: p50 {:.1} ms  p99 {:.1} ms",
-            stats::PODS,
-            stats::CONTAINERS,
-            percentile(&mut ms, 50),
-            percentile(&mut ms, 99)
-        );
+    for layout in stats::LAYOUTS {
+        for (host, kind) in [(false, "VM pods"), (true, "host pods")] {
+            let mut ms = stats::list_stats_latencies(&mut c, &image, host, layout, 100).await?;
+            println!(
+                "ListContainerStats, {} {kind} x {} containers: p50 {:.1} ms  p99 {:.1} ms",
+                layout.0,
+                layout.1,
+                percentile(&mut ms, 50),
+                percentile(&mut ms, 99)
+            );
+        }
     }
     Ok(())
 }
@@ -533,6 +535,8 @@ async fn floor_boot(daemon: &Daemon, accel: Accel, i: usize) -> anyhow::Result<f
         dir: dir.clone(),
         vcpus: 1,
         memory_mib: 256,
+        max_vcpus: 1,
+        max_memory_mib: 256,
         kernel: guest_dir().join("vmlinux"),
         initrd: guest_dir().join("initramfs.img"),
         extra_cmdline: Vec::new(),

@@ -1,10 +1,11 @@
-//! cgroups of host pods: where a pod's and a container's cgroups are (the
-//! cgroupfs driver for plain paths, the systemd driver for `.slice`
-//! parents), changing a running container's limits, and removing the
-//! cgroups frakti made.
+//! cgroups of pods and containers: where they are (the cgroupfs driver for
+//! plain paths, the systemd driver for `.slice` parents), changing the
+//! limits of a running one, and removing the cgroups frakti made, on a v1
+//! (or hybrid) or a unified v2 hierarchy. Host pods, pod VMs on the host
+//! and the guest agent share it.
 //!
 //! libcontainer creates a container's cgroup from the spec's `cgroupsPath`
-//! and applies its limits at creation; this module does what comes after.
+//! and applies its limits at creation; this crate does what comes after.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
