@@ -140,6 +140,9 @@ pub enum CgroupError {
     /// A cgroup cannot be removed
     #[error("cannot remove cgroup {0}: {1}")]
     Remove(PathBuf, std::io::Error),
+    /// A cgroup cannot be created
+    #[error("cannot create cgroup {0}: {1}")]
+    Create(PathBuf, std::io::Error),
 }
 
 impl Hierarchy {
@@ -273,6 +276,56 @@ impl Hierarchy {
         out
     }
 
+    /// The directories of cgroup `path` a process is placed in: its dir in
+    /// each v1 controller that holds processes' accounting and limits
+    /// (cpu, cpuacct, memory, pids) and in the hybrid unified mount, or
+    /// the one v2 dir.
+    fn process_dirs(&self, path: &str) -> Vec<PathBuf> {
+        if self.unified() {
+            return vec![self.v2(path)];
+        }
+        ["cpu", "cpuacct", "memory", "pids", "unified"]
+            .iter()
+            .filter(|c| self.root.join(c).join("cgroup.procs").exists())
+            .map(|c| self.v1(c, path))
+            .collect()
+    }
+
+    /// Creates cgroup `path` (and missing parents) where processes are
+    /// placed (see [`Hierarchy::add_process`]).
+    pub fn create(&self, path: &str) -> Result<(), CgroupError> {
+        for dir in self.process_dirs(path) {
+            std::fs::create_dir_all(&dir).map_err(|e| CgroupError::Create(dir.clone(), e))?;
+        }
+        Ok(())
+    }
+
+    /// Moves process `pid` (all its threads) into cgroup `path`.
+    pub fn add_process(&self, path: &str, pid: i32) -> Result<(), CgroupError> {
+        for dir in self.process_dirs(path) {
+            let procs = dir.join("cgroup.procs");
+            std::fs::write(&procs, pid.to_string()).map_err(|source| CgroupError::Write {
+                file: procs,
+                value: pid.to_string(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The memory limit of cgroup `path`, bytes (`None`: unlimited or unreadable).
+    pub fn memory_limit(&self, path: &str) -> Option<u64> {
+        let file = if self.unified() {
+            self.v2(path).join("memory.max")
+        } else {
+            self.v1("memory", path).join("memory.limit_in_bytes")
+        };
+        let text = std::fs::read_to_string(file).ok()?;
+        let limit: u64 = text.trim().parse().ok()?;
+        // v1 reports "unlimited" as a huge page-aligned number.
+        (limit < (1 << 62)).then_some(limit)
+    }
+
     /// Removes the cgroup at `path` from every controller (it must be
     /// empty); a missing one is not an error.
     pub fn remove(&self, path: &str) -> Result<(), CgroupError> {
@@ -354,6 +407,40 @@ mod tests {
         assert_eq!(shares_to_weight(2), 1);
         assert_eq!(shares_to_weight(262_144), 10_000);
         assert_eq!(shares_to_weight(1024), 39);
+    }
+
+    #[test]
+    fn processes_are_placed_in_the_accounting_controllers() {
+        let dir = tempfile::tempdir().unwrap();
+        for c in ["cpu", "memory", "pids", "cpuset"] {
+            std::fs::create_dir_all(dir.path().join(c)).unwrap();
+            std::fs::write(dir.path().join(c).join("cgroup.procs"), "").unwrap();
+        }
+        let h = Hierarchy::new(dir.path());
+        h.create("/kubepods/pod1/vm").unwrap();
+        assert!(dir.path().join("memory/kubepods/pod1/vm").is_dir());
+        assert!(
+            !dir.path().join("cpuset/kubepods/pod1/vm").exists(),
+            "cpuset needs its CPUs set first; the VM stays in its parent's"
+        );
+        h.add_process("/kubepods/pod1/vm", 42).unwrap();
+        let procs = std::fs::read_to_string(dir.path().join("pids/kubepods/pod1/vm/cgroup.procs"));
+        assert_eq!(procs.unwrap(), "42");
+        assert_eq!(h.memory_limit("/kubepods/pod1/vm"), None);
+        std::fs::write(
+            dir.path()
+                .join("memory/kubepods/pod1/memory.limit_in_bytes"),
+            "1073741824\n",
+        )
+        .unwrap();
+        assert_eq!(h.memory_limit("/kubepods/pod1"), Some(1 << 30));
+        std::fs::write(
+            dir.path()
+                .join("memory/kubepods/pod1/memory.limit_in_bytes"),
+            "9223372036854771712\n",
+        )
+        .unwrap();
+        assert_eq!(h.memory_limit("/kubepods/pod1"), None, "v1's unlimited");
     }
 
     #[test]

@@ -90,6 +90,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             containers_dir: config.root.join("layers"),
             max_vcpus: config.max_cpu,
             max_memory_mib: config.max_memory,
+            cgroup_root: Some("/sys/fs/cgroup".into()),
         },
         Arc::new(qemu),
         events_tx.clone(),

@@ -1,7 +1,8 @@
 //! A VM pod follows its resources (TCG): a container created with a CPU
 //! limit grows the VM first, UpdateContainerResources hot-plugs vCPUs and
 //! memory that the guest sees and uses, shrinks them back, and refuses
-//! what is over the maximum; UpdatePodSandboxResources grows it too.
+//! what is over the maximum; UpdatePodSandboxResources grows it too. The
+//! VM runs in a cgroup under the pod's `cgroup_parent` whose limits follow.
 
 use std::time::Duration;
 
@@ -10,6 +11,9 @@ use e2e::workload::TestPod;
 use tonic::Code;
 
 const MIB: i64 = 1 << 20;
+
+/// What the VM's host cgroup allows above its RAM (the README's figure).
+const VMM_OVERHEAD_MIB: u64 = 192;
 
 fn limits(cpu_quota: i64, memory_mib: i64) -> proto::LinuxContainerResources {
     proto::LinuxContainerResources {
@@ -72,9 +76,75 @@ async fn cores_used(pod: &mut TestPod, id: &str, window: Duration) -> f64 {
     (u1 - u0) as f64 / (t1 - t0) as f64
 }
 
+/// The v1 controllers a VM's cgroup is made in.
+const CONTROLLERS: [&str; 5] = ["cpu", "cpuacct", "memory", "pids", "unified"];
+
+/// A `cgroup_parent` of this test's own, as the kubelet makes one for a
+/// pod, with a memory limit; removed (after the pod) on drop.
+struct PodCgroup(String);
+
+impl PodCgroup {
+    fn new(limit_mib: u64) -> Self {
+        let path = format!("/frakti-e2e-resize-{}", std::process::id());
+        for c in CONTROLLERS {
+            std::fs::create_dir_all(format!("/sys/fs/cgroup/{c}{path}")).unwrap();
+        }
+        std::fs::write(
+            format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"),
+            (limit_mib << 20).to_string(),
+        )
+        .unwrap();
+        Self(path)
+    }
+
+    /// A limit file of the VM's cgroup inside it.
+    fn vm(&self, controller: &str, file: &str) -> u64 {
+        let path = format!("/sys/fs/cgroup/{controller}{}/vm/{file}", self.0);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        for c in CONTROLLERS {
+            let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{c}{}/vm", self.0));
+            let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{c}{}", self.0));
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_pod_grows_and_shrinks_with_its_containers() {
-    let mut pod = TestPod::start("resize", |_| {}).await.unwrap();
+    let parent = PodCgroup::new(900);
+    let cgroup_parent = parent.0.clone();
+    let mut pod = TestPod::start("resize", |c| {
+        c.linux.get_or_insert_default().cgroup_parent = cgroup_parent;
+    })
+    .await
+    .unwrap();
+    // QEMU and virtiofsd run in the pod's cgroup, limited to the VM.
+    let (_, info) = e2e::pod_status(&mut pod.rt, &pod.id).await.unwrap();
+    let qemu = e2e::vm_pid(&info);
+    let own = std::fs::read_to_string(format!("/proc/{qemu}/cgroup")).unwrap();
+    let vm_cgroup = format!("{}/vm", parent.0);
+    assert!(
+        own.lines()
+            .any(|l| l.contains(":memory:") && l.ends_with(&vm_cgroup)),
+        "{own}"
+    );
+    let procs =
+        std::fs::read_to_string(format!("/sys/fs/cgroup/memory{vm_cgroup}/cgroup.procs")).unwrap();
+    assert!(procs.lines().count() >= 2, "QEMU and virtiofsd: {procs}");
+    let overhead = VMM_OVERHEAD_MIB;
+    assert_eq!(
+        parent.vm("memory", "memory.limit_in_bytes"),
+        (256 + overhead) << 20
+    );
+    assert_eq!(parent.vm("cpu", "cpu.cfs_quota_us"), 100_000);
     let work = pod.run(pod.container("work", &["sleep 100000"])).await;
     let (cpus, boot_kib) = guest_size(&mut pod, &work).await;
     assert_eq!(cpus, 1, "the pod boots with --cpu 1");
@@ -107,6 +177,11 @@ async fn a_vm_pod_grows_and_shrinks_with_its_containers() {
         grown_kib >= boot_kib + 240 * 1024,
         "MemTotal {boot_kib} -> {grown_kib} KiB for 256 MiB more"
     );
+    assert_eq!(
+        parent.vm("memory", "memory.limit_in_bytes"),
+        (512 + overhead) << 20
+    );
+    assert_eq!(parent.vm("cpu", "cpu.cfs_quota_us"), 200_000);
     let status = pod.status(&work).await;
     let linux = status.resources.unwrap().linux.unwrap();
     assert_eq!(
@@ -143,6 +218,12 @@ async fn a_vm_pod_grows_and_shrinks_with_its_containers() {
         "MemTotal {grown_kib} -> {shrunk_kib} KiB after giving back 256 MiB"
     );
 
+    assert_eq!(parent.vm("cpu", "cpu.cfs_quota_us"), 100_000);
+    assert_eq!(
+        parent.vm("memory", "memory.limit_in_bytes"),
+        (256 + overhead) << 20
+    );
+
     // Over the maximum (max_cpu is the host's cores, here 2): refused, and
     // the container keeps its limits.
     let err = update(&mut pod, &work, limits(300_000, 0))
@@ -177,10 +258,21 @@ async fn a_vm_pod_grows_and_shrinks_with_its_containers() {
         "MemTotal {shrunk_kib} -> {pod_kib} KiB for a 640 MiB VM"
     );
 
+    // More than the pod's cgroup (900 MiB) allows: refused.
+    let err = update(&mut pod, &work, limits(0, 800)).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("pod's cgroup"), "{err:?}");
+    assert_eq!(guest_size(&mut pod, &work).await.1, pod_kib);
+
     pod.rt
         .remove_pod_sandbox(proto::RemovePodSandboxRequest {
             pod_sandbox_id: pod.id.clone(),
         })
         .await
         .unwrap();
+    assert!(
+        !std::path::Path::new(&format!("/sys/fs/cgroup/memory{vm_cgroup}")).exists(),
+        "the VM's cgroup goes with the pod"
+    );
+    drop(parent);
 }

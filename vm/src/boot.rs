@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_api::{AgentClient, UnixTransport, calls};
-use hypervisor::{Hypervisor, NicSpec, VmEndpoints, VmSpec};
+use hypervisor::{Hypervisor, NicSpec, Resources, VmEndpoints, VmSpec};
 use network::Netns;
 use runtime_api::{RuntimeError, RuntimeErrorKind, SandboxConfig};
 use telemetry::StartPhase;
@@ -44,6 +44,7 @@ pub fn pod_socket_paths(hypervisor: &dyn Hypervisor, state_dir: &Path) -> Vec<Pa
 #[derive(Default)]
 struct Undo {
     virtiofsd: Option<i32>,
+    cgroup: Option<crate::host_cgroup::VmCgroup>,
     vm: Option<VmEndpoints>,
     netns: Option<Netns>,
     network: Option<VmNetwork>,
@@ -148,6 +149,14 @@ impl VmRuntime {
             .map_err(launch_failure)?;
         undo.vm = Some(endpoints.clone());
         tracing::debug!(%id, elapsed = ?started.elapsed(), "VMM started");
+        let mut pids = vec![endpoints.pid, virtiofsd];
+        pids.extend(crate::stats::children(virtiofsd));
+        let boot_size = Resources {
+            vcpus: size.vcpus,
+            memory_mib: size.memory_mib,
+        };
+        let cgroup = self.place_vm(id, config, &pids, &boot_size)?;
+        undo.cgroup = cgroup.clone();
         let agent = Arc::new(AgentClient::new(Arc::new(UnixTransport::new(
             &endpoints.agent_socket,
         ))));
@@ -237,6 +246,7 @@ impl VmRuntime {
             boot_id: welcome.map(|w| w.boot_id).unwrap_or_default(),
             network: pod_net,
             virtiofsd_pid: Some(virtiofsd),
+            cgroup,
         };
         self.track(id, endpoints, agent, Some(virtiofsd))?;
         Ok(state)
@@ -249,6 +259,9 @@ impl VmRuntime {
         }
         if let Some(pid) = undo.virtiofsd {
             kill_virtiofsd(pid).await;
+        }
+        if let Some(cgroup) = &undo.cgroup {
+            self.remove_vm_cgroup(cgroup);
         }
         match (&self.config.networks, &undo.network, &undo.netns) {
             (Some(networks), Some(n), _) => {

@@ -40,6 +40,9 @@ pub struct VmRuntimeConfig {
     pub max_vcpus: u32,
     /// Most memory (MiB) a pod VM may grow to.
     pub max_memory_mib: u64,
+    /// The host's cgroup hierarchy, where each VM gets a cgroup under its
+    /// pod's; `None` leaves VMs where the daemon runs.
+    pub cgroup_root: Option<PathBuf>,
 }
 
 /// What is persisted per VM sandbox.
@@ -69,6 +72,9 @@ pub struct VmState {
     /// PID of the virtiofsd serving the pod's shared directory.
     #[serde(default)]
     pub virtiofsd_pid: Option<i32>,
+    /// The VM's cgroup on the host, if it has one.
+    #[serde(default)]
+    pub cgroup: Option<crate::host_cgroup::VmCgroup>,
 }
 
 impl VmState {

@@ -19,6 +19,7 @@ mod container_ops;
 pub mod containers;
 mod errors;
 mod guest;
+pub mod host_cgroup;
 pub mod net;
 pub mod profile;
 mod recovery;

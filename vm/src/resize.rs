@@ -80,6 +80,15 @@ impl VmRuntime {
         if grow_memory {
             host_has_memory(target.memory_mib - current.memory_mib)?;
         }
+        // The host cgroup holds the larger of the two sizes while it changes.
+        let during = Resources {
+            vcpus: target.vcpus.max(current.vcpus),
+            memory_mib: target.memory_mib.max(current.memory_mib),
+        };
+        if let Some(cgroup) = &state.cgroup {
+            self.pod_allows(cgroup, &during)?;
+            self.limit_vm(cgroup, &during)?;
+        }
         let started = Instant::now();
         let agent = vm.agent.clone();
         let online = |cpus: u32| {
@@ -129,6 +138,13 @@ impl VmRuntime {
                     target.memory_mib - current.memory_mib
                 ),
             ));
+        }
+        if let Some(cgroup) = &state.cgroup
+            && during != target
+            && let Err(e) = self.limit_vm(cgroup, &target)
+        {
+            // Memory the guest did not give back may still be charged.
+            tracing::warn!(sandbox = %sandbox.id, "the VM's cgroup keeps its larger limits: {}", runtime_api::report(&e));
         }
         tracing::info!(
             sandbox = %sandbox.id,

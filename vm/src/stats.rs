@@ -172,7 +172,7 @@ impl telemetry::VmSource for VmRuntime {
 }
 
 /// The children of `pid` (virtiofsd serves from a child in its sandbox).
-fn children(pid: i32) -> Vec<i32> {
+pub(crate) fn children(pid: i32) -> Vec<i32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
         .map(|s| {
             s.split_whitespace()

@@ -47,6 +47,9 @@ impl VmRuntime {
         if let Some(pid) = state.virtiofsd_pid {
             kill_virtiofsd(pid).await;
         }
+        if let Some(cgroup) = &state.cgroup {
+            self.remove_vm_cgroup(cgroup);
+        }
         if let Some(network) = &state.network {
             // A runtime without networking still deletes what a pod got
             // when it had one, with the default plugins.

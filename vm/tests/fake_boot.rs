@@ -83,6 +83,7 @@ fn setup(boot_timeout: Duration) -> Setup {
             containers_dir: dir.path().join("layers"),
             max_vcpus: 4,
             max_memory_mib: 2048,
+            cgroup_root: None,
         },
         hv.clone(),
         tx,
@@ -331,6 +332,7 @@ fn runtime_config_of(s: &Setup) -> VmRuntimeConfig {
         containers_dir: dir.join("layers"),
         max_vcpus: 4,
         max_memory_mib: 2048,
+        cgroup_root: None,
     }
 }
 
