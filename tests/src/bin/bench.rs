@@ -15,7 +15,10 @@
 //! until RUNNING) beside the VM pod's; `ListContainerStats` latency with 10
 //! pods of 3 containers (VM pods, then host pods).
 //!
-//! Usage: frakti-bench [--runs N] [--accel auto|kvm|tcg] [--pull-only] [--streaming-only] [--stats-only]
+//! VM resize: UpdateContainerResources until the new vCPU and memory are
+//! online in the guest.
+//!
+//! Usage: frakti-bench [--runs N] [--accel auto|kvm|tcg] [--pull-only] [--streaming-only] [--stats-only] [--resize-only]
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +30,8 @@ use hypervisor::{Accel, Qemu, QemuConfig, VmSpec};
 
 #[path = "bench/host_pods.rs"]
 mod host_pods;
+#[path = "bench/resize.rs"]
+mod resize;
 #[path = "bench/stats.rs"]
 mod stats;
 
@@ -37,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
     let mut pull_only = false;
     let mut streaming_only = false;
     let mut stats_only = false;
+    let mut resize_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -45,9 +51,10 @@ async fn main() -> anyhow::Result<()> {
             "--pull-only" => pull_only = true,
             "--streaming-only" => streaming_only = true,
             "--stats-only" => stats_only = true,
+            "--resize-only" => resize_only = true,
             other => {
                 bail!(
-                    "unknown argument {other:?} (usage: frakti-bench [--runs N] [--accel MODE] [--pull-only] [--streaming-only] [--stats-only])"
+                    "unknown argument {other:?} (usage: frakti-bench [--runs N] [--accel MODE] [--pull-only] [--streaming-only] [--stats-only] [--resize-only])"
                 )
             }
         }
@@ -57,6 +64,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if stats_only {
         return stats_bench(&accel).await;
+    }
+    if resize_only {
+        return resize_bench(&accel, runs).await;
     }
     pull_bench(runs.clamp(1, 5)).await?;
     if pull_only {
@@ -219,7 +229,26 @@ async fn main() -> anyhow::Result<()> {
     drop(c);
     drop(daemon);
     stats_bench(&accel).await?;
+    resize_bench(&accel, runs).await?;
     streaming_bench(&accel, runs).await
+}
+
+/// `UpdateContainerResources` until the new vCPU and memory are online in
+/// the guest, p50 of `runs` rounds each way.
+async fn resize_bench(accel: &str, runs: usize) -> anyhow::Result<()> {
+    let daemon = Daemon::start(&["--accel", accel, "--cpu", "1", "--max-cpu", "2"]).await?;
+    let mut c = daemon.runtime().await?;
+    let registry = Registry::start(None).await?;
+    let image = workload::push_box(&registry).await?;
+    workload::pull(&daemon, &image).await?;
+    let mut r = resize::resize_latencies(&mut c, &image, runs.clamp(1, 10)).await?;
+    println!(
+        "UpdateContainerResources until online in the guest, 1 -> 2 vCPUs and 256 -> 512 MiB: \
+         p50 {:.0} ms; back to 1 vCPU and 256 MiB: p50 {:.0} ms",
+        percentile(&mut r.grow, 50),
+        percentile(&mut r.shrink, 50)
+    );
+    Ok(())
 }
 
 /// `ListContainerStats` latency, p50 and p99 of 100 calls, over VM pods and
