@@ -140,6 +140,9 @@ pub enum CgroupError {
     /// A cgroup cannot be removed
     #[error("cannot remove cgroup {0}: {1}")]
     Remove(PathBuf, std::io::Error),
+    /// A limit is malformed
+    #[error("{0}")]
+    Invalid(String),
     /// A cgroup cannot be created
     #[error("cannot create cgroup {0}: {1}")]
     Create(PathBuf, std::io::Error),
@@ -181,6 +184,12 @@ impl Hierarchy {
     /// fields leave a limit as it is). All or nothing: when a write fails,
     /// the limits already written are put back.
     pub fn update(&self, path: &str, resources: &ContainerResources) -> Result<(), CgroupError> {
+        check_names(resources)?;
+        if !resources.unified.is_empty() && !self.unified() {
+            return Err(CgroupError::Invalid(
+                "unified cgroup settings need a cgroup v2 host; this one runs v1".into(),
+            ));
+        }
         let (writes, probe) = if self.unified() {
             (self.v2_writes(path, resources), self.v2(path))
         } else {
@@ -239,6 +248,19 @@ impl Hierarchy {
                 r.memory_limit_bytes.to_string(),
             ));
         }
+        if r.memory_swap_limit_bytes != 0 {
+            out.push((
+                self.v1("memory", path).join("memory.memsw.limit_in_bytes"),
+                r.memory_swap_limit_bytes.to_string(),
+            ));
+        }
+        for (size, limit) in &r.hugepage_limits {
+            out.push((
+                self.v1("hugetlb", path)
+                    .join(format!("hugetlb.{size}.limit_in_bytes")),
+                limit.to_string(),
+            ));
+        }
         out
     }
 
@@ -272,6 +294,22 @@ impl Hierarchy {
         }
         if r.memory_limit_bytes > 0 {
             out.push((dir.join("memory.max"), r.memory_limit_bytes.to_string()));
+        }
+        // The CRI's figure is memory plus swap, as v1 has it; v2 limits swap alone.
+        match r.memory_swap_limit_bytes {
+            0 => {}
+            -1 => out.push((dir.join("memory.swap.max"), "max".to_owned())),
+            total if r.memory_limit_bytes > 0 => out.push((
+                dir.join("memory.swap.max"),
+                (total - r.memory_limit_bytes).max(0).to_string(),
+            )),
+            _ => {}
+        }
+        for (size, limit) in &r.hugepage_limits {
+            out.push((dir.join(format!("hugetlb.{size}.max")), limit.to_string()));
+        }
+        for (file, value) in &r.unified {
+            out.push((dir.join(file), value.clone()));
         }
         out
     }
@@ -361,6 +399,34 @@ fn remove_dir(dir: &Path) -> Result<(), CgroupError> {
     Ok(())
 }
 
+/// Hugepage sizes and unified keys become file names: they must be plain.
+fn check_names(r: &ContainerResources) -> Result<(), CgroupError> {
+    for size in r.hugepage_limits.keys() {
+        let digits = size.trim_end_matches(['K', 'M', 'G', 'B']);
+        let unit = &size[digits.len()..];
+        if digits.is_empty()
+            || !digits.bytes().all(|b| b.is_ascii_digit())
+            || !["KB", "MB", "GB"].contains(&unit)
+        {
+            return Err(CgroupError::Invalid(format!(
+                "hugepage size {size:?} is not a number of KB, MB or GB"
+            )));
+        }
+    }
+    for key in r.unified.keys() {
+        let plain = key.contains('.')
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_');
+        if !plain || key.starts_with("cgroup.") {
+            return Err(CgroupError::Invalid(format!(
+                "unified key {key:?} is not a cgroup v2 controller file"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// cgroup v1 CPU shares as a v2 weight (the conversion runc and the kubelet use).
 pub fn shares_to_weight(shares: i64) -> u64 {
     let shares = shares.clamp(2, 262_144) as u64;
@@ -441,6 +507,64 @@ mod tests {
         )
         .unwrap();
         assert_eq!(h.memory_limit("/kubepods/pod1"), None, "v1's unlimited");
+    }
+
+    #[test]
+    fn hugepages_swap_and_unified_files_are_written_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cgroup.controllers"), "cpu memory hugetlb").unwrap();
+        std::fs::create_dir_all(dir.path().join("pod/c")).unwrap();
+        let v2 = Hierarchy::new(dir.path());
+        let mut r = ContainerResources {
+            memory_limit_bytes: 64 << 20,
+            memory_swap_limit_bytes: 96 << 20,
+            ..Default::default()
+        };
+        r.hugepage_limits.insert("2MB".into(), 4 << 20);
+        r.unified.insert("memory.high".into(), "50M".into());
+        v2.update("/pod/c", &r).unwrap();
+        let read = |p: &str| std::fs::read_to_string(dir.path().join(p)).unwrap();
+        assert_eq!(
+            read("pod/c/memory.swap.max"),
+            (32u64 << 20).to_string(),
+            "swap alone in v2"
+        );
+        assert_eq!(read("pod/c/hugetlb.2MB.max"), (4u64 << 20).to_string());
+        assert_eq!(read("pod/c/memory.high"), "50M");
+        for (size, key) in [
+            ("2mb", "memory.high"),
+            ("2MB", "../x"),
+            ("2MB", "cgroup.procs"),
+        ] {
+            let mut bad = ContainerResources::default();
+            bad.hugepage_limits.insert(size.into(), 1);
+            bad.unified.insert(key.into(), "1".into());
+            let err = v2.update("/pod/c", &bad).unwrap_err();
+            assert!(
+                matches!(err, CgroupError::Invalid(_)),
+                "{size} {key}: {err}"
+            );
+        }
+        // v1: memory plus swap as it is, hugetlb per size, no unified files.
+        let dir = tempfile::tempdir().unwrap();
+        for c in ["memory", "hugetlb"] {
+            std::fs::create_dir_all(dir.path().join(c).join("pod/c")).unwrap();
+        }
+        let v1 = Hierarchy::new(dir.path());
+        r.unified.clear();
+        v1.update("/pod/c", &r).unwrap();
+        let read = |p: &str| std::fs::read_to_string(dir.path().join(p)).unwrap();
+        assert_eq!(
+            read("memory/pod/c/memory.memsw.limit_in_bytes"),
+            (96u64 << 20).to_string()
+        );
+        assert_eq!(
+            read("hugetlb/pod/c/hugetlb.2MB.limit_in_bytes"),
+            (4u64 << 20).to_string()
+        );
+        r.unified.insert("memory.high".into(), "50M".into());
+        let err = v1.update("/pod/c", &r).unwrap_err();
+        assert!(err.to_string().contains("cgroup v2"), "{err}");
     }
 
     #[test]

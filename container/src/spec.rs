@@ -346,6 +346,19 @@ fn resources(config: &ContainerConfig) -> Value {
     if r.memory_limit_bytes > 0 {
         out["memory"] = json!({"limit": r.memory_limit_bytes});
     }
+    if r.memory_swap_limit_bytes != 0 {
+        out["memory"]["swap"] = json!(r.memory_swap_limit_bytes);
+    }
+    if !r.hugepage_limits.is_empty() {
+        out["hugepageLimits"] = r
+            .hugepage_limits
+            .iter()
+            .map(|(size, limit)| json!({"pageSize": size, "limit": limit}))
+            .collect();
+    }
+    if !r.unified.is_empty() {
+        out["unified"] = json!(r.unified);
+    }
     // The standard character devices every container may use.
     let allowed: Vec<Value> = [(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 2)]
         .iter()

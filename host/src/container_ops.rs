@@ -281,6 +281,9 @@ impl ContainerRuntime for HostRuntime {
                         ),
                     )
                 }
+                CgroupError::Invalid(_) => {
+                    RuntimeError::new(RuntimeErrorKind::InvalidArgument, e.to_string())
+                }
                 CgroupError::Write { source, .. }
                     if source.raw_os_error() == Some(libc::EINVAL) =>
                 {

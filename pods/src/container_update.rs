@@ -59,6 +59,12 @@ fn validate(r: &ContainerResources) -> Result<(), UpdateResourcesError> {
             r.cpu_quota
         )));
     }
+    if r.memory_swap_limit_bytes < -1 {
+        return Err(UpdateResourcesError::Invalid(format!(
+            "memory_swap_limit_in_bytes {} must be -1 (unlimited), 0 (unchanged) or positive",
+            r.memory_swap_limit_bytes
+        )));
+    }
     if r.cpu_period != 0 && !(1_000..=1_000_000).contains(&r.cpu_period) {
         return Err(UpdateResourcesError::Invalid(format!(
             "cpu_period {} must be between 1000 and 1000000 microseconds",

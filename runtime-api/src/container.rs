@@ -173,6 +173,15 @@ pub struct ContainerResources {
     pub cpuset_cpus: String,
     /// Memory nodes allowed.
     pub cpuset_mems: String,
+    /// Hugepage limits in bytes, by page size (`2MB`, `1GB`).
+    #[serde(default)]
+    pub hugepage_limits: BTreeMap<String, u64>,
+    /// Memory plus swap limit in bytes (0 = unset, -1 = unlimited).
+    #[serde(default)]
+    pub memory_swap_limit_bytes: i64,
+    /// cgroup v2 files and the values written to them.
+    #[serde(default)]
+    pub unified: BTreeMap<String, String>,
 }
 
 impl ContainerResources {
@@ -190,8 +199,53 @@ impl ContainerResources {
             oom_score_adj: self.oom_score_adj,
             cpuset_cpus: text(&update.cpuset_cpus, &self.cpuset_cpus),
             cpuset_mems: text(&update.cpuset_mems, &self.cpuset_mems),
+            hugepage_limits: merged(&self.hugepage_limits, &update.hugepage_limits),
+            memory_swap_limit_bytes: pick(
+                update.memory_swap_limit_bytes,
+                self.memory_swap_limit_bytes,
+            ),
+            unified: merged(&self.unified, &update.unified),
         }
     }
+}
+
+#[cfg(test)]
+mod resources_tests {
+    use super::*;
+
+    #[test]
+    fn an_update_changes_only_what_it_sets() {
+        let mut old = ContainerResources {
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            memory_limit_bytes: 64 << 20,
+            oom_score_adj: 10,
+            cpuset_cpus: "0".into(),
+            ..Default::default()
+        };
+        old.hugepage_limits.insert("2MB".into(), 1 << 20);
+        let mut update = ContainerResources {
+            memory_limit_bytes: 128 << 20,
+            memory_swap_limit_bytes: 256 << 20,
+            oom_score_adj: -999,
+            ..Default::default()
+        };
+        update.hugepage_limits.insert("1GB".into(), 1 << 30);
+        let new = old.updated_by(&update);
+        assert_eq!((new.cpu_quota, new.cpu_period), (50_000, 100_000));
+        assert_eq!(new.memory_limit_bytes, 128 << 20);
+        assert_eq!(new.memory_swap_limit_bytes, 256 << 20);
+        assert_eq!(new.oom_score_adj, 10, "fixed at creation");
+        assert_eq!(new.cpuset_cpus, "0");
+        assert_eq!(new.hugepage_limits.len(), 2);
+    }
+}
+
+/// `old` with the entries of `new` put over it.
+fn merged<V: Clone>(old: &BTreeMap<String, V>, new: &BTreeMap<String, V>) -> BTreeMap<String, V> {
+    let mut out = old.clone();
+    out.extend(new.iter().map(|(k, v)| (k.clone(), v.clone())));
+    out
 }
 
 /// What the kubelet asked for when it created a container, with its image resolved.

@@ -176,8 +176,40 @@ async fn an_os_container_pod_runs_on_the_host_and_survives_a_daemon_restart() {
         read(memory_cgroup.join("memory.limit_in_bytes")),
         (256u64 << 20).to_string()
     );
+    // Swap alone: the memory limit stays, memory plus swap is set.
+    pod.rt
+        .update_container_resources(update(proto::LinuxContainerResources {
+            memory_swap_limit_in_bytes: 384 << 20,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        read(memory_cgroup.join("memory.memsw.limit_in_bytes")),
+        (384u64 << 20).to_string()
+    );
     let s = pod.status(&printer).await;
-    assert_eq!(s.resources.unwrap().linux.unwrap().cpu_shares, 512);
+    let linux = s.resources.unwrap().linux.unwrap();
+    assert_eq!(
+        (
+            linux.cpu_shares,
+            linux.memory_limit_in_bytes,
+            linux.memory_swap_limit_in_bytes
+        ),
+        (512, 256 << 20, 384 << 20),
+        "unset fields keep their limits"
+    );
+    // cgroup v2 settings on this v1 host are refused, saying why.
+    let err = pod
+        .rt
+        .update_container_resources(update(proto::LinuxContainerResources {
+            unified: [("memory.high".to_owned(), "100M".to_owned())].into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("cgroup v2"), "{err:?}");
     // The container sees its own cgroups, with the new limit.
     let seen = pod
         .exec(&printer, "cat /sys/fs/cgroup/memory/memory.limit_in_bytes")

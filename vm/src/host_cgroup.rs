@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::runtime::VmRuntime;
 
-/// What QEMU and virtiofsd use beyond the guest's RAM: QEMU's own heap,
-/// device emulation and (under TCG) its translation buffer, and
-/// virtiofsd's. Measured: 60–110 MiB; the rest is headroom.
+/// What QEMU and virtiofsd may use beyond the guest's RAM: QEMU's own
+/// heap, device emulation and (under TCG) its 16 MiB translation buffer,
+/// and virtiofsd's. A generous allowance, not yet a measured figure.
 pub const VMM_OVERHEAD_MIB: u64 = 192;
 
 /// The name of the VM's cgroup inside the pod's.

@@ -46,6 +46,7 @@ impl Containers {
                         AgentErrorKind::InvalidArgument
                     }
                     cgroups::CgroupError::Missing(_) => AgentErrorKind::FailedPrecondition,
+                    cgroups::CgroupError::Invalid(_) => AgentErrorKind::InvalidArgument,
                     _ => AgentErrorKind::Internal,
                 };
                 err(kind, format!("container {id}: {e}"))

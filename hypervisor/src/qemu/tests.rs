@@ -102,6 +102,10 @@ fn a_vm_with_room_to_grow_has_spare_vcpus_and_a_virtio_mem_region() {
     let args = qemu(true).args(&grow);
     assert_eq!(after(&args, "-smp"), ["4"]);
     assert!(after(&args, "-append")[0].contains("maxcpus=2"));
+    assert!(
+        after(&args, "-append")[0].contains("swiotlb=noforce"),
+        "no bounce buffers for a region above 4 GiB"
+    );
     // Less than a block of room: no region.
     grow.max_memory_mib = 512 + 100;
     let args = qemu(true).args(&grow);

@@ -103,6 +103,13 @@ pub fn container_resources(r: proto::LinuxContainerResources) -> ContainerResour
         oom_score_adj: r.oom_score_adj,
         cpuset_cpus: r.cpuset_cpus,
         cpuset_mems: r.cpuset_mems,
+        hugepage_limits: r
+            .hugepage_limits
+            .into_iter()
+            .map(|h| (h.page_size, h.limit))
+            .collect(),
+        memory_swap_limit_bytes: r.memory_swap_limit_in_bytes,
+        unified: r.unified.into_iter().collect(),
     }
 }
 
@@ -115,7 +122,16 @@ fn resources_to_proto(r: &ContainerResources) -> proto::LinuxContainerResources 
         oom_score_adj: r.oom_score_adj,
         cpuset_cpus: r.cpuset_cpus.clone(),
         cpuset_mems: r.cpuset_mems.clone(),
-        ..Default::default()
+        hugepage_limits: r
+            .hugepage_limits
+            .iter()
+            .map(|(size, limit)| proto::HugepageLimit {
+                page_size: size.clone(),
+                limit: *limit,
+            })
+            .collect(),
+        memory_swap_limit_in_bytes: r.memory_swap_limit_bytes,
+        unified: r.unified.clone().into_iter().collect(),
     }
 }
 
