@@ -20,10 +20,12 @@ mod service;
 mod stats;
 mod status;
 mod stream;
+mod transport;
 
 pub use images::ImageService;
 pub use metered::{Metered, MeteredLayer};
 pub use service::RuntimeService;
+pub use transport::{AuthorityTolerant, FrameError};
 
 pub mod proto {
     //! Generated CRI types, clients and servers (from the vendored `api.proto`).

@@ -23,6 +23,7 @@ use network::{Cni, PodNetworks};
 use pods::{HostPolicy, PodService, Registry, Store};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 use vm::{VmRuntime, VmRuntimeConfig};
 
@@ -166,9 +167,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .add_service(ImageServiceServer::new(
             cri::ImageService::new(image_store).with_pods(pods.clone()),
         ))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
-            let _ = stop_rx.await;
-        });
+        // Any `:authority` is accepted: many unix-socket clients send the path.
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener).map(|conn| conn.map(cri::AuthorityTolerant::new)),
+            async {
+                let _ = stop_rx.await;
+            },
+        );
     let stop = async {
         shutdown_signal().await;
         let _ = stop_tx.send(());

@@ -346,6 +346,16 @@ class CriTest:
         R.check("Version.runtime_api_version == 'v1'", v.runtime_api_version == "v1",
                 repr(v.runtime_api_version))
         R.check("Version.runtime_version is non-empty", v.runtime_version != "", repr(v.runtime_version))
+        # Older grpc-go (kubelet 1.20) and grpcio's default send the socket
+        # path as :authority; the server must answer them too.
+        import grpc
+        for authority in (self.socket, None):
+            options = [] if authority is None else [("grpc.default_authority", authority)]
+            name = ("Version with the socket path as :authority" if authority
+                    else "Version from a channel with grpcio's default authority")
+            with grpc.insecure_channel("unix:" + self.socket, options=options) as channel:
+                stub = self.pb_grpc.RuntimeServiceStub(channel)
+                self.expect_ok(name, stub.Version, pb.VersionRequest(version="v1"))
 
     def test_status(self):
         pb = self.pb
