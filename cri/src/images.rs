@@ -35,6 +35,28 @@ impl ImageService {
         self
     }
 
+    /// `FailedPrecondition`, naming the container, while a container of
+    /// any state still uses `image`: its record refers to it.
+    fn refuse_in_use(&self, reference: &str, image: &images::Image) -> Result<(), Status> {
+        let Some(pods) = &self.pods else {
+            return Ok(());
+        };
+        let users: Vec<String> = pods
+            .list_containers(&pods::ContainerFilter::default())
+            .into_iter()
+            .filter(|c| c.config.image.id == image.id)
+            .map(|c| format!("{} ({})", c.config.metadata.name, c.id))
+            .collect();
+        if users.is_empty() {
+            return Ok(());
+        }
+        Err(Status::failed_precondition(format!(
+            "image {reference} ({}) is in use by container {}; remove the container first",
+            image.id,
+            users.join(", ")
+        )))
+    }
+
     /// The images that pass `filter` (an image reference, or none), for
     /// both list forms.
     fn images(&self, filter: Option<proto::ImageFilter>) -> Vec<proto::Image> {
@@ -192,8 +214,14 @@ impl proto::image_service_server::ImageService for ImageService {
     ) -> Result<Response<proto::ImageStatusResponse>, Status> {
         let req = request.into_inner();
         let reference = image_ref(req.image.as_ref(), "image")?;
-        // CRI: an unknown image is not an error, the response has no image.
+        // CRI: an unknown image is not an error, the response has no image;
+        // a reference that could name none is.
         let Some(img) = self.store.find(&reference) else {
+            images::check_reference(&reference).map_err(|reason| {
+                Status::invalid_argument(format!(
+                    "{reference:?} is not an image reference: {reason}"
+                ))
+            })?;
             return Ok(Response::new(proto::ImageStatusResponse::default()));
         };
         let mut info = HashMap::new();
@@ -247,9 +275,13 @@ impl proto::image_service_server::ImageService for ImageService {
         request: Request<proto::RemoveImageRequest>,
     ) -> Result<Response<proto::RemoveImageResponse>, Status> {
         let reference = image_ref(request.get_ref().image.as_ref(), "image")?;
+        if let Some(image) = self.store.find(&reference) {
+            self.refuse_in_use(&reference, &image)?;
+        }
         self.store.remove(&reference).await.map_err(|e| {
             let code = match e {
                 images::RemoveError::Pinned(_) => Code::FailedPrecondition,
+                images::RemoveError::InvalidReference { .. } => Code::InvalidArgument,
                 images::RemoveError::Index(_) => Code::Internal,
             };
             Status::new(code, e.to_string())

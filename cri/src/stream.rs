@@ -13,8 +13,8 @@ pub(crate) async fn exec(
     request: Request<proto::ExecRequest>,
 ) -> Result<Response<proto::ExecResponse>, Status> {
     let req = request.into_inner();
-    let server = svc.streaming()?;
     let container_id = running_container(svc, &req.container_id)?;
+    let server = svc.streaming()?;
     let url = server
         .get_exec(streaming::ExecRequest {
             container_id,
@@ -33,8 +33,8 @@ pub(crate) async fn attach(
     request: Request<proto::AttachRequest>,
 ) -> Result<Response<proto::AttachResponse>, Status> {
     let req = request.into_inner();
-    let server = svc.streaming()?;
     let container_id = running_container(svc, &req.container_id)?;
+    let server = svc.streaming()?;
     let url = server
         .get_attach(streaming::AttachRequest {
             container_id,
@@ -52,7 +52,6 @@ pub(crate) async fn port_forward(
     request: Request<proto::PortForwardRequest>,
 ) -> Result<Response<proto::PortForwardResponse>, Status> {
     let req = request.into_inner();
-    let server = svc.streaming()?;
     require_id(&req.pod_sandbox_id, "pod_sandbox_id")?;
     let ports = req
         .port
@@ -69,7 +68,8 @@ pub(crate) async fn port_forward(
         .ready_sandbox(&req.pod_sandbox_id)
         .await
         .map_err(|e| e.status())?;
-    let url = server
+    let url = svc
+        .streaming()?
         .get_port_forward(streaming::PortForwardRequest {
             pod_sandbox_id: sandbox.id.clone(),
             ports,

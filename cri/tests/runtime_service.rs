@@ -320,3 +320,432 @@ async fn unknown_containers() {
         .code();
     assert_eq!(code, Code::InvalidArgument);
 }
+
+/// The code of a call's answer: `Ok` for success.
+async fn code_of<T>(call: impl Future<Output = Result<T, tonic::Status>>) -> Code {
+    match call.await {
+        Ok(_) => Code::Ok,
+        Err(status) => {
+            assert!(!status.message().is_empty(), "an error says what was wrong");
+            status.code()
+        }
+    }
+}
+
+/// Fails with every row whose code is not the expected one.
+fn assert_codes(table: &[(&str, Code, Code)]) {
+    let wrong: Vec<String> = table
+        .iter()
+        .filter(|(_, got, want)| got != want)
+        .map(|(call, got, want)| format!("{call}: {got:?}, expected {want:?}"))
+        .collect();
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// Every RuntimeService call with input the api.proto comments rule on:
+/// unknown ids, missing fields, a container in the wrong state.
+#[tokio::test]
+async fn runtime_service_error_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = service(dir.path());
+    let pod = run_pod(&svc).await;
+    let unknown = || "0123456789abcdef".to_owned();
+    let no_pod_config = proto::RunPodSandboxRequest::default();
+    let bad_handler = proto::RunPodSandboxRequest {
+        config: Some(proto::PodSandboxConfig {
+            metadata: Some(proto::PodSandboxMetadata {
+                name: "q".into(),
+                uid: "q".into(),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            ..Default::default()
+        }),
+        runtime_handler: "no-such-handler".into(),
+    };
+    let container = |pod_sandbox_id: String| proto::CreateContainerRequest {
+        pod_sandbox_id,
+        config: Some(proto::ContainerConfig {
+            metadata: Some(proto::ContainerMetadata {
+                name: "c".into(),
+                attempt: 0,
+            }),
+            image: Some(proto::ImageSpec {
+                image: "busybox".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        sandbox_config: None,
+    };
+    let table: Vec<(&str, Code, Code)> = vec![
+        (
+            "RunPodSandbox without config",
+            code_of(svc.run_pod_sandbox(Request::new(no_pod_config))).await,
+            Code::InvalidArgument,
+        ),
+        (
+            "RunPodSandbox with an unknown handler",
+            code_of(svc.run_pod_sandbox(Request::new(bad_handler))).await,
+            Code::InvalidArgument,
+        ),
+        (
+            "StopPodSandbox of an unknown pod",
+            code_of(
+                svc.stop_pod_sandbox(Request::new(proto::StopPodSandboxRequest {
+                    pod_sandbox_id: unknown(),
+                })),
+            )
+            .await,
+            Code::Ok,
+        ),
+        (
+            "RemovePodSandbox of an unknown pod",
+            code_of(
+                svc.remove_pod_sandbox(Request::new(proto::RemovePodSandboxRequest {
+                    pod_sandbox_id: unknown(),
+                })),
+            )
+            .await,
+            Code::Ok,
+        ),
+        (
+            "PodSandboxStatus of an unknown pod",
+            code_of(
+                svc.pod_sandbox_status(Request::new(proto::PodSandboxStatusRequest {
+                    pod_sandbox_id: unknown(),
+                    verbose: false,
+                })),
+            )
+            .await,
+            Code::NotFound,
+        ),
+        (
+            "PodSandboxStatus without id",
+            code_of(
+                svc.pod_sandbox_status(Request::new(proto::PodSandboxStatusRequest::default())),
+            )
+            .await,
+            Code::InvalidArgument,
+        ),
+        (
+            "PodSandboxStats of an unknown pod",
+            code_of(
+                svc.pod_sandbox_stats(Request::new(proto::PodSandboxStatsRequest {
+                    pod_sandbox_id: unknown(),
+                })),
+            )
+            .await,
+            Code::NotFound,
+        ),
+        (
+            "UpdatePodSandboxResources of an unknown pod",
+            code_of(svc.update_pod_sandbox_resources(Request::new(
+                proto::UpdatePodSandboxResourcesRequest {
+                    pod_sandbox_id: unknown(),
+                    ..Default::default()
+                },
+            )))
+            .await,
+            Code::NotFound,
+        ),
+        (
+            "CreateContainer in an unknown pod",
+            code_of(svc.create_container(Request::new(container(unknown())))).await,
+            Code::NotFound,
+        ),
+        (
+            "CreateContainer of an image not pulled",
+            code_of(svc.create_container(Request::new(container(pod.clone())))).await,
+            Code::NotFound,
+        ),
+        (
+            "StartContainer of an unknown container",
+            code_of(
+                svc.start_container(Request::new(proto::StartContainerRequest {
+                    container_id: unknown(),
+                })),
+            )
+            .await,
+            Code::NotFound,
+        ),
+        (
+            "StopContainer of an unknown container",
+            code_of(
+                svc.stop_container(Request::new(proto::StopContainerRequest {
+                    container_id: unknown(),
+                    timeout: i64::MAX,
+                })),
+            )
+            .await,
+            Code::Ok,
+        ),
+        (
+            "RemoveContainer of an unknown container",
+            code_of(
+                svc.remove_container(Request::new(proto::RemoveContainerRequest {
+                    container_id: unknown(),
+                })),
+            )
+            .await,
+            Code::Ok,
+        ),
+        (
+            "ContainerStatus of an unknown container",
+            code_of(
+                svc.container_status(Request::new(proto::ContainerStatusRequest {
+                    container_id: unknown(),
+                    verbose: false,
+                })),
+            )
+            .await,
+            Code::NotFound,
+        ),
+        (
+            "ContainerStats of an unknown container",
+            code_of(
+                svc.container_stats(Request::new(proto::ContainerStatsRequest {
+                    container_id: unknown(),
+                })),
+            )
+            .await,
+            Code::NotFound,
+        ),
+        (
+            "UpdateContainerResources of an unknown container",
+            code_of(svc.update_container_resources(Request::new(
+                proto::UpdateContainerResourcesRequest {
+                    container_id: unknown(),
+                    linux: Some(proto::LinuxContainerResources {
+                        memory_limit_in_bytes: 64 << 20,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )))
+            .await,
+            Code::NotFound,
+        ),
+        (
+            "ReopenContainerLog of an unknown container",
+            code_of(
+                svc.reopen_container_log(Request::new(proto::ReopenContainerLogRequest {
+                    container_id: unknown(),
+                })),
+            )
+            .await,
+            Code::NotFound,
+        ),
+        (
+            "ExecSync in an unknown container",
+            code_of(svc.exec_sync(Request::new(proto::ExecSyncRequest {
+                container_id: unknown(),
+                cmd: vec!["true".into()],
+                timeout: i64::MAX,
+            })))
+            .await,
+            Code::NotFound,
+        ),
+        (
+            "ExecSync without a command",
+            code_of(svc.exec_sync(Request::new(proto::ExecSyncRequest {
+                container_id: unknown(),
+                cmd: vec![],
+                timeout: 0,
+            })))
+            .await,
+            Code::InvalidArgument,
+        ),
+        (
+            "Exec in an unknown container",
+            code_of(svc.exec(Request::new(proto::ExecRequest {
+                container_id: unknown(),
+                cmd: vec!["sh".into()],
+                stdout: true,
+                ..Default::default()
+            })))
+            .await,
+            Code::NotFound,
+        ),
+        (
+            "Attach to an unknown container",
+            code_of(svc.attach(Request::new(proto::AttachRequest {
+                container_id: unknown(),
+                stdout: true,
+                ..Default::default()
+            })))
+            .await,
+            Code::NotFound,
+        ),
+        (
+            "PortForward into an unknown pod",
+            code_of(svc.port_forward(Request::new(proto::PortForwardRequest {
+                pod_sandbox_id: unknown(),
+                port: vec![80],
+            })))
+            .await,
+            Code::NotFound,
+        ),
+        (
+            "PortForward to port 0",
+            code_of(svc.port_forward(Request::new(proto::PortForwardRequest {
+                pod_sandbox_id: pod.clone(),
+                port: vec![0],
+            })))
+            .await,
+            Code::InvalidArgument,
+        ),
+        (
+            "ListContainerStats of an unknown container",
+            code_of(
+                svc.list_container_stats(Request::new(proto::ListContainerStatsRequest {
+                    filter: Some(proto::ContainerStatsFilter {
+                        id: unknown(),
+                        ..Default::default()
+                    }),
+                })),
+            )
+            .await,
+            Code::Ok,
+        ),
+        (
+            "CheckpointContainer",
+            code_of(
+                svc.checkpoint_container(Request::new(proto::CheckpointContainerRequest {
+                    container_id: unknown(),
+                    ..Default::default()
+                })),
+            )
+            .await,
+            Code::Unimplemented,
+        ),
+    ];
+    assert_codes(&table);
+}
+
+/// Every ImageService call with input the api.proto comments rule on.
+#[tokio::test]
+async fn image_service_error_codes() {
+    use cri::proto::image_service_server::ImageService as _;
+    let dir = tempfile::tempdir().unwrap();
+    let store = images::ImageStore::open(&dir.path().join("images"), None).unwrap();
+    let svc = cri::ImageService::new(store);
+    let spec = |image: &str| {
+        Some(proto::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        })
+    };
+    let pull = |image: &str, auth: Option<proto::AuthConfig>| proto::PullImageRequest {
+        image: spec(image),
+        auth,
+        sandbox_config: None,
+    };
+    let bad_auth = proto::AuthConfig {
+        auth: "%%%".into(),
+        ..Default::default()
+    };
+    let table: Vec<(&str, Code, Code)> = vec![
+        (
+            "ImageStatus without image",
+            code_of(svc.image_status(Request::new(proto::ImageStatusRequest {
+                image: None,
+                verbose: false,
+            })))
+            .await,
+            Code::InvalidArgument,
+        ),
+        (
+            "ImageStatus of an absent image",
+            code_of(svc.image_status(Request::new(proto::ImageStatusRequest {
+                image: spec("absent/image:1"),
+                verbose: false,
+            })))
+            .await,
+            Code::Ok,
+        ),
+        (
+            "ImageStatus of a malformed reference",
+            code_of(svc.image_status(Request::new(proto::ImageStatusRequest {
+                image: spec("Not::A/Ref"),
+                verbose: false,
+            })))
+            .await,
+            Code::InvalidArgument,
+        ),
+        (
+            "PullImage without image",
+            code_of(svc.pull_image(Request::new(pull("", None)))).await,
+            Code::InvalidArgument,
+        ),
+        (
+            "PullImage of a malformed reference",
+            code_of(svc.pull_image(Request::new(pull("Not::A/Ref", None)))).await,
+            Code::InvalidArgument,
+        ),
+        (
+            "PullImage with auth that is not base64",
+            code_of(svc.pull_image(Request::new(pull("busybox", Some(bad_auth))))).await,
+            Code::InvalidArgument,
+        ),
+        (
+            "PullImage from a registry nobody serves",
+            code_of(svc.pull_image(Request::new(pull("127.0.0.1:1/x:1", None)))).await,
+            Code::Unavailable,
+        ),
+        (
+            "RemoveImage without image",
+            code_of(svc.remove_image(Request::new(proto::RemoveImageRequest { image: None })))
+                .await,
+            Code::InvalidArgument,
+        ),
+        (
+            "RemoveImage of an absent image",
+            code_of(svc.remove_image(Request::new(proto::RemoveImageRequest {
+                image: spec("absent/image:1"),
+            })))
+            .await,
+            Code::Ok,
+        ),
+        (
+            "RemoveImage of an absent id",
+            code_of(svc.remove_image(Request::new(proto::RemoveImageRequest {
+                image: spec(&format!("sha256:{}", "0".repeat(64))),
+            })))
+            .await,
+            Code::Ok,
+        ),
+        (
+            "RemoveImage of a malformed reference",
+            code_of(svc.remove_image(Request::new(proto::RemoveImageRequest {
+                image: spec("Not::A/Ref"),
+            })))
+            .await,
+            Code::InvalidArgument,
+        ),
+        (
+            "RemoveImage of a malformed id",
+            code_of(svc.remove_image(Request::new(proto::RemoveImageRequest {
+                image: spec("sha256:nothex"),
+            })))
+            .await,
+            Code::InvalidArgument,
+        ),
+        (
+            "ListImages filtered by a malformed reference",
+            code_of(svc.list_images(Request::new(proto::ListImagesRequest {
+                filter: Some(proto::ImageFilter {
+                    image: spec("Not::A/Ref"),
+                }),
+            })))
+            .await,
+            Code::Ok,
+        ),
+        (
+            "ImageFsInfo",
+            code_of(svc.image_fs_info(Request::new(proto::ImageFsInfoRequest {}))).await,
+            Code::Ok,
+        ),
+    ];
+    assert_codes(&table);
+}

@@ -144,6 +144,24 @@ pub enum OpenError {
     Record(PathBuf, String),
 }
 
+/// Whether `reference` could name an image: an image ID (`sha256:` and 64
+/// hex digits), a hex ID prefix, or a name Docker would accept; the reason
+/// when not.
+pub fn check_reference(reference: &str) -> Result<(), String> {
+    let r = reference.trim();
+    if r.starts_with("sha256:") {
+        return store::digest_hex(r).map(|_| ()).map_err(|e| e.to_string());
+    }
+    if !r.is_empty() && r.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(());
+    }
+    match pull::parse_reference(r) {
+        Ok(_) => Ok(()),
+        Err(PullError::InvalidReference { reason, .. }) => Err(reason),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// An image could not be removed.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoveError {
@@ -153,6 +171,14 @@ pub enum RemoveError {
     /// The image is pinned by the configuration
     #[error("image {0} is pinned (config key pinned_images) and is not removed")]
     Pinned(String),
+    /// The reference names no image, nor could it
+    #[error("{reference:?} is not an image reference: {reason}")]
+    InvalidReference {
+        /// As given.
+        reference: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// Image store usage could not be measured.
@@ -428,6 +454,10 @@ impl ImageStore {
     /// snapshots are collected once no other image uses them.
     pub async fn remove(&self, reference: &str) -> Result<bool, RemoveError> {
         let Some(image) = self.find(reference) else {
+            check_reference(reference).map_err(|reason| RemoveError::InvalidReference {
+                reference: reference.to_owned(),
+                reason,
+            })?;
             return Ok(false);
         };
         if self.is_pinned(&image) {
@@ -597,6 +627,40 @@ impl ImageStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn references_that_could_name_an_image() {
+        let hex = "a".repeat(64);
+        for ok in [
+            "busybox",
+            "docker.io/library/busybox:1.36",
+            "127.0.0.1:5000/x/y@sha256:0123456789012345678901234567890123456789012345678901234567890123",
+            &format!("sha256:{hex}"),
+            "0123456789ab",
+        ] {
+            assert_eq!(check_reference(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "Busy:Box",
+            "foo::bar",
+            "sha256:xyz",
+            "a@sha256:12",
+            "",
+            "x y",
+        ] {
+            assert!(check_reference(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[tokio::test]
+    async fn removing_an_absent_image_succeeds_a_malformed_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path(), None).unwrap();
+        assert!(!store.remove("docker.io/library/absent:1").await.unwrap());
+        let err = store.remove("Not/A:Ref:At:All").await.unwrap_err();
+        assert!(matches!(err, RemoveError::InvalidReference { .. }), "{err}");
+        assert!(err.to_string().contains("Not/A:Ref:At:All"), "{err}");
+    }
 
     #[test]
     fn user_forms() {

@@ -631,9 +631,10 @@ async fn security_mounts_exec_stop_oom_and_restart() {
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(!stubborn_log.exists());
 
-    // Removing the image leaves running containers' root filesystems intact.
+    // The image of existing containers cannot be removed: FailedPrecondition
+    // naming them, and their root filesystems stay intact.
     let mut images = pod.daemon.images().await.unwrap();
-    images
+    let err = images
         .remove_image(proto::RemoveImageRequest {
             image: Some(proto::ImageSpec {
                 image: pod.image.clone(),
@@ -641,7 +642,12 @@ async fn security_mounts_exec_stop_oom_and_restart() {
             }),
         })
         .await
-        .unwrap();
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains(&ticker) && err.message().contains("in use"),
+        "{err:?}"
+    );
     let intact = pod.exec(&ticker, "cat /etc/group && ls /bin | wc -l").await;
     assert_eq!(intact.exit_code, 0, "{}", text(&intact.stderr));
     assert!(text(&intact.stdout).starts_with("root:x:0:"));

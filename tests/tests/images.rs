@@ -229,6 +229,23 @@ async fn pull_status_list_remove_with_layers_and_whiteouts() {
     })
     .await
     .unwrap();
+    // A reference that could name no image is InvalidArgument, for both.
+    let err = c
+        .remove_image(proto::RemoveImageRequest {
+            image: spec("Not::A/Ref"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("Not::A/Ref"), "{err:?}");
+    let err = c
+        .image_status(proto::ImageStatusRequest {
+            image: spec("Not::A/Ref"),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     // Remove by ID: everything is collected.
     c.remove_image(proto::RemoveImageRequest { image: spec(&id2) })
         .await
