@@ -221,8 +221,14 @@ impl AgentClient {
     /// [`AgentClient::request`], which checks the kind of the answer.
     pub async fn call(&self, request: &Request, limit: Duration) -> Result<Response, CallError> {
         let deadline = deadline_after(limit);
-        let conn = self.connection(deadline).await?;
-        self.call_on(&conn, request, deadline, limit).await
+        let answer = match self.connection(deadline).await {
+            Ok(conn) => self.call_on(&conn, request, deadline, limit).await,
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = &answer {
+            log_failure(request, e);
+        }
+        answer
     }
 
     /// Opens an interactive stream: `request` (built from the new stream's id)
@@ -251,6 +257,9 @@ impl AgentClient {
         }
         let request = request(id);
         let answer = self.call_on(&conn, &request, deadline, limit).await;
+        if let Err(e) = &answer {
+            log_failure(&request, e);
+        }
         let failed = match answer {
             Ok(Response::Done) => None,
             Ok(other) => Some(CallError::Unexpected {
@@ -597,4 +606,13 @@ pub fn deadline_after(limit: Duration) -> Instant {
     let now = Instant::now();
     now.checked_add(limit)
         .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+/// Every failed call is logged once, with the request and its container.
+fn log_failure(request: &Request, e: &CallError) {
+    tracing::warn!(
+        request = request.name(),
+        container = request.container().unwrap_or("-"),
+        "agent call failed: {e}"
+    );
 }

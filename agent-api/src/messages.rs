@@ -163,6 +163,23 @@ pub enum Request {
 }
 
 impl Request {
+    /// The container the request is about, if any, for logs.
+    pub fn container(&self) -> Option<&str> {
+        match self {
+            Self::CreateContainer(CreateContainer { id, .. })
+            | Self::ExecStart(ExecStart { id, .. })
+            | Self::StartContainer { id, .. }
+            | Self::StopContainer { id, .. }
+            | Self::RemoveContainer { id, .. }
+            | Self::ContainerStatus { id, .. }
+            | Self::ExecSync { id, .. }
+            | Self::ReopenLog { id, .. }
+            | Self::Attach { id, .. }
+            | Self::UpdateContainer { id, .. } => Some(id),
+            _ => None,
+        }
+    }
+
     /// The variant's name, e.g. `"StartContainer"`, for logs and errors.
     pub fn name(&self) -> &'static str {
         match self {
