@@ -34,10 +34,17 @@ guest: agent
 run: build
 	./target/release/frakti $(ARGS)
 
+# Ends by checking that the tests left nothing on the host (VMs, netns,
+# links, mounts, iptables rules, IPAM leases, pod cgroups), once the node
+# networking their CNI networks made (bridges, portmap chains) is removed.
 test: build
 	bash streaming/tests/install-clients.sh
+	@mkdir -p target
+	bash scripts/host-inventory.sh > target/host-inventory.before
 	$(CARGO) test --release --workspace
 	$(PYTHON) tests/python/test_cri.py
+	bash scripts/host-inventory.sh --remove-networking-since target/host-inventory.before
+	bash scripts/host-inventory.sh --since target/host-inventory.before
 
 bench: build
 	./target/release/frakti-bench $(ARGS)
