@@ -218,10 +218,10 @@ impl Rewriter {
             }
             block.fragment.extend_from_slice(payload);
         }
-        if flags & END_HEADERS != 0 {
-            if let Some(block) = self.pending.take() {
-                self.emit(block)?;
-            }
+        if flags & END_HEADERS != 0
+            && let Some(block) = self.pending.take()
+        {
+            self.emit(block)?;
         }
         Ok(())
     }
