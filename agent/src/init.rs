@@ -143,11 +143,15 @@ pub fn sandbox_mounts(share_tag: &str) -> Result<(), agent_api::AgentError> {
     if !share_tag.is_empty() && !is_mount_point(Path::new(SHARED_DIR)) {
         load_now(&["fuse.ko", "virtiofs.ko"]);
         let _ = fs::create_dir_all(SHARED_DIR);
+        // Not nosuid: the containers' root filesystems are in the share, and
+        // a setuid binary of an image must raise privileges in its container
+        // as on any runtime (unless no_new_privs). The host's view of the
+        // share is nosuid, so such a file is inert on the host.
         mount(
             Some(share_tag),
             SHARED_DIR,
             Some("virtiofs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            MsFlags::MS_NODEV,
             None::<&str>,
         )
         .map_err(|e| fail(&format!("mount virtio-fs {share_tag}"), e))?;

@@ -32,6 +32,7 @@ pub fn box_image() -> TestImage {
         .dir("sys")
         .dir("dev")
         .dir("root");
+    base = base.file("bin/euid", euid_binary(), 0o4755);
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
         if !["sh", "ls", "cat", "echo", "true", "busybox"].contains(&applet) {
             base = base.symlink(&format!("bin/{applet}"), "busybox");
@@ -53,6 +54,32 @@ pub fn box_image() -> TestImage {
         layers: vec![layer],
         config: serde_json::to_vec(&config).expect("json"),
     }
+}
+
+/// A static program that prints its real and effective uid (`1000 0`),
+/// built once with the host's C compiler (the one cargo links with); the
+/// test image carries it setuid root as `/bin/euid`.
+fn euid_binary() -> &'static [u8] {
+    static BINARY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = dir.path().join("euid.c");
+        std::fs::write(
+            &source,
+            "#include <stdio.h>\n#include <unistd.h>\n\
+             int main(void) { printf(\"%d %d\\n\", (int)getuid(), (int)geteuid()); return 0; }\n",
+        )
+        .expect("write euid.c");
+        let binary = dir.path().join("euid");
+        let status = std::process::Command::new("cc")
+            .args(["-static", "-Os", "-s", "-o"])
+            .arg(&binary)
+            .arg(&source)
+            .status()
+            .expect("run cc");
+        assert!(status.success(), "cc -static euid.c failed");
+        std::fs::read(&binary).expect("read euid")
+    })
 }
 
 /// Pushes [`box_image`] to `registry` as `frakti/box:1`; returns its reference.

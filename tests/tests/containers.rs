@@ -159,6 +159,35 @@ async fn run_to_completion_logs_and_process_settings() {
     let joined: String = pieces.iter().map(|(_, _, c)| c.as_str()).collect();
     assert_eq!(joined, "x".repeat(40000));
 
+    // The image's setuid-root /bin/euid raises privileges in a container
+    // (security_contexts_mean_the_same_in_both_runtimes) but is inert on the
+    // host: the host's view of a container's root filesystem is nosuid and
+    // nodev, while the guest still sees the mode through the share.
+    let rootfs = pod
+        .daemon
+        .state_dir()
+        .join(&pod.id)
+        .join("shared")
+        .join(&id)
+        .join("rootfs");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let options = mountinfo
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.get(4) == Some(&rootfs.to_str().unwrap()))
+        .map(|f| f[5].to_owned())
+        .unwrap_or_else(|| panic!("{} is not mounted", rootfs.display()));
+    assert!(
+        options.split(',').any(|o| o == "nosuid") && options.split(',').any(|o| o == "nodev"),
+        "{options}"
+    );
+    let mode = std::fs::metadata(rootfs.join("bin/euid")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o7777,
+        0o4755,
+        "the file keeps its setuid mode, which virtiofsd serves to the guest"
+    );
+
     // Containers that share the pod's PID namespace see each other, and not
     // the guest's own processes (agent, kernel threads).
     let a = shared_pid(pod.container("pid-a", &["sleep 100001"]));

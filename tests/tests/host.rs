@@ -667,6 +667,22 @@ const SECURITY_CASES: &[SecurityCase] = &[
         expect: "1000\n50",
     },
     SecurityCase {
+        name: "setuid",
+        // The image's /bin/euid is setuid root and prints "uid euid".
+        tweak: |sc| sc.run_as_user = Some(proto::Int64Value { value: 1000 }),
+        script: "/bin/euid",
+        expect: "1000 0",
+    },
+    SecurityCase {
+        name: "setuid-no-new-privs",
+        tweak: |sc| {
+            sc.run_as_user = Some(proto::Int64Value { value: 1000 });
+            sc.no_new_privs = true;
+        },
+        script: "/bin/euid",
+        expect: "1000 1000",
+    },
+    SecurityCase {
         name: "readonly-rootfs",
         tweak: |sc| sc.readonly_rootfs = true,
         script: "touch /x 2>/dev/null && echo writable || echo readonly",

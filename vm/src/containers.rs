@@ -157,11 +157,14 @@ fn prepare_steps(
         upper.display(),
         work.display()
     );
+    // nosuid and nodev on the host: what the guest writes into the layer
+    // (a setuid-root binary, a device node) must be inert on the host. The
+    // guest still sees the files' modes and uses them inside the VM.
     mount(
         Some("overlay"),
         &rootfs,
         Some("overlay"),
-        MsFlags::empty(),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some(options.as_str()),
     )
     .map_err(|e| internal("mount the container's root filesystem", e))?;
