@@ -221,8 +221,12 @@ pub fn build(
             Propagation::HostToContainer => "rslave",
             Propagation::Bidirectional => "rshared",
         };
-        let mode = if m.readonly { "ro" } else { "rw" };
-        mounts.push(json!({"destination": m.container_path, "type": "bind", "source": source, "options": ["rbind", propagation, mode]}));
+        let mut options = vec!["rbind", propagation, if m.readonly { "ro" } else { "rw" }];
+        if m.recursive_read_only {
+            // Every submount too, by mount_setattr(AT_RECURSIVE).
+            options.push("rro");
+        }
+        mounts.push(json!({"destination": m.container_path, "type": "bind", "source": source, "options": options}));
     }
 
     let namespaces = namespaces::entries(&sec.namespaces, &layout.namespaces)?;

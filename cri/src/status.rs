@@ -38,9 +38,15 @@ pub(crate) async fn status(
         condition("RuntimeReady", runtime_ready),
         condition("NetworkReady", network_ready),
     ];
+    // Both runtimes make a recursive_read_only mount read-only all through,
+    // on the host, where the kernel has mount_setattr.
+    let features = proto::RuntimeHandlerFeatures {
+        recursive_read_only_mounts: container::mounts::recursive_readonly_supported(),
+        user_namespaces: false,
+    };
     let mut handlers = vec![proto::RuntimeHandler {
         name: String::new(),
-        features: Some(proto::RuntimeHandlerFeatures::default()),
+        features: Some(features),
     }];
     handlers.extend(
         svc.pods
@@ -48,7 +54,7 @@ pub(crate) async fn status(
             .iter()
             .map(|name| proto::RuntimeHandler {
                 name: name.clone(),
-                features: Some(proto::RuntimeHandlerFeatures::default()),
+                features: Some(features),
             }),
     );
     let mut info = HashMap::new();

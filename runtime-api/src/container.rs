@@ -73,6 +73,9 @@ pub struct Mount {
     pub readonly: bool,
     /// Propagation mode.
     pub propagation: Propagation,
+    /// Every submount read-only too (needs `readonly` and private propagation).
+    #[serde(default)]
+    pub recursive_read_only: bool,
 }
 
 /// A host device made visible in the container.

@@ -773,20 +773,113 @@ async fn security_contexts_mean_the_same_in_both_runtimes() {
                 security_context: Some(sc),
                 ..Default::default()
             });
-            let id = run_container(&mut pod.rt, pod_id, config, c)
-                .await
-                .unwrap_or_else(|e| panic!("{name}: {e:?}"));
-            let s = pod.wait_exit(&id).await;
-            let log = std::fs::read_to_string(pod.logs.path().join(&name).join("0.log")).unwrap();
-            let out: Vec<&str> = log
-                .lines()
-                .filter_map(|l| l.splitn(4, ' ').nth(3))
-                .collect();
-            assert_eq!(
-                (s.exit_code, out.join("\n").as_str()),
-                (0, case.expect),
-                "{name}: {log}"
-            );
+            let out = run_to_end(&mut pod, pod_id, config, c).await;
+            assert_eq!(out, (0, case.expect.to_owned()), "{name}");
         }
     }
+
+    // A read-only mount whose host source has a submount: the submount stays
+    // writable, unless the mount is recursive_read_only.
+    let vol = tempfile::tempdir().unwrap();
+    let sub = Tmpfs::mount(vol.path().join("sub"));
+    let volume =
+        |recursive_read_only, readonly, propagation: proto::MountPropagation| proto::Mount {
+            container_path: "/v".into(),
+            host_path: vol.path().display().to_string(),
+            readonly,
+            recursive_read_only,
+            propagation: propagation as i32,
+            ..Default::default()
+        };
+    let private = proto::MountPropagation::PropagationPrivate;
+    let script = "for d in /v /v/sub; do (touch $d/x) 2>/dev/null && echo rw || echo ro; done";
+    for (runtime, (pod_id, config)) in [
+        ("vm", &vm),
+        ("host", &(host_id.clone(), host_config.clone())),
+    ] {
+        for (kind, recursive, expect) in [("ro", false, "ro\nrw"), ("rro", true, "ro\nro")] {
+            let name = format!("{runtime}-{kind}-submount");
+            let mut c = container(&pod.image, &name, script);
+            c.mounts = vec![volume(recursive, true, private)];
+            let out = run_to_end(&mut pod, pod_id, config, c).await;
+            assert_eq!(out, (0, expect.to_owned()), "{name}");
+        }
+        // The API: recursive_read_only needs readonly and private propagation.
+        for (bad, what) in [
+            (volume(true, false, private), "needs readonly"),
+            (
+                volume(
+                    true,
+                    true,
+                    proto::MountPropagation::PropagationHostToContainer,
+                ),
+                "PROPAGATION_PRIVATE",
+            ),
+        ] {
+            let mut c = container(&pod.image, &format!("{runtime}-bad-rro"), "true");
+            c.mounts = vec![bad];
+            let status = run_container(&mut pod.rt, pod_id, config, c)
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+            assert!(status.message().contains(what), "{status:?}");
+        }
+    }
+    drop(sub);
+    let status = pod
+        .rt
+        .status(proto::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        status
+            .runtime_handlers
+            .iter()
+            .all(|h| h.features.is_some_and(|f| f.recursive_read_only_mounts)),
+        "{:?}",
+        status.runtime_handlers
+    );
+}
+
+/// A tmpfs this test mounted, unmounted when dropped (also on a panic).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: PathBuf) -> Self {
+        std::fs::create_dir_all(&at).unwrap();
+        sh(&format!("mount -t tmpfs frakti-e2e-sub {}", at.display()));
+        Self(at)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Runs container `c` in pod `pod_id` until it exits: its exit code and
+/// its log's lines.
+async fn run_to_end(
+    pod: &mut TestPod,
+    pod_id: &str,
+    config: &proto::PodSandboxConfig,
+    c: proto::ContainerConfig,
+) -> (i32, String) {
+    let name = c
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
+    let id = run_container(&mut pod.rt, pod_id, config, c)
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+    let s = pod.wait_exit(&id).await;
+    let log = std::fs::read_to_string(pod.logs.path().join(&name).join("0.log")).unwrap();
+    let out: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.splitn(4, ' ').nth(3))
+        .collect();
+    (s.exit_code, out.join("\n"))
 }

@@ -171,6 +171,11 @@ fn prepare_steps(
     files.mounts.push(rootfs.clone());
 
     let mut sources = Vec::new();
+    // The guest sees a CRI mount as one virtio-fs tree, submounts included:
+    // a read-only mount whose host source has submounts is read-only on the
+    // host alone (its top mount), so that its submounts stay writable as on
+    // any runtime; a recursive one is read-only all through on the host.
+    let mut guest_config = config.clone();
     for (n, m) in config.mounts.iter().enumerate() {
         // A symlinked host path is resolved on the host.
         let resolved = container::mounts::resolve_host_path(m).map_err(|e| match e {
@@ -187,7 +192,16 @@ fn prepare_steps(
         }
         .map_err(|e| internal(format!("create {}", target.display()), e))?;
         bind(&resolved, &target, m.propagation, m.readonly)?;
-        files.mounts.push(target);
+        files.mounts.push(target.clone());
+        if m.recursive_read_only {
+            container::mounts::readonly_recursively(&target)
+                .map_err(|e| internal(format!("mount {}", m.container_path), e))?;
+        } else if m.readonly
+            && container::mounts::has_submounts(&resolved)
+                .map_err(|e| internal(format!("mount {}", m.container_path), e))?
+        {
+            guest_config.mounts[n].readonly = false;
+        }
         sources.push(guest_dir.join("mounts").join(n.to_string()));
     }
 
@@ -225,7 +239,7 @@ fn prepare_steps(
             target_pid: None,
         },
     };
-    let spec = container::spec::build(config, sandbox, &layout).map_err(|e| match e {
+    let spec = container::spec::build(&guest_config, sandbox, &layout).map_err(|e| match e {
         container::spec::SpecError::Invalid(_) => internal("build the OCI spec", e),
         other => invalid(other.to_string()),
     })?;

@@ -73,9 +73,17 @@ fn mount(m: proto::Mount) -> Result<Mount, String> {
             m.container_path
         ));
     }
-    if m.recursive_read_only {
+    let propagation = propagation(m.propagation)?;
+    // The API: recursive_read_only needs readonly and private propagation.
+    if m.recursive_read_only && !m.readonly {
         return Err(format!(
-            "recursive read-only mounts are not supported (mount at {:?})",
+            "mount at {:?}: recursive_read_only needs readonly",
+            m.container_path
+        ));
+    }
+    if m.recursive_read_only && propagation != Propagation::Private {
+        return Err(format!(
+            "mount at {:?}: recursive_read_only needs PROPAGATION_PRIVATE",
             m.container_path
         ));
     }
@@ -86,10 +94,11 @@ fn mount(m: proto::Mount) -> Result<Mount, String> {
         ));
     }
     Ok(Mount {
-        propagation: propagation(m.propagation)?,
+        propagation,
         container_path: m.container_path,
         host_path: m.host_path,
         readonly: m.readonly,
+        recursive_read_only: m.recursive_read_only,
     })
 }
 

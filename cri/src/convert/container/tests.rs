@@ -131,7 +131,20 @@ fn mounts_and_propagation() {
         recursive_read_only: true,
         ..m(0)
     }];
-    assert!(container_config(rro).unwrap_err().contains("recursive"));
+    assert!(container_config(rro.clone()).unwrap().mounts[0].recursive_read_only);
+    rro.mounts[0].readonly = false;
+    assert!(
+        container_config(rro.clone())
+            .unwrap_err()
+            .contains("needs readonly")
+    );
+    rro.mounts[0].readonly = true;
+    rro.mounts[0].propagation = proto::MountPropagation::PropagationHostToContainer as i32;
+    assert!(
+        container_config(rro)
+            .unwrap_err()
+            .contains("PROPAGATION_PRIVATE")
+    );
 }
 
 #[test]
@@ -355,6 +368,7 @@ fn container_records_to_cri() {
         host_path: "/h".into(),
         readonly: true,
         propagation: Propagation::HostToContainer,
+        recursive_read_only: false,
     });
     config.annotations.insert("k".into(), "v".into());
     let record = ContainerRecord {
