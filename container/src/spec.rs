@@ -167,6 +167,7 @@ pub fn build(
         sec.run_as_group,
         &sec.run_as_username,
         &sec.supplemental_groups,
+        sec.supplemental_groups_policy,
     )?;
     let capabilities = if sec.privileged {
         caps::ALL.iter().map(|c| c.to_string()).collect()

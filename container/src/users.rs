@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use runtime_api::container::SupplementalGroupsPolicy;
+
 /// The process identity of a container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
@@ -81,8 +83,8 @@ fn id(v: i64) -> Result<u32, UserError> {
 
 /// Resolves the identity: `run_as_user`/`run_as_username` override the
 /// image's `User` (`uid`, `name`, `uid:gid`, `name:group`), `run_as_group`
-/// overrides the group; supplementary groups are the user's groups in
-/// `/etc/group` plus `supplemental`.
+/// overrides the group; supplementary groups are `supplemental`, plus the
+/// user's groups in `/etc/group` unless `policy` is `Strict`.
 pub fn resolve(
     rootfs: &Path,
     image_user: &str,
@@ -90,6 +92,7 @@ pub fn resolve(
     run_as_group: Option<i64>,
     run_as_username: &str,
     supplemental: &[i64],
+    policy: SupplementalGroupsPolicy,
 ) -> Result<User, UserError> {
     let passwd = read_db(rootfs, "passwd");
     let groups = read_db(rootfs, "group");
@@ -132,7 +135,10 @@ pub fn resolve(
         gid = id(g)?;
     }
     let mut additional: Vec<u32> = Vec::new();
-    if let Some(name) = &name {
+    if let Some(name) = name
+        .as_ref()
+        .filter(|_| policy == SupplementalGroupsPolicy::Merge)
+    {
         additional.extend(
             groups
                 .iter()
@@ -156,6 +162,8 @@ pub fn resolve(
 mod tests {
     use super::*;
 
+    const MERGE: SupplementalGroupsPolicy = SupplementalGroupsPolicy::Merge;
+
     fn rootfs() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("etc")).unwrap();
@@ -175,22 +183,25 @@ mod tests {
     #[test]
     fn names_resolve_in_the_container() {
         let r = rootfs();
-        let u = resolve(r.path(), "web", None, None, "", &[]).unwrap();
+        let u = resolve(r.path(), "web", None, None, "", &[], MERGE).unwrap();
         assert_eq!((u.uid, u.gid, u.additional_gids), (1000, 1001, vec![10]));
-        let u = resolve(r.path(), "", None, None, "web", &[5]).unwrap();
+        let u = resolve(r.path(), "", None, None, "web", &[5], MERGE).unwrap();
         assert_eq!((u.uid, u.gid, u.additional_gids), (1000, 1001, vec![5, 10]));
-        let u = resolve(r.path(), "web:root", None, None, "", &[]).unwrap();
+        let strict = SupplementalGroupsPolicy::Strict;
+        let u = resolve(r.path(), "", None, None, "web", &[5], strict).unwrap();
+        assert_eq!(u.additional_gids, vec![5], "Strict: not the image's groups");
+        let u = resolve(r.path(), "web:root", None, None, "", &[], MERGE).unwrap();
         assert_eq!(u.gid, 0);
-        let u = resolve(r.path(), "web", Some(42), Some(43), "", &[]).unwrap();
+        let u = resolve(r.path(), "web", Some(42), Some(43), "", &[], MERGE).unwrap();
         assert_eq!((u.uid, u.gid), (42, 43));
-        let u = resolve(r.path(), "", None, None, "", &[]).unwrap();
+        let u = resolve(r.path(), "", None, None, "", &[], MERGE).unwrap();
         assert_eq!((u.uid, u.gid), (0, 0));
         assert!(matches!(
-            resolve(r.path(), "nobody", None, None, "", &[]),
+            resolve(r.path(), "nobody", None, None, "", &[], MERGE),
             Err(UserError::UnknownUser(_))
         ));
         assert!(matches!(
-            resolve(r.path(), "", Some(-1), None, "", &[]),
+            resolve(r.path(), "", Some(-1), None, "", &[], MERGE),
             Err(UserError::Range(-1))
         ));
     }

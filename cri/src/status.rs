@@ -67,7 +67,11 @@ pub(crate) async fn status(
         status: Some(proto::RuntimeStatus { conditions }),
         info,
         runtime_handlers: handlers,
-        features: Some(proto::RuntimeFeatures::default()),
+        // Both runtimes honour supplemental_groups_policy Strict.
+        features: Some(proto::RuntimeFeatures {
+            supplemental_groups_policy: true,
+            user_namespaces_host_network: false,
+        }),
     }))
 }
 

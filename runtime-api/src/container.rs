@@ -128,6 +128,16 @@ pub enum Seccomp {
     Localhost(String),
 }
 
+/// Which supplementary groups a container's process gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SupplementalGroupsPolicy {
+    /// The user's groups in the image's `/etc/group`, plus those asked for.
+    #[default]
+    Merge,
+    /// Only those asked for (and the primary group).
+    Strict,
+}
+
 /// Linux security settings of a container.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecurityContext {
@@ -149,6 +159,9 @@ pub struct SecurityContext {
     pub readonly_rootfs: bool,
     /// Extra groups.
     pub supplemental_groups: Vec<i64>,
+    /// Whether the user's groups in the image's `/etc/group` are added.
+    #[serde(default)]
+    pub supplemental_groups_policy: SupplementalGroupsPolicy,
     /// Sets `no_new_privs`.
     pub no_new_privs: bool,
     /// Paths masked in the container; `None` means the runtime's defaults.

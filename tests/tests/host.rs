@@ -667,6 +667,26 @@ const SECURITY_CASES: &[SecurityCase] = &[
         expect: "1000\n50",
     },
     SecurityCase {
+        // web (1000) is in group staff (50) in the image's /etc/group.
+        name: "groups-merge",
+        tweak: |sc| {
+            sc.run_as_user = Some(proto::Int64Value { value: 1000 });
+            sc.supplemental_groups = vec![4000];
+        },
+        script: "id -G",
+        expect: "1000 50 4000",
+    },
+    SecurityCase {
+        name: "groups-strict",
+        tweak: |sc| {
+            sc.run_as_user = Some(proto::Int64Value { value: 1000 });
+            sc.supplemental_groups = vec![4000];
+            sc.supplemental_groups_policy = proto::SupplementalGroupsPolicy::Strict as i32;
+        },
+        script: "id -G",
+        expect: "1000 4000",
+    },
+    SecurityCase {
         name: "setuid",
         // The image's /bin/euid is setuid root and prints "uid euid".
         tweak: |sc| sc.run_as_user = Some(proto::Int64Value { value: 1000 }),
@@ -773,8 +793,15 @@ async fn security_contexts_mean_the_same_in_both_runtimes() {
                 security_context: Some(sc),
                 ..Default::default()
             });
-            let out = run_to_end(&mut pod, pod_id, config, c).await;
-            assert_eq!(out, (0, case.expect.to_owned()), "{name}");
+            let (id, code, out) = run_to_end(&mut pod, pod_id, config, c).await;
+            assert_eq!((code, out.as_str()), (0, case.expect), "{name}");
+            if case.name == "groups-strict" {
+                // ContainerStatus.user: the groups the process really had.
+                let user = pod.status(&id).await.user.and_then(|u| u.linux);
+                let user = user.unwrap_or_else(|| panic!("{name}: no ContainerStatus.user"));
+                assert_eq!((user.uid, user.gid), (1000, 1000), "{name}: {user:?}");
+                assert_eq!(user.supplemental_groups, [4000], "{name}: {user:?}");
+            }
         }
     }
 
@@ -801,8 +828,8 @@ async fn security_contexts_mean_the_same_in_both_runtimes() {
             let name = format!("{runtime}-{kind}-submount");
             let mut c = container(&pod.image, &name, script);
             c.mounts = vec![volume(recursive, true, private)];
-            let out = run_to_end(&mut pod, pod_id, config, c).await;
-            assert_eq!(out, (0, expect.to_owned()), "{name}");
+            let (_, code, out) = run_to_end(&mut pod, pod_id, config, c).await;
+            assert_eq!((code, out.as_str()), (0, expect), "{name}");
         }
         // The API: recursive_read_only needs readonly and private propagation.
         for (bad, what) in [
@@ -840,6 +867,13 @@ async fn security_contexts_mean_the_same_in_both_runtimes() {
         "{:?}",
         status.runtime_handlers
     );
+    assert!(
+        status
+            .features
+            .is_some_and(|f| f.supplemental_groups_policy),
+        "{:?}",
+        status.features
+    );
 }
 
 /// A tmpfs this test mounted, unmounted when dropped (also on a panic).
@@ -859,14 +893,14 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Runs container `c` in pod `pod_id` until it exits: its exit code and
-/// its log's lines.
+/// Runs container `c` in pod `pod_id` until it exits: its id, its exit
+/// code and its log's lines.
 async fn run_to_end(
     pod: &mut TestPod,
     pod_id: &str,
     config: &proto::PodSandboxConfig,
     c: proto::ContainerConfig,
-) -> (i32, String) {
+) -> (String, i32, String) {
     let name = c
         .metadata
         .as_ref()
@@ -881,5 +915,5 @@ async fn run_to_end(
         .lines()
         .filter_map(|l| l.splitn(4, ' ').nth(3))
         .collect();
-    (s.exit_code, out.join("\n"))
+    (id, s.exit_code, out.join("\n"))
 }

@@ -4,7 +4,7 @@
 
 use pods::container::{
     ContainerImage, ContainerMetadata, ContainerResources, Device, Mount, Propagation, Seccomp,
-    SecurityContext,
+    SecurityContext, SupplementalGroupsPolicy,
 };
 use pods::{ContainerConfig, ContainerFilter, ContainerRecord, ContainerState};
 
@@ -168,9 +168,17 @@ fn security_context(
             caps.add_ambient_capabilities
         ));
     }
-    if sc.supplemental_groups_policy == proto::SupplementalGroupsPolicy::Strict as i32 {
-        return Err("supplemental_groups_policy Strict is not supported".into());
-    }
+    let supplemental_groups_policy =
+        match proto::SupplementalGroupsPolicy::try_from(sc.supplemental_groups_policy) {
+            Ok(proto::SupplementalGroupsPolicy::Merge) => SupplementalGroupsPolicy::Merge,
+            Ok(proto::SupplementalGroupsPolicy::Strict) => SupplementalGroupsPolicy::Strict,
+            Err(_) => {
+                return Err(format!(
+                    "unknown supplemental_groups_policy {}",
+                    sc.supplemental_groups_policy
+                ));
+            }
+        };
     let run_as_user = sc.run_as_user.map(|v| v.value);
     let run_as_group = sc.run_as_group.map(|v| v.value);
     if run_as_user.is_some() && !sc.run_as_username.is_empty() {
@@ -189,6 +197,7 @@ fn security_context(
         run_as_username: sc.run_as_username,
         readonly_rootfs: sc.readonly_rootfs,
         supplemental_groups: sc.supplemental_groups,
+        supplemental_groups_policy,
         no_new_privs: sc.no_new_privs,
         masked_paths: Some(sc.masked_paths),
         readonly_paths: Some(sc.readonly_paths),
