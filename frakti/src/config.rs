@@ -94,6 +94,9 @@ pub struct Cli {
     /// image an operator pre-pulls). Replaces the file's `pinned_images`.
     #[arg(long = "pinned-image")]
     pub pinned_images: Vec<String>,
+    /// Group (name or gid) that may use the CRI socket besides root [default: none, root only].
+    #[arg(long)]
+    pub listen_group: Option<String>,
 }
 
 /// Where privileged pods run.
@@ -165,6 +168,7 @@ struct FileConfig {
     privileged_pods: Option<String>,
     host_monitor: Option<PathBuf>,
     pinned_images: Option<Vec<String>>,
+    listen_group: Option<String>,
 }
 
 /// The effective configuration.
@@ -222,6 +226,8 @@ pub struct Config {
     pub host_monitor: PathBuf,
     /// Images RemoveImage must not remove (reported as pinned).
     pub pinned_images: Vec<String>,
+    /// The group that may use the CRI socket besides root (a gid).
+    pub listen_group: Option<u32>,
 }
 
 /// The configuration is unusable.
@@ -241,6 +247,18 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+}
+
+/// The gid of group `group` (a name in the group database, or a number).
+fn gid_of(group: &str) -> Result<u32, String> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(format!("no group named {group:?}")),
+        Err(e) => Err(format!("cannot look up group {group:?}: {e}")),
+    }
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
@@ -383,6 +401,10 @@ impl Config {
                 file.pinned_images.unwrap_or_default()
             } else {
                 cli.pinned_images.clone()
+            },
+            listen_group: match cli.listen_group.clone().or(file.listen_group) {
+                None => None,
+                Some(group) => Some(gid_of(&group).map_err(|e| invalid("listen_group", e))?),
             },
         };
         config.validate()?;
@@ -574,6 +596,26 @@ mod tests {
         let f = file("pinned_images = [\"a\"]\n");
         let c = Config::merge(&cli(&["--pinned-image", "b", "--pinned-image", "c"]), f).unwrap();
         assert_eq!(c.pinned_images, vec!["b", "c"]);
+    }
+
+    #[test]
+    fn listen_group_by_name_or_gid() {
+        let c = Config::merge(&cli(&[]), FileConfig::default()).unwrap();
+        assert_eq!(c.listen_group, None);
+        let c = Config::merge(&cli(&[]), file("listen_group = \"root\"\n")).unwrap();
+        assert_eq!(c.listen_group, Some(0));
+        let c = Config::merge(&cli(&["--listen-group", "4242"]), FileConfig::default()).unwrap();
+        assert_eq!(c.listen_group, Some(4242));
+        let err = Config::merge(
+            &cli(&["--listen-group", "no-such-group"]),
+            FileConfig::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("key `listen_group`") && err.contains("no-such-group"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -67,9 +67,13 @@ fn main() {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    for dir in [&config.root, &config.state_dir] {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    }
+    private_dir(&config.root, None)?;
+    // The socket's group must reach a socket inside the state directory.
+    let socket_in_state = config.listen.parent() == Some(config.state_dir.as_path());
+    private_dir(
+        &config.state_dir,
+        config.listen_group.filter(|_| socket_in_state),
+    )?;
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let networks = PodNetworks::new(Cni::new(
         config.cni_conf_dir.clone(),
@@ -148,7 +152,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(url = %format!("http://{bound}{}", metrics::PATH), "metrics endpoint ready");
     }
 
-    let listener = bind(&config.listen)?;
+    let listener = bind(&config.listen, config.listen_group)?;
     let info = serde_json::to_value(&config).unwrap_or_default();
     let runtime_service = cri::RuntimeService::new(pods.clone(), image_store.clone(), info)
         .with_streaming(Arc::new(streaming_server));
@@ -227,8 +231,21 @@ fn check_socket_paths(config: &Config) -> Result<(), config::ConfigError> {
     Ok(())
 }
 
-/// Binds the CRI socket, replacing a stale socket file but never a live server.
-fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+/// Creates `dir` if missing and makes it root's alone (`0700`), so that no
+/// other host user reads pod records, env, volumes or sockets under it; with
+/// `group`, that group may traverse it (`0710`) to reach the CRI socket.
+fn private_dir(dir: &Path, group: Option<u32>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    std::os::unix::fs::chown(dir, Some(0), Some(group.unwrap_or(0)))
+        .with_context(|| format!("chown {}", dir.display()))?;
+    let mode = if group.is_some() { 0o710 } else { 0o700 };
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", dir.display()))
+}
+
+/// Binds the CRI socket (`0660`, root and `group`), replacing a stale
+/// socket file but never a live server.
+fn bind(path: &Path, group: Option<u32>) -> anyhow::Result<UnixListener> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
     }
@@ -239,6 +256,8 @@ fn bind(path: &Path) -> anyhow::Result<UnixListener> {
         std::fs::remove_file(path).with_context(|| format!("remove stale {}", path.display()))?;
     }
     let listener = UnixListener::bind(path).with_context(|| format!("bind {}", path.display()))?;
+    std::os::unix::fs::chown(path, Some(0), Some(group.unwrap_or(0)))
+        .with_context(|| format!("chown {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("chmod {}", path.display()))?;
     Ok(listener)

@@ -1,5 +1,6 @@
 //! Daemon start-up: flags, config errors, accelerator choice.
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 
 use cri::proto;
@@ -101,9 +102,76 @@ async fn config_file_keys_apply_and_auto_accel_boots() {
         assert!(verdict.contains("KVM"), "the reason names KVM: {verdict}");
     }
     assert!(log.contains("DEBUG"), "log_level from the file applies");
+
+    // Pod data is root's alone: the root and state directories are 0700
+    // (the harness's own directory is opened so that only they stand in
+    // the way), the socket 0660 root:root; `nobody` reads nothing.
+    let top = daemon.dir_path();
+    std::fs::set_permissions(top, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (path, mode) in [
+        (top.join("root"), 0o700),
+        (daemon.state_dir(), 0o700),
+        (daemon.socket(), 0o660),
+    ] {
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            (meta.permissions().mode() & 0o7777, meta.uid(), meta.gid()),
+            (mode, 0, 0),
+            "{}",
+            path.display()
+        );
+    }
+    for dir in [top.join("root"), daemon.state_dir().join(&id)] {
+        let out = as_nobody("ls", &[dir.to_str().unwrap()]);
+        assert!(!out.status.success(), "nobody lists {}", dir.display());
+    }
     c.remove_pod_sandbox(proto::RemovePodSandboxRequest { pod_sandbox_id: id })
         .await
         .unwrap();
+}
+
+/// Runs `program` as `nobody` (65534:65534).
+fn as_nobody(program: &str, args: &[&str]) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    Command::new(program)
+        .args(args)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap()
+}
+
+/// `listen_group` opens the CRI socket to one group, and only to it.
+#[tokio::test]
+async fn listen_group_opens_the_socket_to_a_group() {
+    let connect = |socket: &std::path::Path| {
+        let script = format!(
+            "import socket; socket.socket(socket.AF_UNIX).connect({:?})",
+            socket.display().to_string()
+        );
+        as_nobody("python3", &["-c", &script]).status.success()
+    };
+    let closed = Daemon::start(&[]).await.unwrap();
+    std::fs::set_permissions(closed.dir_path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(
+        !connect(&closed.socket()),
+        "nobody reaches a root-only socket"
+    );
+    drop(closed);
+    let open = Daemon::start(&["--listen-group", "65534"]).await.unwrap();
+    std::fs::set_permissions(open.dir_path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let meta = std::fs::metadata(open.socket()).unwrap();
+    assert_eq!(
+        (meta.permissions().mode() & 0o7777, meta.gid()),
+        (0o660, 65534)
+    );
+    assert!(connect(&open.socket()), "a member of listen_group connects");
+    let out = Command::new(frakti_bin())
+        .args(["--listen-group", "no-such-group"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listen_group"));
 }
 
 /// `Status` says what keeps pods from starting, and RunPodSandbox agrees.
