@@ -91,6 +91,15 @@ impl ToStatus for PullError {
                 source: images::UnpackError::DiffIdMismatch { .. },
                 ..
             } => Code::DataLoss,
+            Self::NoSpace { .. }
+            | Self::Unpack {
+                source: images::UnpackError::TooLarge(_),
+                ..
+            } => Code::ResourceExhausted,
+            Self::Unpack {
+                source: images::UnpackError::DeviceNode { .. },
+                ..
+            } => Code::FailedPrecondition,
             Self::Invalid { .. } => Code::FailedPrecondition,
             Self::Unpack { .. } | Self::Storage { .. } => Code::Internal,
         }

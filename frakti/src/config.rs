@@ -97,6 +97,9 @@ pub struct Cli {
     /// Group (name or gid) that may use the CRI socket besides root [default: none, root only].
     #[arg(long)]
     pub listen_group: Option<String>,
+    /// Most MiB one image's layers may expand to (each layer, and all a pull writes) [default: 20480].
+    #[arg(long)]
+    pub max_image_size: Option<u64>,
 }
 
 /// Where privileged pods run.
@@ -169,6 +172,7 @@ struct FileConfig {
     host_monitor: Option<PathBuf>,
     pinned_images: Option<Vec<String>>,
     listen_group: Option<String>,
+    max_image_size: Option<u64>,
 }
 
 /// The effective configuration.
@@ -228,6 +232,8 @@ pub struct Config {
     pub pinned_images: Vec<String>,
     /// The group that may use the CRI socket besides root (a gid).
     pub listen_group: Option<u32>,
+    /// Most MiB one image's layers may expand to.
+    pub max_image_size: u64,
 }
 
 /// The configuration is unusable.
@@ -402,6 +408,10 @@ impl Config {
             } else {
                 cli.pinned_images.clone()
             },
+            max_image_size: cli
+                .max_image_size
+                .or(file.max_image_size)
+                .unwrap_or(images::DEFAULT_MAX_IMAGE_SIZE >> 20),
             listen_group: match cli.listen_group.clone().or(file.listen_group) {
                 None => None,
                 Some(group) => Some(gid_of(&group).map_err(|e| invalid("listen_group", e))?),
@@ -424,6 +434,15 @@ impl Config {
                 format!(
                     "{} MiB is below the {MIN_MEMORY_MIB} MiB a guest needs",
                     self.memory
+                ),
+            ));
+        }
+        if self.max_image_size == 0 || self.max_image_size > u64::MAX >> 20 {
+            return Err(invalid(
+                "max_image_size",
+                format!(
+                    "{} MiB is not a size an image can have",
+                    self.max_image_size
                 ),
             ));
         }
@@ -596,6 +615,21 @@ mod tests {
         let f = file("pinned_images = [\"a\"]\n");
         let c = Config::merge(&cli(&["--pinned-image", "b", "--pinned-image", "c"]), f).unwrap();
         assert_eq!(c.pinned_images, vec!["b", "c"]);
+    }
+
+    #[test]
+    fn max_image_size_in_mib() {
+        let c = Config::merge(&cli(&[]), FileConfig::default()).unwrap();
+        assert_eq!(c.max_image_size, 20480);
+        let c = Config::merge(
+            &cli(&["--max-image-size", "64"]),
+            file("max_image_size = 8\n"),
+        )
+        .unwrap();
+        assert_eq!(c.max_image_size, 64);
+        let err =
+            Config::merge(&cli(&["--max-image-size", "0"]), FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("key `max_image_size`"), "{err}");
     }
 
     #[test]

@@ -133,7 +133,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .await
             .context("open the image store")?
             .context("open the image store")?
-            .with_pinned(config.pinned_images.clone());
+            .with_pinned(config.pinned_images.clone())
+            .with_max_image_size(config.max_image_size << 20);
 
     let streaming_server = streaming::StreamingServer::bind(
         streaming::ServerConfig {

@@ -144,6 +144,9 @@ pub enum OpenError {
     Record(PathBuf, String),
 }
 
+/// What one image may expand to unless configured: 20 GiB.
+pub const DEFAULT_MAX_IMAGE_SIZE: u64 = 20 << 30;
+
 /// Whether `reference` could name an image: an image ID (`sha256:` and 64
 /// hex digits), a hex ID prefix, or a name Docker would accept; the reason
 /// when not.
@@ -252,6 +255,9 @@ struct Inner {
     clients: Mutex<HashMap<(Endpoint, Credentials), oci_client::Client>>,
     /// References of the images that must not be removed.
     pinned: Vec<String>,
+    /// Most bytes one image's layers may expand to (each layer, and all a
+    /// pull writes).
+    max_image_size: u64,
     /// Bumped whenever what the store holds changes (commit, removal, GC).
     generation: std::sync::atomic::AtomicU64,
     /// The usage last measured, with the generation it was measured at.
@@ -343,6 +349,7 @@ impl ImageStore {
                 locks: KeyedLocks::default(),
                 clients: Mutex::new(HashMap::new()),
                 pinned: Vec::new(),
+                max_image_size: DEFAULT_MAX_IMAGE_SIZE,
                 generation: Default::default(),
                 usage: Mutex::new(None),
             }),
@@ -367,6 +374,16 @@ impl ImageStore {
         match Arc::get_mut(&mut self.inner) {
             Some(inner) => inner.pinned = references,
             None => tracing::error!("the image store is shared already; pins ignored"),
+        }
+        self
+    }
+
+    /// Caps what one image's layers may expand to, in bytes (default
+    /// [`DEFAULT_MAX_IMAGE_SIZE`]). Call before the store is shared.
+    pub fn with_max_image_size(mut self, bytes: u64) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.max_image_size = bytes,
+            None => tracing::error!("the image store is shared already; size cap ignored"),
         }
         self
     }

@@ -52,6 +52,17 @@ pub enum UnpackError {
         /// What the layer hashed to.
         actual: String,
     },
+    /// The layer or the image expands past a cap
+    #[error("{0}")]
+    TooLarge(String),
+    /// The layer holds a device node or a FIFO, which images may not carry
+    #[error("layer holds a {kind} at {path:?}; images may not carry device nodes or FIFOs")]
+    DeviceNode {
+        /// `character device`, `block device` or `FIFO`.
+        kind: &'static str,
+        /// The entry's path.
+        path: PathBuf,
+    },
     /// The archive has an entry type we do not apply
     #[error("unsupported tar entry type {kind:?} at {path:?}")]
     Unsupported {
@@ -231,18 +242,6 @@ pub(crate) fn set_xattr(path: &Path, name: &[u8], value: &[u8]) -> io::Result<()
     }
 }
 
-fn mknod(path: &Path, kind: libc::mode_t, mode: u32, major: u32, minor: u32) -> io::Result<()> {
-    let c = cstring(path)?;
-    let dev = libc::makedev(major, minor);
-    // SAFETY: valid NUL-terminated path.
-    let r = unsafe { libc::mknod(c.as_ptr(), kind | (mode & 0o7777), dev) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 /// What one applied layer did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
@@ -305,13 +304,37 @@ pub fn apply_layer(root: &Path, reader: impl Read) -> Result<Applied, UnpackErro
             continue;
         }
 
+        let kind = entry.header().entry_type();
+        if matches!(
+            kind,
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo
+        ) {
+            let device = entry.header().device_major().ok().flatten().unwrap_or(0)
+                | entry.header().device_minor().ok().flatten().unwrap_or(0);
+            if kind == tar::EntryType::Char && device == 0 {
+                // A 0:0 character device is overlayfs' whiteout format.
+                stats.whiteouts += 1;
+                if let Some(dir) = resolve_dir(root, parent, false)? {
+                    let victim = dir.join(name);
+                    remove_any(&victim).map_err(io_err("remove", &victim))?;
+                }
+                continue;
+            }
+            return Err(UnpackError::DeviceNode {
+                kind: match kind {
+                    tar::EntryType::Char => "character device",
+                    tar::EntryType::Block => "block device",
+                    _ => "FIFO",
+                },
+                path: rel,
+            });
+        }
         let dir = resolve_dir(root, parent, true)?.ok_or_else(|| UnpackError::Resolve {
             path: rel.clone(),
             reason: "parent directory missing".into(),
         })?;
         let target = dir.join(name);
         let header = entry.header().clone();
-        let kind = header.entry_type();
         let mode = header.mode().map_err(UnpackError::Archive)?;
         let uid = header.uid().map_err(UnpackError::Archive)?;
         let gid = header.gid().map_err(UnpackError::Archive)?;
@@ -389,16 +412,6 @@ pub fn apply_layer(root: &Path, reader: impl Read) -> Result<Applied, UnpackErro
                 written.insert(rel);
                 stats.entries += 1;
                 continue; // metadata belongs to the linked inode
-            }
-            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                let ftype = match kind {
-                    tar::EntryType::Char => libc::S_IFCHR,
-                    tar::EntryType::Block => libc::S_IFBLK,
-                    _ => libc::S_IFIFO,
-                };
-                let major = header.device_major().ok().flatten().unwrap_or(0);
-                let minor = header.device_minor().ok().flatten().unwrap_or(0);
-                mknod(&target, ftype, mode, major, minor).map_err(io_err("mknod", &target))?;
             }
             other => {
                 return Err(UnpackError::Unsupported {

@@ -1,7 +1,7 @@
 //! Layer application: whiteouts, opaque directories, links, devices,
 //! metadata, and archives that try to write outside the root.
 
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use images::snapshot::clone_tree;
@@ -104,13 +104,11 @@ fn files_dirs_links_devices_and_metadata() {
         .file("bin/tool", b"#!/bin/sh\n", 0o4755) // parent created implicitly
         .link("bin/sh", tar::EntryType::Symlink, "/bin/tool")
         .link("bin/hard", tar::EntryType::Link, "bin/tool")
-        .device("dev/null", tar::EntryType::Char, 1, 3)
-        .device("dev/fifo", tar::EntryType::Fifo, 0, 0)
         .owned_file("home/u/file", 1234, 5678, 1_500_000_000)
         .dir("tmp/", 0o1777)
         .xattr_file("etc/cap", "user.frakti", "yes");
     let applied = apply(&root, layer).unwrap();
-    assert_eq!(applied.entries, 10);
+    assert_eq!(applied.entries, 8);
     assert_eq!(read(root.join("etc/passwd")), "root:x:0:0\n");
     let tool = std::fs::metadata(root.join("bin/tool")).unwrap();
     assert_eq!(tool.mode() & 0o7777, 0o4755);
@@ -120,15 +118,6 @@ fn files_dirs_links_devices_and_metadata() {
     );
     let hard = std::fs::metadata(root.join("bin/hard")).unwrap();
     assert_eq!(hard.ino(), tool.ino());
-    let null = std::fs::metadata(root.join("dev/null")).unwrap();
-    assert!(null.file_type().is_char_device());
-    assert_eq!(null.rdev(), libc::makedev(1, 3));
-    assert!(
-        std::fs::metadata(root.join("dev/fifo"))
-            .unwrap()
-            .file_type()
-            .is_fifo()
-    );
     let owned = std::fs::metadata(root.join("home/u/file")).unwrap();
     assert_eq!((owned.uid(), owned.gid()), (1234, 5678));
     assert_eq!(owned.mtime(), 1_500_000_000);
@@ -146,6 +135,31 @@ fn files_dirs_links_devices_and_metadata() {
     // SAFETY: valid strings and buffer.
     let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), value.as_mut_ptr().cast(), 16) };
     assert_eq!(&value[..usize::try_from(n).unwrap()], b"yes");
+}
+
+#[test]
+fn device_nodes_and_fifos_are_refused_a_0_0_char_is_a_whiteout() {
+    for (kind, major, minor, what) in [
+        (tar::EntryType::Char, 1, 3, "character device"),
+        (tar::EntryType::Block, 8, 0, "block device"),
+        (tar::EntryType::Fifo, 0, 0, "FIFO"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = Tar::new().device("dev/x", kind, major, minor);
+        let err = apply(dir.path(), layer).unwrap_err();
+        assert!(matches!(err, UnpackError::DeviceNode { .. }), "{err}");
+        assert!(err.to_string().contains(what), "{err}");
+        assert!(!dir.path().join("dev/x").exists());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    apply(dir.path(), Tar::new().file("etc/gone", b"x", 0o644)).unwrap();
+    let applied = apply(
+        dir.path(),
+        Tar::new().device("etc/gone", tar::EntryType::Char, 0, 0),
+    )
+    .unwrap();
+    assert_eq!(applied.whiteouts, 1);
+    assert!(!dir.path().join("etc/gone").exists());
 }
 
 #[test]

@@ -89,13 +89,20 @@ pub struct Daemon {
 impl Daemon {
     /// Starts a daemon with `extra` flags (e.g. `--accel tcg`) and waits until it answers.
     pub async fn start(extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_root(None, extra).await
+    }
+
+    /// Like [`Daemon::start`], with `--root` at `root` if given (instead of
+    /// the daemon's own directory).
+    pub async fn start_with_root(root: Option<&Path>, extra: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("frakti-e2e-").tempdir()?;
         let guest = guest_dir();
+        let root = root.map_or_else(|| dir.path().join("root"), Path::to_path_buf);
         let mut args: Vec<String> = vec![
             "--listen".into(),
             dir.path().join("frakti.sock").display().to_string(),
             "--root".into(),
-            dir.path().join("root").display().to_string(),
+            root.display().to_string(),
             "--state-dir".into(),
             dir.path().join("state").display().to_string(),
             "--guest-kernel".into(),
@@ -256,6 +263,38 @@ impl Drop for Daemon {
             // SAFETY: kill(2) on a QEMU process this test started.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
+    }
+}
+
+/// A tmpfs a test mounted, unmounted when dropped (also on a panic).
+#[derive(Debug)]
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs (of `size_mib`, or the default size) at `at`, made if missing.
+    pub fn mount(at: &Path, size_mib: Option<u64>) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(at)?;
+        let mut cmd = Command::new("mount");
+        cmd.args(["-t", "tmpfs"]);
+        if let Some(mib) = size_mib {
+            cmd.args(["-o", &format!("size={mib}m")]);
+        }
+        let status = cmd.arg("frakti-e2e-tmpfs").arg(at).status()?;
+        if !status.success() {
+            bail!("mount a tmpfs on {}: {status}", at.display());
+        }
+        Ok(Self(at.to_path_buf()))
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
     }
 }
 

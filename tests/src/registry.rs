@@ -340,6 +340,7 @@ enum Kind {
     File(Vec<u8>, u32),
     Dir,
     Symlink(String),
+    Device(tar::EntryType, u32, u32),
 }
 
 impl LayerBuilder {
@@ -356,6 +357,11 @@ impl LayerBuilder {
     /// A symlink.
     pub fn symlink(mut self, path: &str, target: &str) -> Self {
         self.0.push((path.into(), Kind::Symlink(target.into())));
+        self
+    }
+    /// A device node or FIFO (`kind` Char, Block or Fifo).
+    pub fn device(mut self, path: &str, kind: tar::EntryType, major: u32, minor: u32) -> Self {
+        self.0.push((path.into(), Kind::Device(kind, major, minor)));
         self
     }
     /// A whiteout of `path`.
@@ -393,6 +399,14 @@ impl LayerBuilder {
                     h.set_mode(0o755);
                     h.set_size(0);
                     b.append_data(&mut h, path, &[][..]).expect("tar dir");
+                }
+                Kind::Device(kind, major, minor) => {
+                    h.set_entry_type(*kind);
+                    h.set_mode(0o600);
+                    h.set_size(0);
+                    h.set_device_major(*major).expect("tar device");
+                    h.set_device_minor(*minor).expect("tar device");
+                    b.append_data(&mut h, path, &[][..]).expect("tar device");
                 }
                 Kind::Symlink(t) => {
                     h.set_entry_type(tar::EntryType::Symlink);

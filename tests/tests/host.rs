@@ -808,7 +808,7 @@ async fn security_contexts_mean_the_same_in_both_runtimes() {
     // A read-only mount whose host source has a submount: the submount stays
     // writable, unless the mount is recursive_read_only.
     let vol = tempfile::tempdir().unwrap();
-    let sub = Tmpfs::mount(vol.path().join("sub"));
+    let sub = e2e::Tmpfs::mount(&vol.path().join("sub"), None).unwrap();
     let volume =
         |recursive_read_only, readonly, propagation: proto::MountPropagation| proto::Mount {
             container_path: "/v".into(),
@@ -874,23 +874,6 @@ async fn security_contexts_mean_the_same_in_both_runtimes() {
         "{:?}",
         status.features
     );
-}
-
-/// A tmpfs this test mounted, unmounted when dropped (also on a panic).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: PathBuf) -> Self {
-        std::fs::create_dir_all(&at).unwrap();
-        sh(&format!("mount -t tmpfs frakti-e2e-sub {}", at.display()));
-        Self(at)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
 }
 
 /// Runs container `c` in pod `pod_id` until it exits: its id, its exit

@@ -421,6 +421,100 @@ async fn auth_with_htpasswd() {
     assert_eq!(pull(&mut c, &name, Some(encoded)).await.unwrap(), img.id());
 }
 
+/// Layers that would put device nodes on the host, or expand past
+/// `max_image_size` or like a decompression bomb, are refused and leave
+/// nothing behind.
+#[tokio::test]
+async fn hostile_layers_are_refused_and_leave_nothing() {
+    let hosts = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(hosts.path()).unwrap();
+    let reg = Registry::start(None).await.unwrap();
+    let one = |layer: LayerBuilder, c| TestImage::new(vec![layer.build(c)], "", "amd64");
+    let device = LayerBuilder::default()
+        .dir("dev")
+        .device("dev/mem", tar::EntryType::Char, 1, 1);
+    reg.push_image("device", "1", &one(device, Compression::Gzip))
+        .await
+        .unwrap();
+    // 4 MiB of hex digits of chained hashes, over a 2 MiB cap; gzip keeps
+    // more than half of it.
+    let mut noise = Vec::with_capacity(4 << 20);
+    let mut block = sha256(b"noise").into_bytes();
+    while noise.len() < 4 << 20 {
+        block = sha256(&block).into_bytes();
+        noise.extend_from_slice(&block[7..]);
+    }
+    let big = LayerBuilder::default().file("big", &noise, 0o644);
+    reg.push_image("big", "1", &one(big, Compression::Gzip))
+        .await
+        .unwrap();
+    // 300 MiB of zeros: a few hundred bytes of zstd.
+    let bomb = LayerBuilder::default().file("zeros", &vec![0u8; 300 << 20], 0o644);
+    reg.push_image("bomb", "1", &one(bomb, Compression::Zstd))
+        .await
+        .unwrap();
+
+    let capped = Daemon::start(&[
+        "--registry-config-dir",
+        hosts.path().to_str().unwrap(),
+        "--max-image-size",
+        "2",
+    ])
+    .await
+    .unwrap();
+    let mut c = capped.images().await.unwrap();
+    for (name, code, what) in [
+        ("device", Code::FailedPrecondition, "dev/mem"),
+        ("big", Code::ResourceExhausted, "max_image_size"),
+        ("bomb", Code::ResourceExhausted, "max_image_size"),
+    ] {
+        let err = pull(&mut c, &format!("{}/{name}:1", reg.host), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), code, "{name}: {err:?}");
+        assert!(err.message().contains(what), "{name}: {}", err.message());
+        let dir = images_dir(&capped);
+        assert!(list(&mut c).await.is_empty(), "{name}");
+        assert_eq!(entries(&dir.join("snapshots")), 0, "{name}");
+        assert_eq!(entries(&dir.join("tmp")), 0, "{name}: nothing half-written");
+        assert_eq!(
+            entries(&dir.join("blobs/sha256")),
+            0,
+            "{name}: no blob kept"
+        );
+    }
+    drop(capped);
+    // Under the default cap the bomb is stopped by its ratio.
+    let d = daemon(hosts.path()).await;
+    let mut c = d.images().await.unwrap();
+    let err = pull(&mut c, &format!("{}/bomb:1", reg.host), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("1000 times"), "{}", err.message());
+    assert_eq!(entries(&images_dir(&d).join("snapshots")), 0);
+    drop(d);
+
+    // A store with under 4 MiB free refuses that layer (over 2 MiB of blob)
+    // before writing it: it needs room for the blob and as much again.
+    let small = tempfile::tempdir().unwrap();
+    let tmpfs = e2e::Tmpfs::mount(small.path(), Some(4)).unwrap();
+    let d = Daemon::start_with_root(
+        Some(tmpfs.path()),
+        &["--registry-config-dir", hosts.path().to_str().unwrap()],
+    )
+    .await
+    .unwrap();
+    let mut c = d.images().await.unwrap();
+    let err = pull(&mut c, &format!("{}/big:1", reg.host), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("no room"), "{}", err.message());
+    assert_eq!(entries(&tmpfs.path().join("images/tmp")), 0);
+    drop(d);
+}
+
 #[tokio::test]
 async fn digest_mismatch_stores_nothing() {
     let hosts = tempfile::tempdir().unwrap();

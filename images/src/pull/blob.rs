@@ -86,6 +86,16 @@ impl ImageStore {
             .await
             .map_err(|e| ctx.classify(e))?;
         let total = sized.content_length.unwrap_or(desc.size.max(0) as u64);
+        // The blob, and as much again for what it unpacks to at least.
+        let available = free_bytes(&self.inner.dir).map_err(storage)?;
+        if total.saturating_mul(2) > available {
+            return Err(PullError::NoSpace {
+                reference: ctx.reference.clone(),
+                blob: desc.digest.clone(),
+                needed: total.saturating_mul(2),
+                available,
+            });
+        }
         let mut tmp = self.inner.content.temp().map_err(storage)?;
         let mut last_log = Instant::now();
         while let Some(chunk) = sized.stream.next().await {
@@ -152,4 +162,18 @@ impl ImageStore {
         );
         Ok(())
     }
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem of `dir`.
+fn free_bytes(dir: &std::path::Path) -> io::Result<u64> {
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `statvfs` is plain integers, for which all zeroes is valid.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs(3) reads a NUL-terminated path and fills the struct
+    // we own; it is only read after success.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }

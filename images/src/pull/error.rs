@@ -110,6 +110,20 @@ pub enum PullError {
         /// What is wrong.
         message: String,
     },
+    /// The image store's filesystem has no room for a blob
+    #[error(
+        "no room for {blob} of {reference}: it needs {needed} bytes, the image store's filesystem has {available} free"
+    )]
+    NoSpace {
+        /// Normalised reference.
+        reference: String,
+        /// The blob's digest.
+        blob: String,
+        /// Its size.
+        needed: u64,
+        /// Free bytes.
+        available: u64,
+    },
     /// A layer could not be unpacked
     #[error("cannot unpack layer {layer} of {reference}: {source}")]
     Unpack {

@@ -235,10 +235,12 @@ impl ImageStore {
                         reference: ctx.reference.clone(),
                         message: e.to_string(),
                     })?;
-                Ok(Some(Inflater::spawn(blob)))
+                Ok(Some(Inflater::spawn(blob, this.inner.max_image_size)))
             }));
         }
         let mut parent: Option<String> = None;
+        // What this pull writes, against the image's cap.
+        let mut written = 0u64;
         for (i, l) in layers.iter().enumerate() {
             let _ = applying_tx.send(i);
             let handle = &mut handles.0[i];
@@ -261,7 +263,7 @@ impl ImageStore {
                             .content
                             .path(&l.digest)
                             .map_err(|e| invalid(e.to_string()))?;
-                        Inflater::spawn(blob)
+                        Inflater::spawn(blob, self.inner.max_image_size)
                     }
                 };
                 let tmp = self
@@ -274,6 +276,7 @@ impl ImageStore {
                 let reference = ctx.reference.clone();
                 let started = Instant::now();
                 let dest2 = dest.clone();
+                let limit = self.inner.max_image_size;
                 tokio::task::spawn_blocking(move || {
                     build_snapshot(&tmp, parent_dir.as_deref(), inflater, &want_diff, &dest2)
                         .map_err(|source| PullError::Unpack {
@@ -284,7 +287,7 @@ impl ImageStore {
                 })
                 .await
                 .map_err(|e| storage(io::Error::other(format!("unpack task: {e}"))))?
-                .map(|applied| {
+                .and_then(|applied| {
                     tracing::info!(
                         layer = %l.digest,
                         entries = applied.entries,
@@ -293,6 +296,18 @@ impl ImageStore {
                         secs = format!("{:.2}", started.elapsed().as_secs_f64()),
                         "layer unpacked"
                     );
+                    written += applied.bytes;
+                    if written > limit {
+                        return Err(PullError::Unpack {
+                            reference: ctx.reference.clone(),
+                            layer: l.digest.clone(),
+                            source: crate::UnpackError::TooLarge(format!(
+                                "the image expands past the {} MiB cap (max_image_size)",
+                                limit >> 20
+                            )),
+                        });
+                    }
+                    Ok(())
                 })?;
             }
             parent = Some(chain_hex);

@@ -13,6 +13,29 @@ use crate::unpack::{Applied, UnpackError, apply_layer};
 /// Decompressed chunk size and how many are queued per layer.
 const INFLATE_CHUNK: usize = 256 << 10;
 const INFLATE_QUEUE: usize = 32;
+/// Most a layer may expand relative to its blob, past [`RATIO_FLOOR`]
+/// bytes (a decompression bomb, not a layer of zeros a few MiB long).
+const MAX_RATIO: u64 = 1000;
+const RATIO_FLOOR: u64 = 256 << 20;
+
+/// Why a layer's expansion was stopped (the error is of kind `FileTooLarge`).
+fn too_large(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::FileTooLarge, message)
+}
+
+/// Counts the compressed bytes read from a blob.
+struct Counted<R> {
+    inner: R,
+    read: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(out)?;
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
+}
 
 enum Chunk {
     Data(Vec<u8>),
@@ -31,11 +54,18 @@ pub(super) struct Inflater {
 }
 
 impl Inflater {
-    pub(super) fn spawn(blob: PathBuf) -> Self {
+    /// Decompresses `blob`, stopping with a `FileTooLarge` error past `limit`
+    /// bytes or past [`MAX_RATIO`] times the compressed bytes read.
+    pub(super) fn spawn(blob: PathBuf, limit: u64) -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel(INFLATE_QUEUE);
         std::thread::spawn(move || {
             let run = || -> io::Result<String> {
-                let file = std::fs::File::open(&blob)?;
+                let compressed = std::rc::Rc::new(std::cell::Cell::new(0u64));
+                let file = Counted {
+                    inner: std::fs::File::open(&blob)?,
+                    read: compressed.clone(),
+                };
+                let mut expanded = 0u64;
                 let mut buffered = BufReader::with_capacity(INFLATE_CHUNK, file);
                 let magic = buffered.fill_buf()?.to_vec();
                 let mut decoded: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
@@ -53,6 +83,20 @@ impl Inflater {
                         break;
                     }
                     chunk.truncate(n);
+                    expanded += n as u64;
+                    if expanded > limit {
+                        return Err(too_large(format!(
+                            "the layer expands past the {} MiB cap (max_image_size)",
+                            limit >> 20
+                        )));
+                    }
+                    if expanded > RATIO_FLOOR
+                        && expanded > MAX_RATIO.saturating_mul(compressed.get())
+                    {
+                        return Err(too_large(format!(
+                            "the layer expands more than {MAX_RATIO} times its compressed size"
+                        )));
+                    }
                     hasher.update(&chunk);
                     if tx.send(Chunk::Data(chunk)).is_err() {
                         return Err(io::Error::other("layer reader gone"));
@@ -103,13 +147,28 @@ impl Read for Inflater {
 /// Applies the layer `inflater` yields onto `root`, returning what was
 /// applied and the digest of the uncompressed tar.
 fn apply_blob(root: &Path, mut inflater: Inflater) -> Result<(Applied, String), UnpackError> {
-    let applied = apply_layer(root, &mut inflater)?;
+    let applied = apply_layer(root, &mut inflater).map_err(expansion_stopped)?;
     // The tar's end-of-archive padding counts towards the diff ID.
-    io::copy(&mut inflater, &mut io::sink()).map_err(UnpackError::Archive)?;
+    io::copy(&mut inflater, &mut io::sink())
+        .map_err(UnpackError::Archive)
+        .map_err(expansion_stopped)?;
     let diff = inflater
         .diff_id
         .ok_or_else(|| UnpackError::Archive(io::Error::other("layer stream ended early")))?;
     Ok((applied, diff))
+}
+
+/// An error of the inflater's caps, wherever the unpacking met it, as
+/// [`UnpackError::TooLarge`].
+fn expansion_stopped(e: UnpackError) -> UnpackError {
+    match &e {
+        UnpackError::Archive(io) | UnpackError::Io { source: io, .. }
+            if io.kind() == io::ErrorKind::FileTooLarge =>
+        {
+            UnpackError::TooLarge(io.to_string())
+        }
+        _ => e,
+    }
 }
 
 pub(super) fn chain_ids(diff_ids: &[String]) -> Vec<String> {
