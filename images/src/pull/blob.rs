@@ -14,7 +14,7 @@ use super::error::{Ctx, error_chain};
 use crate::ImageStore;
 
 /// Largest manifest or config accepted.
-const MAX_METADATA: u64 = 8 << 20;
+pub(super) const MAX_METADATA: u64 = 8 << 20;
 /// How often download progress is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 

@@ -29,6 +29,21 @@ const PARALLEL_DOWNLOADS: usize = 3;
 /// Layers decompressed ahead of the one being applied.
 const INFLATE_AHEAD: usize = 1;
 
+/// A manifest larger than [`super::blob::MAX_METADATA`] is refused.
+fn check_metadata_size(
+    body: &[u8],
+    invalid: &impl Fn(String) -> PullError,
+) -> Result<(), PullError> {
+    if body.len() as u64 > super::blob::MAX_METADATA {
+        return Err(invalid(format!(
+            "manifest of {} bytes is over the {} MiB limit",
+            body.len(),
+            super::blob::MAX_METADATA >> 20
+        )));
+    }
+    Ok(())
+}
+
 /// Aborts spawned downloads when a pull is abandoned (e.g. its deadline passed).
 struct AbortOnDrop(Vec<tokio::task::JoinHandle<Result<Option<Inflater>, PullError>>>);
 
@@ -77,6 +92,7 @@ impl ImageStore {
             .pull_manifest_raw(&remote, &auth, MANIFEST_TYPES)
             .await
             .map_err(|e| ctx.classify(e))?;
+        check_metadata_size(&body, &invalid)?;
         let top_digest = sha256_digest(&body);
         if let Some(want) = parsed.digest()
             && want != top_digest
@@ -124,6 +140,7 @@ impl ImageStore {
                 .pull_manifest_raw(&by_digest, &auth, MANIFEST_TYPES)
                 .await
                 .map_err(|e| ctx.classify(e))?;
+            check_metadata_size(&mbody, &invalid)?;
             let actual = sha256_digest(&mbody);
             if actual != want {
                 return Err(PullError::DigestMismatch {
@@ -339,5 +356,22 @@ impl ImageStore {
                 .unwrap_or(0),
         };
         self.commit(image).map_err(storage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_over_the_limit_are_refused() {
+        let invalid = |message: String| PullError::Invalid {
+            reference: "r".into(),
+            message,
+        };
+        let limit = super::super::blob::MAX_METADATA as usize;
+        assert!(check_metadata_size(&vec![b' '; limit], &invalid).is_ok());
+        let err = check_metadata_size(&vec![b' '; limit + 1], &invalid).unwrap_err();
+        assert!(err.to_string().contains("over the 8 MiB limit"), "{err}");
     }
 }
