@@ -45,6 +45,9 @@ pub struct Cli {
     /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
     #[arg(long)]
     pub log_level: Option<String>,
+    /// Log lines as `text` or `json` (one object per line) [default: text].
+    #[arg(long)]
+    pub log_format: Option<String>,
     /// Guest kernel (uncompressed vmlinux) [default: built guest assets].
     #[arg(long)]
     pub guest_kernel: Option<PathBuf>,
@@ -102,6 +105,16 @@ pub struct Cli {
     pub max_image_size: Option<u64>,
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
 /// Where privileged pods run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -154,6 +167,7 @@ struct FileConfig {
     max_memory: Option<u64>,
     accel: Option<String>,
     log_level: Option<String>,
+    log_format: Option<String>,
     guest_kernel: Option<PathBuf>,
     guest_initrd: Option<PathBuf>,
     qemu: Option<PathBuf>,
@@ -196,6 +210,8 @@ pub struct Config {
     pub accel: AccelMode,
     /// Log filter.
     pub log_level: String,
+    /// Log line format.
+    pub log_format: LogFormat,
     /// Guest kernel.
     pub guest_kernel: PathBuf,
     /// Guest initramfs.
@@ -323,6 +339,16 @@ impl Config {
                 .clone()
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".into()),
+            log_format: match cli.log_format.clone().or(file.log_format).as_deref() {
+                None | Some("text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    return Err(invalid(
+                        "log_format",
+                        format!("{other:?} is neither text nor json"),
+                    ));
+                }
+            },
             guest_kernel: cli
                 .guest_kernel
                 .clone()
@@ -615,6 +641,16 @@ mod tests {
         let f = file("pinned_images = [\"a\"]\n");
         let c = Config::merge(&cli(&["--pinned-image", "b", "--pinned-image", "c"]), f).unwrap();
         assert_eq!(c.pinned_images, vec!["b", "c"]);
+    }
+
+    #[test]
+    fn log_format_text_or_json() {
+        let c = Config::merge(&cli(&[]), FileConfig::default()).unwrap();
+        assert_eq!(c.log_format, LogFormat::Text);
+        let c = Config::merge(&cli(&[]), file("log_format = \"json\"\n")).unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        let err = Config::merge(&cli(&["--log-format", "xml"]), FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("key `log_format`"), "{err}");
     }
 
     #[test]

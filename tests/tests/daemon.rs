@@ -174,6 +174,31 @@ async fn listen_group_opens_the_socket_to_a_group() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen_group"));
 }
 
+/// `--log-format json`: every log line is one JSON object, as log
+/// collectors expect.
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let daemon = Daemon::start(&["--log-format", "json"]).await.unwrap();
+    let mut c = daemon.runtime().await.unwrap();
+    c.version(proto::VersionRequest::default()).await.unwrap();
+    let log = daemon.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .all(|v| v["timestamp"].is_string() && v["level"].is_string())
+    );
+    let serving = lines
+        .iter()
+        .find(|v| v["message"] == "frakti serving the CRI")
+        .unwrap_or_else(|| panic!("no start line: {log}"));
+    assert_eq!(serving["socket"], daemon.socket().display().to_string());
+}
+
 /// `Status` says what keeps pods from starting, and RunPodSandbox agrees.
 #[tokio::test]
 async fn status_names_what_keeps_pods_from_starting() {
