@@ -13,8 +13,12 @@ pub const MIN_MEMORY_MIB: u64 = vm::sizing::MIN_MEMORY_MIB;
 
 /// frakti: a Kubernetes CRI runtime that runs every pod in its own VM.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(about, disable_version_flag = true)]
 pub struct Cli {
+    /// Print the version, git commit, build date, and the QEMU and guest
+    /// kernel the configuration would use.
+    #[arg(long, short = 'V')]
+    pub version: bool,
     /// TOML config file; flags override its keys [default: /etc/frakti/config.toml, if present].
     #[arg(long)]
     pub config: Option<PathBuf>,

@@ -44,6 +44,10 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if cli.version {
+        print!("{}", version_text(&config));
+        return;
+    }
     if let Err(e) = check_socket_paths(&config) {
         eprintln!("frakti: {e}");
         std::process::exit(2);
@@ -205,6 +209,38 @@ fn qemu(config: &Config) -> Qemu {
         firmware: config.qemu_firmware.clone(),
         seccomp: config.qemu_sandbox,
     })
+}
+
+/// `--version`: frakti's own version and build, and what the configuration
+/// would run pods with.
+fn version_text(config: &Config) -> String {
+    let qemu = std::process::Command::new(&config.qemu)
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| format!("not runnable ({})", config.qemu.display()));
+    // guest/build.sh writes the kernel's release beside the assets.
+    let kernel = config
+        .guest_kernel
+        .parent()
+        .map(|d| d.join("kernel-release"))
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .map(|r| r.trim().to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    format!(
+        "frakti {}\ncommit: {}\nbuilt: {}\nqemu: {qemu}\nguest kernel: {kernel} ({})\n",
+        env!("CARGO_PKG_VERSION"),
+        env!("FRAKTI_GIT_COMMIT"),
+        env!("FRAKTI_BUILD_DATE"),
+        config.guest_kernel.display()
+    )
 }
 
 /// Every unix socket frakti makes must fit a `sun_path`: the CRI socket and

@@ -24,6 +24,25 @@ fn help_and_config_errors() {
         assert!(text.contains(flag), "--help lacks {flag}");
     }
 
+    // --version: the build, and the QEMU and guest kernel pods would get.
+    let kernel = e2e::guest_dir().join("vmlinux");
+    let out = Command::new(frakti_bin())
+        .args(["--version", "--guest-kernel", kernel.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let release = std::fs::read_to_string(e2e::guest_dir().join("kernel-release")).unwrap();
+    for want in [
+        format!("frakti {}", env!("CARGO_PKG_VERSION")),
+        "\ncommit: ".into(),
+        "\nbuilt: 20".into(),
+        "\nqemu: QEMU emulator version ".into(),
+        format!("\nguest kernel: {} ", release.trim()),
+    ] {
+        assert!(text.contains(&want), "--version lacks {want:?}: {text}");
+    }
+
     let out = Command::new(frakti_bin())
         .args(["--cpu", "0"])
         .output()
