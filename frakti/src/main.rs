@@ -187,8 +187,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 let _ = stop_rx.await;
             },
         );
+    // The handlers are in place before anyone is told to send SIGTERM.
+    let signals = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    );
+    notify_systemd("READY=1\nSTATUS=serving the CRI");
     let stop = async {
-        shutdown_signal().await;
+        shutdown_signal(signals).await;
+        notify_systemd("STOPPING=1");
         let _ = stop_tx.send(());
         // Connected clients get a moment to finish their calls, not forever.
         tokio::time::sleep(SHUTDOWN_GRACE).await;
@@ -304,11 +311,40 @@ fn bind(path: &Path, group: Option<u32>) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-async fn shutdown_signal() {
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+/// Tells the service manager (systemd `Type=notify`) `state`, if it
+/// started frakti with `NOTIFY_SOCKET`; a path, or `@name` for an abstract
+/// socket. Failures are logged, never fatal.
+fn notify_systemd(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let bytes = target.as_encoded_bytes();
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name),
+        None => SocketAddr::from_pathname(Path::new(&target)),
+    };
+    let sent = addr.and_then(|addr| {
+        let socket = UnixDatagram::unbound()?;
+        socket.send_to_addr(state.as_bytes(), &addr)
+    });
+    match sent {
+        Ok(_) => tracing::debug!(state, "notified the service manager"),
+        Err(e) => tracing::warn!(
+            "cannot notify the service manager at {}: {e}",
+            target.display()
+        ),
+    }
+}
+
+async fn shutdown_signal(
+    signals: (
+        std::io::Result<tokio::signal::unix::Signal>,
+        std::io::Result<tokio::signal::unix::Signal>,
+    ),
+) {
+    let (Ok(mut term), Ok(mut int)) = signals else {
         std::future::pending::<()>().await;
         return;
     };

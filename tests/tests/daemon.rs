@@ -193,6 +193,79 @@ async fn listen_group_opens_the_socket_to_a_group() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen_group"));
 }
 
+/// Under systemd `Type=notify`: READY=1 once the CRI socket is served,
+/// STOPPING=1 on SIGTERM.
+#[test]
+fn notifies_systemd_when_ready_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = std::os::unix::net::UnixDatagram::bind(dir.path().join("notify")).unwrap();
+    notify
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let socket = dir.path().join("frakti.sock");
+    let mut child = Command::new(frakti_bin())
+        .args(["--listen", socket.to_str().unwrap()])
+        .arg("--root")
+        .arg(dir.path().join("root"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--cni-conf-dir")
+        .arg(dir.path().join("net.d"))
+        .env("NOTIFY_SOCKET", dir.path().join("notify"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("READY=1 within 60 s");
+    let ready = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    assert!(
+        std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+        "ready means the socket answers"
+    );
+    // SAFETY: kill(2) on the child this test spawned and has not reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let n = notify.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert!(child.wait().unwrap().success());
+}
+
+/// The systemd unit in `deploy/` is what the daemon needs: readiness by
+/// sd_notify, pods surviving a restart, delegated cgroups.
+#[test]
+fn the_systemd_unit_fits_the_daemon() {
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/frakti.service"),
+    )
+    .unwrap();
+    let mut section = String::new();
+    let mut keys = std::collections::BTreeMap::new();
+    for line in unit.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_owned();
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("not key=value: {line}"));
+        keys.insert(format!("{section}.{key}"), value.to_owned());
+    }
+    for (key, value) in [
+        ("Service.Type", "notify"),
+        ("Service.KillMode", "process"),
+        ("Service.Delegate", "yes"),
+        ("Service.Restart", "on-failure"),
+        ("Service.ExecStart", "/usr/local/bin/frakti"),
+        ("Install.WantedBy", "multi-user.target"),
+    ] {
+        assert_eq!(keys.get(key).map(String::as_str), Some(value), "{key}");
+    }
+}
+
 /// `--log-format json`: every log line is one JSON object, as log
 /// collectors expect.
 #[tokio::test]
