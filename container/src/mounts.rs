@@ -229,22 +229,25 @@ pub fn readonly_recursively(target: &Path) -> Result<(), BindError> {
 }
 
 /// Whether this kernel has `mount_setattr` (Linux 5.12), which recursive
-/// read-only mounts need.
+/// read-only mounts need; probed once.
 pub fn recursive_readonly_supported() -> bool {
-    // SAFETY: mount_setattr(2) with a bad fd, a NULL path and a NULL
-    // attribute of size 0 touches no memory; it fails with ENOSYS where
-    // the call does not exist and with another errno elsewhere.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            -1,
-            std::ptr::null::<libc::c_char>(),
-            0,
-            std::ptr::null::<u8>(),
-            0usize,
-        )
-    };
-    rc == 0 || Errno::last() != Errno::ENOSYS
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        // SAFETY: mount_setattr(2) with a bad fd, a NULL path and a NULL
+        // attribute of size 0 touches no memory; it fails with ENOSYS where
+        // the call does not exist and with another errno elsewhere.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                -1,
+                std::ptr::null::<libc::c_char>(),
+                0,
+                std::ptr::null::<u8>(),
+                0usize,
+            )
+        };
+        rc == 0 || Errno::last() != Errno::ENOSYS
+    })
 }
 
 /// Whether anything is mounted below `path` (not on it) in this mount

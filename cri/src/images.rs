@@ -226,11 +226,8 @@ impl proto::image_service_server::ImageService for ImageService {
         // CRI: an unknown image is not an error, the response has no image;
         // a reference that could name none is.
         let Some(img) = self.store.find(&reference) else {
-            images::check_reference(&reference).map_err(|reason| {
-                Status::invalid_argument(format!(
-                    "{reference:?} is not an image reference: {reason}"
-                ))
-            })?;
+            images::check_reference(&reference)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
             return Ok(Response::new(proto::ImageStatusResponse::default()));
         };
         let mut info = HashMap::new();
@@ -290,7 +287,7 @@ impl proto::image_service_server::ImageService for ImageService {
         self.store.remove(&reference).await.map_err(|e| {
             let code = match e {
                 images::RemoveError::Pinned(_) => Code::FailedPrecondition,
-                images::RemoveError::InvalidReference { .. } => Code::InvalidArgument,
+                images::RemoveError::InvalidReference(_) => Code::InvalidArgument,
                 images::RemoveError::Index(_) => Code::Internal,
             };
             Status::new(code, e.to_string())

@@ -284,11 +284,16 @@ fn check_socket_paths(config: &Config) -> Result<(), config::ConfigError> {
 /// `group`, that group may traverse it (`0710`) to reach the CRI socket.
 fn private_dir(dir: &Path, group: Option<u32>) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    std::os::unix::fs::chown(dir, Some(0), Some(group.unwrap_or(0)))
-        .with_context(|| format!("chown {}", dir.display()))?;
     let mode = if group.is_some() { 0o710 } else { 0o700 };
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("chmod {}", dir.display()))
+    own(dir, group, mode)
+}
+
+/// Gives `path` to root and `group` (root's group without one), with `mode`.
+fn own(path: &Path, group: Option<u32>, mode: u32) -> anyhow::Result<()> {
+    std::os::unix::fs::chown(path, Some(0), Some(group.unwrap_or(0)))
+        .with_context(|| format!("chown {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", path.display()))
 }
 
 /// Binds the CRI socket (`0660`, root and `group`), replacing a stale
@@ -304,10 +309,7 @@ fn bind(path: &Path, group: Option<u32>) -> anyhow::Result<UnixListener> {
         std::fs::remove_file(path).with_context(|| format!("remove stale {}", path.display()))?;
     }
     let listener = UnixListener::bind(path).with_context(|| format!("bind {}", path.display()))?;
-    std::os::unix::fs::chown(path, Some(0), Some(group.unwrap_or(0)))
-        .with_context(|| format!("chown {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("chmod {}", path.display()))?;
+    own(path, group, 0o660)?;
     Ok(listener)
 }
 

@@ -147,21 +147,36 @@ pub enum OpenError {
 /// What one image may expand to unless configured: 20 GiB.
 pub const DEFAULT_MAX_IMAGE_SIZE: u64 = 20 << 30;
 
+/// A reference names no image, nor could it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reference:?} is not an image reference: {reason}")]
+pub struct BadReference {
+    /// As given.
+    pub reference: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
 /// Whether `reference` could name an image: an image ID (`sha256:` and 64
-/// hex digits), a hex ID prefix, or a name Docker would accept; the reason
-/// when not.
-pub fn check_reference(reference: &str) -> Result<(), String> {
+/// hex digits), a hex ID prefix, or a name Docker would accept.
+pub fn check_reference(reference: &str) -> Result<(), BadReference> {
+    let bad = |reason: String| BadReference {
+        reference: reference.to_owned(),
+        reason,
+    };
     let r = reference.trim();
     if r.starts_with("sha256:") {
-        return store::digest_hex(r).map(|_| ()).map_err(|e| e.to_string());
+        return store::digest_hex(r)
+            .map(|_| ())
+            .map_err(|e| bad(e.to_string()));
     }
     if !r.is_empty() && r.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Ok(());
     }
     match pull::parse_reference(r) {
         Ok(_) => Ok(()),
-        Err(PullError::InvalidReference { reason, .. }) => Err(reason),
-        Err(e) => Err(e.to_string()),
+        Err(PullError::InvalidReference { reason, .. }) => Err(bad(reason)),
+        Err(e) => Err(bad(e.to_string())),
     }
 }
 
@@ -175,13 +190,8 @@ pub enum RemoveError {
     #[error("image {0} is pinned (config key pinned_images) and is not removed")]
     Pinned(String),
     /// The reference names no image, nor could it
-    #[error("{reference:?} is not an image reference: {reason}")]
-    InvalidReference {
-        /// As given.
-        reference: String,
-        /// What is wrong with it.
-        reason: String,
-    },
+    #[error(transparent)]
+    InvalidReference(#[from] BadReference),
 }
 
 /// Image store usage could not be measured.
@@ -471,10 +481,7 @@ impl ImageStore {
     /// snapshots are collected once no other image uses them.
     pub async fn remove(&self, reference: &str) -> Result<bool, RemoveError> {
         let Some(image) = self.find(reference) else {
-            check_reference(reference).map_err(|reason| RemoveError::InvalidReference {
-                reference: reference.to_owned(),
-                reason,
-            })?;
+            check_reference(reference)?;
             return Ok(false);
         };
         if self.is_pinned(&image) {
@@ -496,14 +503,22 @@ impl ImageStore {
         }
         self.changed();
         tracing::info!(id = %image.id, tags = ?image.repo_tags, "image removed");
+        self.collect_garbage_logged("image removed").await;
+        Ok(true)
+    }
+
+    /// Collects garbage off the async threads and logs what went, with
+    /// `why` it ran; a failure is logged, not returned.
+    pub(crate) async fn collect_garbage_logged(&self, why: &'static str) {
         let this = self.clone();
         let gc = tokio::task::spawn_blocking(move || this.collect_garbage()).await;
         match gc {
-            Ok(Ok((b, s))) => tracing::info!(removed_blobs = b, removed_snapshots = s, "image GC"),
-            Ok(Err(e)) => tracing::warn!("image GC failed: {e}"),
-            Err(e) => tracing::warn!("image GC task failed: {e}"),
+            Ok(Ok((b, s))) => {
+                tracing::info!(removed_blobs = b, removed_snapshots = s, why, "image GC")
+            }
+            Ok(Err(e)) => tracing::warn!(why, "image GC failed: {e}"),
+            Err(e) => tracing::warn!(why, "image GC task failed: {e}"),
         }
-        Ok(true)
     }
 
     /// Bytes and inodes used by the store: measured again only after the
@@ -675,7 +690,7 @@ mod tests {
         let store = ImageStore::open(dir.path(), None).unwrap();
         assert!(!store.remove("docker.io/library/absent:1").await.unwrap());
         let err = store.remove("Not/A:Ref:At:All").await.unwrap_err();
-        assert!(matches!(err, RemoveError::InvalidReference { .. }), "{err}");
+        assert!(matches!(err, RemoveError::InvalidReference(_)), "{err}");
         assert!(err.to_string().contains("Not/A:Ref:At:All"), "{err}");
     }
 

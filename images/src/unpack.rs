@@ -176,7 +176,7 @@ fn remove_any(path: &Path) -> io::Result<()> {
     }
 }
 
-fn cstring(path: &Path) -> io::Result<CString> {
+pub(crate) fn cstring(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }

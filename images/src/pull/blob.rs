@@ -166,8 +166,7 @@ impl ImageStore {
 
 /// Bytes an unprivileged writer may still use on the filesystem of `dir`.
 fn free_bytes(dir: &std::path::Path) -> io::Result<u64> {
-    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let path = crate::unpack::cstring(dir)?;
     // SAFETY: `statvfs` is plain integers, for which all zeroes is valid.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: statvfs(3) reads a NUL-terminated path and fills the struct

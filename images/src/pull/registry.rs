@@ -79,14 +79,7 @@ impl ImageStore {
         if matches!(pulled, Err(PullError::Unpack { .. })) {
             // A refused image leaves nothing: its blobs and snapshots go now
             // (those of other images and of pulls in flight stay).
-            let this = self.clone();
-            match tokio::task::spawn_blocking(move || this.collect_garbage()).await {
-                Ok(Ok((blobs, snapshots))) => {
-                    tracing::info!(blobs, snapshots, "removed what a refused image left")
-                }
-                Ok(Err(e)) => tracing::warn!("cannot collect what a refused image left: {e}"),
-                Err(e) => tracing::warn!("image GC task failed: {e}"),
-            }
+            self.collect_garbage_logged("image refused").await;
         }
         telemetry::global().record_pull(outcome, started.elapsed());
         pulled
