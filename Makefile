@@ -8,7 +8,10 @@ GUEST_DIR := target/guest
 PYTHON := target/pyenv/bin/python
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build agent guest run test bench lint clean
+PREFIX ?= /usr/local
+DESTDIR ?=
+
+.PHONY: all deps build agent guest run test test-kubelet bench lint clean install uninstall
 
 all: build
 
@@ -30,9 +33,19 @@ guest: agent
 	bash guest/build.sh $(GUEST_DIR)/frakti-agent $(GUEST_DIR)
 
 # Starts frakti in the foreground with its embedded defaults
-# (socket /run/frakti/frakti.sock). Extra flags: make run ARGS="--accel tcg".
+# (socket /run/frakti/frakti.sock), after `frakti check` has shown whether
+# this host can run pods. Extra flags: make run ARGS="--accel tcg".
 run: build
+	-./target/release/frakti $(ARGS) check
 	./target/release/frakti $(ARGS)
+
+# What `make build` made, into $(DESTDIR)$(PREFIX) (see scripts/install.sh);
+# build first, as a user who may: `make build && sudo make install`.
+install:
+	PREFIX=$(PREFIX) DESTDIR=$(DESTDIR) bash scripts/install.sh install
+
+uninstall:
+	PREFIX=$(PREFIX) DESTDIR=$(DESTDIR) bash scripts/install.sh uninstall
 
 # Ends by checking that the tests left nothing on the host (VMs, netns,
 # links, mounts, iptables rules, IPAM leases, pod cgroups), once the node

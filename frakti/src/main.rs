@@ -5,6 +5,7 @@
 //! (the registry of runtimes by handler, the pod networks, the servers) and
 //! signal handling; it holds no pod logic of its own.
 
+mod check;
 mod config;
 mod metrics;
 
@@ -27,7 +28,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 use vm::{VmRuntime, VmRuntimeConfig};
 
-use crate::config::{Cli, Config};
+use crate::config::{Cli, Command, Config, ConfigCommand};
 
 /// The runtime handler of VM pods, and the default one.
 pub(crate) const VM_HANDLER: &str = "frakti";
@@ -37,6 +38,15 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 fn main() {
     let cli = Cli::parse();
+    if cli.command
+        == Some(Command::Config {
+            what: ConfigCommand::Default,
+        })
+    {
+        // The defaults alone: a broken config file does not matter here.
+        print!("{}", config::render(&config::defaults(), true));
+        return;
+    }
     let config = match Config::load(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -47,6 +57,19 @@ fn main() {
     if cli.version {
         print!("{}", version_text(&config));
         return;
+    }
+    match cli.command {
+        Some(Command::Config { what }) => {
+            match what {
+                ConfigCommand::Default | ConfigCommand::Show => {
+                    print!("{}", config::render(&config, false));
+                }
+                ConfigCommand::Cni => print!("{}", network::cni::DEFAULT_CONFLIST),
+            }
+            return;
+        }
+        Some(Command::Check) => std::process::exit(if check(&config) { 0 } else { 1 }),
+        None => {}
     }
     if let Err(e) = check_socket_paths(&config) {
         eprintln!("frakti: {e}");
@@ -87,25 +110,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.cni_conf_dir.clone(),
         config.cni_bin_dir.clone(),
     ));
-    let qemu = qemu(&config);
-    let vm_runtime = Arc::new(VmRuntime::new(
-        VmRuntimeConfig {
-            state_dir: config.state_dir.clone(),
-            kernel: config.guest_kernel.clone(),
-            initrd: config.guest_initrd.clone(),
-            default_vcpus: config.cpu,
-            default_memory_mib: config.memory,
-            accel: config.accel,
-            boot_timeout: Duration::from_secs(config.boot_timeout),
-            extra_cmdline: Vec::new(),
-            networks: Some(networks.clone()),
-            virtiofsd: config.virtiofsd.clone(),
-            containers_dir: config.root.join("layers"),
-            max_vcpus: config.max_cpu,
-            max_memory_mib: config.max_memory,
-            cgroup_root: Some("/sys/fs/cgroup".into()),
-        },
-        Arc::new(qemu),
+    let vm_runtime = Arc::new(vm_runtime(
+        &config,
+        Some(networks.clone()),
         events_tx.clone(),
     ));
     let host_runtime = Arc::new(HostRuntime::new(
@@ -210,6 +217,60 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The runtime of VM pods for `config`.
+fn vm_runtime(
+    config: &Config,
+    networks: Option<PodNetworks>,
+    events: tokio::sync::mpsc::UnboundedSender<runtime_api::RuntimeEvent>,
+) -> VmRuntime {
+    VmRuntime::new(
+        VmRuntimeConfig {
+            state_dir: config.state_dir.clone(),
+            kernel: config.guest_kernel.clone(),
+            initrd: config.guest_initrd.clone(),
+            default_vcpus: config.cpu,
+            default_memory_mib: config.memory,
+            accel: config.accel,
+            boot_timeout: Duration::from_secs(config.boot_timeout),
+            extra_cmdline: Vec::new(),
+            networks,
+            virtiofsd: config.virtiofsd.clone(),
+            containers_dir: config.root.join("layers"),
+            max_vcpus: config.max_cpu,
+            max_memory_mib: config.max_memory,
+            cgroup_root: Some("/sys/fs/cgroup".into()),
+        },
+        Arc::new(qemu(config)),
+        events,
+    )
+}
+
+/// `frakti check`: prints one line per check; true when pods can run.
+fn check(config: &Config) -> bool {
+    // The accelerator verdict is the daemon's own: the same probe, when
+    // QEMU and the guest assets are there to run it.
+    let probe = {
+        use hypervisor::Hypervisor;
+        let qemu = qemu(config);
+        qemu.check_host().is_ok() && config.guest_kernel.is_file() && config.guest_initrd.is_file()
+    };
+    let accel = probe
+        .then(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let (events, _) = tokio::sync::mpsc::unbounded_channel();
+                let runtime = vm_runtime(config, None, events);
+                let verdict = runtime.accel().await;
+                Some((verdict.accel, verdict.reason.clone()))
+            })
+        })
+        .flatten();
+    check::report(&check::host(config, accel), &mut std::io::stdout())
+}
+
 fn qemu(config: &Config) -> Qemu {
     Qemu::new(QemuConfig {
         binary: config.qemu.clone(),
@@ -251,8 +312,8 @@ fn version_text(config: &Config) -> String {
 }
 
 /// Every unix socket frakti makes must fit a `sun_path`: the CRI socket and
-/// each pod's sockets under the state directory.
-fn check_socket_paths(config: &Config) -> Result<(), config::ConfigError> {
+/// each pod's sockets under the state directory. The longest one's length.
+fn check_socket_paths(config: &Config) -> Result<usize, config::ConfigError> {
     let mut checks = vec![("listen", config.listen.clone())];
     checks.extend(
         vm::pod_socket_paths(&qemu(config), &config.state_dir)
@@ -262,8 +323,10 @@ fn check_socket_paths(config: &Config) -> Result<(), config::ConfigError> {
             ))
             .map(|p| ("state_dir", p)),
     );
+    let mut longest = 0;
     for (key, path) in checks {
         let len = path.as_os_str().len();
+        longest = longest.max(len);
         if len > vm::MAX_SOCKET_PATH {
             return Err(config::ConfigError::Value {
                 key,
@@ -276,7 +339,7 @@ fn check_socket_paths(config: &Config) -> Result<(), config::ConfigError> {
             });
         }
     }
-    Ok(())
+    Ok(longest)
 }
 
 /// Creates `dir` if missing and makes it root's alone (`0700`), so that no

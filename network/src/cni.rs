@@ -102,6 +102,14 @@ impl CniConfig {
         self.list["cniVersion"].as_str().unwrap_or("0.4.0")
     }
 
+    /// The `type` of each plugin of the list, in order.
+    pub fn plugin_types(&self) -> Vec<&str> {
+        self.plugins()
+            .iter()
+            .filter_map(|p| p["type"].as_str())
+            .collect()
+    }
+
     fn plugins(&self) -> &[Value] {
         self.list["plugins"].as_array().map_or(&[], Vec::as_slice)
     }

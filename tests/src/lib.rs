@@ -83,6 +83,7 @@ pub fn guest_dir() -> PathBuf {
 pub struct Daemon {
     dir: tempfile::TempDir,
     child: Option<Child>,
+    bin: PathBuf,
     args: Vec<String>,
 }
 
@@ -95,8 +96,30 @@ impl Daemon {
     /// Like [`Daemon::start`], with `--root` at `root` if given (instead of
     /// the daemon's own directory).
     pub async fn start_with_root(root: Option<&Path>, extra: &[&str]) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("frakti-e2e-").tempdir()?;
         let guest = guest_dir();
+        let guest_flags = [
+            "--guest-kernel".into(),
+            guest.join("vmlinux").display().to_string(),
+            "--guest-initrd".into(),
+            guest.join("initramfs.img").display().to_string(),
+        ];
+        Self::launch(frakti_bin(), root, &guest_flags, extra).await
+    }
+
+    /// Starts the frakti binary `bin` (e.g. an installed one) with the
+    /// harness's directories and `extra`, but none of its guest flags: the
+    /// binary finds its guest assets itself.
+    pub async fn start_bin(bin: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::launch(bin.to_path_buf(), None, &[], extra).await
+    }
+
+    async fn launch(
+        bin: PathBuf,
+        root: Option<&Path>,
+        guest_flags: &[String],
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("frakti-e2e-").tempdir()?;
         let root = root.map_or_else(|| dir.path().join("root"), Path::to_path_buf);
         let mut args: Vec<String> = vec![
             "--listen".into(),
@@ -105,20 +128,18 @@ impl Daemon {
             root.display().to_string(),
             "--state-dir".into(),
             dir.path().join("state").display().to_string(),
-            "--guest-kernel".into(),
-            guest.join("vmlinux").display().to_string(),
-            "--guest-initrd".into(),
-            guest.join("initramfs.img").display().to_string(),
             "--memory".into(),
             "256".into(),
             // An empty CNI directory: the embedded default network.
             "--cni-conf-dir".into(),
             dir.path().join("net.d").display().to_string(),
         ];
+        args.extend(guest_flags.iter().cloned());
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let mut daemon = Self {
             dir,
             child: None,
+            bin,
             args,
         };
         daemon.spawn().await?;
@@ -155,13 +176,13 @@ impl Daemon {
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        let child = Command::new(frakti_bin())
+        let child = Command::new(&self.bin)
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .with_context(|| format!("start {}", frakti_bin().display()))?;
+            .with_context(|| format!("start {}", self.bin.display()))?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
