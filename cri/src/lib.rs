@@ -6,6 +6,7 @@
 //! answering gRPC. One module per verb family: `status`, `sandbox`,
 //! `container`, `stream`, `images`.
 
+mod alpha;
 mod batch;
 mod container;
 mod convert;
@@ -22,6 +23,7 @@ mod status;
 mod stream;
 mod transport;
 
+pub use alpha::{ApiVersion, V1alpha2, V1alpha2Layer};
 pub use images::ImageService;
 pub use metered::{Metered, MeteredLayer};
 pub use service::RuntimeService;

@@ -58,12 +58,15 @@ where
                 Ok(response) => code_of(response.headers()),
                 Err(_) => tonic::Code::Unknown,
             };
-            telemetry::global().record_request(
+            let elapsed = started.elapsed();
+            tracing::debug!(
                 service,
-                &method,
-                code_name(code),
-                started.elapsed(),
+                method = %method,
+                code = code_name(code),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                "CRI call"
             );
+            telemetry::global().record_request(service, &method, code_name(code), elapsed);
             answer
         })
     }

@@ -10,13 +10,18 @@ use crate::{CRI_API_VERSION, proto};
 
 pub(crate) async fn version(
     _svc: &RuntimeService,
-    _request: Request<proto::VersionRequest>,
+    request: Request<proto::VersionRequest>,
 ) -> Result<Response<proto::VersionResponse>, Status> {
+    // A `v1alpha2` client is told the version it speaks.
+    let api = request
+        .extensions()
+        .get::<crate::ApiVersion>()
+        .map_or(CRI_API_VERSION, |v| v.name());
     Ok(Response::new(proto::VersionResponse {
         version: "0.1.0".into(),
         runtime_name: "frakti".into(),
         runtime_version: env!("CARGO_PKG_VERSION").into(),
-        runtime_api_version: CRI_API_VERSION.into(),
+        runtime_api_version: api.into(),
     }))
 }
 

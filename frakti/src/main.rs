@@ -182,6 +182,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(socket = %config.listen.display(), version = env!("CARGO_PKG_VERSION"), "frakti serving the CRI");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
+        // runtime.v1alpha2 calls are routed to the v1 services (kubelet 1.20–1.25).
+        .layer(cri::V1alpha2Layer)
         .layer(cri::MeteredLayer)
         .add_service(RuntimeServiceServer::new(runtime_service))
         .add_service(ImageServiceServer::new(

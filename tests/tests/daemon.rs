@@ -347,3 +347,87 @@ async fn status_names_what_keeps_pods_from_starting() {
         assert!(err.message().contains(&names), "{}", err.message());
     }
 }
+
+/// A `runtime.v1alpha2` client (kubelet 1.20–1.25) is served by the same
+/// socket: the messages are the same on the wire, and `Version` answers
+/// with the API version it was asked in.
+#[tokio::test]
+async fn v1alpha2_calls_are_served_beside_v1() {
+    use tonic_prost::ProstCodec;
+    let daemon = Daemon::start(&["--accel", "tcg"]).await.unwrap();
+    let channel = daemon.channel().await.unwrap();
+    async fn call<Q, A>(channel: &tonic::transport::Channel, path: &'static str, req: Q) -> A
+    where
+        Q: prost::Message + Send + Sync + 'static,
+        A: prost::Message + Default + Send + Sync + 'static,
+    {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        let codec: ProstCodec<Q, A> = ProstCodec::default();
+        grpc.unary(
+            tonic::Request::new(req),
+            http::uri::PathAndQuery::from_static(path),
+            codec,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .into_inner()
+    }
+    let version: proto::VersionResponse = call(
+        &channel,
+        "/runtime.v1alpha2.RuntimeService/Version",
+        proto::VersionRequest {
+            version: "0.1.0".into(),
+        },
+    )
+    .await;
+    assert_eq!(
+        (
+            version.runtime_name.as_str(),
+            version.runtime_api_version.as_str()
+        ),
+        ("frakti", "v1alpha2")
+    );
+    let v1 = daemon
+        .runtime()
+        .await
+        .unwrap()
+        .version(proto::VersionRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v1.runtime_api_version, "v1");
+    let status: proto::StatusResponse = call(
+        &channel,
+        "/runtime.v1alpha2.RuntimeService/Status",
+        proto::StatusRequest { verbose: false },
+    )
+    .await;
+    let conditions = status.status.unwrap().conditions;
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c.r#type == "RuntimeReady" && c.status),
+        "{conditions:?}"
+    );
+    let images: proto::ListImagesResponse = call(
+        &channel,
+        "/runtime.v1alpha2.ImageService/ListImages",
+        proto::ListImagesRequest::default(),
+    )
+    .await;
+    assert!(images.images.is_empty());
+    // An unknown version is still unknown.
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let codec: ProstCodec<proto::VersionRequest, proto::VersionResponse> = ProstCodec::default();
+    let err = grpc
+        .unary(
+            tonic::Request::new(proto::VersionRequest::default()),
+            http::uri::PathAndQuery::from_static("/runtime.v1alpha9.RuntimeService/Version"),
+            codec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+}
