@@ -59,6 +59,11 @@ test: build
 	bash scripts/host-inventory.sh --remove-networking-since target/host-inventory.before
 	bash scripts/host-inventory.sh --since target/host-inventory.before
 
+# A real kubelet (1.20, CRI v1alpha2, built once per machine from Debian's
+# source package by scripts/kubelet.sh) runs a static pod on frakti.
+test-kubelet: build
+	FRAKTI_KUBELET=$$(bash scripts/kubelet.sh) $(CARGO) test --release -p e2e --test kubelet -- --ignored
+
 bench: build
 	./target/release/frakti-bench $(ARGS)
 

@@ -255,11 +255,14 @@ impl Hierarchy {
             ));
         }
         for (size, limit) in &r.hugepage_limits {
-            out.push((
-                self.v1("hugetlb", path)
-                    .join(format!("hugetlb.{size}.limit_in_bytes")),
-                limit.to_string(),
-            ));
+            let file = self
+                .v1("hugetlb", path)
+                .join(format!("hugetlb.{size}.limit_in_bytes"));
+            // A size (or a hugetlb controller) the kernel lacks cannot be
+            // allocated: its limit is moot, as at create.
+            if file.exists() {
+                out.push((file, limit.to_string()));
+            }
         }
         out
     }
@@ -306,7 +309,10 @@ impl Hierarchy {
             _ => {}
         }
         for (size, limit) in &r.hugepage_limits {
-            out.push((dir.join(format!("hugetlb.{size}.max")), limit.to_string()));
+            let file = dir.join(format!("hugetlb.{size}.max"));
+            if file.exists() {
+                out.push((file, limit.to_string()));
+            }
         }
         for (file, value) in &r.unified {
             out.push((dir.join(file), value.clone()));
@@ -362,6 +368,44 @@ impl Hierarchy {
         let limit: u64 = text.trim().parse().ok()?;
         // v1 reports "unlimited" as a huge page-aligned number.
         (limit < (1 << 62)).then_some(limit)
+    }
+
+    /// The tightest CPU limit, in cores, of the cgroup at `path` and its
+    /// ancestors (`cpu.cfs_quota_us` / `cpu.cfs_period_us`, or `cpu.max`);
+    /// `None` when none of them has one. Under v1 a child's quota may not
+    /// exceed this (the write fails with `EINVAL`).
+    pub fn cpu_ceiling(&self, path: &str) -> Option<f64> {
+        let mut ceiling: Option<f64> = None;
+        let mut here = std::path::Path::new("/").join(path.trim_start_matches('/'));
+        loop {
+            let cgroup = here.to_string_lossy();
+            if let Some(cores) = self.cpu_limit(&cgroup) {
+                ceiling = Some(ceiling.map_or(cores, |c| c.min(cores)));
+            }
+            if !here.pop() {
+                return ceiling;
+            }
+        }
+    }
+
+    /// The CPU limit, in cores, set on the cgroup at `path` itself.
+    fn cpu_limit(&self, path: &str) -> Option<f64> {
+        let (quota, period) = if self.unified() {
+            let text = std::fs::read_to_string(self.v2(path).join("cpu.max")).ok()?;
+            let mut fields = text.split_whitespace();
+            let quota = fields.next()?.parse::<i64>().ok()?;
+            (quota, fields.next()?.parse::<i64>().ok()?)
+        } else {
+            let read = |file: &str| -> Option<i64> {
+                std::fs::read_to_string(self.v1("cpu", path).join(file))
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()
+            };
+            (read("cpu.cfs_quota_us")?, read("cpu.cfs_period_us")?)
+        };
+        (quota > 0 && period > 0).then(|| quota as f64 / period as f64)
     }
 
     /// Removes the cgroup at `path` from every controller (it must be
@@ -469,6 +513,27 @@ mod tests {
     }
 
     #[test]
+    fn the_cpu_ceiling_is_the_tightest_quota_above() {
+        let dir = tempfile::tempdir().unwrap();
+        let cpu = dir.path().join("cpu");
+        std::fs::create_dir_all(cpu.join("kubepods/pod1/vm")).unwrap();
+        let set = |cgroup: &str, quota: &str| {
+            std::fs::write(cpu.join(cgroup).join("cpu.cfs_quota_us"), quota).unwrap();
+            std::fs::write(cpu.join(cgroup).join("cpu.cfs_period_us"), "100000\n").unwrap();
+        };
+        set("", "-1\n");
+        set("kubepods", "-1\n");
+        set("kubepods/pod1/vm", "-1\n");
+        let h = Hierarchy::new(dir.path());
+        assert_eq!(h.cpu_ceiling("/kubepods/pod1/vm"), None);
+        set("kubepods/pod1", "95000\n");
+        assert_eq!(h.cpu_ceiling("/kubepods/pod1/vm"), Some(0.95));
+        set("kubepods", "50000\n");
+        assert_eq!(h.cpu_ceiling("/kubepods/pod1/vm"), Some(0.5));
+        assert_eq!(h.cpu_ceiling("/"), None);
+    }
+
+    #[test]
     fn shares_convert_to_weights_at_the_ends_and_the_default() {
         assert_eq!(shares_to_weight(2), 1);
         assert_eq!(shares_to_weight(262_144), 10_000);
@@ -521,8 +586,12 @@ mod tests {
             ..Default::default()
         };
         r.hugepage_limits.insert("2MB".into(), 4 << 20);
+        // A size the kernel lacks has no file; its limit is skipped.
+        r.hugepage_limits.insert("1GB".into(), 0);
+        std::fs::write(dir.path().join("pod/c/hugetlb.2MB.max"), "max\n").unwrap();
         r.unified.insert("memory.high".into(), "50M".into());
         v2.update("/pod/c", &r).unwrap();
+        assert!(!dir.path().join("pod/c/hugetlb.1GB.max").exists());
         let read = |p: &str| std::fs::read_to_string(dir.path().join(p)).unwrap();
         assert_eq!(
             read("pod/c/memory.swap.max"),
@@ -550,6 +619,11 @@ mod tests {
         for c in ["memory", "hugetlb"] {
             std::fs::create_dir_all(dir.path().join(c).join("pod/c")).unwrap();
         }
+        std::fs::write(
+            dir.path().join("hugetlb/pod/c/hugetlb.2MB.limit_in_bytes"),
+            "0\n",
+        )
+        .unwrap();
         let v1 = Hierarchy::new(dir.path());
         r.unified.clear();
         v1.update("/pod/c", &r).unwrap();
@@ -561,6 +635,11 @@ mod tests {
         assert_eq!(
             read("hugetlb/pod/c/hugetlb.2MB.limit_in_bytes"),
             (4u64 << 20).to_string()
+        );
+        assert!(
+            !dir.path()
+                .join("hugetlb/pod/c/hugetlb.1GB.limit_in_bytes")
+                .exists()
         );
         r.unified.insert("memory.high".into(), "50M".into());
         let err = v1.update("/pod/c", &r).unwrap_err();

@@ -11,6 +11,8 @@ pub mod caps;
 pub mod console;
 #[cfg(feature = "runner")]
 pub mod devices;
+#[cfg(feature = "runner")]
+pub mod hugepages;
 #[cfg(feature = "logs")]
 pub mod logs;
 #[cfg(feature = "spec")]

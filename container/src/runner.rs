@@ -106,6 +106,14 @@ impl Runner {
         let mut spec = spec.clone();
         crate::devices::dev_bind_as_nodes(&mut spec, Path::new("/dev"))
             .map_err(|e| RunError::Devices(id.to_owned(), e))?;
+        let sizes = crate::hugepages::available_sizes(
+            Path::new("/sys/fs/cgroup"),
+            Path::new("/sys/kernel/mm/hugepages"),
+        );
+        let dropped = crate::hugepages::keep_available(&mut spec, &sizes);
+        if !dropped.is_empty() {
+            tracing::debug!(container = id, ?dropped, "hugepage sizes this kernel lacks");
+        }
         let json = serde_json::to_vec(&spec)
             .map_err(|e| RunError::Bundle(id.to_owned(), std::io::Error::other(e)))?;
         std::fs::write(bundle.join("config.json"), json)

@@ -100,10 +100,21 @@ async fn an_os_container_pod_runs_on_the_host_and_survives_a_daemon_restart() {
     assert!(process_running(holder));
 
     // The node's kernel, the pod's own hostname and network namespace.
-    let printer = pod.container(
+    let mut printer = pod.container(
         "printer",
         &["trap '' TERM; cat /proc/sys/kernel/random/boot_id; hostname; i=0; while true; do echo line $i; i=$((i+1)); sleep 0.2; done"],
     );
+    // The hugepage limits a kubelet sends for the node's sizes, even where
+    // the hugetlb controller is not mounted.
+    printer.linux.get_or_insert_default().resources = Some(proto::LinuxContainerResources {
+        hugepage_limits: ["2MB", "1GB"]
+            .map(|size| proto::HugepageLimit {
+                page_size: size.into(),
+                limit: 0,
+            })
+            .to_vec(),
+        ..Default::default()
+    });
     let printer = pod.run(printer).await;
     let log = pod.logs.path().join("printer/0.log");
     wait_for("the printer's first lines", || {

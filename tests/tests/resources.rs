@@ -77,10 +77,14 @@ async fn cores_used(pod: &mut TestPod, id: &str, window: Duration) -> f64 {
 }
 
 /// The v1 controllers a VM's cgroup is made in.
+/// The pod cgroup's CPU quota (period 100 ms): 1.5 cores.
+const POD_CPU_QUOTA: u64 = 150_000;
+
 const CONTROLLERS: [&str; 5] = ["cpu", "cpuacct", "memory", "pids", "unified"];
 
 /// A `cgroup_parent` of this test's own, as the kubelet makes one for a
-/// pod, with a memory limit; removed (after the pod) on drop.
+/// pod, with a memory limit and a CPU limit of 1.5 cores; removed (after
+/// the pod) on drop.
 struct PodCgroup(String);
 
 impl PodCgroup {
@@ -92,6 +96,11 @@ impl PodCgroup {
         std::fs::write(
             format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"),
             (limit_mib << 20).to_string(),
+        )
+        .unwrap();
+        std::fs::write(
+            format!("/sys/fs/cgroup/cpu{path}/cpu.cfs_quota_us"),
+            POD_CPU_QUOTA.to_string(),
         )
         .unwrap();
         Self(path)
@@ -150,10 +159,20 @@ async fn a_vm_pod_grows_and_shrinks_with_its_containers() {
     assert_eq!(cpus, 1, "the pod boots with --cpu 1");
     assert!(boot_kib < 256 * 1024, "{boot_kib} KiB");
 
-    // A container whose CPU limit is more than the VM has: the VM grows first.
+    // A container whose CPU limit is more than the VM has: the VM grows
+    // first. It carries the hugepage limits a kubelet sends for every size
+    // the node has, 1 GB pages included, which the guest kernel lacks.
     let mut quick = pod.container("quick", &["sleep 100000"]);
     quick.linux = Some(proto::LinuxContainerConfig {
-        resources: Some(limits(125_000, 0)),
+        resources: Some(proto::LinuxContainerResources {
+            hugepage_limits: ["2MB", "1GB"]
+                .map(|size| proto::HugepageLimit {
+                    page_size: size.into(),
+                    limit: 0,
+                })
+                .to_vec(),
+            ..limits(125_000, 0)
+        }),
         ..Default::default()
     });
     let quick = pod.run(quick).await;
@@ -181,7 +200,9 @@ async fn a_vm_pod_grows_and_shrinks_with_its_containers() {
         parent.vm("memory", "memory.limit_in_bytes"),
         (512 + overhead) << 20
     );
-    assert_eq!(parent.vm("cpu", "cpu.cfs_quota_us"), 200_000);
+    // Two vCPUs, but the pod's cgroup allows 1.5 cores: the VM gets those
+    // (under cgroup v1 a larger quota below it cannot even be written).
+    assert_eq!(parent.vm("cpu", "cpu.cfs_quota_us"), POD_CPU_QUOTA);
     let status = pod.status(&work).await;
     let linux = status.resources.unwrap().linux.unwrap();
     assert_eq!(

@@ -30,11 +30,23 @@ pub struct VmCgroup {
     pub owned: bool,
 }
 
-/// The cgroup limits that hold a VM of `size`.
-fn limits(size: &Resources) -> ContainerResources {
+/// The CFS period of the VM's cgroup, µs.
+const CPU_PERIOD: i64 = 100_000;
+
+/// The least CFS quota the kernel takes, µs.
+const MIN_CPU_QUOTA: i64 = 1_000;
+
+/// The cgroup limits that hold a VM of `size`, its CPU capped at
+/// `ceiling` cores: what the pod's cgroup (the kubelet's pod limit) allows.
+fn limits(size: &Resources, ceiling: Option<f64>) -> ContainerResources {
+    let mut quota = i64::from(size.vcpus) * CPU_PERIOD;
+    if let Some(cores) = ceiling {
+        // Rounded down: under cgroup v1 the child may not exceed it.
+        quota = quota.min(((cores * CPU_PERIOD as f64) as i64).max(MIN_CPU_QUOTA));
+    }
     ContainerResources {
-        cpu_period: 100_000,
-        cpu_quota: i64::from(size.vcpus) * 100_000,
+        cpu_period: CPU_PERIOD,
+        cpu_quota: quota,
         memory_limit_bytes: i64::try_from((size.memory_mib + VMM_OVERHEAD_MIB) << 20)
             .unwrap_or(i64::MAX),
         ..Default::default()
@@ -91,8 +103,9 @@ impl VmRuntime {
         let Some(hierarchy) = self.hierarchy() else {
             return Ok(());
         };
+        let ceiling = hierarchy.cpu_ceiling(&cgroup.pod);
         hierarchy
-            .update(&cgroup.path, &limits(size))
+            .update(&cgroup.path, &limits(size, ceiling))
             .map_err(|e| cgroup_failure("set the VM cgroup's limits", e))
     }
 
@@ -106,7 +119,7 @@ impl VmRuntime {
         let Some(limit) = self.hierarchy().and_then(|h| h.memory_limit(&cgroup.pod)) else {
             return Ok(());
         };
-        let needed = limits(size).memory_limit_bytes as u64;
+        let needed = limits(size, None).memory_limit_bytes as u64;
         if needed > limit {
             return Err(RuntimeError::new(
                 RuntimeErrorKind::ResourceExhausted,
@@ -146,11 +159,17 @@ mod tests {
 
     #[test]
     fn a_vm_is_limited_to_its_size_and_the_vmm_overhead() {
-        let r = limits(&Resources {
+        let size = Resources {
             vcpus: 2,
             memory_mib: 512,
-        });
+        };
+        let r = limits(&size, None);
         assert_eq!((r.cpu_quota, r.cpu_period), (200_000, 100_000));
         assert_eq!(r.memory_limit_bytes, (512 + VMM_OVERHEAD_MIB as i64) << 20);
+        // Under a pod cgroup limited to 0.95 cores (a kubelet's pod limit),
+        // the VM gets that, not its two vCPUs; a looser pod limit changes nothing.
+        assert_eq!(limits(&size, Some(0.95)).cpu_quota, 95_000);
+        assert_eq!(limits(&size, Some(4.0)).cpu_quota, 200_000);
+        assert_eq!(limits(&size, Some(0.0001)).cpu_quota, MIN_CPU_QUOTA);
     }
 }
