@@ -139,6 +139,8 @@ impl Kubelet {
 
 impl Drop for Kubelet {
     fn drop(&mut self) {
+        // Kept for a look after the test: the kubelet says why it did what.
+        let _ = std::fs::copy(&self.log, e2e::repo_root().join("target/kubelet-test.log"));
         let pid = i32::try_from(self.child.id()).unwrap_or(0);
         // SAFETY: kill(2) on the kubelet this test spawned and has not reaped.
         unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -293,7 +295,7 @@ fn restarts(pod: &serde_json::Value, container: &str) -> i64 {
 async fn until<T, F, Fut>(kubelet: &Kubelet, limit: Duration, what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
+    Fut: Future<Output = Option<T>>,
 {
     let deadline = Instant::now() + limit;
     loop {
@@ -343,6 +345,10 @@ async fn a_kubelet_runs_a_static_pod_on_frakti() {
     );
     let registry = Registry::start(None).await.unwrap();
     let image = push_box(&registry).await.unwrap();
+    // Dropped after the daemon, which removes its pods (and their VM
+    // cgroups inside the kubelet's pod cgroups) first.
+    let cgroup_root = format!("/frakti-kubelet-{}", std::process::id());
+    let host = HostGuard::new(&cgroup_root);
     let daemon = Daemon::start(&[]).await.unwrap();
     let dir = tempfile::Builder::new()
         .prefix("frakti-kubelet-")
@@ -350,8 +356,6 @@ async fn a_kubelet_runs_a_static_pod_on_frakti() {
         .unwrap();
     let dir = dir.path();
     std::fs::create_dir_all(dir.join("manifests")).unwrap();
-    let cgroup_root = format!("/frakti-kubelet-{}", std::process::id());
-    let _host = HostGuard::new(&cgroup_root);
     let (read_only, secure, healthz) = (
         free_port().unwrap(),
         free_port().unwrap(),
@@ -502,10 +506,12 @@ async fn a_kubelet_runs_a_static_pod_on_frakti() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
+    // 0, or 137 when the container's end (its init waited for the server)
+    // took the exec down with it before it returned.
+    assert!(
+        [0, 137].contains(&killed.exit_code),
+        "kill: {} {}",
         killed.exit_code,
-        0,
-        "{}",
         String::from_utf8_lossy(&killed.stderr)
     );
     let pod = until(
@@ -522,14 +528,28 @@ async fn a_kubelet_runs_a_static_pod_on_frakti() {
     assert_eq!(restarts(&pod, "sidecar"), 0, "{pod}");
 
     // The manifest goes: the kubelet stops the pod and no VM is left.
+    let sandboxes: Vec<String> = c
+        .list_pod_sandbox(proto::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(sandboxes.len(), 1, "one sandbox for the pod: {sandboxes:?}");
+    let vm_dir = daemon.state_dir().join(&sandboxes[0]).display().to_string();
+    assert!(
+        !pids_with_arg(&vm_dir).is_empty(),
+        "the VM runs under {vm_dir}"
+    );
     std::fs::remove_file(dir.join("manifests/web.yaml")).unwrap();
-    let state = daemon.state_dir().display().to_string();
     until(
         &kubelet,
         Duration::from_secs(180),
         "the pod's VM gone",
         || {
-            let state = state.clone();
+            let vm_dir = vm_dir.clone();
             let mut c = c.clone();
             async move {
                 let pods = c
@@ -541,10 +561,28 @@ async fn a_kubelet_runs_a_static_pod_on_frakti() {
                 let stopped = pods
                     .iter()
                     .all(|p| p.state == proto::PodSandboxState::SandboxNotready as i32);
-                (stopped && pids_with_arg(&state).is_empty()).then_some(())
+                (stopped && pids_with_arg(&vm_dir).is_empty()).then_some(())
             }
         },
     )
     .await;
     drop(kubelet);
+    drop(c);
+    drop(daemon);
+    drop(host);
+    // What the kubelet and the pod made on the host is gone again.
+    for hierarchy in hierarchies() {
+        let left = hierarchy.join(cgroup_root.trim_start_matches('/'));
+        assert!(!left.exists(), "{} left behind", left.display());
+    }
+    for dir in LOG_DIRS {
+        let left: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(&node()))
+            .collect();
+        assert!(left.is_empty(), "{dir}: {left:?}");
+    }
 }
