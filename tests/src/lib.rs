@@ -128,12 +128,14 @@ impl Daemon {
             root.display().to_string(),
             "--state-dir".into(),
             dir.path().join("state").display().to_string(),
-            "--memory".into(),
-            "256".into(),
             // An empty CNI directory: the embedded default network.
             "--cni-conf-dir".into(),
             dir.path().join("net.d").display().to_string(),
         ];
+        // Small pods, unless the test asks for a size.
+        if !extra.contains(&"--memory") {
+            args.extend(["--memory".into(), "256".into()]);
+        }
         args.extend(guest_flags.iter().cloned());
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let mut daemon = Self {

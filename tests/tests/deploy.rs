@@ -272,3 +272,49 @@ fn check_diagnoses_the_host_and_names_the_fix() {
     );
     assert!(!state.exists() || std::fs::read_dir(&state).unwrap().next().is_none());
 }
+
+/// The shipped Kubernetes manifests name what frakti serves: each
+/// RuntimeClass handler is one that `Status` lists, and the kubelet
+/// snippet points at the default socket.
+#[tokio::test]
+async fn the_kubernetes_manifests_fit_the_daemon() {
+    let deploy = repo_root().join("deploy");
+    let classes = std::fs::read_to_string(deploy.join("runtimeclass.yaml")).unwrap();
+    let handlers: Vec<&str> = classes
+        .lines()
+        .filter_map(|l| l.strip_prefix("handler: "))
+        .collect();
+    assert_eq!(handlers, ["frakti", "host"]);
+    assert!(classes.contains("podFixed:"), "{classes}");
+    let daemon = Daemon::start(&[]).await.unwrap();
+    let status = daemon
+        .runtime()
+        .await
+        .unwrap()
+        .status(proto::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let served: Vec<String> = status
+        .runtime_handlers
+        .iter()
+        .map(|h| h.name.clone())
+        .collect();
+    for handler in handlers {
+        assert!(
+            served.iter().any(|s| s == handler),
+            "{handler} not in {served:?}"
+        );
+    }
+    let kubelet = std::fs::read_to_string(deploy.join("kubelet-config.yaml")).unwrap();
+    let defaults = String::from_utf8(frakti(&frakti_bin(), &["config", "default"]).stdout).unwrap();
+    let socket = defaults
+        .lines()
+        .find_map(|l| l.strip_prefix("listen = "))
+        .unwrap()
+        .trim_matches('"');
+    assert!(
+        kubelet.contains(&format!("containerRuntimeEndpoint: unix://{socket}\n")),
+        "{kubelet}"
+    );
+}

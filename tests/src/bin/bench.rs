@@ -18,7 +18,7 @@
 //! VM resize: UpdateContainerResources until the new vCPU and memory are
 //! online in the guest.
 //!
-//! Usage: frakti-bench [--runs N] [--accel auto|kvm|tcg] [--pull-only] [--streaming-only] [--stats-only] [--resize-only]
+//! Usage: frakti-bench [--runs N] [--accel auto|kvm|tcg] [--pull-only] [--streaming-only] [--stats-only] [--resize-only] [--overhead-only]
 
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,8 @@ use hypervisor::{Accel, Qemu, QemuConfig, VmSpec};
 
 #[path = "bench/host_pods.rs"]
 mod host_pods;
+#[path = "bench/overhead.rs"]
+mod overhead;
 #[path = "bench/resize.rs"]
 mod resize;
 #[path = "bench/stats.rs"]
@@ -43,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
     let mut streaming_only = false;
     let mut stats_only = false;
     let mut resize_only = false;
+    let mut overhead_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -52,9 +55,10 @@ async fn main() -> anyhow::Result<()> {
             "--streaming-only" => streaming_only = true,
             "--stats-only" => stats_only = true,
             "--resize-only" => resize_only = true,
+            "--overhead-only" => overhead_only = true,
             other => {
                 bail!(
-                    "unknown argument {other:?} (usage: frakti-bench [--runs N] [--accel MODE] [--pull-only] [--streaming-only] [--stats-only] [--resize-only])"
+                    "unknown argument {other:?} (usage: frakti-bench [--runs N] [--accel MODE] [--pull-only] [--streaming-only] [--stats-only] [--resize-only] [--overhead-only])"
                 )
             }
         }
@@ -67,6 +71,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if resize_only {
         return resize_bench(&accel, runs).await;
+    }
+    if overhead_only {
+        return overhead_bench(&accel, runs.clamp(1, 5)).await;
     }
     pull_bench(runs.clamp(1, 5)).await?;
     if pull_only {
@@ -247,6 +254,32 @@ async fn resize_bench(accel: &str, runs: usize) -> anyhow::Result<()> {
          p50 {:.0} ms; back to 1 vCPU and 256 MiB: p50 {:.0} ms",
         percentile(&mut r.grow, 50),
         percentile(&mut r.shrink, 50)
+    );
+    Ok(())
+}
+
+/// The fixed host cost of an idle pod at the shipped default size (512 MiB),
+/// and the RuntimeClass `overhead.podFixed` it calls for.
+async fn overhead_bench(accel: &str, runs: usize) -> anyhow::Result<()> {
+    let daemon = Daemon::start(&["--accel", accel, "--memory", "512"]).await?;
+    let mut c = daemon.runtime().await?;
+    let pods = overhead::idle_pods(&mut c, runs).await?;
+    let mut rss: Vec<f64> = pods.iter().map(|p| p.rss_mib).collect();
+    let mut pss: Vec<f64> = pods.iter().map(|p| p.pss_mib).collect();
+    let mut cpu: Vec<f64> = pods.iter().map(|p| p.cpu_millicores).collect();
+    let (rss90, cpu90) = (percentile(&mut rss, 90), percentile(&mut cpu, 90));
+    println!(
+        "idle pod overhead, {runs} pods, 512 MiB guest (QEMU and virtiofsd): RSS p50 {:.1} MiB p90 {rss90:.1} MiB; \
+         PSS p50 {:.1} MiB p90 {:.1} MiB; CPU p50 {:.0} m p90 {cpu90:.0} m",
+        percentile(&mut rss, 50),
+        percentile(&mut pss, 50),
+        percentile(&mut pss, 90),
+        percentile(&mut cpu, 50),
+    );
+    println!(
+        "RuntimeClass overhead.podFixed for this host: memory {}Mi, cpu {}m",
+        ((rss90 / 16.0).ceil() * 16.0) as u64,
+        ((cpu90 / 10.0).ceil() * 10.0).max(10.0) as u64
     );
     Ok(())
 }
