@@ -1,6 +1,6 @@
 //! A tap device in the pod's namespace, mirrored to the CNI interface with
 //! tc ingress redirects both ways, so a VM attached to the tap owns the
-//! CNI interface's traffic (DESIGN.md §3). Uses `ip` and `tc` from iproute2.
+//! CNI interface's traffic (docs/architecture.md, "The guest"). Uses `ip` and `tc` from iproute2.
 
 use std::path::Path;
 

@@ -11,7 +11,8 @@ use crate::accel::Accel;
 use super::hotplug::HOTPLUG_PORTS;
 use super::{AGENT_SOCKET, CONSOLE_LOG, PIDFILE, QMP_SOCKET, Qemu, vm_name};
 
-/// Kernel command line that boots reliably and fast under TCG (DESIGN.md §3).
+/// Kernel command line that boots reliably and fast under TCG
+/// (docs/architecture.md, "The guest").
 const BASE_CMDLINE: &[&str] = &[
     "console=ttyS0",
     "panic=-1",
