@@ -159,6 +159,15 @@ pub enum LaunchError {
         /// Where it was looked for.
         path: PathBuf,
     },
+    /// The VMM cannot confine itself as the configuration asks
+    #[error(
+        "{binary} has no -sandbox (seccomp) support; use a QEMU built with it, or set \
+         qemu_sandbox = false to run VMs unconfined"
+    )]
+    NoSandbox {
+        /// The VMM binary.
+        binary: PathBuf,
+    },
     /// Cannot prepare the VM directory or a file in it
     #[error("cannot prepare VM directory {path}: {source}")]
     Dir {

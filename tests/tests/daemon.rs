@@ -297,7 +297,16 @@ async fn status_names_what_keeps_pods_from_starting() {
     let dir = tempfile::tempdir().unwrap();
     let not_exec = dir.path().join("qemu-not-executable");
     std::fs::write(&not_exec, "").unwrap();
+    // A QEMU built without seccomp: its -help lists no -sandbox.
+    let unconfined = dir.path().join("qemu-without-sandbox");
+    std::fs::write(&unconfined, "#!/bin/sh\necho 'usage: qemu [options]'\n").unwrap();
+    std::fs::set_permissions(&unconfined, std::fs::Permissions::from_mode(0o755)).unwrap();
     let cases = [
+        (
+            vec!["--accel", "tcg", "--qemu", unconfined.to_str().unwrap()],
+            "HypervisorNotReady",
+            "qemu_sandbox = false".to_owned(),
+        ),
         (
             vec!["--accel", "tcg", "--qemu", "/nonexistent/qemu"],
             "HypervisorNotReady",

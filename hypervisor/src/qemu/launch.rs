@@ -44,6 +44,11 @@ pub(super) fn check_host(qemu: &Qemu) -> Result<(), LaunchError> {
             path: qemu.config.firmware.clone(),
         });
     }
+    if qemu.sandbox_missing {
+        return Err(LaunchError::NoSandbox {
+            binary: binary.clone(),
+        });
+    }
     Ok(())
 }
 

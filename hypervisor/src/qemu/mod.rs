@@ -58,6 +58,9 @@ impl Default for QemuConfig {
 pub struct Qemu {
     config: QemuConfig,
     seccomp: bool,
+    /// The configuration asks for `-sandbox` and the binary lacks it: no VM
+    /// starts (never silently unconfined).
+    sandbox_missing: bool,
     tsc_khz: Option<u64>,
 }
 
@@ -65,13 +68,8 @@ impl Qemu {
     /// A backend with `config`; probes whether the binary has `-sandbox`.
     pub fn new(config: QemuConfig) -> Self {
         let seccomp = config.seccomp && supports_sandbox(&config.binary);
-        if config.seccomp && !seccomp {
-            tracing::warn!(
-                "{} has no -sandbox support: QEMU runs unconfined",
-                config.binary.display()
-            );
-        }
         Self {
+            sandbox_missing: config.seccomp && !seccomp,
             config,
             seccomp,
             tsc_khz: host_tsc_khz(),
