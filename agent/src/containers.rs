@@ -97,7 +97,7 @@ impl Containers {
             let _ = std::fs::create_dir_all(dir);
         }
         Self {
-            runner: Runner::new(STATE_ROOT, BUNDLES),
+            runner: Runner::new(STATE_ROOT, BUNDLES).forking(),
             entries: Mutex::new(HashMap::new()),
             events: Mutex::new((0, HashMap::new())),
             changed: Notify::new(),

@@ -46,6 +46,8 @@ pub enum RunError {
 pub struct Runner {
     state_root: PathBuf,
     bundles: PathBuf,
+    /// Run each libcontainer build in a forked child (see [`Runner::forking`]).
+    fork: bool,
 }
 
 /// libcontainer changes the process's working directory while it connects to
@@ -71,7 +73,36 @@ impl Runner {
         Self {
             state_root: state_root.into(),
             bundles: bundles.into(),
+            fork: false,
         }
+    }
+
+    /// Runs every libcontainer build (create, exec) in a child forked for
+    /// it, for a multi-threaded caller. libcontainer clones with raw
+    /// `clone3`, which runs none of the C library's fork handlers: a clone
+    /// taken while another thread holds a lock of the allocator inherits
+    /// it locked and hangs for good. A `fork()` gives a single-threaded
+    /// child with the allocator reset, in which libcontainer's clones are
+    /// safe; it also has a working directory of its own, so builds run at
+    /// once rather than one at a time. The processes it starts outlive the
+    /// child and are reparented to the caller's reaper (PID 1 in the guest).
+    pub fn forking(mut self) -> Self {
+        self.fork = true;
+        self
+    }
+
+    /// Runs `build` (which returns a pid) in a forked child when the runner
+    /// forks, else here under [`CWD_USERS`].
+    fn isolated(
+        &self,
+        id: &str,
+        build: impl FnOnce() -> Result<i32, String>,
+    ) -> Result<i32, RunError> {
+        if !self.fork {
+            let _cwd = one_at_a_time();
+            return build().map_err(|e| rt(id, e));
+        }
+        in_child(build).map_err(|e| rt(id, e))
     }
 
     fn builder(&self, id: &str, stdio: Stdio) -> Result<ContainerBuilder, RunError> {
@@ -118,20 +149,21 @@ impl Runner {
             .map_err(|e| RunError::Bundle(id.to_owned(), std::io::Error::other(e)))?;
         std::fs::write(bundle.join("config.json"), json)
             .map_err(|e| RunError::Bundle(id.to_owned(), e))?;
-        let _cwd = one_at_a_time();
-        let container = self
-            .builder(id, stdio)?
-            .with_console_socket(console_socket)
-            .with_executor(ProcessExecutor { profile: None })
-            .as_init(&bundle)
-            .with_systemd(false)
-            .with_detach(true)
-            .build()
-            .map_err(|e| rt(id, e))?;
-        container
-            .pid()
-            .map(|p| p.as_raw())
-            .ok_or_else(|| rt(id, "no init process after create"))
+        let builder = self.builder(id, stdio)?;
+        self.isolated(id, move || {
+            let container = builder
+                .with_console_socket(console_socket)
+                .with_executor(ProcessExecutor { profile: None })
+                .as_init(&bundle)
+                .with_systemd(false)
+                .with_detach(true)
+                .build()
+                .map_err(|e| e.to_string())?;
+            container
+                .pid()
+                .map(|p| p.as_raw())
+                .ok_or_else(|| "no init process after create".to_owned())
+        })
     }
 
     fn load(&self, id: &str) -> Result<Container, RunError> {
@@ -184,21 +216,24 @@ impl Runner {
         let process = spec.process().clone().unwrap_or_default();
         let user = process.user();
         let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
-        let _cwd = one_at_a_time();
-        let pid = self
-            .builder(id, stdio)?
-            .with_console_socket(console_socket)
-            .with_executor(ProcessExecutor { profile: seccomp })
-            .as_tenant()
-            .with_container_args(args)
-            .with_user(Some(user.uid()))
-            .with_group(Some(user.gid()))
-            .with_additional_gids(user.additional_gids().clone().unwrap_or_default())
-            .with_cwd(Some(process.cwd().clone()))
-            .with_detach(true)
-            .build()
-            .map_err(|e| rt(id, e))?;
-        Ok(pid.as_raw())
+        let builder = self.builder(id, stdio)?;
+        let (uid, gid) = (user.uid(), user.gid());
+        let gids = user.additional_gids().clone().unwrap_or_default();
+        self.isolated(id, move || {
+            builder
+                .with_console_socket(console_socket)
+                .with_executor(ProcessExecutor { profile: seccomp })
+                .as_tenant()
+                .with_container_args(args)
+                .with_user(Some(uid))
+                .with_group(Some(gid))
+                .with_additional_gids(gids)
+                .with_cwd(Some(process.cwd().clone()))
+                .with_detach(true)
+                .build()
+                .map(|pid| pid.as_raw())
+                .map_err(|e| e.to_string())
+        })
     }
 
     /// Starts `args` in the running container on a terminal: the process is
@@ -231,19 +266,70 @@ impl Runner {
         let json = serde_json::to_vec(&process)
             .map_err(|e| RunError::Bundle(id.to_owned(), std::io::Error::other(e)))?;
         std::fs::write(&path, json).map_err(|e| RunError::Bundle(id.to_owned(), e))?;
-        let cwd = one_at_a_time();
-        let built = self.builder(id, Stdio::default()).map(|b| {
-            b.with_console_socket(Some(console_socket))
-                .with_executor(ProcessExecutor { profile: seccomp })
-                .as_tenant()
-                .with_process(Some(&path))
-                .with_detach(true)
-                .build()
+        let built = self.builder(id, Stdio::default()).and_then(|b| {
+            self.isolated(id, || {
+                b.with_console_socket(Some(console_socket))
+                    .with_executor(ProcessExecutor { profile: seccomp })
+                    .as_tenant()
+                    .with_process(Some(&path))
+                    .with_detach(true)
+                    .build()
+                    .map(|pid| pid.as_raw())
+                    .map_err(|e| e.to_string())
+            })
         });
-        drop(cwd);
         let _ = std::fs::remove_file(&path);
-        let pid = built?.map_err(|e| rt(id, e))?;
-        Ok(pid.as_raw())
+        built
+    }
+}
+
+/// Runs `build` in a child of a `fork()` and returns what it returned: the
+/// child writes one line, `ok <pid>` or `err <message>`, to a close-on-exec
+/// pipe and exits. The parent reads that line, not to the end of the pipe:
+/// a created container's init holds its copy until it runs.
+fn in_child(build: impl FnOnce() -> Result<i32, String>) -> Result<i32, String> {
+    use std::io::{BufRead, Write};
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| format!("pipe for the build: {e}"))?;
+    // SAFETY: the child runs only `build` (libcontainer, whose own clones
+    // are safe in a single-threaded process) with logging off, writes its
+    // line and leaves with `_exit`, running no destructors or atexit
+    // handlers of the parent's state; glibc's fork resets the allocator's
+    // locks in the child.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            drop(read);
+            let line = {
+                let _quiet =
+                    tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(build)) {
+                    Ok(Ok(pid)) => format!("ok {pid}\n"),
+                    Ok(Err(e)) => format!("err {}\n", e.replace('\n', " ")),
+                    Err(_) => "err the build panicked\n".to_owned(),
+                }
+            };
+            let mut out = std::fs::File::from(write);
+            let _ = out.write_all(line.as_bytes());
+            // SAFETY: ends the forked child without unwinding into the
+            // parent's frames.
+            unsafe { libc::_exit(0) }
+        }
+        Ok(nix::unistd::ForkResult::Parent { .. }) => {
+            drop(write);
+            // The child is reaped by the caller's reaper (PID 1 in the guest).
+            let mut line = String::new();
+            std::io::BufReader::new(std::fs::File::from(read))
+                .read_line(&mut line)
+                .map_err(|e| format!("read the build's answer: {e}"))?;
+            match line.trim_end().split_once(' ') {
+                Some(("ok", pid)) => pid
+                    .parse()
+                    .map_err(|_| format!("the build answered {line:?}")),
+                Some(("err", message)) => Err(message.to_owned()),
+                _ => Err("the build's process ended without an answer".to_owned()),
+            }
+        }
+        Err(e) => Err(format!("fork for the build: {e}")),
     }
 }
 
@@ -335,5 +421,30 @@ impl Executor for ProcessExecutor {
 
     fn validate(&self, spec: &oci_spec::runtime::Spec) -> Result<(), ExecutorValidationError> {
         DefaultExecutor {}.validate(spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forked_build_answers_with_its_pid_or_its_error() {
+        // The build runs in another process: what it changes here is not seen.
+        let here = std::process::id();
+        let pid = in_child(|| Ok(i32::try_from(std::process::id()).unwrap())).unwrap();
+        assert_ne!(u32::try_from(pid).unwrap(), here);
+        assert_eq!(in_child(|| Err("no\nroom".into())), Err("no room".into()));
+        assert_eq!(
+            in_child(|| panic!("boom")),
+            Err("the build panicked".into())
+        );
+        // A child that dies without a word is an error, not a hang.
+        // SAFETY: ends the forked child at once.
+        let silent = in_child(|| unsafe { libc::_exit(3) });
+        assert_eq!(
+            silent,
+            Err("the build's process ended without an answer".into())
+        );
     }
 }
