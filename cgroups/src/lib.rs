@@ -376,7 +376,7 @@ impl Hierarchy {
     /// exceed this (the write fails with `EINVAL`).
     pub fn cpu_ceiling(&self, path: &str) -> Option<f64> {
         let mut ceiling: Option<f64> = None;
-        let mut here = std::path::Path::new("/").join(path.trim_start_matches('/'));
+        let mut here = Path::new("/").join(path.trim_start_matches('/'));
         loop {
             let cgroup = here.to_string_lossy();
             if let Some(cores) = self.cpu_limit(&cgroup) {

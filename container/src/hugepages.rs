@@ -40,9 +40,9 @@ pub fn available_sizes(cgroup_root: &Path, hugepages: &Path) -> Vec<String> {
 
 /// The OCI name of a page size of `kb` KiB.
 fn page_size_name(kb: u64) -> String {
-    if kb % (1 << 20) == 0 {
+    if kb.is_multiple_of(1 << 20) {
         format!("{}GB", kb >> 20)
-    } else if kb % (1 << 10) == 0 {
+    } else if kb.is_multiple_of(1 << 10) {
         format!("{}MB", kb >> 10)
     } else {
         format!("{kb}KB")

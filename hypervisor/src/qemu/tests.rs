@@ -388,20 +388,20 @@ fn a_qemu_without_sandbox_support_starts_no_vm_unless_told() {
     let dir = tempfile::tempdir().unwrap();
     let binary = dir.path().join("qemu-without-seccomp");
     // Its -help lists no -sandbox option.
-    std::fs::write(&binary, "#!/bin/sh\necho 'usage: qemu [options]'\n").unwrap();
-    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(&binary, "#!/bin/sh\necho 'usage: qemu [options]'\n").unwrap();
+    fs::set_permissions(&binary, fs::Permissions::from_mode(0o755)).unwrap();
     let firmware = dir.path().join("qboot.rom");
-    std::fs::write(&firmware, "").unwrap();
+    fs::write(&firmware, "").unwrap();
     let config = |seccomp| QemuConfig {
         binary: binary.clone(),
         firmware: firmware.clone(),
         seccomp,
     };
-    let err = super::launch::check_host(&Qemu::new(config(true))).unwrap_err();
+    let err = launch::check_host(&Qemu::new(config(true))).unwrap_err();
     assert!(matches!(err, LaunchError::NoSandbox { .. }), "{err}");
     assert!(err.to_string().contains("qemu_sandbox = false"), "{err}");
     let unconfined = Qemu::new(config(false));
-    super::launch::check_host(&unconfined).unwrap();
+    launch::check_host(&unconfined).unwrap();
     assert!(
         after(&unconfined.args(&spec(Accel::Tcg)), "-sandbox").is_empty(),
         "turned off: no -sandbox"
