@@ -62,7 +62,11 @@ test: build
 # A real kubelet (1.20, CRI v1alpha2, built once per machine from Debian's
 # source package by scripts/kubelet.sh) runs a static pod on frakti.
 test-kubelet: build
+	@mkdir -p target
+	bash scripts/host-inventory.sh > target/host-inventory.kubelet
 	FRAKTI_KUBELET=$$(bash scripts/kubelet.sh) $(CARGO) test --release -p e2e --test kubelet -- --ignored
+	bash scripts/host-inventory.sh --remove-networking-since target/host-inventory.kubelet
+	bash scripts/host-inventory.sh --since target/host-inventory.kubelet
 
 bench: build
 	./target/release/frakti-bench $(ARGS)

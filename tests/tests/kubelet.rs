@@ -129,6 +129,21 @@ impl Drop for HostGuard {
 struct Kubelet {
     child: Child,
     log: PathBuf,
+    /// Its `--root-dir`, which it bind-mounts onto itself (to make it shared).
+    root: PathBuf,
+}
+
+/// The mount points at or below `dir`, deepest first.
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    points
 }
 
 impl Kubelet {
@@ -147,12 +162,29 @@ impl Drop for Kubelet {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if self.child.try_wait().ok().flatten().is_some() {
+                self.unmount();
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.unmount();
+    }
+}
+
+impl Kubelet {
+    /// Takes away the mounts the kubelet made under its root directory.
+    fn unmount(&self) {
+        use std::os::unix::ffi::OsStrExt;
+        for point in mounts_under(&self.root) {
+            let Ok(path) = std::ffi::CString::new(point.as_os_str().as_bytes()) else {
+                continue;
+            };
+            // SAFETY: umount2(2) with a NUL-terminated path that lives
+            // through the call.
+            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        }
     }
 }
 
@@ -385,7 +417,11 @@ async fn a_kubelet_runs_a_static_pod_on_frakti() {
         .stderr(out)
         .spawn()
         .unwrap();
-    let kubelet = Kubelet { child, log };
+    let kubelet = Kubelet {
+        child,
+        log,
+        root: dir.join("root"),
+    };
 
     // The kubelet is up and reached frakti through v1alpha2.
     until(
@@ -571,6 +607,7 @@ async fn a_kubelet_runs_a_static_pod_on_frakti() {
     drop(daemon);
     drop(host);
     // What the kubelet and the pod made on the host is gone again.
+    assert_eq!(mounts_under(dir), Vec::<PathBuf>::new(), "mounts left");
     for hierarchy in hierarchies() {
         let left = hierarchy.join(cgroup_root.trim_start_matches('/'));
         assert!(!left.exists(), "{} left behind", left.display());
