@@ -394,28 +394,17 @@ fn guest_assets(config: &Config) -> Finding {
         ("kernel", &config.guest_kernel),
         ("initramfs", &config.guest_initrd),
     ] {
-        let readable = std::fs::File::open(path)
-            .and_then(|f| f.metadata())
-            .map(|m| m.is_file() && m.len() > 0);
-        match readable {
-            Ok(true) => {}
-            Ok(false) => {
-                return Finding::bad(
-                    NAME,
-                    Verdict::Fail,
-                    format!("guest {what} {} is empty or not a file", path.display()),
-                    "run `make build` (build tree) or `make install`, or set guest_kernel / guest_initrd",
-                );
-            }
-            Err(e) => {
-                return Finding::bad(
-                    NAME,
-                    Verdict::Fail,
-                    format!("guest {what} {}: {e}", path.display()),
-                    "run `make build` (build tree) or `make install`, or set guest_kernel / guest_initrd",
-                );
-            }
-        }
+        let problem = match std::fs::File::open(path).and_then(|f| f.metadata()) {
+            Ok(m) if m.is_file() && m.len() > 0 => continue,
+            Ok(_) => "is empty or not a file".to_owned(),
+            Err(e) => format!("cannot be read: {e}"),
+        };
+        return Finding::bad(
+            NAME,
+            Verdict::Fail,
+            format!("guest {what} {} {problem}", path.display()),
+            "run `make build` (build tree) or `make install`, or set guest_kernel / guest_initrd",
+        );
     }
     let release = config
         .guest_kernel
