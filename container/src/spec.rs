@@ -84,6 +84,9 @@ pub enum SpecError {
     /// A namespace option cannot be honoured
     #[error(transparent)]
     Namespace(#[from] namespaces::NamespaceError),
+    /// A device cannot be given to the container
+    #[error("device {0}: {1}")]
+    Device(String, String),
     /// The result is not a valid OCI spec (a bug)
     #[error("the built spec is not valid OCI: {0}")]
     Invalid(String),
@@ -243,12 +246,20 @@ pub fn build(
     } else {
         BTreeMap::new()
     };
+    let (device_nodes, device_rules) = host_devices::nodes_and_rules(&config.devices)?;
+    let mut resources = resources(config);
+    if let Some(list) = resources["devices"].as_array_mut() {
+        list.extend(device_rules);
+    }
     let mut linux = json!({
         "namespaces": namespaces,
         "cgroupsPath": layout.cgroup,
-        "resources": resources(config),
+        "resources": resources,
         "sysctl": sysctls,
     });
+    if !device_nodes.is_empty() {
+        linux["devices"] = json!(device_nodes);
+    }
     if !sec.privileged {
         let masked = sec
             .masked_paths
@@ -379,6 +390,8 @@ fn resources(config: &ContainerConfig) -> Value {
     }
     out
 }
+
+mod host_devices;
 
 #[cfg(test)]
 mod tests {

@@ -660,6 +660,21 @@ async fn security_mounts_exec_stop_oom_and_restart() {
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(!stubborn_log.exists());
 
+    // Host devices are never silently dropped from a VM pod: a character
+    // device cannot pass into a VM, and the refusal names it.
+    let mut with_device = pod.container("with-device", &["true"]);
+    with_device.devices = vec![proto::Device {
+        container_path: "/dev/myzero".into(),
+        host_path: "/dev/zero".into(),
+        permissions: "rw".into(),
+    }];
+    let err = pod.create(with_device).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("/dev/zero") && err.message().contains("character device"),
+        "{err:?}"
+    );
+
     // The image of existing containers cannot be removed: FailedPrecondition
     // naming them, and their root filesystems stay intact.
     let mut images = pod.daemon.images().await.unwrap();

@@ -115,6 +115,13 @@ async fn an_os_container_pod_runs_on_the_host_and_survives_a_daemon_restart() {
             .to_vec(),
         ..Default::default()
     });
+    // A host device, as runc gives it: a node with the host's numbers, and
+    // the access asked for.
+    printer.devices = vec![proto::Device {
+        container_path: "/dev/myzero".into(),
+        host_path: "/dev/zero".into(),
+        permissions: "rw".into(),
+    }];
     let printer = pod.run(printer).await;
     let log = pod.logs.path().join("printer/0.log");
     wait_for("the printer's first lines", || {
@@ -152,6 +159,18 @@ async fn an_os_container_pod_runs_on_the_host_and_survives_a_daemon_restart() {
             .next()
             .unwrap(),
         net_inode
+    );
+    let zero = pod
+        .exec(
+            &printer,
+            "stat -c '%F %t:%T' /dev/myzero; head -c 3 /dev/myzero | od -An -tx1",
+        )
+        .await;
+    assert_eq!(
+        String::from_utf8_lossy(&zero.stdout),
+        "character special file 1:5\n 00 00 00\n",
+        "{}",
+        String::from_utf8_lossy(&zero.stderr)
     );
     let err = pod.exec_with(&printer, "sleep 30", 1).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");

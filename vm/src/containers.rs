@@ -175,6 +175,7 @@ fn prepare_steps(
     // a read-only mount whose host source has submounts is read-only on the
     // host alone (its top mount), so that its submounts stay writable as on
     // any runtime; a recursive one is read-only all through on the host.
+    refuse_host_devices(config)?;
     let mut guest_config = config.clone();
     for (n, m) in config.mounts.iter().enumerate() {
         // A symlinked host path is resolved on the host.
@@ -245,6 +246,30 @@ fn prepare_steps(
     })?;
     let spec = serde_json::to_value(spec).map_err(|e| internal("encode the OCI spec", e))?;
     Ok((spec, guest_log))
+}
+
+/// A VM pod's containers see the guest's devices, never the host's: a host
+/// character device cannot be passed into a VM, and block devices are not
+/// handed to the VM yet. Either is refused by name, never ignored.
+fn refuse_host_devices(config: &ContainerConfig) -> Result<(), RuntimeError> {
+    use std::os::unix::fs::FileTypeExt;
+    let Some(d) = config.devices.first() else {
+        return Ok(());
+    };
+    let kind = match std::fs::metadata(&d.host_path) {
+        Ok(m) if m.file_type().is_char_device() => {
+            "is a character device of the host, which cannot be passed into a VM"
+        }
+        Ok(m) if m.file_type().is_block_device() => {
+            "is a block device; handing block devices to a VM pod is not supported yet"
+        }
+        Ok(_) => "is not a device",
+        Err(_) => "does not exist on the host",
+    };
+    Err(invalid(format!(
+        "device {} ({} in the container) {kind}; run the pod on the host handler to use host devices",
+        d.host_path, d.container_path
+    )))
 }
 
 /// The CRI view of the agent's container status.
