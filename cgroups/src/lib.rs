@@ -170,6 +170,19 @@ impl Hierarchy {
         self.root.join(path.trim_start_matches('/'))
     }
 
+    /// The controllers available: those of the v2 root (`cgroup.controllers`),
+    /// or the v1 controllers mounted here (see [`Hierarchy::v1_controllers`]).
+    pub fn controllers(&self) -> Vec<String> {
+        if !self.unified() {
+            return self.v1_controllers();
+        }
+        std::fs::read_to_string(self.root.join("cgroup.controllers"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// The v1 controllers mounted here in which libcontainer makes a
     /// container's cgroup (not the named or unified hierarchies).
     pub fn v1_controllers(&self) -> Vec<String> {

@@ -11,12 +11,8 @@ use std::path::Path;
 /// from `hugepages` (`/sys/kernel/mm/hugepages`), if the hugetlb cgroup
 /// controller is present under `cgroup_root` (`/sys/fs/cgroup`).
 pub fn available_sizes(cgroup_root: &Path, hugepages: &Path) -> Vec<String> {
-    let v2 = std::fs::read_to_string(cgroup_root.join("cgroup.controllers"));
-    let controller = match v2 {
-        Ok(list) => list.split_whitespace().any(|c| c == "hugetlb"),
-        Err(_) => cgroup_root.join("hugetlb").is_dir(),
-    };
-    if !controller {
+    let controllers = cgroups::Hierarchy::new(cgroup_root).controllers();
+    if !controllers.iter().any(|c| c == "hugetlb") {
         return Vec::new();
     }
     let Ok(entries) = std::fs::read_dir(hugepages) else {

@@ -4,13 +4,12 @@
 use std::fmt;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
-use hypervisor::{Accel, AccelMode};
+use hypervisor::{Accel, AccelMode, Qemu};
 use network::Cni;
 
 use crate::config::Config;
+use crate::probe::{self, run};
 
 /// The outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,9 +80,9 @@ impl fmt::Display for Finding {
     }
 }
 
-/// Runs every check for `config`; `accel` is the verdict the daemon would
+/// Runs every check for `config` with its QEMU backend; `accel` is the verdict the daemon would
 /// reach (`None`: the guest assets or QEMU are missing, so no probe ran).
-pub fn host(config: &Config, accel: Option<(Accel, String)>) -> Vec<Finding> {
+pub fn host(config: &Config, backend: &Qemu, accel: Option<(Accel, String)>) -> Vec<Finding> {
     let mut findings = vec![
         privileges(),
         accelerator(config, accel),
@@ -99,7 +98,7 @@ pub fn host(config: &Config, accel: Option<(Accel, String)>) -> Vec<Finding> {
     findings.push(cgroups(Path::new("/sys/fs/cgroup")));
     findings.push(iptables());
     findings.push(disk(&config.root));
-    findings.push(sockets(config));
+    findings.push(sockets(config, backend));
     if config.host_pods {
         findings.push(host_monitor(config));
     }
@@ -173,53 +172,10 @@ fn accelerator(config: &Config, verdict: Option<(Accel, String)>) -> Finding {
     }
 }
 
-/// Runs `program args` for at most ten seconds; its stdout when it succeeds.
-fn run(program: &Path, args: &[&str], stdin: &str) -> Result<String, String> {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
-    if let Some(mut input) = child.stdin.take() {
-        let _ = input.write_all(stdin.as_bytes());
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{} did not finish within 10 s", program.display()));
-            }
-        }
-    }
-    let output = child
-        .wait_with_output()
-        .map_err(|e| format!("{}: {e}", program.display()))?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        Err(format!(
-            "{} {}: {}: {}",
-            program.display(),
-            args.join(" "),
-            output.status,
-            stderr.trim()
-        ))
-    }
-}
-
 fn qemu(config: &Config) -> Finding {
     const NAME: &str = "qemu";
-    let version = match run(&config.qemu, &["--version"], "") {
-        Ok(out) => out.lines().next().unwrap_or_default().to_owned(),
+    let version = match probe::version_line(&config.qemu) {
+        Ok(line) => line,
         Err(why) => {
             return Finding::bad(
                 NAME,
@@ -333,15 +289,8 @@ fn qemu_sandbox(config: &Config) -> Finding {
 
 fn virtiofsd(config: &Config) -> Finding {
     const NAME: &str = "virtiofsd";
-    match run(&config.virtiofsd, &["--version"], "") {
-        Ok(out) => Finding::ok(
-            NAME,
-            format!(
-                "{} ({})",
-                out.lines().next().unwrap_or_default().trim(),
-                config.virtiofsd.display()
-            ),
-        ),
+    match probe::version_line(&config.virtiofsd) {
+        Ok(line) => Finding::ok(NAME, format!("{line} ({})", config.virtiofsd.display())),
         Err(why) => Finding::bad(
             NAME,
             Verdict::Fail,
@@ -406,11 +355,8 @@ fn guest_assets(config: &Config) -> Finding {
             "run `make build` (build tree) or `make install`, or set guest_kernel / guest_initrd",
         );
     }
-    let release = config
-        .guest_kernel
-        .parent()
-        .and_then(|d| std::fs::read_to_string(d.join("kernel-release")).ok())
-        .map(|r| format!(", kernel {}", r.trim()))
+    let release = probe::kernel_release(&config.guest_kernel)
+        .map(|r| format!(", kernel {r}"))
         .unwrap_or_default();
     Finding::ok(
         NAME,
@@ -464,12 +410,8 @@ const CONTROLLERS: &[&str] = &["cpu", "memory", "pids"];
 fn cgroups(root: &Path) -> Finding {
     const NAME: &str = "cgroups";
     let hierarchy = cgroups::Hierarchy::new(root);
-    let (version, available): (&str, Vec<String>) = if hierarchy.unified() {
-        let list = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
-        ("v2", list.split_whitespace().map(str::to_owned).collect())
-    } else {
-        ("v1", hierarchy.v1_controllers())
-    };
+    let version = if hierarchy.unified() { "v2" } else { "v1" };
+    let available = hierarchy.controllers();
     let missing: Vec<&str> = CONTROLLERS
         .iter()
         .copied()
@@ -492,14 +434,8 @@ fn cgroups(root: &Path) -> Finding {
 
 fn iptables() -> Finding {
     const NAME: &str = "iptables";
-    match run(Path::new("iptables"), &["--version"], "") {
-        Ok(out) => Finding::ok(
-            NAME,
-            format!(
-                "{} (CNI portmap: hostPort)",
-                out.lines().next().unwrap_or_default()
-            ),
-        ),
+    match probe::version_line(Path::new("iptables")) {
+        Ok(line) => Finding::ok(NAME, format!("{line} (CNI portmap: hostPort)")),
         Err(why) => Finding::bad(
             NAME,
             Verdict::Warn,
@@ -521,8 +457,9 @@ fn disk(root: &Path) -> Finding {
         .ancestors()
         .find(|d| d.exists())
         .unwrap_or(Path::new("/"));
-    let free = match nix::sys::statvfs::statvfs(existing) {
-        Ok(s) => s.blocks_available() * s.fragment_size(),
+    // What the image store (under root) checks before a pull.
+    let free = match images::free_bytes(existing) {
+        Ok(free) => free,
         Err(e) => {
             return Finding::bad(
                 NAME,
@@ -552,9 +489,9 @@ fn disk(root: &Path) -> Finding {
     }
 }
 
-fn sockets(config: &Config) -> Finding {
+fn sockets(config: &Config, qemu: &Qemu) -> Finding {
     const NAME: &str = "socket paths";
-    match crate::check_socket_paths(config) {
+    match crate::check_socket_paths(config, qemu) {
         Ok(longest) => Finding::ok(
             NAME,
             format!(

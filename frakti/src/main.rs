@@ -8,6 +8,7 @@
 mod check;
 mod config;
 mod metrics;
+mod probe;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -58,20 +59,21 @@ fn main() {
         print!("{}", version_text(&config));
         return;
     }
-    match cli.command {
-        Some(Command::Config { what }) => {
-            match what {
-                ConfigCommand::Default | ConfigCommand::Show => {
-                    print!("{}", config::render(&config, false));
-                }
-                ConfigCommand::Cni => print!("{}", network::cni::DEFAULT_CONFLIST),
+    if let Some(Command::Config { what }) = cli.command {
+        match what {
+            ConfigCommand::Default | ConfigCommand::Show => {
+                print!("{}", config::render(&config, false));
             }
-            return;
+            ConfigCommand::Cni => print!("{}", network::cni::DEFAULT_CONFLIST),
         }
-        Some(Command::Check) => std::process::exit(if check(&config) { 0 } else { 1 }),
-        None => {}
+        return;
     }
-    if let Err(e) = check_socket_paths(&config) {
+    // One backend, probed once (`-sandbox` support), for every use below.
+    let qemu = Arc::new(qemu(&config));
+    if cli.command == Some(Command::Check) {
+        std::process::exit(if check(&config, &qemu) { 0 } else { 1 });
+    }
+    if let Err(e) = check_socket_paths(&config, &qemu) {
         eprintln!("frakti: {e}");
         std::process::exit(2);
     }
@@ -89,7 +91,7 @@ fn main() {
         .build();
     let result = runtime
         .context("start the async runtime")
-        .and_then(|rt| rt.block_on(serve(config)));
+        .and_then(|rt| rt.block_on(serve(config, qemu)));
     if let Err(e) = result {
         tracing::error!("{e:#}");
         eprintln!("frakti: {e:#}");
@@ -97,7 +99,7 @@ fn main() {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, qemu: Arc<Qemu>) -> anyhow::Result<()> {
     private_dir(&config.root, None)?;
     // The socket's group must reach a socket inside the state directory.
     let socket_in_state = config.listen.parent() == Some(config.state_dir.as_path());
@@ -112,6 +114,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     ));
     let vm_runtime = Arc::new(vm_runtime(
         &config,
+        qemu,
         Some(networks.clone()),
         events_tx.clone(),
     ));
@@ -219,9 +222,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The runtime of VM pods for `config`.
+/// The runtime of VM pods for `config`, on `qemu`.
 fn vm_runtime(
     config: &Config,
+    qemu: Arc<Qemu>,
     networks: Option<PodNetworks>,
     events: tokio::sync::mpsc::UnboundedSender<runtime_api::RuntimeEvent>,
 ) -> VmRuntime {
@@ -242,18 +246,17 @@ fn vm_runtime(
             max_memory_mib: config.max_memory,
             cgroup_root: Some("/sys/fs/cgroup".into()),
         },
-        Arc::new(qemu(config)),
+        qemu,
         events,
     )
 }
 
 /// `frakti check`: prints one line per check; true when pods can run.
-fn check(config: &Config) -> bool {
+fn check(config: &Config, qemu: &Arc<Qemu>) -> bool {
     // The accelerator verdict is the daemon's own: the same probe, when
     // QEMU and the guest assets are there to run it.
     let probe = {
         use hypervisor::Hypervisor;
-        let qemu = qemu(config);
         qemu.check_host().is_ok() && config.guest_kernel.is_file() && config.guest_initrd.is_file()
     };
     let accel = probe
@@ -264,13 +267,13 @@ fn check(config: &Config) -> bool {
                 .ok()?;
             rt.block_on(async {
                 let (events, _) = tokio::sync::mpsc::unbounded_channel();
-                let runtime = vm_runtime(config, None, events);
+                let runtime = vm_runtime(config, qemu.clone(), None, events);
                 let verdict = runtime.accel().await;
                 Some((verdict.accel, verdict.reason.clone()))
             })
         })
         .flatten();
-    check::report(&check::host(config, accel), &mut std::io::stdout())
+    check::report(&check::host(config, qemu, accel), &mut std::io::stdout())
 }
 
 fn qemu(config: &Config) -> Qemu {
@@ -284,26 +287,9 @@ fn qemu(config: &Config) -> Qemu {
 /// `--version`: frakti's own version and build, and what the configuration
 /// would run pods with.
 fn version_text(config: &Config) -> String {
-    let qemu = std::process::Command::new(&config.qemu)
-        .arg("--version")
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| format!("not runnable ({})", config.qemu.display()));
-    // guest/build.sh writes the kernel's release beside the assets.
-    let kernel = config
-        .guest_kernel
-        .parent()
-        .map(|d| d.join("kernel-release"))
-        .and_then(|f| std::fs::read_to_string(f).ok())
-        .map(|r| r.trim().to_owned())
-        .unwrap_or_else(|| "unknown".into());
+    let qemu = probe::version_line(&config.qemu)
+        .unwrap_or_else(|_| format!("not runnable ({})", config.qemu.display()));
+    let kernel = probe::kernel_release(&config.guest_kernel).unwrap_or_else(|| "unknown".into());
     format!(
         "frakti {}\ncommit: {}\nbuilt: {}\nqemu: {qemu}\nguest kernel: {kernel} ({})\n",
         env!("CARGO_PKG_VERSION"),
@@ -315,10 +301,10 @@ fn version_text(config: &Config) -> String {
 
 /// Every unix socket frakti makes must fit a `sun_path`: the CRI socket and
 /// each pod's sockets under the state directory. The longest one's length.
-fn check_socket_paths(config: &Config) -> Result<usize, config::ConfigError> {
+fn check_socket_paths(config: &Config, qemu: &Qemu) -> Result<usize, config::ConfigError> {
     let mut checks = vec![("listen", config.listen.clone())];
     checks.extend(
-        vm::pod_socket_paths(&qemu(config), &config.state_dir)
+        vm::pod_socket_paths(qemu, &config.state_dir)
             .into_iter()
             .chain(HostRuntimeConfig::socket_paths(
                 &config.state_dir.join("host"),

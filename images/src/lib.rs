@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use serde::{Deserialize, Serialize};
 
 pub use hosts::{Endpoint, Hosts, HostsError};
-pub use pull::PullError;
+pub use pull::{PullError, free_bytes};
 pub use store::ContentStore;
 pub use unpack::UnpackError;
 

@@ -323,6 +323,12 @@ fn gid_of(group: &str) -> Result<u32, String> {
     }
 }
 
+/// The socket address `text` of key `key`.
+fn address(key: &'static str, text: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    text.parse()
+        .map_err(|e| invalid(key, format!("{text:?} is not an address with a port: {e}")))
+}
+
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Value {
         key,
@@ -428,28 +434,17 @@ impl Config {
                 .clone()
                 .or(file.registry_config_dir)
                 .unwrap_or_else(|| "/etc/frakti/certs.d".into()),
-            streaming_address: {
-                let text = cli
-                    .streaming_address
+            streaming_address: address(
+                "streaming_address",
+                &cli.streaming_address
                     .clone()
                     .or(file.streaming_address)
-                    .unwrap_or_else(|| "127.0.0.1:0".into());
-                text.parse().map_err(|e| {
-                    invalid(
-                        "streaming_address",
-                        format!("{text:?} is not an address with a port: {e}"),
-                    )
-                })?
-            },
+                    .unwrap_or_else(|| "127.0.0.1:0".into()),
+            )?,
             metrics_address: match cli.metrics_address.clone().or(file.metrics_address) {
                 None => None,
                 Some(text) if text.is_empty() => None,
-                Some(text) => Some(text.parse().map_err(|e| {
-                    invalid(
-                        "metrics_address",
-                        format!("{text:?} is not an address with a port: {e}"),
-                    )
-                })?),
+                Some(text) => Some(address("metrics_address", &text)?),
             },
             host_pods: cli.host_pods.or(file.host_pods).unwrap_or(true),
             host_handler: cli

@@ -165,7 +165,7 @@ impl ImageStore {
 }
 
 /// Bytes an unprivileged writer may still use on the filesystem of `dir`.
-fn free_bytes(dir: &std::path::Path) -> io::Result<u64> {
+pub fn free_bytes(dir: &std::path::Path) -> io::Result<u64> {
     let path = crate::unpack::cstring(dir)?;
     // SAFETY: `statvfs` is plain integers, for which all zeroes is valid.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };

@@ -14,6 +14,7 @@ mod registry;
 
 use oci_client::Reference;
 
+pub use blob::free_bytes;
 pub use error::PullError;
 
 use crate::store::digest_hex;
