@@ -18,6 +18,13 @@ use cri::proto::{self, PodSandboxConfig, PodSandboxMetadata};
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+/// A shell script that prints the terminal's size (`stty size`) once it has
+/// one, waiting up to 10 s: a client sends its first size on the resize
+/// stream, which may reach the terminal after the command started (as with
+/// runc), and until then busybox's `stty size` fails.
+pub const PRINT_TERMINAL_SIZE: &str = "i=0; while ! stty size 2>/dev/null | grep -qv '^0 0$' && [ $i -lt 100 ]; \
+     do i=$((i+1)); sleep 0.1; done; stty size";
+
 /// A TCP port on 127.0.0.1 that nobody listens on right now.
 pub fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -102,6 +109,8 @@ impl Daemon {
             guest.join("vmlinux").display().to_string(),
             "--guest-initrd".into(),
             guest.join("initramfs.img").display().to_string(),
+            "--guest-modules".into(),
+            guest.join("modules.img").display().to_string(),
         ];
         Self::launch(frakti_bin(), root, &guest_flags, extra).await
     }

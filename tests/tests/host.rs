@@ -320,7 +320,7 @@ async fn an_os_container_pod_runs_on_the_host_and_survives_a_daemon_restart() {
     session.abort();
     let req = proto::ExecRequest {
         container_id: echo.clone(),
-        cmd: vec!["stty".into(), "size".into()],
+        cmd: vec!["sh".into(), "-c".into(), e2e::PRINT_TERMINAL_SIZE.into()],
         tty: true,
         stdout: true,
         ..Default::default()

@@ -187,15 +187,7 @@ async fn exec_in_a_pod_vm() {
     assert!(out.starts_with("/dev/pts/"), "{out:?}");
     assert!(out.contains("on-a-tty\r\n"), "{out:?}");
     let url = pod
-        .exec_url(
-            &id,
-            &[
-                "sh",
-                "-c",
-                "while [ \"$(stty size)\" = '0 0' ]; do sleep 0.1; done; stty size",
-            ],
-            (false, true),
-        )
+        .exec_url(&id, &["sh", "-c", e2e::PRINT_TERMINAL_SIZE], (false, true))
         .await
         .unwrap();
     let size = TerminalSize {
