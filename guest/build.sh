@@ -2,9 +2,11 @@
 # Build the guest assets from Debian's cloud kernel:
 #   OUT_DIR/vmlinux         uncompressed ELF kernel (PVH entry)
 #   OUT_DIR/initramfs.img   uncompressed newc cpio: /init = AGENT_BINARY + kernel modules
+#   OUT_DIR/modules.img     the kernel's whole module tree as a read-only erofs image,
+#                           a disk of every VM for modules loaded on demand
 #   OUT_DIR/kernel-release  e.g. 6.1.0-56-cloud-amd64
 # Work whose inputs did not change is skipped. Needs: apt-get, dpkg-deb, depmod (kmod),
-# cpio, python3 and lz4 (see scripts/deps.sh). Set FRAKTI_KERNEL_PKG to pin a package.
+# cpio, python3, lz4 and mkfs.erofs (see scripts/deps.sh). Set FRAKTI_KERNEL_PKG to pin a package.
 set -euo pipefail
 
 usage() { echo "usage: $0 AGENT_BINARY OUT_DIR" >&2; exit 2; }
@@ -77,7 +79,22 @@ else
   log "vmlinux up to date ($rel)"
 fi
 
-# --- 3. initramfs ------------------------------------------------------------
+# --- 3. the module tree as a read-only disk ----------------------------------
+# The guest's modprobe (the agent) mounts it on the kernel's first module
+# request; the initramfs keeps only what the boot needs.
+key="${deb##*/} erofs-1"
+if ! stamp_ok modules "$key" || [[ ! -f $out/modules.img ]]; then
+  log "modules.img: $rel's module tree ($(du -sh "$moddir" | cut -f1))"
+  rm -f "$out/modules.img.tmp"
+  mkfs.erofs --quiet -T0 --all-root -x-1 -U 6d6f6475-6c65-7300-0000-000000000000 \
+    "$out/modules.img.tmp" "$moddir"
+  mv "$out/modules.img.tmp" "$out/modules.img"
+  stamp_set modules "$key"
+else
+  log "modules.img up to date"
+fi
+
+# --- 4. initramfs ------------------------------------------------------------
 key="${deb##*/} $(cat "$agent" "$here/build.sh" | sha256sum)"
 if stamp_ok initramfs "$key" && [[ -f $out/initramfs.img ]]; then
   log "initramfs up to date"

@@ -8,9 +8,15 @@ APT_PKGS=(
   qemu-utils                 # qemu-img
   qemu-system-common         # /usr/lib/qemu/virtiofsd: serves pod shared directories
   libseccomp-dev             # the agent links libseccomp statically (libcontainer)
+  libelf-dev                 # libbpf (libcontainer's cgroup v2 device filter): libelf, statically in the agent
+  zlib1g-dev                 # libbpf's zlib, statically in the agent
+  pkg-config
   cpio                       # guest initramfs
   kmod                       # depmod: modules.dep for the guest kernel's modules
   lz4                        # Debian's bzImage payload is LZ4
+  erofs-utils                # mkfs.erofs: the guest kernel's module tree as a read-only disk
+  xfsprogs                   # disk tests: an xfs filesystem on a loop device
+  e2fsprogs                  # disk tests: mkfs.ext4, debugfs
   containernetworking-plugins
   iproute2
   iptables

@@ -114,7 +114,7 @@ do_install() {
     load_previous
     put "$BUILD/frakti" "$PREFIX/bin/frakti" 0755
     put "$BUILD/frakti-monitor" "$PREFIX/bin/frakti-monitor" 0755
-    for f in vmlinux initramfs.img kernel-release; do
+    for f in vmlinux initramfs.img modules.img kernel-release; do
         [[ -f $GUEST/$f ]] && put "$GUEST/$f" "$PREFIX/share/frakti/guest/$f" 0644
     done
     local unit

@@ -261,6 +261,14 @@ pub struct UpdateContainer {
 }
 impl_call!(fields UpdateContainer { id, resources } -> () { Response::Done => () });
 
+/// Unmounts a disk's filesystem before it is unplugged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseDisk {
+    /// The disk's serial.
+    pub serial: String,
+}
+impl_call!(fields ReleaseDisk { serial } -> () { Response::Done => () });
+
 #[cfg(test)]
 mod tests {
     use super::*;

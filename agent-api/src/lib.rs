@@ -35,3 +35,8 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Name of the virtio-serial port the agent listens on.
 pub const PORT_NAME: &str = "frakti.agent";
+
+/// Serial of the read-only disk that carries the guest kernel's full module
+/// tree (`/sys/block/vd*/serial` in the guest); the agent's `modprobe` mounts
+/// it when the kernel first asks for a module the initramfs lacks.
+pub const MODULES_DISK_SERIAL: &str = "frakti-modules";

@@ -160,6 +160,12 @@ pub enum Request {
         /// The limits, whole (not a difference).
         resources: runtime_api::container::ContainerResources,
     },
+    /// Unmounts a disk's filesystem (see [`GuestDisk`]) before the host
+    /// unplugs it; a disk that is not mounted succeeds.
+    ReleaseDisk {
+        /// The disk's serial.
+        serial: String,
+    },
 }
 
 impl Request {
@@ -204,6 +210,7 @@ impl Request {
             Self::Resize { .. } => "Resize",
             Self::OnlineResources { .. } => "OnlineResources",
             Self::UpdateContainer { .. } => "UpdateContainer",
+            Self::ReleaseDisk { .. } => "ReleaseDisk",
         }
     }
 }
@@ -242,6 +249,38 @@ pub struct CreateContainer {
     pub stdin_once: bool,
     /// Allocate a terminal.
     pub tty: bool,
+    /// Disks of the pod that the container uses.
+    #[serde(default)]
+    pub disks: Vec<GuestDisk>,
+}
+
+/// A disk the host attached to the VM, as one container uses it. The agent
+/// finds it by serial; its filesystem is mounted once per pod at
+/// [`disk_mount_dir`], which the spec's mounts name as their source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestDisk {
+    /// The disk's serial (`/sys/block/vd*/serial`).
+    pub serial: String,
+    /// Mount its filesystem (detected) at [`disk_mount_dir`].
+    pub mount: bool,
+    /// The disk is attached read-only; so is its mount.
+    pub read_only: bool,
+    /// Device nodes of the disk to put in the container.
+    pub nodes: Vec<DiskNode>,
+}
+
+/// A device node of a disk in a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskNode {
+    /// Where the node appears in the container.
+    pub container_path: String,
+    /// cgroup access: letters of `rwm`; empty is all.
+    pub permissions: String,
+}
+
+/// Where the guest mounts the filesystem of the disk `serial`.
+pub fn disk_mount_dir(serial: &str) -> String {
+    format!("/run/frakti/disks/{serial}")
 }
 
 /// Container states as the agent sees them.

@@ -135,7 +135,16 @@ impl Containers {
         if self.entries().contains_key(&id) {
             return Ok(Response::Container(self.info(&id)?));
         }
-        let spec: oci_spec::runtime::Spec = serde_json::from_value(req.spec).map_err(|e| {
+        let mut spec = req.spec;
+        if !req.disks.is_empty() {
+            let disks = req.disks;
+            spec = tokio::task::spawn_blocking(move || {
+                crate::disks::prepare(&disks, &mut spec).map(|()| spec)
+            })
+            .await
+            .map_err(|e| err(AgentErrorKind::Internal, e.to_string()))??;
+        }
+        let spec: oci_spec::runtime::Spec = serde_json::from_value(spec).map_err(|e| {
             err(
                 AgentErrorKind::InvalidArgument,
                 format!("bad OCI spec: {e}"),

@@ -123,6 +123,12 @@ impl State {
                 Ok(Response::GuestInfo(self.guest_info()))
             }
             Request::UpdateContainer { id, resources } => self.containers.update(&id, &resources),
+            Request::ReleaseDisk { serial } => {
+                tokio::task::spawn_blocking(move || crate::disks::release(&serial))
+                    .await
+                    .map_err(|e| AgentError::new(AgentErrorKind::Internal, e.to_string()))??;
+                Ok(Response::Done)
+            }
         }
     }
 

@@ -159,12 +159,21 @@ pub fn sandbox_mounts(share_tag: &str) -> Result<(), agent_api::AgentError> {
     Ok(())
 }
 
-fn is_mount_point(path: &Path) -> bool {
+pub(crate) fn is_mount_point(path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (fs::metadata(path), path.parent().map(fs::metadata)) {
         (Ok(m), Some(Ok(p))) => m.dev() != p.dev(),
         _ => false,
     }
+}
+
+/// Loads every module of the initramfs now (those loaded already are
+/// skipped by the kernel).
+pub fn load_boot_modules() {
+    let dir = Path::new(MODULE_DIR);
+    let order = fs::read_to_string(dir.join("load-order")).unwrap_or_default();
+    let names: Vec<String> = order.split_whitespace().map(str::to_owned).collect();
+    load_modules(dir, &names, &LoadedModules::default());
 }
 
 /// Loads `names` (files in the module directory) now, if not loaded yet.
@@ -298,6 +307,7 @@ pub fn guest() -> LoadedModules {
             tracing::warn!("mount {fstype} on {target}: {e}");
         }
     }
+    crate::modprobe::install();
     let dir = Path::new(MODULE_DIR);
     let loaded = LoadedModules::default();
     let Ok(order) = fs::read_to_string(dir.join("load-order")) else {

@@ -16,9 +16,11 @@ mod attach_tests;
 mod capture;
 mod channel;
 mod containers;
+mod disks;
 mod fdio;
 mod handlers;
 mod init;
+mod modprobe;
 mod net;
 mod output;
 mod reaper;
@@ -29,6 +31,11 @@ mod streams;
 use std::time::Instant;
 
 fn main() {
+    // The kernel runs the agent as its module helper (`/sbin/modprobe`).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(code) = modprobe::run_if_invoked(&args) {
+        std::process::exit(code);
+    }
     let started = Instant::now();
     let is_init = std::process::id() == 1;
     if is_init {

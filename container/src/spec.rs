@@ -392,6 +392,7 @@ fn resources(config: &ContainerConfig) -> Value {
 }
 
 mod host_devices;
+pub use host_devices::nodes_and_rules as device_nodes_and_rules;
 
 #[cfg(test)]
 mod tests {

@@ -93,6 +93,7 @@ pub fn host(config: &Config, backend: &Qemu, accel: Option<(Accel, String)>) -> 
         tun(),
         vhost(),
         guest_assets(config),
+        guest_modules(config),
     ];
     findings.push(cni(config));
     findings.push(cgroups(Path::new("/sys/fs/cgroup")));
@@ -367,6 +368,30 @@ fn guest_assets(config: &Config) -> Finding {
             config.guest_initrd.display()
         ),
     )
+}
+
+fn guest_modules(config: &Config) -> Finding {
+    const NAME: &str = "guest modules";
+    let path = &config.guest_modules;
+    match std::fs::File::open(path).and_then(|f| f.metadata()) {
+        Ok(m) if m.is_file() && m.len() > 0 => Finding::ok(
+            NAME,
+            format!(
+                "{}: the guest kernel loads its modules on demand",
+                path.display()
+            ),
+        ),
+        _ => Finding::bad(
+            NAME,
+            Verdict::Warn,
+            format!(
+                "{} is missing: containers can use only the guest's boot modules \
+                 (no bridges, vlans, netfilter, extra filesystems)",
+                path.display()
+            ),
+            "run `make build` (build tree) or `make install`, or set guest_modules",
+        ),
+    }
 }
 
 fn cni(config: &Config) -> Finding {

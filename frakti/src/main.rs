@@ -234,6 +234,7 @@ fn vm_runtime(
             state_dir: config.state_dir.clone(),
             kernel: config.guest_kernel.clone(),
             initrd: config.guest_initrd.clone(),
+            modules: Some(config.guest_modules.clone()).filter(|m| m.is_file()),
             default_vcpus: config.cpu,
             default_memory_mib: config.memory,
             accel: config.accel,

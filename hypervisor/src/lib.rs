@@ -62,6 +62,8 @@ pub struct VmSpec {
     pub nics: Vec<NicSpec>,
     /// virtio-fs devices, each served by a vhost-user backend already listening.
     pub shares: Vec<FsShare>,
+    /// Disks present from boot (they take no hot-plug slot).
+    pub disks: Vec<BlockSpec>,
 }
 
 /// A virtio-fs device backed by a vhost-user-fs daemon (virtiofsd).

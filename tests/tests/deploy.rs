@@ -223,6 +223,7 @@ fn check_diagnoses_the_host_and_names_the_fix() {
         "/dev/net/tun",
         "vhost",
         "guest assets",
+        "guest modules",
         "cni",
         "cgroups",
         "iptables",

@@ -140,6 +140,17 @@ impl VmRuntime {
                 tag: containers::SHARE_TAG.to_owned(),
                 socket: fs_socket,
             }],
+            disks: self
+                .config
+                .modules
+                .iter()
+                .map(|image| hypervisor::BlockSpec {
+                    id: agent_api::MODULES_DISK_SERIAL.to_owned(),
+                    path: image.clone(),
+                    format: hypervisor::BlockFormat::Raw,
+                    read_only: true,
+                })
+                .collect(),
         };
         let started = Instant::now();
         let endpoints = self

@@ -20,6 +20,10 @@ pub struct VmRuntimeConfig {
     pub kernel: PathBuf,
     /// Guest initramfs with the agent as `/init`.
     pub initrd: PathBuf,
+    /// The guest kernel's whole module tree as a read-only erofs image,
+    /// attached to every VM for the agent's `modprobe`; `None` leaves the
+    /// guest with the initramfs's modules only.
+    pub modules: Option<PathBuf>,
     /// vCPUs of a pod without a CPU limit.
     pub default_vcpus: u32,
     /// Memory (MiB) of a pod without a memory limit.

@@ -12,6 +12,7 @@ use runtime_api::{
 
 use crate::config::VmState;
 use crate::containers;
+use crate::disks;
 use crate::errors::{agent_failure, internal};
 use crate::runtime::{AGENT_CALL, VmRuntime};
 
@@ -27,8 +28,19 @@ impl ContainerRuntime for VmRuntime {
         config: &ContainerConfig,
         log_path: &str,
     ) -> Result<serde_json::Value, RuntimeError> {
-        let agent = self.agent_of(sandbox)?;
+        let vm = self.vm_of(sandbox)?;
+        let agent = vm.agent.clone();
         let state = VmState::parse(&sandbox.runtime_state)?;
+        let wanted = disks::wanted(config, &sandbox.config)?;
+        let granted = self.attach_disks(&vm, &state, id, &wanted).await?;
+        let undo_disks = async |why: &str| {
+            if let Err(undo) = self
+                .release_disks(&sandbox.id, &state, id, &granted.serials)
+                .await
+            {
+                tracing::warn!(container = id, "release the disks after {why}: {undo}");
+            }
+        };
         let prepared = containers::prepare(
             &state.shared_dir(),
             &self.config.containers_dir,
@@ -36,7 +48,16 @@ impl ContainerRuntime for VmRuntime {
             id,
             config,
             log_path,
-        )?;
+            &granted.sources,
+        );
+        let mut prepared = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                undo_disks("a failed create").await;
+                return Err(e);
+            }
+        };
+        prepared.files.disks = granted.serials.clone();
         tracing::debug!(container = id, spec = %prepared.spec, "OCI spec");
         let request = calls::CreateContainer {
             id: id.to_owned(),
@@ -45,11 +66,13 @@ impl ContainerRuntime for VmRuntime {
             stdin: config.stdin,
             stdin_once: config.stdin_once,
             tty: config.tty,
+            disks: granted.guest.clone(),
         };
         if let Err(e) = agent.request(request, CONTAINER_CALL).await {
             if let Err(undo) = containers::remove_files(&prepared.files) {
                 tracing::warn!(container = id, "cleanup after a failed create: {undo}");
             }
+            undo_disks("a failed create").await;
             return Err(agent_failure("create the container", e));
         }
         serde_json::to_value(&prepared.files).map_err(|e| internal("encode the container state", e))
@@ -113,7 +136,13 @@ impl ContainerRuntime for VmRuntime {
         let files: containers::ContainerFiles =
             serde_json::from_value(container.runtime_state.clone())
                 .map_err(|e| internal("unreadable container state", e))?;
-        containers::remove_files(&files)
+        containers::remove_files(&files)?;
+        if files.disks.is_empty() {
+            return Ok(());
+        }
+        let state = VmState::parse(&sandbox.runtime_state)?;
+        self.release_disks(&sandbox.id, &state, &container.id, &files.disks)
+            .await
     }
 
     async fn container_status(

@@ -7,9 +7,11 @@
 //! - `sandbox/{hosts,resolv.conf,hostname}`: the pod's files;
 //! - `<container id>/rootfs`: overlay of the image snapshot (read-only lower)
 //!   and the container's writable layer under `<containers dir>/<id>/`;
-//! - `<container id>/mounts/<n>`: bind mount of the n-th CRI mount's host path;
+//! - `<container id>/mounts/<n>`: bind mount of the n-th CRI mount's host path
+//!   (a disk's mount is the guest's own, see `disks`);
 //! - `<container id>/logs`: bind mount of the directory of the CRI log file.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -39,6 +41,9 @@ pub struct ContainerFiles {
     pub layer: PathBuf,
     /// Host mount points made for it, in mount order.
     pub mounts: Vec<PathBuf>,
+    /// Serials of the pod's disks it uses.
+    #[serde(default)]
+    pub disks: Vec<String>,
 }
 
 fn invalid(what: impl Into<String>) -> RuntimeError {
@@ -89,8 +94,9 @@ pub struct Prepared {
     pub guest_log: String,
 }
 
-/// Prepares container `id`'s files on the host and builds its spec. On
-/// failure nothing is left behind.
+/// Prepares container `id`'s files on the host and builds its spec; the
+/// CRI mounts in `disk_sources` (by index) are disks, mounted from the
+/// guest paths given there. On failure nothing is left behind.
 pub fn prepare(
     shared: &Path,
     containers_dir: &Path,
@@ -98,13 +104,15 @@ pub fn prepare(
     id: &str,
     config: &ContainerConfig,
     log_path: &str,
+    disk_sources: &HashMap<usize, PathBuf>,
 ) -> Result<Prepared, RuntimeError> {
     let mut files = ContainerFiles {
         dir: shared.join(id),
         layer: containers_dir.join(id),
         mounts: Vec::new(),
+        disks: Vec::new(),
     };
-    match prepare_steps(sandbox, id, config, log_path, &mut files) {
+    match prepare_steps(sandbox, id, config, log_path, disk_sources, &mut files) {
         Ok((spec, guest_log)) => Ok(Prepared {
             files,
             spec,
@@ -124,6 +132,7 @@ fn prepare_steps(
     id: &str,
     config: &ContainerConfig,
     log_path: &str,
+    disk_sources: &HashMap<usize, PathBuf>,
     files: &mut ContainerFiles,
 ) -> Result<(serde_json::Value, String), RuntimeError> {
     let guest_dir = Path::new(GUEST_SHARED).join(id);
@@ -175,9 +184,14 @@ fn prepare_steps(
     // a read-only mount whose host source has submounts is read-only on the
     // host alone (its top mount), so that its submounts stay writable as on
     // any runtime; a recursive one is read-only all through on the host.
-    refuse_host_devices(config)?;
     let mut guest_config = config.clone();
+    // Devices are the pod's disks: the agent adds their nodes in the guest.
+    guest_config.devices.clear();
     for (n, m) in config.mounts.iter().enumerate() {
+        if let Some(source) = disk_sources.get(&n) {
+            sources.push(source.clone());
+            continue;
+        }
         // A symlinked host path is resolved on the host.
         let resolved = container::mounts::resolve_host_path(m).map_err(|e| match e {
             container::mounts::HostPathError::NotAbsolute { .. } => invalid(e.to_string()),
@@ -246,30 +260,6 @@ fn prepare_steps(
     })?;
     let spec = serde_json::to_value(spec).map_err(|e| internal("encode the OCI spec", e))?;
     Ok((spec, guest_log))
-}
-
-/// A VM pod's containers see the guest's devices, never the host's: a host
-/// character device cannot be passed into a VM, and block devices are not
-/// handed to the VM yet. Either is refused by name, never ignored.
-fn refuse_host_devices(config: &ContainerConfig) -> Result<(), RuntimeError> {
-    use std::os::unix::fs::FileTypeExt;
-    let Some(d) = config.devices.first() else {
-        return Ok(());
-    };
-    let kind = match std::fs::metadata(&d.host_path) {
-        Ok(m) if m.file_type().is_char_device() => {
-            "is a character device of the host, which cannot be passed into a VM"
-        }
-        Ok(m) if m.file_type().is_block_device() => {
-            "is a block device; handing block devices to a VM pod is not supported yet"
-        }
-        Ok(_) => "is not a device",
-        Err(_) => "does not exist on the host",
-    };
-    Err(invalid(format!(
-        "device {} ({} in the container) {kind}; run the pod on the host handler to use host devices",
-        d.host_path, d.container_path
-    )))
 }
 
 /// The CRI view of the agent's container status.

@@ -17,6 +17,7 @@ mod boot;
 pub mod config;
 mod container_ops;
 pub mod containers;
+mod disks;
 mod errors;
 mod guest;
 pub mod host_cgroup;

@@ -54,6 +54,7 @@ pub(crate) async fn choose_accel(
         netns: None,
         nics: Vec::new(),
         shares: Vec::new(),
+        disks: Vec::new(),
     };
     let started = Instant::now();
     let result = match hypervisor.launch(&spec).await {

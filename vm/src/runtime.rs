@@ -34,6 +34,8 @@ pub(crate) struct Vm {
     pub(crate) virtiofsd_pid: Option<i32>,
     /// Held while the VM is resized: one resize at a time.
     pub(crate) resizing: tokio::sync::Mutex<()>,
+    /// Held while the pod's disks change: one attach or detach at a time.
+    pub(crate) disks: tokio::sync::Mutex<()>,
     watcher: JoinHandle<()>,
     relay: JoinHandle<()>,
 }
@@ -184,6 +186,7 @@ impl VmRuntime {
             stopping,
             virtiofsd_pid,
             resizing: tokio::sync::Mutex::new(()),
+            disks: tokio::sync::Mutex::new(()),
             watcher,
             relay,
         });
@@ -196,14 +199,17 @@ impl VmRuntime {
         &self,
         sandbox: &SandboxRecord,
     ) -> Result<Arc<AgentClient>, RuntimeError> {
-        self.vm(&sandbox.id)
-            .map(|vm| vm.agent.clone())
-            .ok_or_else(|| {
-                RuntimeError::new(
-                    RuntimeErrorKind::FailedPrecondition,
-                    format!("the VM of pod {} is not running", sandbox.id),
-                )
-            })
+        self.vm_of(sandbox).map(|vm| vm.agent.clone())
+    }
+
+    /// A running pod VM.
+    pub(crate) fn vm_of(&self, sandbox: &SandboxRecord) -> Result<Arc<Vm>, RuntimeError> {
+        self.vm(&sandbox.id).ok_or_else(|| {
+            RuntimeError::new(
+                RuntimeErrorKind::FailedPrecondition,
+                format!("the VM of pod {} is not running", sandbox.id),
+            )
+        })
     }
 }
 

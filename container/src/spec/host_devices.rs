@@ -11,7 +11,7 @@ use super::SpecError;
 
 /// The `linux.devices` nodes and the `linux.resources.devices` rules for
 /// `devices`; a path that is not a device, or bad permissions, is refused.
-pub(super) fn nodes_and_rules(devices: &[Device]) -> Result<(Vec<Value>, Vec<Value>), SpecError> {
+pub fn nodes_and_rules(devices: &[Device]) -> Result<(Vec<Value>, Vec<Value>), SpecError> {
     let mut nodes = Vec::new();
     let mut rules = Vec::new();
     for d in devices {

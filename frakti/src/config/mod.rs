@@ -58,6 +58,9 @@ pub struct Cli {
     /// Guest initramfs holding frakti-agent [default: `initramfs.img` of the guest assets beside frakti].
     #[arg(long)]
     pub guest_initrd: Option<PathBuf>,
+    /// Guest kernel's module tree as an erofs image, for modules loaded on demand [default: `modules.img` of the guest assets beside frakti].
+    #[arg(long)]
+    pub guest_modules: Option<PathBuf>,
     /// QEMU binary.
     #[arg(long)]
     pub qemu: Option<PathBuf>,
@@ -202,6 +205,7 @@ struct FileConfig {
     log_format: Option<String>,
     guest_kernel: Option<PathBuf>,
     guest_initrd: Option<PathBuf>,
+    guest_modules: Option<PathBuf>,
     qemu: Option<PathBuf>,
     qemu_firmware: Option<PathBuf>,
     qemu_sandbox: Option<bool>,
@@ -256,6 +260,8 @@ pub struct Config {
     pub guest_kernel: PathBuf,
     /// Guest initramfs.
     pub guest_initrd: PathBuf,
+    /// Guest kernel's module tree (erofs image).
+    pub guest_modules: PathBuf,
     /// QEMU binary.
     pub qemu: PathBuf,
     /// QEMU firmware (qboot).
@@ -405,6 +411,11 @@ impl Config {
                 .clone()
                 .or(file.guest_initrd)
                 .unwrap_or_else(|| guest_dir.join("initramfs.img")),
+            guest_modules: cli
+                .guest_modules
+                .clone()
+                .or(file.guest_modules)
+                .unwrap_or_else(|| guest_dir.join("modules.img")),
             qemu: cli
                 .qemu
                 .clone()

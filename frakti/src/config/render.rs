@@ -26,6 +26,7 @@ const DERIVED: &[&str] = &[
     "max_memory",
     "guest_kernel",
     "guest_initrd",
+    "guest_modules",
     "host_monitor",
 ];
 

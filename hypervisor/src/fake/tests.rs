@@ -19,6 +19,7 @@ fn spec(id: &str, dir: &Path) -> VmSpec {
         netns: None,
         nics: Vec::new(),
         shares: Vec::new(),
+        disks: Vec::new(),
     }
 }
 

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use crate::VmSpec;
 use crate::accel::Accel;
 
-use super::hotplug::HOTPLUG_PORTS;
+use super::hotplug::{HOTPLUG_PORTS, blockdev, disk_device, disk_node};
 use super::{AGENT_SOCKET, CONSOLE_LOG, PIDFILE, QMP_SOCKET, Qemu, vm_name};
 
 /// Kernel command line that boots reliably and fast under TCG
@@ -138,6 +138,20 @@ impl Qemu {
                 format!("socket,id=vfs{i},path={}", share.socket.display()),
                 "-device".into(),
                 format!("vhost-user-fs-pci,chardev=vfs{i},tag={}", share.tag),
+            ]);
+        }
+        // Boot disks sit on the root bus, leaving the hot-plug ports free.
+        for disk in &spec.disks {
+            let node = disk_node(&disk.id);
+            args.extend([
+                "-blockdev".into(),
+                blockdev(disk, &node).to_string(),
+                "-device".into(),
+                format!(
+                    "virtio-blk-pci,id={},drive={node},serial={}",
+                    disk_device(&disk.id),
+                    disk.id
+                ),
             ]);
         }
         if self.seccomp {

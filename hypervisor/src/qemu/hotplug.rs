@@ -130,12 +130,12 @@ pub(super) async fn remove_block(
 }
 
 /// QEMU's device id of the disk `id`.
-fn disk_device(id: &str) -> String {
+pub(super) fn disk_device(id: &str) -> String {
     format!("disk-{id}")
 }
 
 /// QEMU's block node name of the disk `id` (at most 31 characters).
-fn disk_node(id: &str) -> String {
+pub(super) fn disk_node(id: &str) -> String {
     format!("node-{id}")
 }
 
@@ -160,7 +160,7 @@ fn check_disk_id(id: &str) -> Result<(), HotplugError> {
 }
 
 /// `blockdev-add` arguments: a format node `node` over a file (or host block device) node.
-fn blockdev(disk: &BlockSpec, node: &str) -> Value {
+pub(super) fn blockdev(disk: &BlockSpec, node: &str) -> Value {
     use std::os::unix::fs::FileTypeExt;
     let is_device = fs::metadata(&disk.path).is_ok_and(|m| m.file_type().is_block_device());
     json!({

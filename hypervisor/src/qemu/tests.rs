@@ -35,6 +35,12 @@ fn spec(accel: Accel) -> VmSpec {
             tag: "frakti".into(),
             socket: "/run/p/virtiofsd.sock".into(),
         }],
+        disks: vec![BlockSpec {
+            id: "frakti-modules".into(),
+            path: "/g/modules.img".into(),
+            format: BlockFormat::Raw,
+            read_only: true,
+        }],
     }
 }
 
@@ -75,6 +81,16 @@ fn tcg_command_line() {
         ["tap,id=net0,ifname=tap0,script=no,downscript=no,vhost=off"]
     );
     assert!(after(&args, "-device").contains(&"virtio-net-pci,netdev=net0,mac=02:00:00:00:00:01"));
+    // A boot disk: read-only at both nodes, on the root bus (no hot-plug port).
+    let node: Value = serde_json::from_str(after(&args, "-blockdev")[0]).unwrap();
+    assert_eq!(
+        node,
+        json!({"driver": "raw", "node-name": "node-frakti-modules", "read-only": true,
+            "file": {"driver": "file", "filename": "/g/modules.img", "read-only": true}})
+    );
+    assert!(after(&args, "-device").contains(
+        &"virtio-blk-pci,id=disk-frakti-modules,drive=node-frakti-modules,serial=frakti-modules"
+    ));
 }
 
 #[test]

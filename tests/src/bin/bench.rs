@@ -606,6 +606,7 @@ async fn floor_boot(daemon: &Daemon, accel: Accel, i: usize) -> anyhow::Result<f
         netns: None,
         nics: Vec::new(),
         shares: Vec::new(),
+        disks: Vec::new(),
     };
     let console = dir.join("console.log");
     let begin = Instant::now();
