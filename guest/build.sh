@@ -22,7 +22,7 @@ cache=$out/cache
 
 # Top-level modules; their dependencies come from modules.dep.
 MODULES=(
-  virtio_pci_legacy_dev virtio_pci_modern_dev virtio_ring virtio virtio_pci
+  virtio_pci_legacy_dev virtio_pci_modern_dev virtio_ring virtio virtio_pci virtio_mmio
   virtio_console virtio_blk failover net_failover virtio_net fuse virtiofs overlay
   libcrc32c erofs vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport
   virtio_mem virtio_rng

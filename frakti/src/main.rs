@@ -22,14 +22,14 @@ use cri::proto::runtime_service_server::RuntimeServiceServer;
 use host::{HostRuntime, HostRuntimeConfig};
 use hypervisor::{Qemu, QemuConfig};
 use network::{Cni, PodNetworks};
-use pods::{HostPolicy, PodService, Registry, Store};
+use pods::{HostPolicy, PodRuntime, PodService, Registry, Store};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 use vm::{VmRuntime, VmRuntimeConfig};
 
-use crate::config::{Cli, Command, Config, ConfigCommand};
+use crate::config::{Cli, Command, Config, ConfigCommand, HandlerKind};
 
 /// The runtime handler of VM pods, and the default one.
 pub(crate) const VM_HANDLER: &str = "frakti";
@@ -77,6 +77,10 @@ fn main() {
         eprintln!("frakti: {e}");
         std::process::exit(2);
     }
+    if let Err(e) = check_handlers(&config) {
+        eprintln!("frakti: {e}");
+        std::process::exit(2);
+    }
     let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log_level))
         .with_target(false);
@@ -112,13 +116,14 @@ async fn serve(config: Config, qemu: Arc<Qemu>) -> anyhow::Result<()> {
         config.cni_conf_dir.clone(),
         config.cni_bin_dir.clone(),
     ));
-    let vm_runtime = Arc::new(vm_runtime(
+    let default_runtime = Arc::new(vm_runtime(
         &config,
-        qemu,
+        &config.default_handler(),
+        qemu.clone(),
         Some(networks.clone()),
         events_tx.clone(),
     ));
-    let host_runtime = Arc::new(HostRuntime::new(
+    let host_runtime: Arc<HostRuntime> = Arc::new(HostRuntime::new(
         HostRuntimeConfig {
             state_dir: config.state_dir.join("host"),
             layers_dir: config.root.join("host-layers"),
@@ -126,15 +131,32 @@ async fn serve(config: Config, qemu: Arc<Qemu>) -> anyhow::Result<()> {
             networks: Some(networks.clone()),
             cgroup_root: "/sys/fs/cgroup".into(),
         },
-        events_tx,
+        events_tx.clone(),
     ));
-    let mut registry = Registry::new(VM_HANDLER, vm_runtime.clone()).with_host(HostPolicy {
+    let mut registry = Registry::new(VM_HANDLER, default_runtime.clone()).with_host(HostPolicy {
         handler: config.host_handler.clone(),
         enabled: config.host_pods,
         privileged_on_host: config.privileged_pods == config::PrivilegedPods::Host,
     });
     if config.host_pods {
-        registry = registry.with(config.host_handler.clone(), host_runtime);
+        registry = registry.with(config.host_handler.clone(), host_runtime.clone());
+    }
+    for (name, handler) in &config.runtime_handlers {
+        let runtime: Arc<dyn PodRuntime> = match handler.kind {
+            HandlerKind::Host => host_runtime.clone(),
+            HandlerKind::Vm => Arc::new(
+                vm_runtime(
+                    &config,
+                    handler,
+                    Arc::new(qemu.for_machine(handler.machine)),
+                    Some(networks.clone()),
+                    events_tx.clone(),
+                )
+                .sharing_accel(&default_runtime),
+            ),
+        };
+        tracing::info!(handler = %name, kind = ?handler.kind, machine = handler.machine.name(), "runtime handler");
+        registry = registry.with(name.clone(), runtime);
     }
     let store = Store::open(&config.root).context("open the record store")?;
     let pods = PodService::new(store, registry);
@@ -166,7 +188,7 @@ async fn serve(config: Config, qemu: Arc<Qemu>) -> anyhow::Result<()> {
     tracing::info!(url = streaming_server.base_url(), "streaming server ready");
 
     if let Some(address) = config.metrics_address {
-        telemetry::global().register_vms(vm_runtime.clone());
+        telemetry::global().register_vms(default_runtime.clone());
         let bound = metrics::serve(address).await?;
         tracing::info!(url = %format!("http://{bound}{}", metrics::PATH), "metrics endpoint ready");
     }
@@ -223,8 +245,10 @@ async fn serve(config: Config, qemu: Arc<Qemu>) -> anyhow::Result<()> {
 }
 
 /// The runtime of VM pods for `config`, on `qemu`.
+/// The VM runtime of `handler` (its guest, machine and default size).
 fn vm_runtime(
     config: &Config,
+    handler: &config::Handler,
     qemu: Arc<Qemu>,
     networks: Option<PodNetworks>,
     events: tokio::sync::mpsc::UnboundedSender<runtime_api::RuntimeEvent>,
@@ -232,11 +256,11 @@ fn vm_runtime(
     VmRuntime::new(
         VmRuntimeConfig {
             state_dir: config.state_dir.clone(),
-            kernel: config.guest_kernel.clone(),
-            initrd: config.guest_initrd.clone(),
+            kernel: handler.kernel.clone(),
+            initrd: handler.initrd.clone(),
             modules: Some(config.guest_modules.clone()).filter(|m| m.is_file()),
-            default_vcpus: config.cpu,
-            default_memory_mib: config.memory,
+            default_vcpus: handler.cpu,
+            default_memory_mib: handler.memory,
             accel: config.accel,
             boot_timeout: Duration::from_secs(config.boot_timeout),
             extra_cmdline: Vec::new(),
@@ -268,7 +292,13 @@ fn check(config: &Config, qemu: &Arc<Qemu>) -> bool {
                 .ok()?;
             rt.block_on(async {
                 let (events, _) = tokio::sync::mpsc::unbounded_channel();
-                let runtime = vm_runtime(config, qemu.clone(), None, events);
+                let runtime = vm_runtime(
+                    config,
+                    &config.default_handler(),
+                    qemu.clone(),
+                    None,
+                    events,
+                );
                 let verdict = runtime.accel().await;
                 Some((verdict.accel, verdict.reason.clone()))
             })
@@ -282,6 +312,7 @@ fn qemu(config: &Config) -> Qemu {
         binary: config.qemu.clone(),
         firmware: config.qemu_firmware.clone(),
         seccomp: config.qemu_sandbox,
+        machine: hypervisor::Machine::Q35,
     })
 }
 
@@ -302,6 +333,34 @@ fn version_text(config: &Config) -> String {
 
 /// Every unix socket frakti makes must fit a `sun_path`: the CRI socket and
 /// each pod's sockets under the state directory. The longest one's length.
+/// Every VM handler's guest assets are there (the default handler's
+/// included), and a host handler has host pods to run.
+fn check_handlers(config: &Config) -> Result<(), String> {
+    let default = config.default_handler();
+    let all = std::iter::once((VM_HANDLER, &default))
+        .chain(config.runtime_handlers.iter().map(|(n, h)| (n.as_str(), h)));
+    for (name, handler) in all {
+        if handler.kind == HandlerKind::Host {
+            if !config.host_pods {
+                return Err(format!(
+                    "runtime handler {name:?} runs pods on the host, and host_pods = false"
+                ));
+            }
+            continue;
+        }
+        for (what, path) in [("kernel", &handler.kernel), ("initramfs", &handler.initrd)] {
+            if !path.is_file() {
+                return Err(format!(
+                    "runtime handler {name:?}: guest {what} {} not found (run `make build`, \
+                     or set its path in the config)",
+                    path.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_socket_paths(config: &Config, qemu: &Qemu) -> Result<usize, config::ConfigError> {
     let mut checks = vec![("listen", config.listen.clone())];
     checks.extend(

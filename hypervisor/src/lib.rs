@@ -27,7 +27,7 @@ use std::time::Duration;
 
 pub use accel::{Accel, AccelMode};
 pub use process::Process;
-pub use qemu::{Qemu, QemuConfig};
+pub use qemu::{Machine, Qemu, QemuConfig};
 pub use qmp::{QmpClient, QmpError};
 
 /// A backend-specific error, kept as the source of a neutral one.

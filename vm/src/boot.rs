@@ -115,6 +115,26 @@ impl VmRuntime {
         })?;
         undo.virtiofsd = Some(virtiofsd);
         let caps = self.hypervisor.capabilities();
+        // A machine without NIC hot-plug boots with its NICs: CNI first.
+        let mut early_net = None;
+        if let (false, Some(networks), Some(ns)) = (caps.nic_hotplug, &self.config.networks, &netns)
+        {
+            let net_started = Instant::now();
+            let pod_net = net::setup(networks, ns, id, config)
+                .await
+                .map_err(|e| internal("pod network", e))?;
+            undo.network = Some(pod_net.clone());
+            record_phase(StartPhase::Network, net_started.elapsed());
+            early_net = Some(pod_net);
+        }
+        let boot_nics = early_net
+            .iter()
+            .flat_map(|n| n.taps())
+            .map(|tap| NicSpec {
+                tap: tap.tap.clone(),
+                mac: tap.mac.clone(),
+            })
+            .collect();
         let spec = VmSpec {
             id: id.to_owned(),
             dir: dir.to_path_buf(),
@@ -135,7 +155,7 @@ impl VmRuntime {
             extra_cmdline: self.config.extra_cmdline.clone(),
             accel,
             netns: netns.as_ref().map(Netns::path),
-            nics: Vec::new(),
+            nics: boot_nics,
             shares: vec![hypervisor::FsShare {
                 tag: containers::SHARE_TAG.to_owned(),
                 socket: fs_socket,
@@ -172,6 +192,9 @@ impl VmRuntime {
             &endpoints.agent_socket,
         ))));
         let attach = async {
+            if early_net.is_some() {
+                return (early_net.clone(), Ok(()));
+            }
             let (Some(networks), Some(ns)) = (&self.config.networks, &netns) else {
                 return (None, Ok(()));
             };

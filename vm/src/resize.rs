@@ -46,6 +46,11 @@ impl VmRuntime {
         };
         let target = sizing::fit(boot, need, sandbox.config.overhead.as_ref(), max)
             .map_err(|e| RuntimeError::new(RuntimeErrorKind::ResourceExhausted, e.to_string()))?;
+        let caps = self.hypervisor.capabilities();
+        if !caps.cpu_hotplug && !caps.memory_hotplug {
+            // A machine without hot-plug keeps its boot size, which fits.
+            return Ok(());
+        }
         let plugged = self
             .hypervisor
             .resources(&vm.endpoints)

@@ -90,7 +90,8 @@ async fn relay_container_events(
 pub struct VmRuntime {
     pub(crate) config: VmRuntimeConfig,
     pub(crate) hypervisor: Arc<dyn Hypervisor>,
-    accel: OnceCell<AccelVerdict>,
+    /// Shared by the runtimes of every VM handler: one probe per daemon.
+    accel: Arc<OnceCell<AccelVerdict>>,
     vms: Mutex<HashMap<String, Arc<Vm>>>,
     events: mpsc::UnboundedSender<RuntimeEvent>,
     /// What the containers' writable layers use in all.
@@ -111,11 +112,17 @@ impl VmRuntime {
         Self {
             config,
             hypervisor,
-            accel: OnceCell::new(),
+            accel: Arc::new(OnceCell::new()),
             vms: Mutex::default(),
             events,
             layers: Arc::new(layers),
         }
+    }
+
+    /// This runtime with `other`'s accelerator verdict (probed once for both).
+    pub fn sharing_accel(mut self, other: &VmRuntime) -> Self {
+        self.accel = other.accel.clone();
+        self
     }
 
     /// The accelerator for all VMs, probed once (a real KVM boot in `auto` mode).

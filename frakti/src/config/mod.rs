@@ -223,6 +223,7 @@ struct FileConfig {
     pinned_images: Option<Vec<String>>,
     listen_group: Option<GroupKey>,
     max_image_size: Option<u64>,
+    runtime_handlers: Option<std::collections::BTreeMap<String, handlers::HandlerFile>>,
 }
 
 /// A group in the config file: a name, or a gid as a number or a string.
@@ -296,6 +297,8 @@ pub struct Config {
     pub listen_group: Option<u32>,
     /// Most MiB one image's layers may expand to.
     pub max_image_size: u64,
+    /// The runtime handlers of the `[runtime_handlers.<name>]` tables.
+    pub runtime_handlers: std::collections::BTreeMap<String, Handler>,
 }
 
 /// The configuration is unusable.
@@ -353,14 +356,15 @@ impl Config {
         Self::merge(cli, file)
     }
 
-    fn merge(cli: &Cli, file: FileConfig) -> Result<Self, ConfigError> {
+    fn merge(cli: &Cli, mut file: FileConfig) -> Result<Self, ConfigError> {
+        let handler_table = file.runtime_handlers.take().unwrap_or_default();
         let guest_dir = default_guest_dir();
         let accel = cli
             .accel
             .clone()
             .or(file.accel)
             .unwrap_or_else(|| "auto".into());
-        let config = Self {
+        let mut config = Self {
             listen: cli
                 .listen
                 .clone()
@@ -496,9 +500,34 @@ impl Config {
                 Some(group) if group.is_empty() => None,
                 Some(group) => Some(gid_of(&group).map_err(|e| invalid("listen_group", e))?),
             },
+            runtime_handlers: std::collections::BTreeMap::new(),
         };
+        config.runtime_handlers = handlers::resolve(
+            handler_table,
+            &handlers::Defaults {
+                kernel: &config.guest_kernel,
+                initrd: &config.guest_initrd,
+                cpu: config.cpu,
+                memory: config.memory,
+                reserved: [crate::VM_HANDLER, &config.host_handler],
+            },
+        )?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The default VM handler (`""`, alias `frakti`): the top-level keys.
+    pub fn default_handler(&self) -> Handler {
+        Handler {
+            kind: HandlerKind::Vm,
+            kernel: self.guest_kernel.clone(),
+            initrd: self.guest_initrd.clone(),
+            machine: hypervisor::Machine::Q35,
+            cpu: self.cpu,
+            memory: self.memory,
+            overhead_memory: 0,
+            overhead_cpu: 0,
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -607,7 +636,9 @@ fn default_guest_dir() -> PathBuf {
     .unwrap_or(installed)
 }
 
+mod handlers;
 mod render;
+pub use handlers::{Handler, HandlerKind};
 
 pub use render::{defaults, render};
 

@@ -123,6 +123,35 @@ pub fn render(config: &Config, defaults: bool) -> String {
             value(&table, &key.name)
         ));
     }
+    out.push_str(&handler_tables(&table));
+    out
+}
+
+/// The `[runtime_handlers.<name>]` tables, or a commented example of one.
+fn handler_tables(table: &toml::Table) -> String {
+    let mut out = String::from(
+        "
+# Runtime handlers (RunPodSandbox.runtime_handler, a RuntimeClass's handler),
+         # one [runtime_handlers.<name>] table each: kind (vm or host), kernel, initrd,
+         # machine (q35, or microvm: faster boot, no hot-plug), cpu, memory (MiB),
+         # overhead_memory (MiB) and overhead_cpu (millicores); a key not set takes the
+         # top-level one. The default handler (\"\", alias frakti) is the top-level keys.
+",
+    );
+    match table
+        .get("runtime_handlers")
+        .and_then(toml::Value::as_table)
+    {
+        Some(handlers) if !handlers.is_empty() => {
+            let mut wrapper = toml::Table::new();
+            wrapper.insert(
+                "runtime_handlers".into(),
+                toml::Value::Table(handlers.clone()),
+            );
+            out.push_str(&toml::to_string(&wrapper).unwrap_or_default());
+        }
+        _ => out.push_str("# [runtime_handlers.fast]\n# machine = \"microvm\"\n"),
+    }
     out
 }
 
@@ -173,7 +202,9 @@ mod tests {
             serde_json::Value::Object(map) => map.keys().cloned().collect(),
             other => panic!("{other}"),
         };
-        let names: BTreeSet<String> = keys().into_iter().map(|k| k.name).collect();
+        let mut names: BTreeSet<String> = keys().into_iter().map(|k| k.name).collect();
+        // The handler table has a section of its own.
+        names.insert("runtime_handlers".into());
         assert_eq!(fields, names);
         for key in keys() {
             assert!(!key.help.is_empty(), "{} has no help", key.name);
@@ -192,7 +223,9 @@ mod tests {
         );
         assert!(text.contains("\nmetrics_address = \"\"\n"), "{text}");
         let count = keys().len();
-        assert_eq!(text.matches(" = ").count(), count, "{text}");
+        let (keys_part, handlers) = text.split_once("\n# Runtime handlers").unwrap();
+        assert_eq!(keys_part.matches(" = ").count(), count, "{text}");
+        assert!(handlers.contains("\n# [runtime_handlers.fast]\n"), "{text}");
     }
 
     #[test]
@@ -210,7 +243,12 @@ mod tests {
             "--cni-bin-dir",
             "/a,/b",
         ]);
-        let file: FileConfig = toml::from_str("accel = \"tcg\"\nqemu_sandbox = false\n").unwrap();
+        let file: FileConfig = toml::from_str(
+            "accel = \"tcg\"\nqemu_sandbox = false\n\
+             [runtime_handlers.fast]\nmachine = \"microvm\"\noverhead_memory = 90\n\
+             [runtime_handlers.runc]\nkind = \"host\"\n",
+        )
+        .unwrap();
         let config = Config::merge(&cli, file).unwrap();
         let text = render(&config, false);
         assert!(
@@ -218,6 +256,8 @@ mod tests {
             "show writes every key: {text}"
         );
         assert_eq!(reread(&text), config);
+        assert_eq!(config.runtime_handlers.len(), 2);
+        assert!(text.contains("[runtime_handlers.fast]\n"), "{text}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::VmSpec;
 use crate::accel::Accel;
 
 use super::hotplug::{HOTPLUG_PORTS, blockdev, disk_device, disk_node};
-use super::{AGENT_SOCKET, CONSOLE_LOG, PIDFILE, QMP_SOCKET, Qemu, vm_name};
+use super::{AGENT_SOCKET, CONSOLE_LOG, Machine, PIDFILE, QMP_SOCKET, Qemu, vm_name};
 
 /// Kernel command line that boots reliably and fast under TCG
 /// (docs/architecture.md, "The guest").
@@ -43,6 +43,10 @@ impl Qemu {
         if let Some(khz) = self.tsc_khz {
             words.push(format!("tsc_early_khz={khz}"));
         }
+        if self.config.machine == Machine::Microvm {
+            // No PCI bus to probe; QEMU appends the virtio-mmio devices.
+            words.push("pci=off".into());
+        }
         words.extend(super::resize::cmdline(spec));
         words.extend(spec.extra_cmdline.iter().cloned());
         words.join(" ")
@@ -53,12 +57,14 @@ impl Qemu {
         let dir = &spec.dir;
         let p = |name: &str| dir.join(name).display().to_string();
         let mem = spec.memory_mib;
+        let machine = self.config.machine;
+        let device = |kind: &str| machine.device(kind);
         let (smp, memory, growth) = super::resize::args(spec);
         let mut args: Vec<String> = vec![
             "-name".into(),
             vm_name(&spec.id),
             "-M".into(),
-            "q35,memory-backend=mem".into(),
+            format!("{},memory-backend=mem", machine.name()),
             "-accel".into(),
             match spec.accel {
                 Accel::Kvm => "kvm".into(),
@@ -68,9 +74,16 @@ impl Qemu {
         if spec.accel == Accel::Kvm {
             args.extend(["-cpu".into(), "host".into()]);
         }
+        match machine {
+            Machine::Q35 => {
+                args.extend(["-bios".into(), self.config.firmware.display().to_string()])
+            }
+            // vhost-user devices refuse legacy virtio-mmio.
+            Machine::Microvm => {
+                args.extend(["-global".into(), "virtio-mmio.force-legacy=false".into()])
+            }
+        }
         args.extend([
-            "-bios".into(),
-            self.config.firmware.display().to_string(),
             "-smp".into(),
             smp,
             "-m".into(),
@@ -102,23 +115,25 @@ impl Qemu {
                 p(AGENT_SOCKET)
             ),
             "-device".into(),
-            "virtio-serial-pci,id=vser0,max_ports=4".into(),
+            format!("{},id=vser0,max_ports=4", device("virtio-serial")),
             "-device".into(),
             format!("virtserialport,chardev=agent,name={}", AGENT_PORT),
             // Entropy for the guest: without it getrandom() blocks early in boot.
             "-object".into(),
             "rng-random,id=rng0,filename=/dev/urandom".into(),
             "-device".into(),
-            "virtio-rng-pci,rng=rng0".into(),
+            format!("{},rng=rng0", device("virtio-rng")),
             "-pidfile".into(),
             p(PIDFILE),
         ]);
         // Hot-plug slots on q35: one PCIe root port each.
-        for port in 1..=HOTPLUG_PORTS {
-            args.extend([
-                "-device".into(),
-                format!("pcie-root-port,id=rp{port},bus=pcie.0,chassis={port},slot={port}"),
-            ]);
+        if machine == Machine::Q35 {
+            for port in 1..=HOTPLUG_PORTS {
+                args.extend([
+                    "-device".into(),
+                    format!("pcie-root-port,id=rp{port},bus=pcie.0,chassis={port},slot={port}"),
+                ]);
+            }
         }
         args.extend(growth);
         for (i, nic) in spec.nics.iter().enumerate() {
@@ -129,7 +144,7 @@ impl Qemu {
                     nic.tap
                 ),
                 "-device".into(),
-                format!("virtio-net-pci,netdev=net{i},mac={}", nic.mac),
+                format!("{},netdev=net{i},mac={}", device("virtio-net"), nic.mac),
             ]);
         }
         for (i, share) in spec.shares.iter().enumerate() {
@@ -137,7 +152,11 @@ impl Qemu {
                 "-chardev".into(),
                 format!("socket,id=vfs{i},path={}", share.socket.display()),
                 "-device".into(),
-                format!("vhost-user-fs-pci,chardev=vfs{i},tag={}", share.tag),
+                format!(
+                    "{},chardev=vfs{i},tag={}",
+                    device("vhost-user-fs"),
+                    share.tag
+                ),
             ]);
         }
         // Boot disks sit on the root bus, leaving the hot-plug ports free.
@@ -148,7 +167,8 @@ impl Qemu {
                 blockdev(disk, &node).to_string(),
                 "-device".into(),
                 format!(
-                    "virtio-blk-pci,id={},drive={node},serial={}",
+                    "{},id={},drive={node},serial={}",
+                    device("virtio-blk"),
                     disk_device(&disk.id),
                     disk.id
                 ),

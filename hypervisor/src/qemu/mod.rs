@@ -1,5 +1,6 @@
-//! The QEMU backend: q35 + qboot + PVH kernel, virtio-serial agent channel,
-//! shared-memfd RAM (ready for virtio-fs), QMP on a unix socket.
+//! The QEMU backend: q35 + qboot + PVH kernel (or microvm: faster, no
+//! hot-plug), virtio-serial agent channel, shared-memfd RAM (ready for
+//! virtio-fs), QMP on a unix socket.
 //!
 //! This module holds the [`Qemu`] type, its [`QemuConfig`], the layout of a
 //! VM's directory and the [`Hypervisor`] impl, which delegates to `cmdline`
@@ -32,15 +33,17 @@ const CONSOLE_LOG: &str = "console.log";
 const QEMU_LOG: &str = "qemu.log";
 const PIDFILE: &str = "qemu.pid";
 
-/// Where QEMU and its firmware are, and whether to confine it.
+/// Where QEMU and its firmware are, whether to confine it, and the machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QemuConfig {
     /// The `qemu-system-x86_64` binary.
     pub binary: PathBuf,
-    /// Firmware; qboot boots a PVH kernel fastest.
+    /// Firmware of q35; qboot boots a PVH kernel fastest (microvm has its own).
     pub firmware: PathBuf,
     /// Run QEMU under its seccomp `-sandbox` when the binary supports it.
     pub seccomp: bool,
+    /// The machine type.
+    pub machine: Machine,
 }
 
 impl Default for QemuConfig {
@@ -49,6 +52,48 @@ impl Default for QemuConfig {
             binary: PathBuf::from("/usr/bin/qemu-system-x86_64"),
             firmware: PathBuf::from("/usr/share/qemu/qboot.rom"),
             seccomp: true,
+            machine: Machine::Q35,
+        }
+    }
+}
+
+/// QEMU's machine type for pod VMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Machine {
+    /// PCIe with root ports: NICs, disks, memory and vCPUs can be hot-plugged.
+    #[default]
+    Q35,
+    /// virtio-mmio, no PCI: boots faster, nothing can be hot-plugged (no
+    /// disks after boot, no resize).
+    Microvm,
+}
+
+impl Machine {
+    /// The name QEMU and the configuration use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Q35 => "q35",
+            Self::Microvm => "microvm",
+        }
+    }
+
+    /// The name of virtio device `kind` (e.g. `virtio-net`) on this machine's bus.
+    fn device(self, kind: &str) -> String {
+        match self {
+            Self::Q35 => format!("{kind}-pci"),
+            Self::Microvm => format!("{kind}-device"),
+        }
+    }
+}
+
+impl std::str::FromStr for Machine {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "q35" => Ok(Self::Q35),
+            "microvm" => Ok(Self::Microvm),
+            other => Err(format!("{other:?} is neither q35 nor microvm")),
         }
     }
 }
@@ -79,6 +124,13 @@ impl Qemu {
     /// The configuration in use.
     pub fn config(&self) -> &QemuConfig {
         &self.config
+    }
+
+    /// The same backend (binary, its probes) for another machine type.
+    pub fn for_machine(&self, machine: Machine) -> Self {
+        let mut other = self.clone();
+        other.config.machine = machine;
+        other
     }
 }
 
@@ -112,13 +164,19 @@ impl Hypervisor for Qemu {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            cpu_hotplug: true,
-            memory_hotplug: true,
-            block_hotplug: true,
-            nic_hotplug: true,
-            hotplug_slots: HOTPLUG_PORTS as u32,
-            max_vcpus: Q35_MAX_VCPUS,
+        match self.config.machine {
+            Machine::Q35 => Capabilities {
+                cpu_hotplug: true,
+                memory_hotplug: true,
+                block_hotplug: true,
+                nic_hotplug: true,
+                hotplug_slots: HOTPLUG_PORTS as u32,
+                max_vcpus: Q35_MAX_VCPUS,
+            },
+            Machine::Microvm => Capabilities {
+                max_vcpus: Q35_MAX_VCPUS,
+                ..Capabilities::default()
+            },
         }
     }
 

@@ -94,6 +94,40 @@ fn tcg_command_line() {
 }
 
 #[test]
+fn a_microvm_has_mmio_devices_and_no_hotplug() {
+    let microvm = qemu(true).for_machine(Machine::Microvm);
+    let args = microvm.args(&spec(Accel::Tcg));
+    assert_eq!(after(&args, "-M"), ["microvm,memory-backend=mem"]);
+    assert_eq!(after(&args, "-global"), ["virtio-mmio.force-legacy=false"]);
+    assert!(
+        after(&args, "-bios").is_empty(),
+        "microvm has its own firmware"
+    );
+    let devices = after(&args, "-device");
+    for d in [
+        "virtio-serial-device,id=vser0,max_ports=4",
+        "virtio-rng-device,rng=rng0",
+        "virtio-net-device,netdev=net0,mac=02:00:00:00:00:01",
+        "vhost-user-fs-device,chardev=vfs0,tag=frakti",
+        "virtio-blk-device,id=disk-frakti-modules,drive=node-frakti-modules,serial=frakti-modules",
+    ] {
+        assert!(devices.contains(&d), "{d}: {devices:?}");
+    }
+    assert!(
+        !devices
+            .iter()
+            .any(|d| d.contains("-pci") || d.starts_with("pcie-root-port"))
+    );
+    assert!(after(&args, "-append")[0].contains(" pci=off"));
+    let caps = microvm.capabilities();
+    assert!(!caps.cpu_hotplug && !caps.memory_hotplug && !caps.block_hotplug && !caps.nic_hotplug);
+    assert_eq!(caps.hotplug_slots, 0);
+    assert!(qemu(true).capabilities().block_hotplug);
+    assert_eq!("microvm".parse::<Machine>(), Ok(Machine::Microvm));
+    assert!("pc".parse::<Machine>().unwrap_err().contains("q35"));
+}
+
+#[test]
 fn a_vm_with_room_to_grow_has_spare_vcpus_and_a_virtio_mem_region() {
     let mut grow = spec(Accel::Kvm);
     grow.max_vcpus = 4;
@@ -412,6 +446,7 @@ fn a_qemu_without_sandbox_support_starts_no_vm_unless_told() {
         binary: binary.clone(),
         firmware: firmware.clone(),
         seccomp,
+        machine: Machine::Q35,
     };
     let err = launch::check_host(&Qemu::new(config(true))).unwrap_err();
     assert!(matches!(err, LaunchError::NoSandbox { .. }), "{err}");
