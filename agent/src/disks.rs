@@ -6,8 +6,8 @@
 
 use std::fs;
 use std::io::Read;
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use agent_api::AgentError;
 use agent_api::messages::{AgentErrorKind, GuestDisk};
@@ -25,7 +25,7 @@ fn fail(kind: AgentErrorKind, message: String) -> AgentError {
 /// device nodes and cgroup rules to `spec`.
 pub fn prepare(disks: &[GuestDisk], spec: &mut Value) -> Result<(), AgentError> {
     for disk in disks {
-        let device = crate::modprobe::find_disk(&disk.serial, DISK_WAIT).ok_or_else(|| {
+        let device = find_disk(&disk.serial, DISK_WAIT).ok_or_else(|| {
             fail(
                 AgentErrorKind::NotFound,
                 format!("disk {} did not appear in the VM", disk.serial),
@@ -93,12 +93,12 @@ fn mount_once(device: &Path, serial: &str, read_only: bool) -> Result<(), AgentE
     // The kernel asks the agent's modprobe for the filesystem's module.
     // A disk that just arrived can refuse mounts (ENODEV) for a moment
     // after it is readable.
-    let deadline = std::time::Instant::now() + DISK_WAIT;
+    let deadline = Instant::now() + DISK_WAIT;
     loop {
         match mount(Some(device), dir, Some(fstype), flags, None::<&str>) {
             Ok(()) => break,
             Err(nix::errno::Errno::ENODEV | nix::errno::Errno::ENXIO)
-                if std::time::Instant::now() < deadline =>
+                if Instant::now() < deadline =>
             {
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -112,6 +112,24 @@ fn mount_once(device: &Path, serial: &str, read_only: bool) -> Result<(), AgentE
     }
     tracing::info!(serial, fstype, read_only, "disk mounted");
     Ok(())
+}
+
+/// The device node of the disk whose serial is `serial`, waiting up to
+/// `limit` for it to appear.
+pub fn find_disk(serial: &str, limit: Duration) -> Option<PathBuf> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let found = fs::read_dir("/sys/block").ok().and_then(|entries| {
+            entries.flatten().find_map(|e| {
+                let own = fs::read_to_string(e.path().join("serial")).ok()?;
+                (own.trim() == serial).then(|| Path::new("/dev").join(e.file_name()))
+            })
+        });
+        if found.is_some() || Instant::now() >= deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Unmounts the filesystem of disk `serial`, if mounted.

@@ -16,7 +16,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::mount::{MsFlags, mount};
 
@@ -202,12 +202,13 @@ fn ensure_tree(dir: &Path) -> Result<(), ModprobeError> {
     }
     // The disk's driver and erofs are boot modules that may still wait to load.
     crate::init::load_boot_modules();
-    let device = find_disk(agent_api::MODULES_DISK_SERIAL, DISK_WAIT).ok_or_else(|| {
-        fail(format!(
-            "no disk with serial {} within {DISK_WAIT:?}",
-            agent_api::MODULES_DISK_SERIAL
-        ))
-    })?;
+    let device =
+        crate::disks::find_disk(agent_api::MODULES_DISK_SERIAL, DISK_WAIT).ok_or_else(|| {
+            fail(format!(
+                "no disk with serial {} within {DISK_WAIT:?}",
+                agent_api::MODULES_DISK_SERIAL
+            ))
+        })?;
     fs::create_dir_all(dir).map_err(|e| fail(format!("create: {e}")))?;
     mount(
         Some(&device),
@@ -221,24 +222,6 @@ fn ensure_tree(dir: &Path) -> Result<(), ModprobeError> {
         Ok(())
     } else {
         Err(fail("the disk holds no modules.dep".into()))
-    }
-}
-
-/// The device node of the disk whose serial is `serial`, waiting up to
-/// `limit` for it to appear.
-pub fn find_disk(serial: &str, limit: Duration) -> Option<PathBuf> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let found = fs::read_dir("/sys/block").ok().and_then(|entries| {
-            entries.flatten().find_map(|e| {
-                let own = fs::read_to_string(e.path().join("serial")).ok()?;
-                (own.trim() == serial).then(|| Path::new("/dev").join(e.file_name()))
-            })
-        });
-        if found.is_some() || Instant::now() >= deadline {
-            return found;
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

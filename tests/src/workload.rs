@@ -229,6 +229,23 @@ impl TestPod {
             .expect("create and start the container")
     }
 
+    /// Stops (no grace) and removes container `id`; panics if either fails.
+    pub async fn remove(&mut self, id: &str) {
+        self.rt
+            .stop_container(proto::StopContainerRequest {
+                container_id: id.into(),
+                timeout: 0,
+            })
+            .await
+            .expect("StopContainer");
+        self.rt
+            .remove_container(proto::RemoveContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .expect("RemoveContainer");
+    }
+
     /// The container's status; panics if it is unknown.
     pub async fn status(&mut self, id: &str) -> proto::ContainerStatus {
         self.rt

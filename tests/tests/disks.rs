@@ -67,22 +67,6 @@ async fn serials(pod: &mut TestPod, id: &str) -> Vec<String> {
     all
 }
 
-async fn remove(pod: &mut TestPod, id: &str) {
-    pod.rt
-        .stop_container(proto::StopContainerRequest {
-            container_id: id.into(),
-            timeout: 0,
-        })
-        .await
-        .unwrap();
-    pod.rt
-        .remove_container(proto::RemoveContainerRequest {
-            container_id: id.into(),
-        })
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn disks_enter_the_vm_once_and_leave_with_their_last_container() {
     let dir = tempfile::tempdir().unwrap();
@@ -218,14 +202,14 @@ async fn disks_enter_the_vm_once_and_leave_with_their_last_container() {
 
     // The qcow2 image leaves with its only container; the others stay
     // while a container uses them.
-    remove(&mut pod, &writer).await;
+    pod.remove(&writer).await;
     assert_eq!(
         serials(&mut pod, &late).await,
         ["frakti-modules", "vol0", "vol1"]
     );
-    remove(&mut pod, &reader).await;
+    pod.remove(&reader).await;
     assert_eq!(serials(&mut pod, &late).await, ["frakti-modules", "vol1"]);
-    remove(&mut pod, &late).await;
+    pod.remove(&late).await;
     let probe = pod.container("probe", &["sleep 100000"]);
     let probe = pod.run(probe).await;
     assert_eq!(serials(&mut pod, &probe).await, ["frakti-modules"]);

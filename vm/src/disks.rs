@@ -352,12 +352,13 @@ impl VmRuntime {
             None => None,
         };
         let mut records = PodDisks::load(&state.dir)?;
+        let mut changed = false;
         for serial in serials {
             let Some(at) = records.disks.iter().position(|d| &d.serial == serial) else {
                 continue;
             };
             let disk = &mut records.disks[at];
-            disk.users.remove(id);
+            changed |= disk.users.remove(id);
             if !disk.users.is_empty() {
                 continue;
             }
@@ -376,8 +377,13 @@ impl VmRuntime {
                 tracing::info!(container = id, %serial, "disk detached");
             }
             records.disks.remove(at);
+            changed = true;
         }
-        records.save(&state.dir)
+        // Records already gone (the pod's directory with them) stay gone.
+        if changed {
+            records.save(&state.dir)?;
+        }
+        Ok(())
     }
 }
 

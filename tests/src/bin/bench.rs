@@ -18,7 +18,9 @@
 //! VM resize: UpdateContainerResources until the new vCPU and memory are
 //! online in the guest.
 //!
-//! Usage: frakti-bench [--runs N] [--accel auto|kvm|tcg] [--pull-only] [--streaming-only] [--stats-only] [--resize-only] [--overhead-only]
+//! Pod start alone (`--boot-only`): RunPodSandbox against the bare QEMU floor.
+//!
+//! Usage: frakti-bench [--runs N] [--accel auto|kvm|tcg] [--pull-only] [--streaming-only] [--stats-only] [--resize-only] [--overhead-only] [--boot-only]
 
 use std::time::{Duration, Instant};
 
@@ -46,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
     let mut stats_only = false;
     let mut resize_only = false;
     let mut overhead_only = false;
+    let mut boot_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -56,9 +59,10 @@ async fn main() -> anyhow::Result<()> {
             "--stats-only" => stats_only = true,
             "--resize-only" => resize_only = true,
             "--overhead-only" => overhead_only = true,
+            "--boot-only" => boot_only = true,
             other => {
                 bail!(
-                    "unknown argument {other:?} (usage: frakti-bench [--runs N] [--accel MODE] [--pull-only] [--streaming-only] [--stats-only] [--resize-only] [--overhead-only])"
+                    "unknown argument {other:?} (usage: frakti-bench [--runs N] [--accel MODE] [--pull-only] [--streaming-only] [--stats-only] [--resize-only] [--overhead-only] [--boot-only])"
                 )
             }
         }
@@ -72,6 +76,9 @@ async fn main() -> anyhow::Result<()> {
     if resize_only {
         return resize_bench(&accel, runs).await;
     }
+    if boot_only {
+        return boot_bench(&accel, runs).await;
+    }
     if overhead_only {
         return overhead_bench(&accel, runs.clamp(1, 5)).await;
     }
@@ -81,36 +88,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let daemon = Daemon::start(&["--accel", &accel]).await?;
     let mut c = daemon.runtime().await?;
-    let mut accel_used = Accel::Tcg;
 
-    // Pod start (RunPodSandbox call until it returns a READY sandbox) and the
-    // floor (the same QEMU command line, no daemon, until the agent's first
-    // console line), interleaved so that drift in host load hits both alike.
-    let mut starts = Vec::new();
-    let mut floors = Vec::new();
-    for i in 0..=runs {
-        let begin = Instant::now();
-        let id = run_pod(&mut c, pod_config(&format!("bench-{i}"), &[])).await?;
-        let took = begin.elapsed();
-        let (status, info) = pod_status(&mut c, &id).await?;
-        if status.state != proto::PodSandboxState::SandboxReady as i32 {
-            bail!("pod {id} not READY after RunPodSandbox");
-        }
-        let vm_accel = if info["vm"]["accel"] == "kvm" {
-            Accel::Kvm
-        } else {
-            Accel::Tcg
-        };
-        c.remove_pod_sandbox(proto::RemovePodSandboxRequest { pod_sandbox_id: id })
-            .await?;
-        let floor = floor_boot(&daemon, vm_accel, i).await?;
-        accel_used = vm_accel;
-        // The first round warms caches; it is not counted.
-        if i > 0 {
-            starts.push(took.as_secs_f64());
-            floors.push(floor);
-        }
-    }
+    let (mut starts, mut floors, accel_used) = pod_starts(&daemon, &mut c, runs).await?;
 
     // Host memory of one idle pod, and ICMP round trips host -> pod IP.
     let pod = pod_config("bench-idle", &[]);
@@ -175,22 +154,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let mut host_starts = host_pods::host_pod_starts(&mut c, &image, runs).await?;
 
-    let (s50, s90) = (percentile(&mut starts, 50), percentile(&mut starts, 90));
-    let (f50, f90) = (percentile(&mut floors, 50), percentile(&mut floors, 90));
-    println!("frakti bench: {runs} runs, accel {accel_used}, default pod size (1 vCPU, 256 MiB)");
-    println!(
-        "pod start (RunPodSandbox -> READY): p50 {:.3} s  p90 {:.3} s",
-        s50, s90
-    );
-    println!(
-        "floor (same QEMU, boot to agent init): p50 {:.3} s  p90 {:.3} s",
-        f50, f90
-    );
-    println!(
-        "ratio pod start / floor: p50 {:.3}  p90 {:.3}",
-        s50 / f50,
-        s90 / f90
-    );
+    let s50 = print_pod_starts(runs, accel_used, &mut starts, &mut floors);
     let (p50, f50) = (percentile(&mut pod_rtt, 50), percentile(&mut floor_rtt, 50));
     println!(
         "ping host -> pod IP: p50 {p50:.3} ms; plain netns on the same CNI network, no VM: p50 {f50:.3} ms; ratio {:.1}",
@@ -839,5 +803,83 @@ async fn pull_bench(runs: usize) -> anyhow::Result<()> {
     println!("frakti PullImage (download + verify + unpack): p50 {f:.3} s");
     println!("skopeo copy to an OCI dir (download only):     p50 {s:.3} s");
     println!("ratio frakti / skopeo: {:.3}", f / s);
+    Ok(())
+}
+
+/// Pod start (RunPodSandbox call until it returns a READY sandbox) and the
+/// floor (the same QEMU command line, no daemon, until the agent's first
+/// console line), interleaved so that drift in host load hits both alike:
+/// `runs` of each (after one warm-up round), and the accelerator used.
+async fn pod_starts(
+    daemon: &Daemon,
+    c: &mut proto::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    runs: usize,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>, Accel)> {
+    let mut accel_used = Accel::Tcg;
+    let mut starts = Vec::new();
+    let mut floors = Vec::new();
+    for i in 0..=runs {
+        let begin = Instant::now();
+        let id = run_pod(c, pod_config(&format!("bench-{i}"), &[])).await?;
+        let took = begin.elapsed();
+        let (status, info) = pod_status(c, &id).await?;
+        if status.state != proto::PodSandboxState::SandboxReady as i32 {
+            bail!("pod {id} not READY after RunPodSandbox");
+        }
+        let vm_accel = if info["vm"]["accel"] == "kvm" {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        };
+        c.remove_pod_sandbox(proto::RemovePodSandboxRequest { pod_sandbox_id: id })
+            .await?;
+        let floor = floor_boot(daemon, vm_accel, i).await?;
+        accel_used = vm_accel;
+        // The first round warms caches; it is not counted.
+        if i > 0 {
+            starts.push(took.as_secs_f64());
+            floors.push(floor);
+        }
+    }
+
+    Ok((starts, floors, accel_used))
+}
+
+/// Prints the pod start figures; returns the p50 pod start.
+fn print_pod_starts(runs: usize, accel: Accel, starts: &mut [f64], floors: &mut [f64]) -> f64 {
+    let (s50, s90) = (percentile(starts, 50), percentile(starts, 90));
+    let (f50, f90) = (percentile(floors, 50), percentile(floors, 90));
+    println!("frakti bench: {runs} runs, accel {accel}, default pod size (1 vCPU, 256 MiB)");
+    println!(
+        "pod start (RunPodSandbox -> READY): p50 {:.3} s  p90 {:.3} s",
+        s50, s90
+    );
+    println!(
+        "floor (same QEMU, boot to agent init): p50 {:.3} s  p90 {:.3} s",
+        f50, f90
+    );
+    println!(
+        "ratio pod start / floor: p50 {:.3}  p90 {:.3}",
+        s50 / f50,
+        s90 / f90
+    );
+    s50
+}
+
+/// `--boot-only`: pod start against the bare QEMU floor, alone.
+async fn boot_bench(accel: &str, runs: usize) -> anyhow::Result<()> {
+    let daemon = Daemon::start(&["--accel", accel]).await?;
+    let mut c = daemon.runtime().await?;
+    let modules = guest_dir().join("modules.img");
+    println!(
+        "guest module disk: {}",
+        if modules.is_file() {
+            "attached (modules on demand)"
+        } else {
+            "absent (initramfs modules only)"
+        }
+    );
+    let (mut starts, mut floors, accel_used) = pod_starts(&daemon, &mut c, runs).await?;
+    print_pod_starts(runs, accel_used, &mut starts, &mut floors);
     Ok(())
 }
