@@ -141,19 +141,25 @@ async fn serve(config: Config, qemu: Arc<Qemu>) -> anyhow::Result<()> {
     if config.host_pods {
         registry = registry.with(config.host_handler.clone(), host_runtime.clone());
     }
+    // Every VM runtime, for the metrics of their VMs.
+    let mut vm_runtimes: Vec<Arc<dyn telemetry::VmSource>> = vec![default_runtime.clone()];
     for (name, handler) in &config.runtime_handlers {
         let runtime: Arc<dyn PodRuntime> = match handler.kind {
             HandlerKind::Host => host_runtime.clone(),
-            HandlerKind::Vm => Arc::new(
-                vm_runtime(
-                    &config,
-                    handler,
-                    Arc::new(qemu.for_machine(handler.machine)),
-                    Some(networks.clone()),
-                    events_tx.clone(),
-                )
-                .sharing_accel(&default_runtime),
-            ),
+            HandlerKind::Vm => {
+                let vms = Arc::new(
+                    vm_runtime(
+                        &config,
+                        handler,
+                        Arc::new(qemu.for_machine(handler.machine)),
+                        Some(networks.clone()),
+                        events_tx.clone(),
+                    )
+                    .sharing_accel(&default_runtime),
+                );
+                vm_runtimes.push(vms.clone());
+                vms
+            }
         };
         tracing::info!(handler = %name, kind = ?handler.kind, machine = handler.machine.name(), "runtime handler");
         registry = registry.with(name.clone(), runtime);
@@ -188,7 +194,7 @@ async fn serve(config: Config, qemu: Arc<Qemu>) -> anyhow::Result<()> {
     tracing::info!(url = streaming_server.base_url(), "streaming server ready");
 
     if let Some(address) = config.metrics_address {
-        telemetry::global().register_vms(default_runtime.clone());
+        telemetry::global().register_vms(vm_runtimes.clone());
         let bound = metrics::serve(address).await?;
         tracing::info!(url = %format!("http://{bound}{}", metrics::PATH), "metrics endpoint ready");
     }

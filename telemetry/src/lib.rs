@@ -224,12 +224,13 @@ impl Telemetry {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Reads the running VMs from `source` at each scrape.
-    pub fn register_vms(&self, source: Arc<dyn VmSource>) {
+    /// Reads the running VMs from `sources` (one per VM runtime handler)
+    /// at each scrape, as one set of metrics.
+    pub fn register_vms(&self, sources: Vec<Arc<dyn VmSource>>) {
         self.registry
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .register_collector(Box::new(vms::VmCollector(source)));
+            .register_collector(Box::new(vms::VmCollector(sources)));
     }
 
     /// Everything, in the OpenMetrics text format ([`CONTENT_TYPE`]). Reads

@@ -88,9 +88,11 @@ fn vms_are_read_at_each_scrape() {
         None,
         "no source, no VM figures"
     );
-    t.register_vms(Arc::new(TwoVms));
+    // Two runtime handlers' VMs are one family each, not two.
+    t.register_vms(vec![Arc::new(TwoVms), Arc::new(TwoVms)]);
     let text = t.encode().unwrap();
-    assert_eq!(sample(&text, "frakti_vms"), Some(2.0), "{text}");
+    assert_eq!(sample(&text, "frakti_vms"), Some(4.0), "{text}");
+    assert_eq!(text.matches("# TYPE frakti_vms ").count(), 1, "{text}");
     let cpu = r#"frakti_pod_vm_host_cpu_seconds_total{sandbox_id="b"}"#;
     assert_eq!(sample(&text, cpu), Some(2.5));
     let rss = r#"frakti_pod_vm_host_memory_rss_bytes{sandbox_id="a"}"#;

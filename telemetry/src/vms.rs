@@ -26,11 +26,11 @@ pub trait VmSource: std::fmt::Debug + Send + Sync + 'static {
 }
 
 #[derive(Debug)]
-pub(crate) struct VmCollector(pub(crate) Arc<dyn VmSource>);
+pub(crate) struct VmCollector(pub(crate) Vec<Arc<dyn VmSource>>);
 
 impl Collector for VmCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let vms = self.0.vm_costs();
+        let vms: Vec<VmCost> = self.0.iter().flat_map(|s| s.vm_costs()).collect();
         let count = ConstGauge::new(vms.len() as i64);
         count.encode(encoder.encode_descriptor(
             "vms",

@@ -46,9 +46,17 @@ async fn handlers_of_the_config_run_pods_side_by_side() {
     std::fs::write(&config, CONFIG).unwrap();
     let registry = Registry::start(None).await.unwrap();
     let image = push_box(&registry).await.unwrap();
-    let daemon = Daemon::start(&["--accel", "tcg", "--config", config.to_str().unwrap()])
-        .await
-        .unwrap();
+    let metrics = format!("127.0.0.1:{}", e2e::free_port().unwrap());
+    let daemon = Daemon::start(&[
+        "--accel",
+        "tcg",
+        "--config",
+        config.to_str().unwrap(),
+        "--metrics-address",
+        &metrics,
+    ])
+    .await
+    .unwrap();
     pull(&daemon, &image).await.unwrap();
     let mut rt = daemon.runtime().await.unwrap();
 
@@ -91,6 +99,9 @@ async fn handlers_of_the_config_run_pods_side_by_side() {
     assert_eq!(fast_status.runtime_handler, "fast");
     assert!(cmdline(vm_pid(&fast_info)).contains("-M microvm,"));
     assert!(cmdline(vm_pid(&slow_info)).contains("-M q35,"));
+    // The metrics count the VMs of every handler.
+    let (_, text) = e2e::scrape(&metrics).await.unwrap();
+    assert_eq!(e2e::sample(&text, "frakti_vms", &[]), Some(2.0), "{text}");
 
     let script = "ls /sys/bus/pci/devices | wc -l; grep MemTotal /proc/meminfo; \
                   ip -4 addr show eth0 | grep -c inet; sleep 100000";
