@@ -83,6 +83,16 @@ pub fn remove_files(files: &ContainerFiles) -> Result<(), RuntimeError> {
     Ok(())
 }
 
+/// The host path of CRI mount `m`, a symlink resolved on the host.
+pub(crate) fn resolve_host_path(
+    m: &runtime_api::container::Mount,
+) -> Result<PathBuf, RuntimeError> {
+    container::mounts::resolve_host_path(m).map_err(|e| match e {
+        container::mounts::HostPathError::NotAbsolute { .. } => invalid(e.to_string()),
+        other => internal(other.to_string(), other),
+    })
+}
+
 /// The result of preparing a container's files.
 #[derive(Debug)]
 pub struct Prepared {
@@ -192,11 +202,7 @@ fn prepare_steps(
             sources.push(source.clone());
             continue;
         }
-        // A symlinked host path is resolved on the host.
-        let resolved = container::mounts::resolve_host_path(m).map_err(|e| match e {
-            container::mounts::HostPathError::NotAbsolute { .. } => invalid(e.to_string()),
-            other => internal(other.to_string(), other),
-        })?;
+        let resolved = resolve_host_path(m)?;
         let target = files.dir.join("mounts").join(n.to_string());
         std::fs::create_dir_all(files.dir.join("mounts"))
             .map_err(|e| internal("create the mounts directory", e))?;

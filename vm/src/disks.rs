@@ -87,10 +87,7 @@ pub(crate) fn wanted(
                 )));
             }
         };
-        let path = container::mounts::resolve_host_path(m).map_err(|e| match e {
-            container::mounts::HostPathError::NotAbsolute { .. } => invalid(e.to_string()),
-            other => internal(other.to_string(), other),
-        })?;
+        let path = crate::containers::resolve_host_path(m)?;
         let Ok(meta) = std::fs::metadata(&path) else {
             continue;
         };
