@@ -17,6 +17,8 @@ APT_PKGS=(
   erofs-utils                # mkfs.erofs: the guest kernel's module tree as a read-only disk
   xfsprogs                   # disk tests: an xfs filesystem on a loop device
   e2fsprogs                  # disk tests: mkfs.ext4, debugfs
+  dosfstools                 # disk tests: mkfs.vfat
+  btrfs-progs                # disk tests: mkfs.btrfs
   containernetworking-plugins
   iproute2
   iptables

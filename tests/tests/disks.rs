@@ -1,5 +1,5 @@
-//! Block devices and disk images in a VM pod (TCG): loop devices with ext4
-//! and xfs and a qcow2 image marked by annotation are hot-plugged into the
+//! Block devices and disk images in a VM pod (TCG): loop devices with ext4,
+//! xfs, vfat and btrfs and a qcow2 image marked by annotation are hot-plugged into the
 //! VM once per pod, their filesystems mounted by the guest; what one
 //! container writes another reads; a read-only use refuses writes; a CRI
 //! device is a node in the container; the disks survive a daemon restart,
@@ -191,6 +191,31 @@ async fn disks_enter_the_vm_once_and_leave_with_their_last_container() {
     let err = pod.create(odd).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("not a regular file"), "{err:?}");
+
+    // vfat and btrfs too: their modules (and btrfs's many dependencies,
+    // vfat's code page) come from the module disk as the guest mounts them.
+    let fat = Loop::new(dir.path(), "fat.img", 32, "mkfs.vfat");
+    let btrfs = Loop::new(dir.path(), "btrfs.img", 128, "mkfs.btrfs -q -f");
+    let mut others = pod.container("others", &["sleep 100000"]);
+    others.mounts = vec![
+        mount("/fat", Path::new(&fat.device), false),
+        mount("/btrfs", Path::new(&btrfs.device), false),
+    ];
+    let others = pod.run(others).await;
+    let out = pod
+        .exec(
+            &others,
+            "echo fat > /fat/f && echo btr > /btrfs/f && cat /fat/f /btrfs/f \
+             && grep -E ' /(fat|btrfs) ' /proc/mounts | cut -d' ' -f2-3",
+        )
+        .await;
+    assert_eq!(out.exit_code, 0, "{out:?}");
+    assert_eq!(text(&out), "fat\nbtr\n/fat vfat\n/btrfs btrfs\n");
+    pod.remove(&others).await;
+    assert_eq!(
+        serials(&mut pod, &reader).await,
+        ["frakti-modules", "vol0", "vol1", "vol2"]
+    );
 
     // The daemon restarts; the disks stay, and are known to it.
     pod.daemon.restart().await.unwrap();

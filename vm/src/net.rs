@@ -31,7 +31,7 @@ impl VmNetwork {
     }
 }
 
-/// Most NICs a pod VM takes (its hot-plug slots).
+/// Most NICs a pod VM takes (hot-plug slots it shares with the disks).
 pub const MAX_NICS: usize = 4;
 
 /// Setting up a VM pod's network failed.

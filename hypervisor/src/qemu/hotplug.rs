@@ -10,7 +10,7 @@ use crate::{BlockFormat, BlockSpec, HotplugError, NicSpec, VmEndpoints};
 
 /// PCIe root ports created for hot-plug: NIC `i` takes port `i + 1`, disks
 /// take the highest free one, so the two meet only when all are in use.
-pub(super) const HOTPLUG_PORTS: usize = 4;
+pub(super) const HOTPLUG_PORTS: usize = 8;
 
 /// Limit of one QMP command at run time.
 pub(super) const QMP_LIMIT: Duration = Duration::from_secs(10);

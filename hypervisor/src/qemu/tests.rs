@@ -268,7 +268,8 @@ fn commands(log: &std::sync::Mutex<Vec<Value>>) -> Vec<String> {
 
 #[tokio::test]
 async fn a_disk_goes_to_the_highest_free_port_and_comes_out_again() {
-    let (_dir, vm, log) = monitor(vec![4], false);
+    // The highest port is taken: the disk goes to the one below it.
+    let (_dir, vm, log) = monitor(vec![HOTPLUG_PORTS], false);
     let q = qemu(false);
     q.add_block(&vm, &disk("vol1")).await.unwrap();
     {
@@ -283,7 +284,7 @@ async fn a_disk_goes_to_the_highest_free_port_and_comes_out_again() {
         assert_eq!(
             dev["arguments"],
             json!({"driver": "virtio-blk-pci", "id": "disk-vol1", "drive": "node-vol1",
-                "serial": "vol1", "bus": "rp3"})
+                "serial": "vol1", "bus": format!("rp{}", HOTPLUG_PORTS - 1)})
         );
     }
     log.lock().unwrap().clear();
@@ -299,7 +300,7 @@ async fn a_disk_goes_to_the_highest_free_port_and_comes_out_again() {
 
 #[tokio::test]
 async fn no_free_port_bad_ids_and_a_stuck_unplug_are_errors() {
-    let (_dir, vm, log) = monitor(vec![1, 2, 3, 4], true);
+    let (_dir, vm, log) = monitor((1..=HOTPLUG_PORTS).collect(), true);
     let q = qemu(false);
     let err = q.add_block(&vm, &disk("vol1")).await.unwrap_err();
     assert!(
@@ -335,7 +336,7 @@ async fn endpoints_and_capabilities() {
     assert_eq!(vm.vmm_log, Path::new("/run/p/qemu.log"));
     let caps = q.capabilities();
     assert!(caps.block_hotplug && caps.nic_hotplug);
-    assert_eq!(caps.hotplug_slots, 4);
+    assert_eq!(caps.hotplug_slots, 8, "a NIC and seven disks");
     let dir = tempfile::tempdir().unwrap();
     assert!(matches!(
         q.find("abc", dir.path()),
@@ -404,7 +405,11 @@ async fn hotplug_against_real_qemu() {
         let qmp = QmpClient::connect(&vm.control_socket, QMP_LIMIT)
             .await
             .unwrap();
-        for (dev, bus) in [("disk-d1", "rp4"), ("disk-d2", "rp3")] {
+        let (top, next) = (
+            format!("rp{HOTPLUG_PORTS}"),
+            format!("rp{}", HOTPLUG_PORTS - 1),
+        );
+        for (dev, bus) in [("disk-d1", top), ("disk-d2", next)] {
             let path =
                 json!({"path": format!("/machine/peripheral/{dev}"), "property": "parent_bus"});
             let parent = qmp.execute("qom-get", Some(path), QMP_LIMIT).await.unwrap();
