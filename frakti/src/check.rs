@@ -340,34 +340,36 @@ fn vhost() -> Finding {
 
 fn guest_assets(config: &Config) -> Finding {
     const NAME: &str = "guest assets";
-    for (what, path) in [
-        ("kernel", &config.guest_kernel),
-        ("initramfs", &config.guest_initrd),
-    ] {
-        let problem = match std::fs::File::open(path).and_then(|f| f.metadata()) {
-            Ok(m) if m.is_file() && m.len() > 0 => continue,
-            Ok(_) => "is empty or not a file".to_owned(),
-            Err(e) => format!("cannot be read: {e}"),
-        };
-        return Finding::bad(
-            NAME,
-            Verdict::Fail,
-            format!("guest {what} {} {problem}", path.display()),
-            "run `make build` (build tree) or `make install`, or set guest_kernel / guest_initrd",
-        );
+    let mut found = Vec::new();
+    for (name, handler) in config.handlers() {
+        if handler.kind != crate::config::HandlerKind::Vm {
+            continue;
+        }
+        for (what, path) in [("kernel", &handler.kernel), ("initramfs", &handler.initrd)] {
+            let problem = match std::fs::File::open(path).and_then(|f| f.metadata()) {
+                Ok(m) if m.is_file() && m.len() > 0 => continue,
+                Ok(_) => "is empty or not a file".to_owned(),
+                Err(e) => format!("cannot be read: {e}"),
+            };
+            return Finding::bad(
+                NAME,
+                Verdict::Fail,
+                format!("handler {name}: guest {what} {} {problem}", path.display()),
+                "run `make build` (build tree) or `make install`, or set guest_kernel / \
+                 guest_initrd (a table handler: its kernel / initrd)",
+            );
+        }
+        let release = probe::kernel_release(&handler.kernel)
+            .map(|r| format!(", kernel {r}"))
+            .unwrap_or_default();
+        found.push(format!(
+            "handler {name} ({}): {} and {}{release}",
+            handler.machine.name(),
+            handler.kernel.display(),
+            handler.initrd.display()
+        ));
     }
-    let release = probe::kernel_release(&config.guest_kernel)
-        .map(|r| format!(", kernel {r}"))
-        .unwrap_or_default();
-    Finding::ok(
-        NAME,
-        format!(
-            "handler {}: {} and {}{release}",
-            crate::VM_HANDLER,
-            config.guest_kernel.display(),
-            config.guest_initrd.display()
-        ),
-    )
+    Finding::ok(NAME, found.join("; "))
 }
 
 fn guest_modules(config: &Config) -> Finding {

@@ -342,10 +342,7 @@ fn version_text(config: &Config) -> String {
 /// Every VM handler's guest assets are there (the default handler's
 /// included), and a host handler has host pods to run.
 fn check_handlers(config: &Config) -> Result<(), String> {
-    let default = config.default_handler();
-    let all = std::iter::once((VM_HANDLER, &default))
-        .chain(config.runtime_handlers.iter().map(|(n, h)| (n.as_str(), h)));
-    for (name, handler) in all {
+    for (name, handler) in config.handlers() {
         if handler.kind == HandlerKind::Host {
             if !config.host_pods {
                 return Err(format!(

@@ -197,4 +197,19 @@ fn a_handler_without_its_kernel_stops_frakti() {
         "{stderr}"
     );
     assert!(!dir.path().join("frakti.sock").exists());
+    // `frakti check` names it too, with the fix.
+    let out = Command::new(frakti_bin())
+        .arg("--config")
+        .arg(&config)
+        .arg("--root")
+        .arg(dir.path().join("root"))
+        .arg("check")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("fail guest assets: handler broken: guest kernel /nonexistent/vmlinux"),
+        "{stdout}"
+    );
 }

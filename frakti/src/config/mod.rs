@@ -530,6 +530,17 @@ impl Config {
         }
     }
 
+    /// Every handler: the default VM one (as `frakti`), then the table's.
+    pub fn handlers(&self) -> Vec<(String, Handler)> {
+        std::iter::once((crate::VM_HANDLER.to_owned(), self.default_handler()))
+            .chain(
+                self.runtime_handlers
+                    .iter()
+                    .map(|(name, h)| (name.clone(), h.clone())),
+            )
+            .collect()
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if self.cpu == 0 || self.cpu > 255 {
             return Err(invalid(
