@@ -179,17 +179,22 @@ fn a_handler_without_its_kernel_stops_frakti() {
         "[runtime_handlers.broken]\nkernel = \"/nonexistent/vmlinux\"\n",
     )
     .unwrap();
-    let out = Command::new(frakti_bin())
-        .arg("--config")
-        .arg(&config)
-        .arg("--root")
-        .arg(dir.path().join("root"))
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .arg("--listen")
-        .arg(dir.path().join("frakti.sock"))
-        .output()
-        .unwrap();
+    // The daemon, and `frakti check`, with that config and private directories.
+    let frakti = |extra: &[&str]| {
+        Command::new(frakti_bin())
+            .arg("--config")
+            .arg(&config)
+            .arg("--root")
+            .arg(dir.path().join("root"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--listen")
+            .arg(dir.path().join("frakti.sock"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = frakti(&[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
@@ -198,14 +203,7 @@ fn a_handler_without_its_kernel_stops_frakti() {
     );
     assert!(!dir.path().join("frakti.sock").exists());
     // `frakti check` names it too, with the fix.
-    let out = Command::new(frakti_bin())
-        .arg("--config")
-        .arg(&config)
-        .arg("--root")
-        .arg(dir.path().join("root"))
-        .arg("check")
-        .output()
-        .unwrap();
+    let out = frakti(&["check"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
