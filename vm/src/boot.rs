@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_api::{AgentClient, UnixTransport, calls};
-use hypervisor::{Hypervisor, NicSpec, Resources, VmEndpoints, VmSpec};
+use hypervisor::{Hypervisor, Resources, VmEndpoints, VmSpec};
 use network::Netns;
 use runtime_api::{RuntimeError, RuntimeErrorKind, SandboxConfig};
 use telemetry::StartPhase;
@@ -127,14 +127,7 @@ impl VmRuntime {
             record_phase(StartPhase::Network, net_started.elapsed());
             early_net = Some(pod_net);
         }
-        let boot_nics = early_net
-            .iter()
-            .flat_map(|n| n.taps())
-            .map(|tap| NicSpec {
-                tap: tap.tap.clone(),
-                mac: tap.mac.clone(),
-            })
-            .collect();
+        let boot_nics = early_net.iter().flat_map(VmNetwork::nics).collect();
         let spec = VmSpec {
             id: id.to_owned(),
             dir: dir.to_path_buf(),
@@ -205,11 +198,7 @@ impl VmRuntime {
             };
             tracing::debug!(%id, elapsed = ?started.elapsed(), "CNI added");
             let mut plugged = Ok(());
-            for (index, tap) in pod_net.taps().enumerate() {
-                let nic = NicSpec {
-                    tap: tap.tap.clone(),
-                    mac: tap.mac.clone(),
-                };
+            for (index, nic) in pod_net.nics().enumerate() {
                 plugged = self
                     .hypervisor
                     .add_nic(&endpoints, index, &nic)

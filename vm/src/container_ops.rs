@@ -33,12 +33,15 @@ impl ContainerRuntime for VmRuntime {
         let state = VmState::parse(&sandbox.runtime_state)?;
         let wanted = disks::wanted(config, &sandbox.config)?;
         let granted = self.attach_disks(&vm, &state, id, &wanted).await?;
-        let undo_disks = async |why: &str| {
+        let undo_disks = async || {
             if let Err(undo) = self
                 .release_disks(&sandbox.id, &state, id, &granted.serials)
                 .await
             {
-                tracing::warn!(container = id, "release the disks after {why}: {undo}");
+                tracing::warn!(
+                    container = id,
+                    "release the disks after a failed create: {undo}"
+                );
             }
         };
         let prepared = containers::prepare(
@@ -53,7 +56,7 @@ impl ContainerRuntime for VmRuntime {
         let mut prepared = match prepared {
             Ok(p) => p,
             Err(e) => {
-                undo_disks("a failed create").await;
+                undo_disks().await;
                 return Err(e);
             }
         };
@@ -72,7 +75,7 @@ impl ContainerRuntime for VmRuntime {
             if let Err(undo) = containers::remove_files(&prepared.files) {
                 tracing::warn!(container = id, "cleanup after a failed create: {undo}");
             }
-            undo_disks("a failed create").await;
+            undo_disks().await;
             return Err(agent_failure("create the container", e));
         }
         serde_json::to_value(&prepared.files).map_err(|e| internal("encode the container state", e))

@@ -29,6 +29,14 @@ impl VmNetwork {
     pub fn taps(&self) -> impl Iterator<Item = &TapLink> {
         std::iter::once(&self.tap).chain(self.extra_taps.iter())
     }
+
+    /// The guest NIC of each tap, in [`VmNetwork::taps`] order.
+    pub fn nics(&self) -> impl Iterator<Item = hypervisor::NicSpec> + '_ {
+        self.taps().map(|tap| hypervisor::NicSpec {
+            tap: tap.tap.clone(),
+            mac: tap.mac.clone(),
+        })
+    }
 }
 
 /// Most NICs a pod VM takes (hot-plug slots it shares with the disks).
