@@ -52,6 +52,17 @@ if [[ ! -c /dev/net/tun ]]; then
   mknod -m 0666 /dev/net/tun c 10 200
 fi
 
+# QEMU runs as this unprivileged system user (config key vm_user).
+if ! getent passwd frakti-vm > /dev/null; then
+  log "creating the system user frakti-vm"
+  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin frakti-vm
+fi
+# Each pod's QEMU takes a uid of its own from the user's subordinate range.
+if ! grep -q '^frakti-vm:' /etc/subuid 2> /dev/null; then
+  log "giving frakti-vm the subordinate uids 1879048192-1879113727"
+  usermod --add-subuids 1879048192-1879113727 frakti-vm
+fi
+
 PYENV_DIR=${PYENV_DIR:-$(pwd)/target/pyenv}
 if [[ ! -x $PYENV_DIR/bin/python ]]; then
   log "creating venv $PYENV_DIR"

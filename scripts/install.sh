@@ -111,6 +111,17 @@ do_install() {
         [[ -f $f ]] || die "$f is missing: run \`make build\` first"
     done
     [[ -z $DESTDIR ]] || mkdir -p "$DESTDIR"
+    # QEMU runs as this unprivileged system user (vm_user); it is an account,
+    # not a file, so uninstall leaves it.
+    if [[ -z $DESTDIR ]] && ! getent passwd frakti-vm > /dev/null; then
+        useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin frakti-vm
+        log "created the system user frakti-vm"
+    fi
+    # Each pod's QEMU takes a uid of its own from the user's subordinate range.
+    if [[ -z $DESTDIR ]] && ! grep -q '^frakti-vm:' /etc/subuid 2> /dev/null; then
+        usermod --add-subuids 1879048192-1879113727 frakti-vm
+        log "gave frakti-vm the subordinate uids 1879048192-1879113727"
+    fi
     load_previous
     put "$BUILD/frakti" "$PREFIX/bin/frakti" 0755
     put "$BUILD/frakti-monitor" "$PREFIX/bin/frakti-monitor" 0755

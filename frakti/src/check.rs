@@ -89,6 +89,7 @@ pub fn host(config: &Config, backend: &Qemu, accel: Option<(Accel, String)>) -> 
         qemu(config),
         qemu_features(config),
         qemu_sandbox(config),
+        vm_user(config),
         virtiofsd(config),
         tun(),
         vhost(),
@@ -284,6 +285,34 @@ fn qemu_sandbox(config: &Config) -> Finding {
             Verdict::Fail,
             format!("QEMU does not start with -sandbox on: {why}"),
             "install a QEMU built with seccomp, or set qemu_sandbox = false to run without it",
+        ),
+    }
+}
+
+fn vm_user(config: &Config) -> Finding {
+    const NAME: &str = "vm user";
+    match config.vm_user_ids() {
+        Ok(Some(user)) => Finding::ok(
+            NAME,
+            format!(
+                "QEMU runs as {} (uid {}, gid {})",
+                user.name, user.uid, user.gid
+            ),
+        ),
+        Ok(None) => Finding::bad(
+            NAME,
+            Verdict::Warn,
+            format!("QEMU runs as root (vm_user = {:?})", config.vm_user),
+            "create an unprivileged system user and set vm_user to it",
+        ),
+        Err(e) => Finding::bad(
+            NAME,
+            Verdict::Fail,
+            e.to_string(),
+            format!(
+                "useradd --system --no-create-home --shell /usr/sbin/nologin {}",
+                config.vm_user
+            ),
         ),
     }
 }

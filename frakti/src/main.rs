@@ -68,10 +68,15 @@ fn main() {
         }
         return;
     }
+    let vm_user = config.vm_user_ids();
     // One backend, probed once (`-sandbox` support), for every use below.
-    let qemu = Arc::new(qemu(&config));
+    let qemu = Arc::new(qemu(&config, vm_user.as_ref().ok().cloned().flatten()));
     if cli.command == Some(Command::Check) {
         std::process::exit(if check(&config, &qemu) { 0 } else { 1 });
+    }
+    if let Err(e) = vm_user {
+        eprintln!("frakti: {e}");
+        std::process::exit(2);
     }
     if let Err(e) = check_socket_paths(&config, &qemu) {
         eprintln!("frakti: {e}");
@@ -313,12 +318,13 @@ fn check(config: &Config, qemu: &Arc<Qemu>) -> bool {
     check::report(&check::host(config, qemu, accel), &mut std::io::stdout())
 }
 
-fn qemu(config: &Config) -> Qemu {
+fn qemu(config: &Config, user: Option<hypervisor::VmUser>) -> Qemu {
     Qemu::new(QemuConfig {
         binary: config.qemu.clone(),
         firmware: config.qemu_firmware.clone(),
         seccomp: config.qemu_sandbox,
         machine: hypervisor::Machine::Q35,
+        user,
     })
 }
 

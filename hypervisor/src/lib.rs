@@ -82,6 +82,25 @@ pub struct NicSpec {
     pub tap: String,
     /// The MAC address the guest sees.
     pub mac: String,
+    /// The network namespace the tap lives in (the host's when `None`).
+    pub netns: Option<PathBuf>,
+}
+
+/// The unprivileged user a VMM runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmUser {
+    /// Its name, for messages.
+    pub name: String,
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Supplementary groups (e.g. `kvm`, for `/dev/kvm`).
+    pub groups: Vec<u32>,
+    /// User ids of the user's own (its `/etc/subuid` range, first and
+    /// count): each VMM takes one no other process holds, so no two pods'
+    /// VMMs share a uid. `None`: every VMM runs as `uid`.
+    pub uid_range: Option<(u32, u32)>,
 }
 
 /// A running VM's process and its control endpoints.
@@ -160,6 +179,41 @@ pub enum LaunchError {
         what: &'static str,
         /// Where it was looked for.
         path: PathBuf,
+    },
+    /// Cannot open a file or socket handed to the VMM
+    #[error("cannot open {what} {path}: {source}")]
+    Open {
+        /// What it is.
+        what: &'static str,
+        /// Its path (or name, for a tap).
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No uid of the VM user's range is free
+    #[error(
+        "every uid of vm_user {user}'s range ({first} and {count} more) runs a process already"
+    )]
+    NoUid {
+        /// The VM user.
+        user: String,
+        /// First uid of the range.
+        first: u32,
+        /// Size of the range, less one.
+        count: u32,
+    },
+    /// A file the VMM opens itself is not readable by the user it runs as
+    #[error(
+        "{what} {path} is not readable by vm_user {user}; make it readable (mode 0644) or set vm_user"
+    )]
+    Unreadable {
+        /// What the file is.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The VMM's user.
+        user: String,
     },
     /// The VMM cannot confine itself as the configuration asks
     #[error(
@@ -253,6 +307,15 @@ pub enum HotplugError {
     /// No free hot-plug slot
     #[error("no free hot-plug slot for {0}")]
     NoSlot(String),
+    /// The host side of the device (its file, block device or tap) cannot be opened
+    #[error("cannot open the host side of {device}: {source}")]
+    Open {
+        /// The device.
+        device: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The device id cannot be used
     #[error("invalid device id {id:?}: {reason}")]
     InvalidId {

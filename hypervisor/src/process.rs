@@ -75,15 +75,19 @@ pub enum NotReady {
     Timeout,
 }
 
-/// Waits until every path in `ready` exists (e.g. the sockets a daemon
-/// creates once it serves). If `process` exits first it is reaped and the
-/// last line of `log` tells why; after `timeout` it is killed.
-pub async fn wait_ready(
+/// Waits until `ready` says the process serves (e.g. its socket exists or
+/// answers). If `process` exits first it is reaped and the last line of
+/// `log` tells why; after `timeout` it is killed.
+pub async fn wait_ready<F, Fut>(
     process: &Process,
-    ready: &[&Path],
+    mut ready: F,
     timeout: std::time::Duration,
     log: &Path,
-) -> Result<(), NotReady> {
+) -> Result<(), NotReady>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if !process.is_running() {
@@ -92,7 +96,7 @@ pub async fn wait_ready(
             let last = text.trim().lines().last().map(str::to_owned);
             return Err(NotReady::Exited(last));
         }
-        if ready.iter().all(|p| p.exists()) {
+        if ready().await {
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {

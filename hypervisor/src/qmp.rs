@@ -1,6 +1,7 @@
 //! A small QMP client: JSON lines over the QEMU monitor's unix socket.
 
 use std::collections::HashMap;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -98,6 +99,18 @@ impl QmpClient {
         arguments: Option<Value>,
         limit: Duration,
     ) -> Result<Value, QmpError> {
+        self.execute_with_fds(command, arguments, &[], limit).await
+    }
+
+    /// Runs `command`, handing `fds` to QEMU with it (`SCM_RIGHTS`), as
+    /// `getfd` and `add-fd` expect; returns its `return` value.
+    pub async fn execute_with_fds(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+        fds: &[BorrowedFd<'_>],
+        limit: Duration,
+    ) -> Result<Value, QmpError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut msg = json!({ "execute": command, "id": id });
         if let Some(args) = arguments {
@@ -107,7 +120,10 @@ impl QmpClient {
         lock(&self.pending).insert(id, tx);
         let mut line = msg.to_string();
         line.push('\n');
-        let sent = self.writer.lock().await.write_all(line.as_bytes()).await;
+        let sent = {
+            let mut writer = self.writer.lock().await;
+            send(&mut writer, line.as_bytes(), fds).await
+        };
         if let Err(e) = sent {
             lock(&self.pending).remove(&id);
             return Err(e.into());
@@ -126,6 +142,42 @@ impl QmpClient {
             }
         }
     }
+}
+
+/// Writes `bytes`, the descriptors `fds` riding on the first of them.
+async fn send(
+    writer: &mut OwnedWriteHalf,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> std::io::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    use std::os::fd::AsRawFd;
+    let mut done = 0;
+    if !fds.is_empty() {
+        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let stream: &UnixStream = writer.as_ref();
+        done = loop {
+            stream.writable().await?;
+            let attempt = stream.try_io(tokio::io::Interest::WRITABLE, || {
+                let iov = [std::io::IoSlice::new(bytes)];
+                let cmsg = [ControlMessage::ScmRights(&raw)];
+                sendmsg::<()>(
+                    stream.as_raw_fd(),
+                    &iov,
+                    &cmsg,
+                    MsgFlags::MSG_NOSIGNAL,
+                    None,
+                )
+                .map_err(std::io::Error::from)
+            });
+            match attempt {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        };
+    }
+    writer.write_all(&bytes[done..]).await
 }
 
 async fn read_loop(

@@ -433,3 +433,35 @@ pub fn vm_pid(info: &serde_json::Value) -> i32 {
         .and_then(|p| i32::try_from(p).ok())
         .unwrap_or(0)
 }
+
+/// The uids pod VMs run as: the subordinate range of `frakti-vm` in `/etc/subuid`.
+pub fn vm_uids() -> std::ops::Range<u32> {
+    let subuid = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
+    subuid
+        .lines()
+        .find_map(|l| {
+            let mut f = l.strip_prefix("frakti-vm:")?.split(':');
+            let first: u32 = f.next()?.parse().ok()?;
+            let count: u32 = f.next()?.parse().ok()?;
+            Some(first..first + count)
+        })
+        .expect("frakti-vm has subordinate uids (scripts/deps.sh)")
+}
+
+/// The primary gid of `frakti-vm`, the user pod VMs run as.
+pub fn vm_user_gid() -> u32 {
+    nix::unistd::User::from_name("frakti-vm")
+        .ok()
+        .flatten()
+        .expect("the user frakti-vm (scripts/deps.sh)")
+        .gid
+        .as_raw()
+}
+
+/// The effective uid of process `pid`.
+pub fn process_uid(pid: i32) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}"))
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX)
+}

@@ -93,6 +93,19 @@ fn help_and_config_errors() {
         .args(["--config", "/nonexistent/frakti.toml"])
         .output();
     assert_eq!(out.unwrap().status.code(), Some(2));
+
+    // QEMU's user must exist: the start is refused naming the key.
+    std::fs::write(&cfg, "vm_user = \"frakti-no-such-user\"\n").unwrap();
+    let out = Command::new(frakti_bin())
+        .args(["--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("key `vm_user`") && err.contains("frakti-no-such-user"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -144,6 +157,29 @@ async fn config_file_keys_apply_and_auto_accel_boots() {
         let out = as_nobody("ls", &[dir.to_str().unwrap()]);
         assert!(!out.status.success(), "nobody lists {}", dir.display());
     }
+
+    // QEMU runs as the unprivileged vm_user (the default, frakti-vm), with a
+    // uid of its subordinate range: every uid is that one, every gid the
+    // user's, no capability is left, and no new privileges.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", e2e::vm_pid(&info))).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{name} in {status}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let uid = field("Uid:")[0].clone();
+    assert!(e2e::vm_uids().contains(&uid.parse().unwrap()), "{status}");
+    assert_eq!(field("Uid:"), [uid.as_str(); 4], "{status}");
+    let gid = e2e::vm_user_gid().to_string();
+    assert_eq!(field("Gid:"), [gid.as_str(); 4], "{status}");
+    for caps in ["CapInh:", "CapPrm:", "CapEff:", "CapAmb:"] {
+        assert_eq!(field(caps), ["0000000000000000"], "{caps} {status}");
+    }
+    assert_eq!(field("NoNewPrivs:"), ["1"], "{status}");
     c.remove_pod_sandbox(proto::RemovePodSandboxRequest { pod_sandbox_id: id })
         .await
         .unwrap();

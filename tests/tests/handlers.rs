@@ -99,6 +99,13 @@ async fn handlers_of_the_config_run_pods_side_by_side() {
     assert_eq!(fast_status.runtime_handler, "fast");
     assert!(cmdline(vm_pid(&fast_info)).contains("-M microvm,"));
     assert!(cmdline(vm_pid(&slow_info)).contains("-M q35,"));
+    // Each pod's QEMU has a uid of its own, from frakti-vm's range: one
+    // cannot signal or trace the other.
+    let uids = [&fast_info, &slow_info].map(|info| e2e::process_uid(vm_pid(info)));
+    assert_ne!(uids[0], uids[1]);
+    for uid in uids {
+        assert!(e2e::vm_uids().contains(&uid), "{uid}");
+    }
     // The metrics count the VMs of every handler.
     let (_, text) = e2e::scrape(&metrics).await.unwrap();
     assert_eq!(e2e::sample(&text, "frakti_vms", &[]), Some(2.0), "{text}");

@@ -32,9 +32,11 @@ impl VmNetwork {
 
     /// The guest NIC of each tap, in [`VmNetwork::taps`] order.
     pub fn nics(&self) -> impl Iterator<Item = hypervisor::NicSpec> + '_ {
-        self.taps().map(|tap| hypervisor::NicSpec {
+        let netns = self.pod.netns().path();
+        self.taps().map(move |tap| hypervisor::NicSpec {
             tap: tap.tap.clone(),
             mac: tap.mac.clone(),
+            netns: Some(netns.clone()),
         })
     }
 }

@@ -172,6 +172,9 @@ impl std::str::FromStr for PrivilegedPods {
     }
 }
 
+/// The system user `make build` and `make install` create for QEMU.
+pub const DEFAULT_VM_USER: &str = "frakti-vm";
+
 /// The host's CPU cores.
 fn host_cores() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))
@@ -209,6 +212,7 @@ struct FileConfig {
     qemu: Option<PathBuf>,
     qemu_firmware: Option<PathBuf>,
     qemu_sandbox: Option<bool>,
+    vm_user: Option<String>,
     virtiofsd: Option<PathBuf>,
     boot_timeout: Option<u64>,
     cni_conf_dir: Option<PathBuf>,
@@ -269,6 +273,8 @@ pub struct Config {
     pub qemu_firmware: PathBuf,
     /// Confine QEMU with its seccomp sandbox.
     pub qemu_sandbox: bool,
+    /// The user QEMU runs as (`root` to keep it root).
+    pub vm_user: String,
     /// virtiofsd binary.
     pub virtiofsd: PathBuf,
     /// Boot timeout, seconds.
@@ -318,6 +324,60 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+}
+
+impl Config {
+    /// The user QEMU runs as: `vm_user` with its primary group and, when the
+    /// host has one, the `kvm` group; `None` for root.
+    pub fn vm_user_ids(&self) -> Result<Option<hypervisor::VmUser>, ConfigError> {
+        let name = &self.vm_user;
+        let err = |message: String| ConfigError::Value {
+            key: "vm_user",
+            message,
+        };
+        let user = match nix::unistd::User::from_name(name) {
+            Ok(Some(user)) => user,
+            Ok(None) => {
+                return Err(err(format!(
+                    "no user {name:?} on this host; `make build` or `make install` creates \
+                     {DEFAULT_VM_USER} (useradd --system --no-create-home --shell \
+                     /usr/sbin/nologin {name}), or set vm_user = \"root\" to run QEMU as root"
+                )));
+            }
+            Err(e) => return Err(err(format!("cannot look up user {name:?}: {e}"))),
+        };
+        if user.uid.is_root() {
+            return Ok(None);
+        }
+        let groups = match nix::unistd::Group::from_name("kvm") {
+            Ok(Some(kvm)) => vec![kvm.gid.as_raw()],
+            _ => Vec::new(),
+        };
+        let subuid = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
+        Ok(Some(hypervisor::VmUser {
+            name: name.clone(),
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            groups,
+            uid_range: subordinate_ids(&subuid, name, user.uid.as_raw()),
+        }))
+    }
+}
+
+/// The first subordinate uid of `name` (or of its `uid`) in the
+/// `/etc/subuid` text `subuid`, and how many there are: the first range listed.
+fn subordinate_ids(subuid: &str, name: &str, uid: u32) -> Option<(u32, u32)> {
+    subuid.lines().find_map(|line| {
+        let mut fields = line.trim().split(':');
+        let owner = fields.next()?;
+        if owner != name && owner.parse::<u32>().ok() != Some(uid) {
+            return None;
+        }
+        let first: u32 = fields.next()?.parse().ok()?;
+        let count: u32 = fields.next()?.parse().ok()?;
+        // A range reaching past the largest uid (-1 is no uid) is not one.
+        (count > 0 && first.checked_add(count).is_some()).then_some((first, count))
+    })
 }
 
 /// The gid of group `group` (a name in the group database, or a number).
@@ -429,6 +489,7 @@ impl Config {
                 .qemu_firmware
                 .unwrap_or_else(|| "/usr/share/qemu/qboot.rom".into()),
             qemu_sandbox: file.qemu_sandbox.unwrap_or(true),
+            vm_user: file.vm_user.unwrap_or_else(|| DEFAULT_VM_USER.into()),
             virtiofsd: cli
                 .virtiofsd
                 .clone()

@@ -17,6 +17,10 @@ const FILE_ONLY: &[(&str, &str)] = &[
         "qemu_sandbox",
         "Confine QEMU with its seccomp sandbox (`-sandbox on`); false only for a QEMU built without it.",
     ),
+    (
+        "vm_user",
+        "The unprivileged user QEMU runs as (its group, and `kvm` when the host has one); `root` keeps QEMU root.",
+    ),
 ];
 
 /// Keys whose default depends on the host or on where frakti is installed:

@@ -235,3 +235,27 @@ fn unknown_file_key_is_named() {
         Err(ConfigError::Read(..))
     ));
 }
+
+#[test]
+fn the_vm_users_uid_range_comes_from_subuid() {
+    let subuid = "alice:100000:65536\n# frakti-vm:1:1\nfrakti-vm:1879048192:65536\n999:5:5\n";
+    assert_eq!(
+        subordinate_ids(subuid, "frakti-vm", 999),
+        Some((1_879_048_192, 65536)),
+        "the first range of the name"
+    );
+    assert_eq!(
+        subordinate_ids("999:500:10\n", "frakti-vm", 999),
+        Some((500, 10)),
+        "by uid"
+    );
+    assert_eq!(subordinate_ids(subuid, "bob", 1000), None);
+    for bad in [
+        "frakti-vm:x:1",
+        "frakti-vm:5:0",
+        "frakti-vm:4294967295:2",
+        "frakti-vm:5",
+    ] {
+        assert_eq!(subordinate_ids(bad, "frakti-vm", 999), None, "{bad}");
+    }
+}

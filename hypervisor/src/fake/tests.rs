@@ -111,6 +111,7 @@ async fn launch_and_add_nic_fail_when_told_to() {
     let nic = NicSpec {
         tap: "tap0".into(),
         mac: "02:00:00:00:00:01".into(),
+        netns: None,
     };
     fake.add_nic(&vm, 0, &nic).await.unwrap();
     fake.fail_add_nic(|index| HotplugError::NoSlot(format!("nic{index}")));

@@ -8,8 +8,9 @@ use std::process::{Command, Stdio};
 use crate::VmSpec;
 use crate::accel::Accel;
 
+use super::handoff::{CONSOLE_FDSET, DISK_FDSETS, Fds};
 use super::hotplug::{HOTPLUG_PORTS, blockdev, disk_device, disk_node};
-use super::{AGENT_SOCKET, CONSOLE_LOG, Machine, PIDFILE, QMP_SOCKET, Qemu, vm_name};
+use super::{Machine, Qemu, vm_name};
 
 /// Kernel command line that boots reliably and fast under TCG
 /// (docs/architecture.md, "The guest").
@@ -52,10 +53,8 @@ impl Qemu {
         words.join(" ")
     }
 
-    /// QEMU's arguments for `spec`.
-    pub fn args(&self, spec: &VmSpec) -> Vec<String> {
-        let dir = &spec.dir;
-        let p = |name: &str| dir.join(name).display().to_string();
+    /// QEMU's arguments for `spec`, its files and sockets handed over as `fds`.
+    pub fn args(&self, spec: &VmSpec, fds: &Fds) -> Vec<String> {
         let mem = spec.memory_mib;
         let machine = self.config.machine;
         let device = |kind: &str| machine.device(kind);
@@ -95,25 +94,25 @@ impl Qemu {
             "-display".into(),
             "none".into(),
             "-no-reboot".into(),
+            // QEMU reads them by path: its own descriptors' links.
             "-kernel".into(),
-            spec.kernel.display().to_string(),
+            format!("/proc/self/fd/{}", fds.kernel),
             "-initrd".into(),
-            spec.initrd.display().to_string(),
+            format!("/proc/self/fd/{}", fds.initrd),
             "-append".into(),
             self.cmdline(spec),
+            "-add-fd".into(),
+            format!("fd={},set={CONSOLE_FDSET}", fds.console),
             "-chardev".into(),
-            format!("file,id=console,path={}", p(CONSOLE_LOG)),
+            format!("file,id=console,path=/dev/fdset/{CONSOLE_FDSET}"),
             "-serial".into(),
             "chardev:console".into(),
             "-chardev".into(),
-            format!("socket,id=qmp,path={},server=on,wait=off", p(QMP_SOCKET)),
+            format!("socket,id=qmp,fd={},server=on,wait=off", fds.qmp),
             "-mon".into(),
             "chardev=qmp,mode=control".into(),
             "-chardev".into(),
-            format!(
-                "socket,id=agent,path={},server=on,wait=off",
-                p(AGENT_SOCKET)
-            ),
+            format!("socket,id=agent,fd={},server=on,wait=off", fds.agent),
             "-device".into(),
             format!("{},id=vser0,max_ports=4", device("virtio-serial")),
             "-device".into(),
@@ -123,8 +122,6 @@ impl Qemu {
             "rng-random,id=rng0,filename=/dev/urandom".into(),
             "-device".into(),
             format!("{},rng=rng0", device("virtio-rng")),
-            "-pidfile".into(),
-            p(PIDFILE),
         ]);
         // Hot-plug slots on q35: one PCIe root port each.
         if machine == Machine::Q35 {
@@ -136,21 +133,18 @@ impl Qemu {
             }
         }
         args.extend(growth);
-        for (i, nic) in spec.nics.iter().enumerate() {
+        for (i, (nic, tap)) in spec.nics.iter().zip(&fds.taps).enumerate() {
             args.extend([
                 "-netdev".into(),
-                format!(
-                    "tap,id=net{i},ifname={},script=no,downscript=no,vhost=off",
-                    nic.tap
-                ),
+                format!("tap,id=net{i},fd={tap},vhost=off"),
                 "-device".into(),
                 format!("{},netdev=net{i},mac={}", device("virtio-net"), nic.mac),
             ]);
         }
-        for (i, share) in spec.shares.iter().enumerate() {
+        for (i, (share, fd)) in spec.shares.iter().zip(&fds.shares).enumerate() {
             args.extend([
                 "-chardev".into(),
-                format!("socket,id=vfs{i},path={}", share.socket.display()),
+                format!("socket,id=vfs{i},fd={fd}"),
                 "-device".into(),
                 format!(
                     "{},chardev=vfs{i},tag={}",
@@ -160,11 +154,15 @@ impl Qemu {
             ]);
         }
         // Boot disks sit on the root bus, leaving the hot-plug ports free.
-        for disk in &spec.disks {
+        for (i, (disk, files)) in spec.disks.iter().zip(&fds.disks).enumerate() {
             let node = disk_node(&disk.id);
+            let set = DISK_FDSETS + i;
+            for fd in files {
+                args.extend(["-add-fd".into(), format!("fd={fd},set={set}")]);
+            }
             args.extend([
                 "-blockdev".into(),
-                blockdev(disk, &node).to_string(),
+                blockdev(disk, &node, &format!("/dev/fdset/{set}")).to_string(),
                 "-device".into(),
                 format!(
                     "{},id={},drive={node},serial={}",

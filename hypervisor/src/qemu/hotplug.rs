@@ -1,10 +1,12 @@
 //! Hot-plug over QMP: NICs and disks into the q35 PCIe root ports.
 
 use std::fs;
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::handoff::{open_disk, open_tap};
 use crate::qmp::{QmpClient, QmpError};
 use crate::{BlockFormat, BlockSpec, HotplugError, NicSpec, VmEndpoints};
 
@@ -45,11 +47,17 @@ pub(super) async fn add_nic(
     }
     let err = plug_error("hot-plug", &device);
     let limit = QMP_LIMIT;
+    let tap = open_tap(nic.netns.as_deref(), &nic.tap).map_err(|source| HotplugError::Open {
+        device: device.clone(),
+        source,
+    })?;
     let qmp = connect(vm).await.map_err(&err)?;
-    let netdev = serde_json::json!({
-        "type": "tap", "id": format!("net{index}"), "ifname": nic.tap,
-        "script": "no", "downscript": "no", "vhost": false,
-    });
+    let name = format!("net{index}");
+    let getfd = json!({ "fdname": name });
+    qmp.execute_with_fds("getfd", Some(getfd), &[tap.as_fd()], limit)
+        .await
+        .map_err(&err)?;
+    let netdev = json!({ "type": "tap", "id": name, "fd": name, "vhost": false });
     qmp.execute("netdev_add", Some(netdev), limit)
         .await
         .map_err(&err)?;
@@ -73,7 +81,33 @@ pub(super) async fn add_block(vm: &VmEndpoints, disk: &BlockSpec) -> Result<(), 
         .await
         .map_err(&err)?
         .ok_or_else(|| HotplugError::NoSlot(device.clone()))?;
-    qmp.execute("blockdev-add", Some(blockdev(disk, &node)), QMP_LIMIT)
+    let files = open_disk(disk).map_err(|source| HotplugError::Open {
+        device: device.clone(),
+        source,
+    })?;
+    // One fd set holds the disk's descriptors; QEMU frees it once the block
+    // node is gone and this connection closed.
+    let mut set: Option<u64> = None;
+    for file in &files {
+        let mut args = json!({ "opaque": device });
+        if let Some(id) = set {
+            args["fdset-id"] = id.into();
+        }
+        let added = qmp
+            .execute_with_fds("add-fd", Some(args), &[file.as_fd()], QMP_LIMIT)
+            .await
+            .map_err(&err)?;
+        set = added["fdset-id"].as_u64();
+    }
+    let set = set.ok_or_else(|| {
+        err(QmpError::Command {
+            command: "add-fd".into(),
+            class: "GenericError".into(),
+            desc: "no fdset-id in the answer".into(),
+        })
+    })?;
+    let node_args = blockdev(disk, &node, &format!("/dev/fdset/{set}"));
+    qmp.execute("blockdev-add", Some(node_args), QMP_LIMIT)
         .await
         .map_err(&err)?;
     let dev = json!({
@@ -159,8 +193,9 @@ fn check_disk_id(id: &str) -> Result<(), HotplugError> {
     })
 }
 
-/// `blockdev-add` arguments: a format node `node` over a file (or host block device) node.
-pub(super) fn blockdev(disk: &BlockSpec, node: &str) -> Value {
+/// `blockdev-add` arguments: a format node `node` over a file (or host block
+/// device) node that QEMU opens as `filename` (an fd set of the disk).
+pub(super) fn blockdev(disk: &BlockSpec, node: &str, filename: &str) -> Value {
     use std::os::unix::fs::FileTypeExt;
     let is_device = fs::metadata(&disk.path).is_ok_and(|m| m.file_type().is_block_device());
     json!({
@@ -172,7 +207,7 @@ pub(super) fn blockdev(disk: &BlockSpec, node: &str) -> Value {
         "read-only": disk.read_only,
         "file": {
             "driver": if is_device { "host_device" } else { "file" },
-            "filename": disk.path.display().to_string(),
+            "filename": filename,
             "read-only": disk.read_only,
         },
     })

@@ -3,7 +3,7 @@
 //! restart, and stopping it.
 
 use std::fs;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -14,8 +14,10 @@ use nix::sys::signal::Signal;
 
 use crate::process::{self, NotReady, Process};
 use crate::qmp::QmpClient;
-use crate::{AdoptError, LaunchError, StopError, VmEndpoints, VmSpec};
+use crate::{AdoptError, LaunchError, StopError, VmEndpoints, VmSpec, VmUser};
 
+use super::handoff::Handoff;
+use super::uids;
 use super::{
     AGENT_SOCKET, CONSOLE_LOG, PIDFILE, QEMU_LOG, QMP_SOCKET, Qemu, endpoints_in, vm_name,
 };
@@ -23,7 +25,7 @@ use super::{
 /// The name errors give the VMM.
 const VMM: &str = "QEMU";
 
-/// How long QEMU may take to create its sockets.
+/// How long QEMU may take to answer on its monitor.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The QEMU binary is an executable file and the firmware is there.
@@ -52,7 +54,8 @@ pub(super) fn check_host(qemu: &Qemu) -> Result<(), LaunchError> {
     Ok(())
 }
 
-/// Starts QEMU for `spec` and waits until it has created its sockets.
+/// Starts QEMU for `spec` (as the configured user, with its files handed
+/// over open) and waits until its monitor answers.
 pub(super) async fn launch(qemu: &Qemu, spec: &VmSpec) -> Result<VmEndpoints, LaunchError> {
     check_host(qemu)?;
     for (what, path) in [
@@ -75,9 +78,7 @@ pub(super) async fn launch(qemu: &Qemu, spec: &VmSpec) -> Result<VmEndpoints, La
             path: dir.clone(),
             source,
         })?;
-    for stale in [QMP_SOCKET, AGENT_SOCKET, PIDFILE, CONSOLE_LOG] {
-        let _ = fs::remove_file(dir.join(stale));
-    }
+    let _ = fs::remove_file(dir.join(PIDFILE));
     let log_path = dir.join(QEMU_LOG);
     let dir_err = |path: &Path| {
         let path = path.to_path_buf();
@@ -85,38 +86,52 @@ pub(super) async fn launch(qemu: &Qemu, spec: &VmSpec) -> Result<VmEndpoints, La
     };
     let log = fs::File::create(&log_path).map_err(dir_err(&log_path))?;
     let log2 = log.try_clone().map_err(dir_err(&log_path))?;
-    let args = qemu.args(spec);
-    tracing::debug!(binary = %qemu.config.binary.display(), ?args, "starting QEMU");
+    let (qmp, agent) = (dir.join(QMP_SOCKET), dir.join(AGENT_SOCKET));
     let netns = match &spec.netns {
         Some(path) => Some(fs::File::open(path).map_err(dir_err(path))?),
         None => None,
     };
-    let mut command = Command::new(&qemu.config.binary);
-    if let Some(ns) = &netns {
-        let fd = ns.as_raw_fd();
-        // SAFETY: between fork and exec the closure only calls setns(2), which is
-        // async-signal-safe; `ns` is kept open until after spawn returns.
+    let child = {
+        // Choosing a uid and spawning under it is one step (no await inside).
+        let _choosing = qemu
+            .config
+            .user
+            .as_ref()
+            .and_then(|u| u.uid_range)
+            .map(|_| uids::lock());
+        let user = runs_as(qemu.config.user.as_ref(), &spec.id)?;
+        let handoff = Handoff::open(spec, [&qmp, &agent, &dir.join(CONSOLE_LOG)], user.as_ref())?;
+        let fds = handoff.fds();
+        let args = qemu.args(spec, &fds);
+        tracing::debug!(
+            binary = %qemu.config.binary.display(),
+            ?args,
+            uid = ?user.as_ref().map(|u| u.uid),
+            "starting QEMU"
+        );
+        let mut command = Command::new(&qemu.config.binary);
+        let ns_fd = netns.as_ref().map(AsRawFd::as_raw_fd);
+        let ids = user.map(|u| (u.uid, u.gid, u.groups));
+        let inherit = fds.all();
+        // SAFETY: between fork and exec the closure only makes async-signal-safe
+        // system calls (setns, setgroups, setgid, setuid, fcntl) on values it
+        // owns; the descriptors stay open in the parent until spawn returns.
         unsafe {
-            command.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            command.pre_exec(move || enter(ns_fd, ids.as_ref(), &inherit));
         }
-    }
-    let child = command
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        // Its own process group: a Ctrl-C to the daemon must not reach the VM.
-        .process_group(0)
-        .spawn()
-        .map_err(|source| LaunchError::Spawn {
-            binary: qemu.config.binary.clone(),
-            source,
-        })?;
+        command
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            // Its own process group: a Ctrl-C to the daemon must not reach the VM.
+            .process_group(0)
+            .spawn()
+            .map_err(|source| LaunchError::Spawn {
+                binary: qemu.config.binary.clone(),
+                source,
+            })?
+    };
     drop(netns);
     let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
     // The child is watched through its pidfd from here on and reaped by the watcher.
@@ -125,8 +140,14 @@ pub(super) async fn launch(qemu: &Qemu, spec: &VmSpec) -> Result<VmEndpoints, La
         binary: qemu.config.binary.clone(),
         source,
     })?;
-    let (qmp, agent) = (dir.join(QMP_SOCKET), dir.join(AGENT_SOCKET));
-    match process::wait_ready(&proc, &[&qmp, &agent], STARTUP_TIMEOUT, &log_path).await {
+    let pidfile = dir.join(PIDFILE);
+    fs::write(&pidfile, format!("{pid}\n")).map_err(dir_err(&pidfile))?;
+    let answers = || async {
+        QmpClient::connect(&qmp, Duration::from_millis(250))
+            .await
+            .is_ok()
+    };
+    match process::wait_ready(&proc, answers, STARTUP_TIMEOUT, &log_path).await {
         Ok(()) => Ok(endpoints_in(dir, pid)),
         Err(NotReady::Exited(last)) => Err(LaunchError::Exited {
             vmm: VMM,
@@ -137,6 +158,56 @@ pub(super) async fn launch(qemu: &Qemu, spec: &VmSpec) -> Result<VmEndpoints, La
             limit: STARTUP_TIMEOUT,
         }),
     }
+}
+
+/// Who the VMM of `id` runs as: `user` itself, or with a uid of its range
+/// that no process holds (the caller holds [`uids::lock`]).
+fn runs_as(user: Option<&VmUser>, id: &str) -> Result<Option<VmUser>, LaunchError> {
+    let Some(user) = user else { return Ok(None) };
+    let Some((first, count)) = user.uid_range else {
+        return Ok(Some(user.clone()));
+    };
+    let uid = uids::pick(first, count, id, &uids::in_use()).ok_or_else(|| LaunchError::NoUid {
+        user: user.name.clone(),
+        first,
+        count: count.saturating_sub(1),
+    })?;
+    Ok(Some(VmUser {
+        uid,
+        ..user.clone()
+    }))
+}
+
+/// In the forked child before exec: enters the network namespace `netns`,
+/// becomes `user` (uid, gid, groups), and keeps `inherit` open across exec.
+fn enter(
+    netns: Option<RawFd>,
+    user: Option<&(u32, u32, Vec<u32>)>,
+    inherit: &[RawFd],
+) -> std::io::Result<()> {
+    let check = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // SAFETY: plain system calls on integers, and on the caller's `groups`
+    // slice, valid for its length.
+    unsafe {
+        if let Some(fd) = netns {
+            check(libc::setns(fd, libc::CLONE_NEWNET))?;
+        }
+        if let Some((uid, gid, groups)) = user {
+            check(libc::setgroups(groups.len(), groups.as_ptr()))?;
+            check(libc::setgid(*gid))?;
+            check(libc::setuid(*uid))?;
+        }
+        for fd in inherit {
+            check(libc::fcntl(*fd, libc::F_SETFD, 0))?;
+        }
+    }
+    Ok(())
 }
 
 /// Re-finds the VM `id` from the pidfile in `dir`.

@@ -9,12 +9,15 @@
 //! and disk hot-plug over QMP).
 
 mod cmdline;
+mod handoff;
 mod hotplug;
 mod launch;
 mod resize;
 #[cfg(test)]
 mod tests;
+mod uids;
 
+pub use handoff::Fds;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -44,6 +47,8 @@ pub struct QemuConfig {
     pub seccomp: bool,
     /// The machine type.
     pub machine: Machine,
+    /// The user QEMU runs as (root when `None`).
+    pub user: Option<crate::VmUser>,
 }
 
 impl Default for QemuConfig {
@@ -53,6 +58,7 @@ impl Default for QemuConfig {
             firmware: PathBuf::from("/usr/share/qemu/qboot.rom"),
             seccomp: true,
             machine: Machine::Q35,
+            user: None,
         }
     }
 }

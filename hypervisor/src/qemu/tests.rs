@@ -30,6 +30,7 @@ fn spec(accel: Accel) -> VmSpec {
         nics: vec![NicSpec {
             tap: "tap0".into(),
             mac: "02:00:00:00:00:01".into(),
+            netns: None,
         }],
         shares: vec![crate::FsShare {
             tag: "frakti".into(),
@@ -53,6 +54,20 @@ fn qemu(seccomp: bool) -> Qemu {
     }
 }
 
+/// Descriptor numbers as a launch would hand them over.
+fn fds() -> Fds {
+    Fds {
+        qmp: 10,
+        agent: 11,
+        console: 12,
+        kernel: 13,
+        initrd: 14,
+        shares: vec![15],
+        disks: vec![vec![16]],
+        taps: vec![17],
+    }
+}
+
 fn after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
     args.windows(2)
         .filter(|w| w[0] == flag)
@@ -62,7 +77,7 @@ fn after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
 
 #[test]
 fn tcg_command_line() {
-    let args = qemu(true).args(&spec(Accel::Tcg));
+    let args = qemu(true).args(&spec(Accel::Tcg), &fds());
     assert_eq!(after(&args, "-accel"), ["tcg,tb-size=16"]);
     assert_eq!(after(&args, "-smp"), ["2"]);
     assert_eq!(after(&args, "-m"), ["512M"]);
@@ -73,20 +88,37 @@ fn tcg_command_line() {
     assert!(append.contains("tsc_early_khz=2445430"));
     assert!(append.ends_with("frakti.log=debug"));
     assert!(after(&args, "-device").contains(&"virtserialport,chardev=agent,name=frakti.agent"));
-    assert!(after(&args, "-chardev").contains(&"socket,id=vfs0,path=/run/p/virtiofsd.sock"));
+    // Every file and socket is handed over open: QEMU needs no path of the VM directory.
+    assert_eq!(
+        after(&args, "-chardev"),
+        [
+            "file,id=console,path=/dev/fdset/1",
+            "socket,id=qmp,fd=10,server=on,wait=off",
+            "socket,id=agent,fd=11,server=on,wait=off",
+            "socket,id=vfs0,fd=15",
+        ]
+    );
+    assert_eq!(after(&args, "-add-fd"), ["fd=12,set=1", "fd=16,set=2"]);
+    assert_eq!(after(&args, "-kernel"), ["/proc/self/fd/13"]);
+    assert_eq!(after(&args, "-initrd"), ["/proc/self/fd/14"]);
+    assert!(
+        after(&args, "-pidfile").is_empty(),
+        "frakti writes the pidfile"
+    );
+    assert!(
+        !args.iter().any(|a| a.contains("/run/frakti/abc")),
+        "{args:?}"
+    );
     assert!(after(&args, "-device").contains(&"vhost-user-fs-pci,chardev=vfs0,tag=frakti"));
     assert_eq!(after(&args, "-sandbox").len(), 1);
-    assert_eq!(
-        after(&args, "-netdev"),
-        ["tap,id=net0,ifname=tap0,script=no,downscript=no,vhost=off"]
-    );
+    assert_eq!(after(&args, "-netdev"), ["tap,id=net0,fd=17,vhost=off"]);
     assert!(after(&args, "-device").contains(&"virtio-net-pci,netdev=net0,mac=02:00:00:00:00:01"));
     // A boot disk: read-only at both nodes, on the root bus (no hot-plug port).
     let node: Value = serde_json::from_str(after(&args, "-blockdev")[0]).unwrap();
     assert_eq!(
         node,
         json!({"driver": "raw", "node-name": "node-frakti-modules", "read-only": true,
-            "file": {"driver": "file", "filename": "/g/modules.img", "read-only": true}})
+            "file": {"driver": "file", "filename": "/dev/fdset/2", "read-only": true}})
     );
     assert!(after(&args, "-device").contains(
         &"virtio-blk-pci,id=disk-frakti-modules,drive=node-frakti-modules,serial=frakti-modules"
@@ -96,7 +128,7 @@ fn tcg_command_line() {
 #[test]
 fn a_microvm_has_mmio_devices_and_no_hotplug() {
     let microvm = qemu(true).for_machine(Machine::Microvm);
-    let args = microvm.args(&spec(Accel::Tcg));
+    let args = microvm.args(&spec(Accel::Tcg), &fds());
     assert_eq!(after(&args, "-M"), ["microvm,memory-backend=mem"]);
     assert_eq!(after(&args, "-global"), ["virtio-mmio.force-legacy=false"]);
     assert!(
@@ -132,7 +164,7 @@ fn a_vm_with_room_to_grow_has_spare_vcpus_and_a_virtio_mem_region() {
     let mut grow = spec(Accel::Kvm);
     grow.max_vcpus = 4;
     grow.max_memory_mib = 512 + 300;
-    let args = qemu(true).args(&grow);
+    let args = qemu(true).args(&grow, &fds());
     assert_eq!(
         after(&args, "-smp"),
         ["2,maxcpus=4"],
@@ -150,7 +182,7 @@ fn a_vm_with_room_to_grow_has_spare_vcpus_and_a_virtio_mem_region() {
     assert!(!after(&args, "-append")[0].contains("maxcpus="));
     // Under TCG the spare vCPUs are there from boot, offline in the guest.
     grow.accel = Accel::Tcg;
-    let args = qemu(true).args(&grow);
+    let args = qemu(true).args(&grow, &fds());
     assert_eq!(after(&args, "-smp"), ["4"]);
     assert!(after(&args, "-append")[0].contains("maxcpus=2"));
     assert!(
@@ -159,7 +191,7 @@ fn a_vm_with_room_to_grow_has_spare_vcpus_and_a_virtio_mem_region() {
     );
     // Less than a block of room: no region.
     grow.max_memory_mib = 512 + 100;
-    let args = qemu(true).args(&grow);
+    let args = qemu(true).args(&grow, &fds());
     assert_eq!(after(&args, "-m"), ["512M"]);
 }
 
@@ -190,6 +222,7 @@ async fn fake_monitor(
                 }
                 json!({"return": props, "id": id})
             }
+            "add-fd" => json!({"return": {"fdset-id": 7, "fd": 20}, "id": id}),
             "blockdev-add" => {
                 nodes.insert(args["node-name"].as_str().unwrap().to_owned());
                 json!({"return": {}, "id": id})
@@ -252,7 +285,8 @@ fn monitor(
 fn disk(id: &str) -> BlockSpec {
     BlockSpec {
         id: id.into(),
-        path: "/img/vol.erofs".into(),
+        // Any file frakti can open: QEMU gets it as an fd set.
+        path: "/dev/null".into(),
         format: BlockFormat::Raw,
         read_only: true,
     }
@@ -278,8 +312,10 @@ async fn a_disk_goes_to_the_highest_free_port_and_comes_out_again() {
         assert_eq!(
             add["arguments"],
             json!({"driver": "raw", "node-name": "node-vol1", "read-only": true,
-                "file": {"driver": "file", "filename": "/img/vol.erofs", "read-only": true}})
+                "file": {"driver": "file", "filename": "/dev/fdset/7", "read-only": true}})
         );
+        let add_fd = log.iter().find(|m| m["execute"] == "add-fd").unwrap();
+        assert_eq!(add_fd["arguments"], json!({"opaque": "disk-vol1"}));
         let dev = log.iter().find(|m| m["execute"] == "device_add").unwrap();
         assert_eq!(
             dev["arguments"],
@@ -431,7 +467,7 @@ async fn hotplug_against_real_qemu() {
 
 #[test]
 fn kvm_uses_host_cpu_and_no_sandbox_when_unsupported() {
-    let args = qemu(false).args(&spec(Accel::Kvm));
+    let args = qemu(false).args(&spec(Accel::Kvm), &fds());
     assert_eq!(after(&args, "-accel"), ["kvm"]);
     assert_eq!(after(&args, "-cpu"), ["host"]);
     assert!(after(&args, "-sandbox").is_empty());
@@ -452,6 +488,7 @@ fn a_qemu_without_sandbox_support_starts_no_vm_unless_told() {
         firmware: firmware.clone(),
         seccomp,
         machine: Machine::Q35,
+        user: None,
     };
     let err = launch::check_host(&Qemu::new(config(true))).unwrap_err();
     assert!(matches!(err, LaunchError::NoSandbox { .. }), "{err}");
@@ -459,7 +496,7 @@ fn a_qemu_without_sandbox_support_starts_no_vm_unless_told() {
     let unconfined = Qemu::new(config(false));
     launch::check_host(&unconfined).unwrap();
     assert!(
-        after(&unconfined.args(&spec(Accel::Tcg)), "-sandbox").is_empty(),
+        after(&unconfined.args(&spec(Accel::Tcg), &fds()), "-sandbox").is_empty(),
         "turned off: no -sandbox"
     );
 }

@@ -28,7 +28,7 @@ use anyhow::{Context, bail};
 use cri::proto;
 use e2e::registry::Registry;
 use e2e::{Daemon, guest_dir, pod_config, pod_status, run_pod, vm_pid, workload};
-use hypervisor::{Accel, Qemu, QemuConfig, VmSpec};
+use hypervisor::{Accel, Hypervisor, Qemu, QemuConfig, VmSpec};
 
 #[path = "bench/host_pods.rs"]
 mod host_pods;
@@ -572,28 +572,22 @@ async fn floor_boot(daemon: &Daemon, accel: Accel, i: usize) -> anyhow::Result<f
         shares: Vec::new(),
         disks: Vec::new(),
     };
-    let console = dir.join("console.log");
     let begin = Instant::now();
-    let mut child = std::process::Command::new(&qemu.config().binary)
-        .args(qemu.args(&spec))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
+    // The pod's own launch (files handed over open), without a pod around it.
+    let vm = qemu.launch(&spec).await?;
     let deadline = begin + Duration::from_secs(60);
     let took = loop {
-        let text = std::fs::read_to_string(&console).unwrap_or_default();
+        let text = std::fs::read_to_string(&vm.console_log).unwrap_or_default();
         if text.contains(": init") {
-            break begin.elapsed().as_secs_f64();
+            break Ok(begin.elapsed().as_secs_f64());
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
-            bail!("floor VM printed no init marker in 60 s");
+            break Err(anyhow::anyhow!("floor VM printed no init marker in 60 s"));
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
-    let _ = child.kill();
-    let _ = child.wait();
-    Ok(took)
+    qemu.stop(&spec.id, &vm, Duration::from_secs(1)).await?;
+    took
 }
 
 /// Round-trip times (ms) of `count` pings to `ip`.
