@@ -267,6 +267,12 @@ impl Hierarchy {
                 r.memory_swap_limit_bytes.to_string(),
             ));
         }
+        if r.pids_limit > 0 {
+            out.push((
+                self.v1("pids", path).join("pids.max"),
+                r.pids_limit.to_string(),
+            ));
+        }
         for (size, limit) in &r.hugepage_limits {
             let file = self
                 .v1("hugetlb", path)
@@ -320,6 +326,9 @@ impl Hierarchy {
                 (total - r.memory_limit_bytes).max(0).to_string(),
             )),
             _ => {}
+        }
+        if r.pids_limit > 0 {
+            out.push((dir.join("pids.max"), r.pids_limit.to_string()));
         }
         for (size, limit) in &r.hugepage_limits {
             let file = dir.join(format!("hugetlb.{size}.max"));
@@ -603,6 +612,7 @@ mod tests {
         r.hugepage_limits.insert("1GB".into(), 0);
         std::fs::write(dir.path().join("pod/c/hugetlb.2MB.max"), "max\n").unwrap();
         r.unified.insert("memory.high".into(), "50M".into());
+        r.pids_limit = 50;
         v2.update("/pod/c", &r).unwrap();
         assert!(!dir.path().join("pod/c/hugetlb.1GB.max").exists());
         let read = |p: &str| std::fs::read_to_string(dir.path().join(p)).unwrap();
@@ -613,6 +623,7 @@ mod tests {
         );
         assert_eq!(read("pod/c/hugetlb.2MB.max"), (4u64 << 20).to_string());
         assert_eq!(read("pod/c/memory.high"), "50M");
+        assert_eq!(read("pod/c/pids.max"), "50");
         for (size, key) in [
             ("2mb", "memory.high"),
             ("2MB", "../x"),
@@ -639,6 +650,7 @@ mod tests {
         .unwrap();
         let v1 = Hierarchy::new(dir.path());
         r.unified.clear();
+        r.pids_limit = 0;
         v1.update("/pod/c", &r).unwrap();
         let read = |p: &str| std::fs::read_to_string(dir.path().join(p)).unwrap();
         assert_eq!(
@@ -662,7 +674,7 @@ mod tests {
     #[test]
     fn updates_write_the_v1_files_of_each_controller() {
         let dir = tempfile::tempdir().unwrap();
-        for c in ["cpu", "cpuset", "memory"] {
+        for c in ["cpu", "cpuset", "memory", "pids"] {
             std::fs::create_dir_all(dir.path().join(c).join("pod/c")).unwrap();
         }
         let h = Hierarchy::new(dir.path());
@@ -672,6 +684,7 @@ mod tests {
             cpu_period: 100_000,
             memory_limit_bytes: 64 << 20,
             cpuset_cpus: "0".into(),
+            pids_limit: 100,
             ..Default::default()
         };
         h.update("/pod/c", &r).unwrap();
@@ -684,6 +697,7 @@ mod tests {
             (64u64 << 20).to_string()
         );
         assert_eq!(read("cpuset/pod/c/cpuset.cpus"), "0");
+        assert_eq!(read("pids/pod/c/pids.max"), "100");
         assert!(!dir.path().join("cpuset/pod/c/cpuset.mems").exists());
         let err = h.update("/pod/missing", &r).unwrap_err();
         assert!(matches!(err, CgroupError::Missing(_)), "{err}");

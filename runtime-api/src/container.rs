@@ -198,6 +198,9 @@ pub struct ContainerResources {
     /// cgroup v2 files and the values written to them.
     #[serde(default)]
     pub unified: BTreeMap<String, String>,
+    /// Most tasks (processes and threads) in the cgroup (`pids.max`).
+    #[serde(default)]
+    pub pids_limit: i64,
 }
 
 impl ContainerResources {
@@ -221,6 +224,7 @@ impl ContainerResources {
                 self.memory_swap_limit_bytes,
             ),
             unified: merged(&self.unified, &update.unified),
+            pids_limit: pick(update.pids_limit, self.pids_limit),
         }
     }
 }

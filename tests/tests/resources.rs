@@ -154,6 +154,9 @@ async fn a_vm_pod_grows_and_shrinks_with_its_containers() {
         (256 + overhead) << 20
     );
     assert_eq!(parent.vm("cpu", "cpu.cfs_quota_us"), 100_000);
+    // Their tasks are bounded too: a VMM the guest took over cannot fork
+    // the host out of pids.
+    assert_eq!(parent.vm("pids", "pids.max"), 1024);
     let work = pod.run(pod.container("work", &["sleep 100000"])).await;
     let (cpus, boot_kib) = guest_size(&mut pod, &work).await;
     assert_eq!(cpus, 1, "the pod boots with --cpu 1");

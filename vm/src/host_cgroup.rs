@@ -30,6 +30,11 @@ pub struct VmCgroup {
     pub owned: bool,
 }
 
+/// Most tasks QEMU and virtiofsd may have together: a vCPU thread each,
+/// QEMU's I/O workers and virtiofsd's thread pool fit many times over; a
+/// VMM the guest took over cannot fork the host out of pids.
+const VMM_TASKS: i64 = 1024;
+
 /// The CFS period of the VM's cgroup, µs.
 const CPU_PERIOD: i64 = 100_000;
 
@@ -49,6 +54,7 @@ fn limits(size: &Resources, ceiling: Option<f64>) -> ContainerResources {
         cpu_quota: quota,
         memory_limit_bytes: i64::try_from((size.memory_mib + VMM_OVERHEAD_MIB) << 20)
             .unwrap_or(i64::MAX),
+        pids_limit: VMM_TASKS,
         ..Default::default()
     }
 }
@@ -166,6 +172,7 @@ mod tests {
         let r = limits(&size, None);
         assert_eq!((r.cpu_quota, r.cpu_period), (200_000, 100_000));
         assert_eq!(r.memory_limit_bytes, (512 + VMM_OVERHEAD_MIB as i64) << 20);
+        assert_eq!(r.pids_limit, VMM_TASKS);
         // Under a pod cgroup limited to 0.95 cores (a kubelet's pod limit),
         // the VM gets that, not its two vCPUs; a looser pod limit changes nothing.
         assert_eq!(limits(&size, Some(0.95)).cpu_quota, 95_000);

@@ -119,6 +119,8 @@ pub fn container_resources(r: proto::LinuxContainerResources) -> ContainerResour
             .collect(),
         memory_swap_limit_bytes: r.memory_swap_limit_in_bytes,
         unified: r.unified.into_iter().collect(),
+        // The CRI has no task limit per container; the kubelet sets the pod's.
+        pids_limit: 0,
     }
 }
 
