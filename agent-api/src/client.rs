@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -113,7 +113,44 @@ pub enum StreamEvent {
 struct StreamEntry {
     events: mpsc::UnboundedSender<StreamEvent>,
     credit: Arc<Semaphore>,
+    unread: Arc<Unread>,
 }
+
+/// What the agent sent on a stream that its reader has not taken yet. An
+/// agent that keeps to its credit never has more than [`WINDOW`] bytes
+/// there, in at most as many events (no data frame is empty, plus the few
+/// EOFs and the end): beyond either, it ignores flow control, and the host
+/// disconnects it rather than buffer without bound.
+#[derive(Debug, Default)]
+struct Unread {
+    bytes: AtomicUsize,
+    events: AtomicUsize,
+}
+
+/// Events a stream may hold unread beyond one per byte of its window (the
+/// two EOFs and the end, with room to spare).
+const SPARE_EVENTS: usize = 16;
+
+impl Unread {
+    /// Counts an event of `len` data bytes in; false when that breaks the bounds.
+    fn add(&self, len: usize) -> bool {
+        let bytes = self.bytes.fetch_add(len, Ordering::SeqCst) + len;
+        let events = self.events.fetch_add(1, Ordering::SeqCst) + 1;
+        bytes <= WINDOW as usize && events <= WINDOW as usize + SPARE_EVENTS
+    }
+
+    /// Counts an event of `len` data bytes out, as the reader takes it.
+    fn take(&self, len: usize) {
+        self.bytes.fetch_sub(len, Ordering::SeqCst);
+        self.events.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Bytes of garbage (no valid frame) the host takes from an agent before it
+/// disconnects it; a reconnect loses at most a frame or two.
+const MAX_GARBAGE: u64 = 1 << 20;
+/// Frames that fail their checksum or header before the host disconnects.
+const MAX_REJECTED: u64 = 64;
 
 type Streams = Arc<Mutex<HashMap<u64, StreamEntry>>>;
 
@@ -243,11 +280,13 @@ impl AgentClient {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         let credit = Arc::new(Semaphore::new(WINDOW as usize));
+        let unread = Arc::<Unread>::default();
         lock(&conn.streams).insert(
             id,
             StreamEntry {
                 events: tx,
                 credit: credit.clone(),
+                unread: unread.clone(),
             },
         );
         // The reader clears the table after marking the connection closed.
@@ -277,6 +316,7 @@ impl AgentClient {
         Ok(AgentStream {
             id,
             rx,
+            unread,
             sender: StreamSender { id, conn, credit },
             consumed: 0,
             ended: false,
@@ -406,12 +446,20 @@ async fn read_loop<R: AsyncRead + Unpin>(
 ) {
     let mut decoder = Decoder::new();
     let mut buf = vec![0u8; 64 * 1024];
-    loop {
+    'conn: loop {
         let n = match read.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
         decoder.push(&buf[..n]);
+        if decoder.skipped() > MAX_GARBAGE || decoder.rejected() > MAX_REJECTED {
+            tracing::warn!(
+                skipped = decoder.skipped(),
+                rejected = decoder.rejected(),
+                "the agent sends what is not frames; disconnecting it"
+            );
+            break;
+        }
         while let Some(frame) = decoder.next_frame() {
             match frame.kind {
                 FrameKind::Welcome => {
@@ -440,7 +488,19 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     } else {
                         StreamEvent::Eof(channel)
                     };
+                    let len = if frame.kind == FrameKind::StreamData {
+                        data.len()
+                    } else {
+                        0
+                    };
                     if let Some(entry) = lock(&streams).get(&frame.id) {
+                        if !entry.unread.add(len) {
+                            tracing::warn!(
+                                stream = frame.id,
+                                "the agent ignores the stream's flow control; disconnecting it"
+                            );
+                            break 'conn;
+                        }
                         let _ = entry.events.send(event);
                     }
                 }
@@ -454,6 +514,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 FrameKind::StreamClose => {
                     if let Some(entry) = lock(&streams).remove(&frame.id) {
                         entry.credit.close();
+                        entry.unread.add(0);
                         let end = frame.parse::<StreamEnd>().unwrap_or_else(|e| StreamEnd {
                             exit_code: None,
                             error: Some(format!("bad stream end from the agent: {e}")),
@@ -478,6 +539,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
 pub struct AgentStream {
     id: u64,
     rx: mpsc::UnboundedReceiver<StreamEvent>,
+    unread: Arc<Unread>,
     sender: StreamSender,
     consumed: u32,
     ended: bool,
@@ -512,6 +574,10 @@ impl AgentStream {
             self.ended = true;
             return Err(StreamError::Disconnected);
         };
+        self.unread.take(match &event {
+            StreamEvent::Data(_, data) => data.len(),
+            _ => 0,
+        });
         match &event {
             StreamEvent::Data(_, data) => {
                 self.consumed = self.consumed.saturating_add(data.len() as u32);

@@ -50,6 +50,13 @@ impl ConnWriter {
         w.flush().await
     }
 
+    /// Writes `bytes` as they are (what a hostile agent may send instead of frames).
+    pub async fn send_raw(&self, bytes: &[u8]) -> io::Result<()> {
+        let mut w = self.0.lock().await;
+        w.write_all(bytes).await?;
+        w.flush().await
+    }
+
     /// Answers request `id`.
     pub async fn answer(&self, id: u64, answer: &Result<Response, AgentError>) -> io::Result<()> {
         self.send(&Frame::json(FrameKind::Response, id, answer))

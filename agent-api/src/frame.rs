@@ -99,6 +99,7 @@ impl Frame {
 pub struct Decoder {
     buf: Vec<u8>,
     skipped: u64,
+    rejected: u64,
 }
 
 impl Decoder {
@@ -122,6 +123,11 @@ impl Decoder {
         self.skipped
     }
 
+    /// Frames rejected so far: a bad kind, an oversized length, or a bad checksum.
+    pub fn rejected(&self) -> u64 {
+        self.rejected
+    }
+
     /// The next complete, valid frame, if one is buffered.
     pub fn next_frame(&mut self) -> Option<Frame> {
         loop {
@@ -136,6 +142,7 @@ impl Decoder {
             let len = u32::from_le_bytes([self.buf[16], self.buf[17], self.buf[18], self.buf[19]])
                 as usize;
             let (Some(kind), true) = (kind, len <= MAX_PAYLOAD) else {
+                self.rejected += 1;
                 self.discard(1);
                 continue;
             };
@@ -145,6 +152,7 @@ impl Decoder {
             let crc = u32::from_le_bytes([self.buf[20], self.buf[21], self.buf[22], self.buf[23]]);
             let payload = &self.buf[HEADER_LEN..HEADER_LEN + len];
             if crc32fast::hash(payload) != crc {
+                self.rejected += 1;
                 self.discard(1);
                 continue;
             }
@@ -238,6 +246,7 @@ mod tests {
         d.push(&bytes);
         d.push(&frame(4, "next").encode());
         assert_eq!(d.next_frame(), Some(frame(4, "next")));
+        assert_eq!(d.rejected(), 1);
     }
 
     #[test]
@@ -248,5 +257,6 @@ mod tests {
         d.push(&bytes);
         d.push(&frame(5, "ok").encode());
         assert_eq!(d.next_frame(), Some(frame(5, "ok")));
+        assert_eq!(d.rejected(), 1);
     }
 }
