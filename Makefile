@@ -11,7 +11,7 @@ export CARGO_TERM_COLOR ?= never
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: all deps build agent guest run test test-kubelet bench lint clean install uninstall
+.PHONY: all deps build agent guest run test test-kubelet bench lint clean install uninstall fuzz
 
 all: build
 
@@ -47,6 +47,11 @@ install:
 uninstall:
 	PREFIX=$(PREFIX) DESTDIR=$(DESTDIR) bash scripts/install.sh uninstall
 
+# The fuzz targets for longer: `make fuzz FUZZ_SECONDS=600`.
+fuzz: deps
+	bash scripts/fuzz.sh
+
+# Runs every fuzz target for 20 s from its seed corpus (scripts/fuzz.sh).
 # Ends by checking that the tests left nothing on the host (VMs, netns,
 # links, mounts, iptables rules, IPAM leases, pod cgroups), once the node
 # networking their CNI networks made (bridges, portmap chains) is removed.
@@ -56,6 +61,7 @@ test: build
 	bash scripts/host-inventory.sh > target/host-inventory.before
 	$(CARGO) test --release --workspace
 	$(PYTHON) tests/python/test_cri.py
+	bash scripts/fuzz.sh
 	bash scripts/host-inventory.sh --remove-networking-since target/host-inventory.before
 	bash scripts/host-inventory.sh --since target/host-inventory.before
 

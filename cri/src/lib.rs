@@ -29,6 +29,14 @@ pub use metered::{Metered, MeteredLayer};
 pub use service::RuntimeService;
 pub use transport::{AuthorityTolerant, FrameError};
 
+/// The request conversions, for the fuzz targets (`fuzz/`); not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::convert::{
+        container_config, container_filter, container_resources, sandbox_config, sandbox_filter,
+    };
+}
+
 pub mod proto {
     //! Generated CRI types, clients and servers (from the vendored `api.proto`).
     #![allow(

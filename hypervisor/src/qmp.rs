@@ -180,6 +180,48 @@ async fn send(
     writer.write_all(&bytes[done..]).await
 }
 
+/// One line from the monitor, classified.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    /// The greeting QEMU sends first.
+    Greeting,
+    /// An asynchronous event (the whole message).
+    Event(Value),
+    /// The answer to command `id`: its `return`, or the error's class and description.
+    Reply {
+        /// The id the command was sent with.
+        id: u64,
+        /// `return`, or `(class, desc)` of `error`.
+        answer: Result<Value, (String, String)>,
+    },
+    /// Valid JSON that is none of these (ignored).
+    Other,
+}
+
+impl Incoming {
+    /// Classifies `line`; `None` if it is not JSON.
+    pub fn parse(line: &str) -> Option<Self> {
+        let msg = serde_json::from_str::<Value>(line).ok()?;
+        Some(if msg.get("QMP").is_some() {
+            Self::Greeting
+        } else if msg.get("event").is_some() {
+            Self::Event(msg)
+        } else if let Some(id) = msg.get("id").and_then(Value::as_u64) {
+            let answer = match (msg.get("return"), msg.get("error")) {
+                (Some(ret), _) => Ok(ret.clone()),
+                (None, Some(err)) => Err((
+                    err["class"].as_str().unwrap_or("GenericError").to_owned(),
+                    err["desc"].as_str().unwrap_or("").to_owned(),
+                )),
+                (None, None) => Ok(Value::Null),
+            };
+            Self::Reply { id, answer }
+        } else {
+            Self::Other
+        })
+    }
+}
+
 async fn read_loop(
     read: tokio::net::unix::OwnedReadHalf,
     pending: Pending,
@@ -189,29 +231,22 @@ async fn read_loop(
     let mut greeting = Some(greeting);
     let mut lines = BufReader::new(read).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        let Ok(msg) = serde_json::from_str::<Value>(&line) else {
-            tracing::debug!("QMP: unparsable line {line:?}");
-            continue;
-        };
-        if msg.get("QMP").is_some() {
-            if let Some(tx) = greeting.take() {
-                let _ = tx.send(());
+        match Incoming::parse(&line) {
+            None => tracing::debug!("QMP: unparsable line {line:?}"),
+            Some(Incoming::Greeting) => {
+                if let Some(tx) = greeting.take() {
+                    let _ = tx.send(());
+                }
             }
-        } else if msg.get("event").is_some() {
-            let _ = events.send(msg);
-        } else if let Some(id) = msg.get("id").and_then(Value::as_u64) {
-            let Some(tx) = lock(&pending).remove(&id) else {
-                continue;
-            };
-            let answer = match (msg.get("return"), msg.get("error")) {
-                (Some(ret), _) => Ok(ret.clone()),
-                (None, Some(err)) => Err((
-                    err["class"].as_str().unwrap_or("GenericError").to_owned(),
-                    err["desc"].as_str().unwrap_or("").to_owned(),
-                )),
-                (None, None) => Ok(Value::Null),
-            };
-            let _ = tx.send(answer);
+            Some(Incoming::Event(event)) => {
+                let _ = events.send(event);
+            }
+            Some(Incoming::Reply { id, answer }) => {
+                if let Some(tx) = lock(&pending).remove(&id) {
+                    let _ = tx.send(answer);
+                }
+            }
+            Some(Incoming::Other) => {}
         }
     }
     lock(&pending).clear();
@@ -294,5 +329,40 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, QmpError::Command { ref class, .. } if class == "CommandNotFound"));
+    }
+
+    #[test]
+    fn lines_are_classified() {
+        assert_eq!(
+            Incoming::parse(r#"{"QMP": {"version": {}, "capabilities": []}}"#),
+            Some(Incoming::Greeting)
+        );
+        assert_eq!(
+            Incoming::parse(r#"{"return": {"fd": 3}, "id": 4}"#),
+            Some(Incoming::Reply {
+                id: 4,
+                answer: Ok(json!({"fd": 3}))
+            })
+        );
+        assert_eq!(
+            Incoming::parse(r#"{"error": {"class": "DeviceNotFound", "desc": "no"}, "id": 5}"#),
+            Some(Incoming::Reply {
+                id: 5,
+                answer: Err(("DeviceNotFound".into(), "no".into()))
+            })
+        );
+        // An error without its fields still answers the command.
+        assert_eq!(
+            Incoming::parse(r#"{"error": 7, "id": 6}"#),
+            Some(Incoming::Reply {
+                id: 6,
+                answer: Err(("GenericError".into(), String::new()))
+            })
+        );
+        let event = r#"{"event": "DEVICE_DELETED", "data": {"device": "d"}}"#;
+        assert!(matches!(Incoming::parse(event), Some(Incoming::Event(_))));
+        assert_eq!(Incoming::parse(r#"{"id": -1}"#), Some(Incoming::Other));
+        assert_eq!(Incoming::parse("[1, 2]"), Some(Incoming::Other));
+        assert_eq!(Incoming::parse("not json"), None);
     }
 }
