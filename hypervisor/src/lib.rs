@@ -250,14 +250,6 @@ pub enum LaunchError {
         /// The last line of its log (empty if none).
         log_tail: String,
     },
-    /// The VMM did not create its control socket in time (it was killed)
-    #[error("{vmm} did not create its control socket within {limit:?}")]
-    Timeout {
-        /// The VMM's name, e.g. `QEMU`.
-        vmm: &'static str,
-        /// How long it was given.
-        limit: Duration,
-    },
     /// A backend-specific failure
     #[error(transparent)]
     Backend(BackendError),

@@ -75,28 +75,22 @@ pub enum NotReady {
     Timeout,
 }
 
-/// Waits until `ready` says the process serves (e.g. its socket exists or
-/// answers). If `process` exits first it is reaped and the last line of
-/// `log` tells why; after `timeout` it is killed.
-pub async fn wait_ready<F, Fut>(
+/// Waits until every path in `ready` exists (e.g. the sockets a daemon
+/// creates once it serves). If `process` exits first it is reaped and the
+/// last line of `log` tells why; after `timeout` it is killed.
+pub async fn wait_ready(
     process: &Process,
-    mut ready: F,
+    ready: &[&Path],
     timeout: std::time::Duration,
     log: &Path,
-) -> Result<(), NotReady>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
+) -> Result<(), NotReady> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if !process.is_running() {
             reap(process.pid);
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            let last = text.trim().lines().last().map(str::to_owned);
-            return Err(NotReady::Exited(last));
+            return Err(NotReady::Exited(last_line(log)));
         }
-        if ready().await {
+        if ready.iter().all(|p| p.exists()) {
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
@@ -106,6 +100,12 @@ where
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
+}
+
+/// The last line of the log file `log`, if it has one.
+pub fn last_line(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.trim().lines().last().map(str::to_owned)
 }
 
 /// Reaps `pid` if it is an exited child of ours; does nothing otherwise.

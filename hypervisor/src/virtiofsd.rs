@@ -58,8 +58,7 @@ pub async fn spawn(
     // The child is watched and reaped through its pidfd, not the handle.
     drop(child);
     let process = Process::open(pid).map_err(VirtiofsdError::Spawn)?;
-    match crate::process::wait_ready(&process, || async { socket.exists() }, SOCKET_WAIT, log).await
-    {
+    match crate::process::wait_ready(&process, &[socket], SOCKET_WAIT, log).await {
         Ok(()) => {}
         Err(NotReady::Exited(last)) => {
             let last = last.unwrap_or_else(|| "no output".to_owned());

@@ -34,8 +34,8 @@ pub(crate) async fn wait_boot(
     tokio::select! {
         r = agent.wait_ready(deadline) => r.map(drop).map_err(BootError::from),
         () = process.exited() => {
-            let log = std::fs::read_to_string(&vm.vmm_log).unwrap_or_default();
-            let last_line = log.trim().lines().last().unwrap_or("no output").to_owned();
+            let last_line = hypervisor::process::last_line(&vm.vmm_log)
+                .unwrap_or_else(|| "no output".to_owned());
             Err(BootError::Exited { last_line })
         }
     }

@@ -145,10 +145,9 @@ pub(super) async fn launch(qemu: &Qemu, spec: &VmSpec) -> Result<VmEndpoints, La
     // guest, with its log.
     if !proc.is_running() {
         process::reap(pid);
-        let log = fs::read_to_string(&log_path).unwrap_or_default();
         return Err(LaunchError::Exited {
             vmm: VMM,
-            log_tail: log.trim().lines().last().unwrap_or_default().to_owned(),
+            log_tail: process::last_line(&log_path).unwrap_or_default(),
         });
     }
     Ok(endpoints_in(dir, pid))
