@@ -34,22 +34,42 @@ pub trait Transport: Send + Sync + Debug {
 }
 
 /// The QEMU chardev socket behind the agent's virtio-serial port.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct UnixTransport {
-    path: PathBuf,
+    path: std::sync::RwLock<PathBuf>,
 }
 
 impl UnixTransport {
     /// A transport connecting to the unix socket at `path`.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
+        Self {
+            path: std::sync::RwLock::new(path.into()),
+        }
+    }
+
+    /// Later connections go to `path` (the socket was moved); an open
+    /// session is kept.
+    pub fn retarget(&self, path: impl Into<PathBuf>) {
+        *self
+            .path
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = path.into();
+    }
+
+    fn path(&self) -> PathBuf {
+        self.path
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
 #[async_trait::async_trait]
 impl Transport for UnixTransport {
     async fn connect(&self) -> io::Result<Box<dyn Stream>> {
-        Ok(Box::new(tokio::net::UnixStream::connect(&self.path).await?))
+        Ok(Box::new(
+            tokio::net::UnixStream::connect(self.path()).await?,
+        ))
     }
 }
 

@@ -366,6 +366,33 @@ impl Hierarchy {
         Ok(())
     }
 
+    /// Processes moved into cgroup `path` bring the memory they were
+    /// charged with (cgroup v1's `memory.move_charge_at_immigrate`; v2
+    /// leaves charges where they were made).
+    pub fn charge_moved_processes(&self, path: &str) -> Result<(), CgroupError> {
+        if self.unified() {
+            return Ok(());
+        }
+        let file = self
+            .v1("memory", path)
+            .join("memory.move_charge_at_immigrate");
+        if !file.exists() {
+            return Ok(());
+        }
+        // 1: anonymous memory, 2: file and shared memory mapped by the task.
+        match std::fs::write(&file, "3") {
+            Ok(()) => Ok(()),
+            // Recent kernels dropped charge moving (the file refuses every
+            // value but 0): charges stay where they were made.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+            Err(source) => Err(CgroupError::Write {
+                file,
+                value: "3".into(),
+                source,
+            }),
+        }
+    }
+
     /// Moves process `pid` (all its threads) into cgroup `path`.
     pub fn add_process(&self, path: &str, pid: i32) -> Result<(), CgroupError> {
         for dir in self.process_dirs(path) {

@@ -123,6 +123,7 @@ async fn serve(config: Config, qemu: Arc<Qemu>) -> anyhow::Result<()> {
     ));
     let default_runtime = Arc::new(vm_runtime(
         &config,
+        VM_HANDLER,
         &config.default_handler(),
         qemu.clone(),
         Some(networks.clone()),
@@ -155,6 +156,7 @@ async fn serve(config: Config, qemu: Arc<Qemu>) -> anyhow::Result<()> {
                 let vms = Arc::new(
                     vm_runtime(
                         &config,
+                        name,
                         handler,
                         Arc::new(qemu.for_machine(handler.machine)),
                         Some(networks.clone()),
@@ -251,6 +253,8 @@ async fn serve(config: Config, qemu: Arc<Qemu>) -> anyhow::Result<()> {
         () = stop => {}
     }
     let _ = std::fs::remove_file(&config.listen);
+    // VMs booted ahead belong to no pod: they go with the daemon.
+    pods.cool_down().await;
     tracing::info!("frakti stopped; pod VMs keep running");
     Ok(())
 }
@@ -259,6 +263,7 @@ async fn serve(config: Config, qemu: Arc<Qemu>) -> anyhow::Result<()> {
 /// The VM runtime of `handler` (its guest, machine and default size).
 fn vm_runtime(
     config: &Config,
+    name: &str,
     handler: &config::Handler,
     qemu: Arc<Qemu>,
     networks: Option<PodNetworks>,
@@ -281,6 +286,8 @@ fn vm_runtime(
             max_vcpus: config.max_cpu,
             max_memory_mib: config.max_memory,
             cgroup_root: Some("/sys/fs/cgroup".into()),
+            handler: name.to_owned(),
+            pool: handler.vm_pool.unwrap_or(0) as usize,
         },
         qemu,
         events,
@@ -305,6 +312,7 @@ fn check(config: &Config, qemu: &Arc<Qemu>) -> bool {
                 let (events, _) = tokio::sync::mpsc::unbounded_channel();
                 let runtime = vm_runtime(
                     config,
+                    VM_HANDLER,
                     &config.default_handler(),
                     qemu.clone(),
                     None,

@@ -75,6 +75,13 @@ impl PodService {
         }
     }
 
+    /// Lets every runtime stop what `warm_up` keeps going (the daemon stops).
+    pub async fn cool_down(&self) {
+        for runtime in self.registry.runtimes() {
+            runtime.cool_down().await;
+        }
+    }
+
     /// The runtime of a stored sandbox, by the handler in its record.
     pub(crate) fn runtime_of(
         &self,

@@ -31,6 +31,10 @@ pub trait SandboxRuntime: Send + Sync + Debug {
     /// (e.g. probing the accelerator). Does nothing by default.
     async fn warm_up(&self) {}
 
+    /// Stops what `warm_up` keeps going and releases what it holds that no
+    /// pod owns; the daemon is stopping.
+    async fn cool_down(&self) {}
+
     /// Starts the sandbox; returns the runtime-private state to persist and the pod's IPs.
     async fn start_sandbox(
         &self,

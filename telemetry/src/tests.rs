@@ -77,6 +77,14 @@ impl VmSource for TwoVms {
             })
             .collect()
     }
+
+    fn pool(&self) -> Option<crate::PoolState> {
+        Some(crate::PoolState {
+            handler: "kata".into(),
+            ready: 1,
+            target: 2,
+        })
+    }
 }
 
 #[test]
@@ -98,4 +106,9 @@ fn vms_are_read_at_each_scrape() {
     let rss = r#"frakti_pod_vm_host_memory_rss_bytes{sandbox_id="a"}"#;
     assert_eq!(sample(&text, rss), Some((200u64 << 20) as f64));
     assert!(text.contains("# TYPE frakti_pod_vm_host_cpu_seconds counter"));
+    let ready = r#"frakti_vm_pool_ready{handler="kata"}"#;
+    assert_eq!(sample(&text, ready), Some(1.0), "{text}");
+    let target = r#"frakti_vm_pool_target{handler="kata"}"#;
+    assert_eq!(sample(&text, target), Some(2.0), "{text}");
+    assert_eq!(text.matches("# TYPE frakti_vm_pool_ready ").count(), 1);
 }

@@ -19,10 +19,26 @@ pub struct VmCost {
     pub rss_bytes: u64,
 }
 
+/// A warm pool of VMs booted ahead for one runtime handler.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolState {
+    /// The runtime handler.
+    pub handler: String,
+    /// VMs booted and waiting for a pod.
+    pub ready: usize,
+    /// The configured size (`vm_pool`).
+    pub target: usize,
+}
+
 /// Whoever runs pod VMs.
 pub trait VmSource: std::fmt::Debug + Send + Sync + 'static {
     /// Every running VM, with what it costs. Reads `/proc`: it blocks.
     fn vm_costs(&self) -> Vec<VmCost>;
+
+    /// Its warm pool, if it keeps one.
+    fn pool(&self) -> Option<PoolState> {
+        None
+    }
 }
 
 #[derive(Debug)]
@@ -50,15 +66,41 @@ impl Collector for VmCollector {
                 ConstCounter::new(vm.cpu_seconds).encode(family.encode_family(&labels)?)?;
             }
         }
-        let mut family = encoder.encode_descriptor(
-            "pod_vm_host_memory_rss",
-            "Resident memory of a pod's VM (VMM and virtiofsd) on the host",
-            Some(&Unit::Bytes),
-            prometheus_client::metrics::MetricType::Gauge,
-        )?;
-        for vm in &vms {
-            let labels = [("sandbox_id", vm.sandbox_id.as_str())];
-            ConstGauge::new(vm.rss_bytes as i64).encode(family.encode_family(&labels)?)?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "pod_vm_host_memory_rss",
+                "Resident memory of a pod's VM (VMM and virtiofsd) on the host",
+                Some(&Unit::Bytes),
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for vm in &vms {
+                let labels = [("sandbox_id", vm.sandbox_id.as_str())];
+                ConstGauge::new(vm.rss_bytes as i64).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let pools: Vec<PoolState> = self.0.iter().filter_map(|s| s.pool()).collect();
+        for (name, help, figure) in [
+            (
+                "vm_pool_ready",
+                "VMs booted ahead and waiting for a pod, by runtime handler",
+                (|p: &PoolState| p.ready) as fn(&PoolState) -> usize,
+            ),
+            (
+                "vm_pool_target",
+                "VMs a runtime handler keeps booted ahead (vm_pool)",
+                |p: &PoolState| p.target,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for pool in &pools {
+                let labels = [("handler", pool.handler.as_str())];
+                ConstGauge::new(figure(pool) as i64).encode(family.encode_family(&labels)?)?;
+            }
         }
         Ok(())
     }

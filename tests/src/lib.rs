@@ -145,6 +145,10 @@ impl Daemon {
         if !extra.contains(&"--memory") {
             args.extend(["--memory".into(), "256".into()]);
         }
+        // No VMs booted ahead (each costs a TCG boot), unless the test asks.
+        if !extra.contains(&"--vm-pool") {
+            args.extend(["--vm-pool".into(), "0".into()]);
+        }
         args.extend(guest_flags.iter().cloned());
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let mut daemon = Self {
@@ -287,6 +291,14 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         if self.child.is_some() {
             self.remove_all_pods();
+        }
+        // A daemon that keeps VMs booted ahead discards them when it stops.
+        let pool = self
+            .args
+            .windows(2)
+            .any(|w| w[0] == "--vm-pool" && w[1] != "0");
+        if pool {
+            self.kill(libc::SIGTERM);
         }
         self.kill(libc::SIGKILL);
         // Never leave VMs behind: kill every QEMU whose files are in our state dir.

@@ -18,7 +18,7 @@ use crate::containers;
 use crate::errors::{agent_failure, internal, launch_failure};
 use crate::guest::{console_tail, wait_boot};
 use crate::net::{self, VmNetwork};
-use crate::profile::size_for;
+use crate::profile::{VmSize, size_for};
 use crate::runtime::{AGENT_CALL, VmRuntime};
 use crate::teardown::kill_virtiofsd;
 
@@ -42,25 +42,34 @@ pub fn pod_socket_paths(hypervisor: &dyn Hypervisor, state_dir: &Path) -> Vec<Pa
 
 /// What a failed start must undo.
 #[derive(Default)]
-struct Undo {
-    virtiofsd: Option<i32>,
-    cgroup: Option<crate::host_cgroup::VmCgroup>,
-    vm: Option<VmEndpoints>,
-    netns: Option<Netns>,
-    network: Option<VmNetwork>,
+pub(crate) struct Undo {
+    pub(crate) virtiofsd: Option<i32>,
+    pub(crate) cgroup: Option<crate::host_cgroup::VmCgroup>,
+    /// The VM, by the id it was launched as.
+    pub(crate) vm: Option<(String, VmEndpoints)>,
+    pub(crate) netns: Option<Netns>,
+    pub(crate) network: Option<VmNetwork>,
 }
 
 impl VmRuntime {
-    /// Boots the VM of sandbox `id` in `dir`; on failure everything started
-    /// for it is stopped again.
+    /// Boots the VM of sandbox `id` in `dir`, or gives it a VM of the warm
+    /// pool; on failure everything started for it is stopped again.
     pub(crate) async fn boot(
         &self,
         id: &str,
         config: &SandboxConfig,
         dir: &Path,
     ) -> Result<VmState, RuntimeError> {
+        let size = self.pod_size(config);
         let mut undo = Undo::default();
-        match self.boot_steps(id, config, dir, &mut undo).await {
+        let booted = match self.take_warm(&size) {
+            Some(warm) => {
+                self.boot_warm(id, config, dir, warm, &size, &mut undo)
+                    .await
+            }
+            None => self.boot_steps(id, config, dir, &size, &mut undo).await,
+        };
+        match booted {
             Ok(state) => Ok(state),
             Err(e) => {
                 self.undo(id, undo).await;
@@ -69,38 +78,24 @@ impl VmRuntime {
         }
     }
 
-    /// Boots the VM while CNI sets up the pod's network, then hot-plugs the
-    /// NIC: the network's set-up time hides behind the guest's boot.
-    async fn boot_steps(
-        &self,
-        id: &str,
-        config: &SandboxConfig,
-        dir: &Path,
-        undo: &mut Undo,
-    ) -> Result<VmState, RuntimeError> {
-        let accel = self.accel().await.accel;
+    /// The VM size a pod gets at start.
+    pub(crate) fn pod_size(&self, config: &SandboxConfig) -> VmSize {
         let max_vcpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let size = size_for(
+        size_for(
             config,
             self.config.default_vcpus,
             self.config.default_memory_mib,
             u32::try_from(max_vcpus).unwrap_or(u32::MAX),
-        );
-        let netns = match &self.config.networks {
-            Some(networks) => {
-                let ns = networks
-                    .create_netns(id)
-                    .map_err(|e| internal("pod network", e))?;
-                undo.netns = Some(ns.clone());
-                Some(ns)
-            }
-            None => None,
-        };
+        )
+    }
+
+    /// Starts virtiofsd on `dir`'s shared directory; its pid and socket.
+    pub(crate) async fn share(&self, dir: &Path) -> Result<(i32, PathBuf), RuntimeError> {
         let shared = dir.join("shared");
         std::fs::create_dir_all(&shared)
             .map_err(|e| internal("create the pod's shared directory", e))?;
         let fs_socket = dir.join(VIRTIOFS_SOCKET);
-        let virtiofsd = hypervisor::virtiofsd::spawn(
+        let pid = hypervisor::virtiofsd::spawn(
             &self.config.virtiofsd,
             &fs_socket,
             &shared,
@@ -113,22 +108,21 @@ impl VmRuntime {
             }
             other => internal("share the pod directory", other),
         })?;
-        undo.virtiofsd = Some(virtiofsd);
+        Ok((pid, fs_socket))
+    }
+
+    /// The VM `id` in `dir` of `size`, able to grow to the configured most.
+    pub(crate) fn vm_spec(
+        &self,
+        id: &str,
+        dir: &Path,
+        size: &VmSize,
+        accel: hypervisor::Accel,
+        netns: Option<&Netns>,
+        fs_socket: PathBuf,
+    ) -> VmSpec {
         let caps = self.hypervisor.capabilities();
-        // A machine without NIC hot-plug boots with its NICs: CNI first.
-        let mut early_net = None;
-        if let (false, Some(networks), Some(ns)) = (caps.nic_hotplug, &self.config.networks, &netns)
-        {
-            let net_started = Instant::now();
-            let pod_net = net::setup(networks, ns, id, config)
-                .await
-                .map_err(|e| internal("pod network", e))?;
-            undo.network = Some(pod_net.clone());
-            record_phase(StartPhase::Network, net_started.elapsed());
-            early_net = Some(pod_net);
-        }
-        let boot_nics = early_net.iter().flat_map(VmNetwork::nics).collect();
-        let spec = VmSpec {
+        VmSpec {
             id: id.to_owned(),
             dir: dir.to_path_buf(),
             vcpus: size.vcpus,
@@ -147,8 +141,8 @@ impl VmRuntime {
             initrd: self.config.initrd.clone(),
             extra_cmdline: self.config.extra_cmdline.clone(),
             accel,
-            netns: netns.as_ref().map(Netns::path),
-            nics: boot_nics,
+            netns: netns.map(Netns::path),
+            nics: Vec::new(),
             shares: vec![hypervisor::FsShare {
                 tag: containers::SHARE_TAG.to_owned(),
                 socket: fs_socket,
@@ -164,14 +158,45 @@ impl VmRuntime {
                     read_only: true,
                 })
                 .collect(),
-        };
+        }
+    }
+
+    /// Boots the VM while CNI sets up the pod's network, then hot-plugs the
+    /// NIC: the network's set-up time hides behind the guest's boot.
+    async fn boot_steps(
+        &self,
+        id: &str,
+        config: &SandboxConfig,
+        dir: &Path,
+        size: &VmSize,
+        undo: &mut Undo,
+    ) -> Result<VmState, RuntimeError> {
+        let accel = self.accel().await.accel;
+        let netns = self.pod_netns(id, undo)?;
+        let (virtiofsd, fs_socket) = self.share(dir).await?;
+        undo.virtiofsd = Some(virtiofsd);
+        let caps = self.hypervisor.capabilities();
+        // A machine without NIC hot-plug boots with its NICs: CNI first.
+        let mut early_net = None;
+        if let (false, Some(networks), Some(ns)) = (caps.nic_hotplug, &self.config.networks, &netns)
+        {
+            let net_started = Instant::now();
+            let pod_net = net::setup(networks, ns, id, config)
+                .await
+                .map_err(|e| internal("pod network", e))?;
+            undo.network = Some(pod_net.clone());
+            record_phase(StartPhase::Network, net_started.elapsed());
+            early_net = Some(pod_net);
+        }
+        let mut spec = self.vm_spec(id, dir, size, accel, netns.as_ref(), fs_socket);
+        spec.nics = early_net.iter().flat_map(VmNetwork::nics).collect();
         let started = Instant::now();
         let endpoints = self
             .hypervisor
             .launch(&spec)
             .await
             .map_err(launch_failure)?;
-        undo.vm = Some(endpoints.clone());
+        undo.vm = Some((id.to_owned(), endpoints.clone()));
         tracing::debug!(%id, elapsed = ?started.elapsed(), "VMM started");
         let mut pids = vec![endpoints.pid, virtiofsd];
         pids.extend(crate::stats::children(virtiofsd));
@@ -188,31 +213,10 @@ impl VmRuntime {
             if early_net.is_some() {
                 return (early_net.clone(), Ok(()));
             }
-            let (Some(networks), Some(ns)) = (&self.config.networks, &netns) else {
-                return (None, Ok(()));
-            };
-            let net_started = Instant::now();
-            let pod_net = match net::setup(networks, ns, id, config).await {
-                Ok(n) => n,
-                Err(e) => return (None, Err(internal("pod network", e))),
-            };
-            tracing::debug!(%id, elapsed = ?started.elapsed(), "CNI added");
-            let mut plugged = Ok(());
-            for (index, nic) in pod_net.nics().enumerate() {
-                plugged = self
-                    .hypervisor
-                    .add_nic(&endpoints, index, &nic)
-                    .await
-                    .map_err(|e| internal("pod network", e));
-                if plugged.is_err() {
-                    break;
-                }
+            match &netns {
+                Some(ns) => self.attach_network(id, config, ns, &endpoints).await,
+                None => (None, Ok(())),
             }
-            tracing::debug!(%id, elapsed = ?started.elapsed(), "NIC hot-plugged");
-            if plugged.is_ok() {
-                record_phase(StartPhase::Network, net_started.elapsed());
-            }
-            (Some(pod_net), plugged)
         };
         let booted = wait_boot(&agent, &endpoints, started + self.config.boot_timeout);
         let ((pod_net, plugged), booted) = tokio::join!(attach, booted);
@@ -229,32 +233,8 @@ impl VmRuntime {
         let answered = Instant::now();
         record_phase(StartPhase::VmBoot, answered - started);
         let welcome = agent.welcome().await;
-        let ips = pod_net
-            .as_ref()
-            .map(|n| n.pod.result.pod_ips())
-            .unwrap_or_default();
-        container::podfiles::write(&shared.join("sandbox"), config, &ips, false)
-            .map_err(|e| internal("write the pod's hosts and resolv.conf", e))?;
-        let clock_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(0));
-        let setup = calls::SetupSandbox {
-            hostname: config.hostname.clone(),
-            clock_ns,
-            share_tag: containers::SHARE_TAG.to_owned(),
-            sysctls: config.sysctls.clone(),
-        };
-        agent
-            .request(setup, AGENT_CALL)
-            .await
-            .map_err(|e| agent_failure("set up the guest", e))?;
-        if let Some(n) = &pod_net {
-            let (interfaces, routes) = net::guest_config(n);
-            agent
-                .request(calls::ConfigureNetwork { interfaces, routes }, AGENT_CALL)
-                .await
-                .map_err(|e| agent_failure("configure the guest network", e))?;
-        }
+        self.set_up_guest(&agent, dir, config, pod_net.as_ref())
+            .await?;
         record_phase(StartPhase::AgentReady, answered.elapsed());
         tracing::info!(%id, pid = endpoints.pid, %accel, vcpus = size.vcpus, memory_mib = size.memory_mib,
             boot = ?started.elapsed(), "pod VM ready");
@@ -270,15 +250,102 @@ impl VmRuntime {
             network: pod_net,
             virtiofsd_pid: Some(virtiofsd),
             cgroup,
+            launched_as: None,
         };
         self.track(id, endpoints, agent, Some(virtiofsd))?;
         Ok(state)
     }
 
+    /// The network namespace of pod `id`, when pods have networking.
+    pub(crate) fn pod_netns(
+        &self,
+        id: &str,
+        undo: &mut Undo,
+    ) -> Result<Option<Netns>, RuntimeError> {
+        let Some(networks) = &self.config.networks else {
+            return Ok(None);
+        };
+        let ns = networks
+            .create_netns(id)
+            .map_err(|e| internal("pod network", e))?;
+        undo.netns = Some(ns.clone());
+        Ok(Some(ns))
+    }
+
+    /// CNI ADD for pod `id` in `netns`, then its NICs hot-plugged into the
+    /// VM: the network (if CNI made it) and whether it is all attached.
+    pub(crate) async fn attach_network(
+        &self,
+        id: &str,
+        config: &SandboxConfig,
+        netns: &Netns,
+        endpoints: &VmEndpoints,
+    ) -> (Option<VmNetwork>, Result<(), RuntimeError>) {
+        let Some(networks) = &self.config.networks else {
+            return (None, Ok(()));
+        };
+        let net_started = Instant::now();
+        let pod_net = match net::setup(networks, netns, id, config).await {
+            Ok(n) => n,
+            Err(e) => return (None, Err(internal("pod network", e))),
+        };
+        tracing::debug!(%id, elapsed = ?net_started.elapsed(), "CNI added");
+        let mut plugged = Ok(());
+        for (index, nic) in pod_net.nics().enumerate() {
+            plugged = self
+                .hypervisor
+                .add_nic(endpoints, index, &nic)
+                .await
+                .map_err(|e| internal("pod network", e));
+            if plugged.is_err() {
+                break;
+            }
+        }
+        if plugged.is_ok() {
+            record_phase(StartPhase::Network, net_started.elapsed());
+        }
+        (Some(pod_net), plugged)
+    }
+
+    /// Gives the booted guest its pod: hosts and resolv.conf, hostname,
+    /// clock, shared directory, sysctls, then its network.
+    pub(crate) async fn set_up_guest(
+        &self,
+        agent: &AgentClient,
+        dir: &Path,
+        config: &SandboxConfig,
+        pod_net: Option<&VmNetwork>,
+    ) -> Result<(), RuntimeError> {
+        let ips = pod_net.map(|n| n.pod.result.pod_ips()).unwrap_or_default();
+        container::podfiles::write(&dir.join("shared").join("sandbox"), config, &ips, false)
+            .map_err(|e| internal("write the pod's hosts and resolv.conf", e))?;
+        let clock_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(0));
+        let setup = calls::SetupSandbox {
+            hostname: config.hostname.clone(),
+            clock_ns,
+            share_tag: containers::SHARE_TAG.to_owned(),
+            sysctls: config.sysctls.clone(),
+        };
+        agent
+            .request(setup, AGENT_CALL)
+            .await
+            .map_err(|e| agent_failure("set up the guest", e))?;
+        if let Some(n) = pod_net {
+            let (interfaces, routes) = net::guest_config(n);
+            agent
+                .request(calls::ConfigureNetwork { interfaces, routes }, AGENT_CALL)
+                .await
+                .map_err(|e| agent_failure("configure the guest network", e))?;
+        }
+        Ok(())
+    }
+
     /// Undoes a failed start: the VM, then the network, then the namespace.
     async fn undo(&self, id: &str, undo: Undo) {
-        if let Some(vm) = &undo.vm {
-            let _ = self.hypervisor.stop(id, vm, Duration::ZERO).await;
+        if let Some((launched_as, vm)) = &undo.vm {
+            let _ = self.hypervisor.stop(launched_as, vm, Duration::ZERO).await;
         }
         if let Some(pid) = undo.virtiofsd {
             kill_virtiofsd(pid).await;
@@ -301,6 +368,6 @@ impl VmRuntime {
 }
 
 /// Records a phase of a VM pod's start in the daemon's metrics.
-fn record_phase(phase: StartPhase, elapsed: Duration) {
+pub(crate) fn record_phase(phase: StartPhase, elapsed: Duration) {
     telemetry::global().record_pod_start(crate::runtime::NAME, phase, elapsed);
 }

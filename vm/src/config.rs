@@ -47,6 +47,10 @@ pub struct VmRuntimeConfig {
     /// The host's cgroup hierarchy, where each VM gets a cgroup under its
     /// pod's; `None` leaves VMs where the daemon runs.
     pub cgroup_root: Option<PathBuf>,
+    /// The runtime handler these settings are for (logs, metrics).
+    pub handler: String,
+    /// VMs kept booted ahead, ready for the next pods (0: none).
+    pub pool: usize,
 }
 
 /// What is persisted per VM sandbox.
@@ -79,12 +83,21 @@ pub struct VmState {
     /// The VM's cgroup on the host, if it has one.
     #[serde(default)]
     pub cgroup: Option<crate::host_cgroup::VmCgroup>,
+    /// The id the VMM was launched as, when it is not the pod's: a VM of
+    /// the warm pool, booted before its pod existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launched_as: Option<String>,
 }
 
 impl VmState {
     /// The state stored in a sandbox record.
     pub fn parse(state: &serde_json::Value) -> Result<Self, RuntimeError> {
         serde_json::from_value(state.clone()).map_err(|e| internal("unreadable VM state", e))
+    }
+
+    /// The id the hypervisor knows the VM of pod `id` by.
+    pub fn vmm_id<'a>(&'a self, id: &'a str) -> &'a str {
+        self.launched_as.as_deref().unwrap_or(id)
     }
 
     /// The pod's shared directory on the host.

@@ -30,6 +30,19 @@ pub struct VmCgroup {
     pub owned: bool,
 }
 
+/// The CPU weight of a VM waiting in the warm pool (cgroup v1 shares; the
+/// least the kernel takes).
+const POOL_CPU_SHARES: i64 = 2;
+
+/// The cgroup of the warm pool's VM `name`, under frakti's own.
+fn pool_cgroup(name: &str) -> PodCgroup {
+    PodCgroup {
+        path: format!("{}/{name}", cgroups::OWN_PARENT),
+        systemd: false,
+        owned: true,
+    }
+}
+
 /// Most tasks QEMU and virtiofsd may have together: a vCPU thread each,
 /// QEMU's I/O workers and virtiofsd's thread pool fit many times over; a
 /// VMM the guest took over cannot fork the host out of pids.
@@ -77,11 +90,32 @@ impl VmRuntime {
         pids: &[i32],
         size: &Resources,
     ) -> Result<Option<VmCgroup>, RuntimeError> {
+        let pod = PodCgroup::for_pod(&config.cgroup_parent, id)
+            .map_err(|e| RuntimeError::new(RuntimeErrorKind::InvalidArgument, e.to_string()))?;
+        self.place(&pod, pids, size, None)
+    }
+
+    /// Puts the VM `name` of the warm pool in a cgroup of frakti's own,
+    /// with the least CPU weight: a pool filling up yields to the pods.
+    pub(crate) fn place_pool_vm(
+        &self,
+        name: &str,
+        pids: &[i32],
+        size: &Resources,
+    ) -> Result<Option<VmCgroup>, RuntimeError> {
+        self.place(&pool_cgroup(name), pids, size, Some(POOL_CPU_SHARES))
+    }
+
+    fn place(
+        &self,
+        pod: &PodCgroup,
+        pids: &[i32],
+        size: &Resources,
+        cpu_shares: Option<i64>,
+    ) -> Result<Option<VmCgroup>, RuntimeError> {
         let Some(hierarchy) = self.hierarchy() else {
             return Ok(None);
         };
-        let pod = PodCgroup::for_pod(&config.cgroup_parent, id)
-            .map_err(|e| RuntimeError::new(RuntimeErrorKind::InvalidArgument, e.to_string()))?;
         let cgroup = VmCgroup {
             path: pod.container(VM_CGROUP),
             pod: pod.path.clone(),
@@ -90,18 +124,49 @@ impl VmRuntime {
         hierarchy
             .create(&cgroup.path)
             .map_err(|e| cgroup_failure("create the VM's cgroup", e))?;
-        let placed = self.limit_vm(&cgroup, size).and_then(|()| {
-            pids.iter().try_for_each(|pid| {
-                hierarchy
-                    .add_process(&cgroup.path, *pid)
-                    .map_err(|e| cgroup_failure("move the VM into its cgroup", e))
+        let placed = self
+            .limit_vm(&cgroup, size)
+            .and_then(|()| match cpu_shares {
+                Some(shares) => hierarchy
+                    .update(
+                        &cgroup.path,
+                        &ContainerResources {
+                            cpu_shares: shares,
+                            ..Default::default()
+                        },
+                    )
+                    .map_err(|e| cgroup_failure("set the VM cgroup's CPU weight", e)),
+                None => Ok(()),
             })
-        });
+            .and_then(|()| {
+                // QEMU started elsewhere (frakti's cgroup, the pool's): what
+                // it holds is the pod's now.
+                hierarchy
+                    .charge_moved_processes(&cgroup.path)
+                    .map_err(|e| cgroup_failure("move the VM's memory charges", e))
+            })
+            .and_then(|()| {
+                pids.iter().try_for_each(|pid| {
+                    hierarchy
+                        .add_process(&cgroup.path, *pid)
+                        .map_err(|e| cgroup_failure("move the VM into its cgroup", e))
+                })
+            });
         if let Err(e) = placed {
             self.remove_vm_cgroup(&cgroup);
             return Err(e);
         }
         Ok(Some(cgroup))
+    }
+
+    /// Removes the cgroup a pool VM `name` had (its processes gone).
+    pub(crate) fn remove_pool_cgroup(&self, name: &str) {
+        let pod = pool_cgroup(name);
+        self.remove_vm_cgroup(&VmCgroup {
+            path: pod.container(VM_CGROUP),
+            pod: pod.path.clone(),
+            owned: true,
+        });
     }
 
     /// Sets the VM cgroup's limits for `size`.

@@ -22,6 +22,7 @@ mod errors;
 mod guest;
 pub mod host_cgroup;
 pub mod net;
+mod pool;
 pub mod profile;
 mod recovery;
 mod resize;
@@ -31,8 +32,10 @@ pub mod sizing;
 mod stats;
 mod streams;
 mod teardown;
+mod warm;
 
 pub use boot::{MAX_SOCKET_PATH, pod_socket_paths};
 pub use config::{VmRuntimeConfig, VmState};
+pub use pool::PoolFigures;
 pub use profile::{AccelVerdict, VmSize, size_for};
 pub use runtime::VmRuntime;

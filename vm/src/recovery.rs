@@ -17,13 +17,17 @@ use crate::runtime::VmRuntime;
 impl VmRuntime {
     /// Re-attaches to the VM of sandbox `id`; `Ok(false)` if it is gone.
     pub(crate) async fn adopt(&self, id: &str, vm_state: &VmState) -> Result<bool, RuntimeError> {
-        let endpoints = match self.hypervisor.adopt(id, &vm_state.dir, vm_state.pid) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::info!(%id, "not re-adopting: {e}");
-                return Ok(false);
-            }
-        };
+        let endpoints =
+            match self
+                .hypervisor
+                .adopt(vm_state.vmm_id(id), &vm_state.dir, vm_state.pid)
+            {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::info!(%id, "not re-adopting: {e}");
+                    return Ok(false);
+                }
+            };
         let agent = Arc::new(AgentClient::new(Arc::new(UnixTransport::new(
             &endpoints.agent_socket,
         ))));
@@ -57,7 +61,10 @@ impl VmRuntime {
             if !is_pod_dir || known.contains(&id) || !entry.path().is_dir() {
                 continue;
             }
-            let found = self.hypervisor.find(&id, &entry.path());
+            // A VM of the warm pool was launched under its pool id.
+            let launched_as = std::fs::read_to_string(entry.path().join(crate::pool::LAUNCHED_AS))
+                .unwrap_or_else(|_| id.clone());
+            let found = self.hypervisor.find(launched_as.trim(), &entry.path());
             let pid = found.as_ref().ok().map(|e| e.pid);
             if let Ok(endpoints) = found
                 && let Ok(p) = Process::open(endpoints.pid)

@@ -3,10 +3,12 @@
 //! less (never below the boot size), the guest's agent onlining and
 //! offlining them.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_api::calls;
-use hypervisor::{ResizeError, Resources};
+use agent_api::messages::GuestInfo;
+use agent_api::{AgentClient, calls};
+use hypervisor::{ResizeError, Resources, VmEndpoints};
 use runtime_api::{PodResources, RuntimeError, RuntimeErrorKind, SandboxRecord};
 
 use crate::config::VmState;
@@ -95,7 +97,45 @@ impl VmRuntime {
             self.limit_vm(cgroup, &during)?;
         }
         let started = Instant::now();
-        let agent = vm.agent.clone();
+        let after = self
+            .apply_size(
+                &vm.endpoints,
+                &vm.agent,
+                &current,
+                before.mem_total_kib,
+                &target,
+            )
+            .await?;
+        if let Some(cgroup) = &state.cgroup
+            && during != target
+            && let Err(e) = self.limit_vm(cgroup, &target)
+        {
+            // Memory the guest did not give back may still be charged.
+            tracing::warn!(sandbox = %sandbox.id, "the VM's cgroup keeps its larger limits: {}", runtime_api::report(&e));
+        }
+        tracing::info!(
+            sandbox = %sandbox.id,
+            vcpus = format!("{} -> {}", current.vcpus, after.cpus),
+            memory_mib = format!("{} -> {}", current.memory_mib, target.memory_mib),
+            guest_mem_total_kib = format!("{} -> {}", before.mem_total_kib, after.mem_total_kib),
+            took = ?started.elapsed(),
+            "pod VM resized"
+        );
+        Ok(())
+    }
+
+    /// Resizes the VM from `current` to `target` and waits until its guest
+    /// has onlined (or given back) the difference; `before_kib` is the
+    /// guest's memory before. Returns what the guest has after.
+    pub(crate) async fn apply_size(
+        &self,
+        endpoints: &VmEndpoints,
+        agent: &Arc<AgentClient>,
+        current: &Resources,
+        before_kib: u64,
+        target: &Resources,
+    ) -> Result<GuestInfo, RuntimeError> {
+        let grow_memory = target.memory_mib > current.memory_mib;
         let online = |cpus: u32| {
             let agent = agent.clone();
             async move {
@@ -114,11 +154,11 @@ impl VmRuntime {
             online(target.vcpus).await?;
         }
         self.hypervisor
-            .resize(&vm.endpoints, &target)
+            .resize(endpoints, target)
             .await
             .map_err(|e| resize_failure("resize the VM", e))?;
         let delta_kib = (target.memory_mib as i64 - current.memory_mib as i64) * 1024;
-        let expected = before.mem_total_kib as i64 + delta_kib;
+        let expected = before_kib as i64 + delta_kib;
         // The guest rounds to its blocks and keeps some for itself.
         let slack = 4096 + delta_kib.abs() / 50;
         let deadline = Instant::now() + SETTLE;
@@ -139,27 +179,12 @@ impl VmRuntime {
                 RuntimeErrorKind::Internal,
                 format!(
                     "the guest onlined {} KiB of the {} MiB plugged within {SETTLE:?}",
-                    after.mem_total_kib as i64 - before.mem_total_kib as i64,
+                    after.mem_total_kib as i64 - before_kib as i64,
                     target.memory_mib - current.memory_mib
                 ),
             ));
         }
-        if let Some(cgroup) = &state.cgroup
-            && during != target
-            && let Err(e) = self.limit_vm(cgroup, &target)
-        {
-            // Memory the guest did not give back may still be charged.
-            tracing::warn!(sandbox = %sandbox.id, "the VM's cgroup keeps its larger limits: {}", runtime_api::report(&e));
-        }
-        tracing::info!(
-            sandbox = %sandbox.id,
-            vcpus = format!("{} -> {}", current.vcpus, after.cpus),
-            memory_mib = format!("{} -> {}", current.memory_mib, target.memory_mib),
-            guest_mem_total_kib = format!("{} -> {}", before.mem_total_kib, after.mem_total_kib),
-            took = ?started.elapsed(),
-            "pod VM resized"
-        );
-        Ok(())
+        Ok(after)
     }
 }
 

@@ -96,6 +96,8 @@ pub struct VmRuntime {
     events: mpsc::UnboundedSender<RuntimeEvent>,
     /// What the containers' writable layers use in all.
     pub(crate) layers: Arc<usage::dir::CachedDirUsage>,
+    /// VMs booted ahead for the next pods.
+    pub(crate) pool: crate::pool::Pool,
 }
 
 impl VmRuntime {
@@ -116,6 +118,7 @@ impl VmRuntime {
             vms: Mutex::default(),
             events,
             layers: Arc::new(layers),
+            pool: crate::pool::Pool::default(),
         }
     }
 

@@ -71,6 +71,11 @@ impl SandboxRuntime for VmRuntime {
 
     async fn warm_up(&self) {
         self.accel().await;
+        self.keep_pool().await;
+    }
+
+    async fn cool_down(&self) {
+        self.drain_pool().await;
     }
 
     async fn start_sandbox(
@@ -127,7 +132,7 @@ impl SandboxRuntime for VmRuntime {
     }
 
     fn sweep_orphans(&self, known: &HashSet<String>) -> usize {
-        self.sweep(known)
+        self.sweep(known) + self.sweep_pool()
     }
 
     async fn sandbox_info(&self, id: &str, state: &serde_json::Value) -> serde_json::Value {

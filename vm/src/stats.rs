@@ -169,6 +169,15 @@ impl telemetry::VmSource for VmRuntime {
             })
             .collect()
     }
+
+    fn pool(&self) -> Option<telemetry::PoolState> {
+        let figures = self.pool_figures();
+        Some(telemetry::PoolState {
+            handler: self.config.handler.clone(),
+            ready: figures.ready,
+            target: figures.target,
+        })
+    }
 }
 
 /// The children of `pid` (virtiofsd serves from a child in its sandbox).

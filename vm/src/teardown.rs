@@ -40,7 +40,7 @@ impl VmRuntime {
             }
         }
         self.hypervisor
-            .stop(id, &endpoints, QUIT_GRACE)
+            .stop(state.vmm_id(id), &endpoints, QUIT_GRACE)
             .await
             .map_err(|e| internal("stop the VM", e))?;
         self.forget(id);

@@ -85,6 +85,8 @@ fn setup(boot_timeout: Duration) -> Setup {
             max_vcpus: 4,
             max_memory_mib: 2048,
             cgroup_root: None,
+            handler: "test".into(),
+            pool: 0,
         },
         hv.clone(),
         tx,
@@ -335,6 +337,8 @@ fn runtime_config_of(s: &Setup) -> VmRuntimeConfig {
         max_vcpus: 4,
         max_memory_mib: 2048,
         cgroup_root: None,
+        handler: "test".into(),
+        pool: 0,
     }
 }
 

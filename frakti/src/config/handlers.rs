@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use hypervisor::Machine;
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, MIN_MEMORY_MIB, invalid};
+use super::{ConfigError, MAX_VM_POOL, MIN_MEMORY_MIB, invalid};
 
 /// One handler as the config file gives it (every key optional).
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -24,6 +24,7 @@ pub(super) struct HandlerFile {
     memory: Option<u64>,
     overhead_memory: Option<u64>,
     overhead_cpu: Option<u64>,
+    vm_pool: Option<u32>,
 }
 
 /// What runs a handler's pods.
@@ -57,6 +58,9 @@ pub struct Handler {
     pub overhead_memory: u64,
     /// Host CPU an idle pod costs, millicores (`overhead.podFixed`).
     pub overhead_cpu: u64,
+    /// VMs booted ahead for this handler's pods (vm; none for host).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm_pool: Option<u32>,
 }
 
 fn machine_name<S: serde::Serializer>(m: &Machine, s: S) -> Result<S::Ok, S::Error> {
@@ -69,6 +73,7 @@ pub(super) struct Defaults<'a> {
     pub initrd: &'a PathBuf,
     pub cpu: u32,
     pub memory: u64,
+    pub vm_pool: u32,
     /// Handler names taken already (the default handler's, the host one's).
     pub reserved: [&'a str; 2],
 }
@@ -114,7 +119,16 @@ pub(super) fn resolve(
             memory: file.memory.unwrap_or(defaults.memory),
             overhead_memory: file.overhead_memory.unwrap_or(0),
             overhead_cpu: file.overhead_cpu.unwrap_or(0),
+            vm_pool: (kind == HandlerKind::Vm).then(|| file.vm_pool.unwrap_or(defaults.vm_pool)),
         };
+        if kind == HandlerKind::Host && file.vm_pool.is_some() {
+            return Err(bad("vm_pool is a key of vm handlers".into()));
+        }
+        if let Some(pool) = handler.vm_pool.filter(|p| *p > MAX_VM_POOL) {
+            return Err(bad(format!(
+                "vm_pool {pool} is more than {MAX_VM_POOL} VMs booted ahead"
+            )));
+        }
         if handler.cpu == 0 || handler.cpu > 255 {
             return Err(bad(format!("cpu {} is not between 1 and 255", handler.cpu)));
         }
@@ -139,6 +153,7 @@ mod tests {
             initrd,
             cpu: 1,
             memory: 512,
+            vm_pool: 1,
             reserved: ["frakti", "host"],
         }
     }

@@ -11,6 +11,9 @@ pub const DEFAULT_CONFIG: &str = "/etc/frakti/config.toml";
 /// Least memory (MiB) a pod VM may be given.
 pub const MIN_MEMORY_MIB: u64 = vm::sizing::MIN_MEMORY_MIB;
 
+/// Most VMs a handler may keep booted ahead (`vm_pool`).
+pub const MAX_VM_POOL: u32 = 64;
+
 /// frakti: a Kubernetes CRI runtime that runs every pod in its own VM.
 #[derive(Debug, Parser)]
 #[command(about, disable_version_flag = true)]
@@ -70,6 +73,9 @@ pub struct Cli {
     /// Seconds a pod VM may take to boot until its agent answers.
     #[arg(long)]
     pub boot_timeout: Option<u64>,
+    /// VMs each VM handler keeps booted ahead for the next pods (0: none) [default: 1].
+    #[arg(long)]
+    pub vm_pool: Option<u32>,
     /// CNI configuration directory; the first .conflist/.conf by name is used.
     #[arg(long)]
     pub cni_conf_dir: Option<PathBuf>,
@@ -215,6 +221,7 @@ struct FileConfig {
     vm_user: Option<String>,
     virtiofsd: Option<PathBuf>,
     boot_timeout: Option<u64>,
+    vm_pool: Option<u32>,
     cni_conf_dir: Option<PathBuf>,
     cni_bin_dir: Option<Vec<PathBuf>>,
     registry_config_dir: Option<PathBuf>,
@@ -279,6 +286,8 @@ pub struct Config {
     pub virtiofsd: PathBuf,
     /// Boot timeout, seconds.
     pub boot_timeout: u64,
+    /// Warm VMs the default handler keeps (a table handler's default too).
+    pub vm_pool: u32,
     /// CNI configuration directory.
     pub cni_conf_dir: PathBuf,
     /// CNI plugin directories.
@@ -496,6 +505,7 @@ impl Config {
                 .or(file.virtiofsd)
                 .unwrap_or_else(|| "/usr/lib/qemu/virtiofsd".into()),
             boot_timeout: cli.boot_timeout.or(file.boot_timeout).unwrap_or(60),
+            vm_pool: cli.vm_pool.or(file.vm_pool).unwrap_or(1),
             cni_conf_dir: cli
                 .cni_conf_dir
                 .clone()
@@ -570,6 +580,7 @@ impl Config {
                 initrd: &config.guest_initrd,
                 cpu: config.cpu,
                 memory: config.memory,
+                vm_pool: config.vm_pool,
                 reserved: [crate::VM_HANDLER, &config.host_handler],
             },
         )?;
@@ -588,6 +599,7 @@ impl Config {
             memory: self.memory,
             overhead_memory: 0,
             overhead_cpu: 0,
+            vm_pool: Some(self.vm_pool),
         }
     }
 
@@ -648,6 +660,15 @@ impl Config {
                 format!(
                     "{:?} is the VM pods' handler; host pods need a name of their own",
                     self.host_handler
+                ),
+            ));
+        }
+        if self.vm_pool > MAX_VM_POOL {
+            return Err(invalid(
+                "vm_pool",
+                format!(
+                    "{} is more than {MAX_VM_POOL} VMs booted ahead",
+                    self.vm_pool
                 ),
             ));
         }

@@ -259,3 +259,29 @@ fn the_vm_users_uid_range_comes_from_subuid() {
         assert_eq!(subordinate_ids(bad, "frakti-vm", 999), None, "{bad}");
     }
 }
+
+#[test]
+fn the_vm_pool_is_per_handler_and_bounded() {
+    let c = Config::merge(&cli(&[]), FileConfig::default()).unwrap();
+    assert_eq!(c.vm_pool, 1, "one VM booted ahead by default");
+    let f = file(
+        "vm_pool = 3\n[runtime_handlers.big]\nmemory = 1024\n\
+         [runtime_handlers.none]\nvm_pool = 0\n[runtime_handlers.node]\nkind = \"host\"\n",
+    );
+    let c = Config::merge(&cli(&[]), f).unwrap();
+    assert_eq!(c.default_handler().vm_pool, Some(3));
+    assert_eq!(c.runtime_handlers["big"].vm_pool, Some(3), "the top-level key is the default");
+    assert_eq!(c.runtime_handlers["none"].vm_pool, Some(0));
+    assert_eq!(c.runtime_handlers["node"].vm_pool, None, "host pods have no VMs");
+    // The flag overrides the file.
+    let c = Config::merge(&cli(&["--vm-pool", "0"]), file("vm_pool = 3\n")).unwrap();
+    assert_eq!(c.vm_pool, 0);
+    let err = Config::merge(&cli(&["--vm-pool", "65"]), FileConfig::default()).unwrap_err();
+    assert!(err.to_string().contains("key `vm_pool`"), "{err}");
+    let f = file("[runtime_handlers.big]\nvm_pool = 100\n");
+    let err = Config::merge(&cli(&[]), f).unwrap_err().to_string();
+    assert!(err.contains("vm_pool 100"), "{err}");
+    let f = file("[runtime_handlers.node]\nkind = \"host\"\nvm_pool = 1\n");
+    let err = Config::merge(&cli(&[]), f).unwrap_err().to_string();
+    assert!(err.contains("vm_pool is a key of vm handlers"), "{err}");
+}

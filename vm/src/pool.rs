@@ -1,0 +1,374 @@
+//! The warm pool: VMs booted ahead of their pods, agent ready, with no pod
+//! identity. RunPodSandbox takes one and gives it the pod (its directory,
+//! network, hostname, DNS, size: see `warm`); the pool refills behind it.
+//!
+//! A pool VM waits in `<state_dir>/pool/<hex>`, launched as `pool-<hex>`,
+//! in an empty network namespace of its own and a cgroup of frakti's with
+//! the least CPU weight. Nothing about the pool is recorded: a daemon
+//! restart discards what a previous one left (see [`VmRuntime::sweep_pool`]),
+//! and a stopping daemon drains it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use agent_api::{AgentClient, UnixTransport};
+use hypervisor::{Accel, Process, Resources, VmEndpoints};
+use network::Netns;
+use runtime_api::{RuntimeError, RuntimeErrorKind, report};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::boot::Undo;
+use crate::errors::launch_failure;
+use crate::guest::{console_tail, wait_boot};
+use crate::host_cgroup::VmCgroup;
+use crate::runtime::{VmRuntime, lock};
+use crate::sizing::VmSize;
+use crate::teardown::kill_virtiofsd;
+
+/// The file in a pool VM's directory naming the id it was launched as: it
+/// stays with the directory when a pod takes the VM.
+pub(crate) const LAUNCHED_AS: &str = "launched-as";
+
+/// How often the pool looks for VMs that died while waiting.
+const CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// How long a discarded pool VM may take to quit before it is killed.
+const QUIT_GRACE: Duration = Duration::from_secs(2);
+
+/// The first wait after a pool VM failed to boot; it doubles up to
+/// [`RETRY_MOST`].
+const RETRY_FIRST: Duration = Duration::from_secs(5);
+const RETRY_MOST: Duration = Duration::from_secs(300);
+
+/// The warm VMs of one VM runtime, and what fills the pool.
+#[derive(Debug, Default)]
+pub(crate) struct Pool {
+    warm: Mutex<Vec<WarmVm>>,
+    /// Wakes the filler: a VM was taken, or the pool is drained.
+    wake: Notify,
+    /// Set by a drain: no VM is booted or handed out any more.
+    stopped: AtomicBool,
+    /// Held while a pool VM boots, so that a drain waits for it.
+    booting: tokio::sync::Mutex<()>,
+}
+
+/// A booted VM waiting for a pod.
+#[derive(Debug)]
+pub(crate) struct WarmVm {
+    /// The id it was launched as (`pool-<hex>`).
+    pub(crate) name: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) endpoints: VmEndpoints,
+    /// The agent's transport, moved with the directory.
+    pub(crate) transport: Arc<UnixTransport>,
+    pub(crate) agent: Arc<AgentClient>,
+    pub(crate) virtiofsd: i32,
+    /// Its size now, and the most it can grow to.
+    pub(crate) size: VmSize,
+    pub(crate) max: VmSize,
+    pub(crate) accel: Accel,
+    pub(crate) boot_id: String,
+    pub(crate) cgroup: Option<VmCgroup>,
+    /// Its empty network namespace (QEMU stays in it).
+    pub(crate) netns: Option<Netns>,
+}
+
+impl WarmVm {
+    /// A pod of `size` can have this VM: as large or larger, within what
+    /// the VM can grow to.
+    fn fits(&self, size: &VmSize) -> bool {
+        (self.size.vcpus..=self.max.vcpus).contains(&size.vcpus)
+            && (self.size.memory_mib..=self.max.memory_mib).contains(&size.memory_mib)
+    }
+
+    fn running(&self) -> bool {
+        Process::open(self.endpoints.pid).is_ok_and(|p| p.is_running())
+    }
+}
+
+/// How many pool VMs wait, of how many wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolFigures {
+    /// Booted and waiting.
+    pub ready: usize,
+    /// The configured size.
+    pub target: usize,
+}
+
+/// The directory of every pool VM of a daemon.
+fn pool_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("pool")
+}
+
+/// The empty network namespace of pool VM `name`.
+fn pool_netns(name: &str) -> Netns {
+    network::PodNetworks::netns_for(name)
+}
+
+impl VmRuntime {
+    /// The pool's figures.
+    pub fn pool_figures(&self) -> PoolFigures {
+        PoolFigures {
+            ready: lock(&self.pool.warm).len(),
+            target: self.config.pool,
+        }
+    }
+
+    /// A warm VM for a pod of `size`, if one waits: the filler is woken to
+    /// replace it.
+    pub(crate) fn take_warm(&self, size: &VmSize) -> Option<WarmVm> {
+        if self.pool.stopped.load(Ordering::SeqCst) {
+            return None;
+        }
+        let vm = {
+            let mut warm = lock(&self.pool.warm);
+            let i = warm.iter().position(|w| w.fits(size) && w.running())?;
+            warm.swap_remove(i)
+        };
+        self.pool.wake.notify_one();
+        Some(vm)
+    }
+
+    /// Keeps `config.pool` VMs booted until the pool is drained: boots one
+    /// at a time, replaces VMs that died, and backs off when boots fail.
+    pub(crate) async fn keep_pool(&self) {
+        if self.config.pool == 0 {
+            return;
+        }
+        if !self.hypervisor.capabilities().nic_hotplug {
+            tracing::info!(handler = %self.config.handler,
+                "no warm pool: this machine type cannot hot-plug a pod's NIC");
+            return;
+        }
+        let mut retry = RETRY_FIRST;
+        while !self.pool.stopped.load(Ordering::SeqCst) {
+            self.prune_pool().await;
+            let missing = self.config.pool > lock(&self.pool.warm).len();
+            let wait = if missing {
+                let _booting = self.pool.booting.lock().await;
+                if self.pool.stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                match self.boot_pool_vm().await {
+                    Ok(vm) => {
+                        tracing::info!(handler = %self.config.handler, vm = %vm.name,
+                            pid = vm.endpoints.pid, "pool VM ready");
+                        lock(&self.pool.warm).push(vm);
+                        retry = RETRY_FIRST;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(handler = %self.config.handler,
+                            "a pool VM did not boot (next try in {retry:?}): {}", report(&e));
+                        let wait = retry;
+                        retry = (retry * 2).min(RETRY_MOST);
+                        wait
+                    }
+                }
+            } else {
+                CHECK_EVERY
+            };
+            tokio::select! {
+                () = self.pool.wake.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Boots a VM of the default size with no pod.
+    async fn boot_pool_vm(&self) -> Result<WarmVm, RuntimeError> {
+        let accel = self.accel().await.accel;
+        let hex: String = rand::random::<[u8; 8]>()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let name = format!("pool-{hex}");
+        let dir = pool_dir(&self.config.state_dir).join(&hex);
+        let mut undo = Undo::default();
+        match self.boot_pool_steps(&name, &dir, accel, &mut undo).await {
+            Ok(vm) => Ok(vm),
+            Err(e) => {
+                self.undo_pool_boot(&name, undo).await;
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    async fn boot_pool_steps(
+        &self,
+        name: &str,
+        dir: &Path,
+        accel: Accel,
+        undo: &mut Undo,
+    ) -> Result<WarmVm, RuntimeError> {
+        let internal = |what: &str, e: std::io::Error| crate::errors::internal(what.to_owned(), e);
+        std::fs::create_dir_all(dir).map_err(|e| internal("create a pool VM's directory", e))?;
+        std::fs::write(dir.join(LAUNCHED_AS), name)
+            .map_err(|e| internal("write a pool VM's name", e))?;
+        let netns = match &self.config.networks {
+            Some(_) => {
+                let ns = pool_netns(name);
+                ns.create()
+                    .map_err(|e| crate::errors::internal("a pool VM's network namespace", e))?;
+                undo.netns = Some(ns.clone());
+                Some(ns)
+            }
+            None => None,
+        };
+        let (virtiofsd, fs_socket) = self.share(dir).await?;
+        undo.virtiofsd = Some(virtiofsd);
+        let size = VmSize {
+            vcpus: self.config.default_vcpus,
+            memory_mib: self.config.default_memory_mib,
+        };
+        let spec = self.vm_spec(name, dir, &size, accel, netns.as_ref(), fs_socket);
+        let started = Instant::now();
+        let endpoints = self
+            .hypervisor
+            .launch(&spec)
+            .await
+            .map_err(launch_failure)?;
+        undo.vm = Some((name.to_owned(), endpoints.clone()));
+        let mut pids = vec![endpoints.pid, virtiofsd];
+        pids.extend(crate::stats::children(virtiofsd));
+        let resources = Resources {
+            vcpus: size.vcpus,
+            memory_mib: size.memory_mib,
+        };
+        let cgroup = self.place_pool_vm(name, &pids, &resources)?;
+        undo.cgroup = cgroup.clone();
+        let transport = Arc::new(UnixTransport::new(&endpoints.agent_socket));
+        let agent = Arc::new(AgentClient::new(transport.clone()));
+        if let Err(why) = wait_boot(&agent, &endpoints, started + self.config.boot_timeout).await {
+            let tail = console_tail(&endpoints.console_log);
+            return Err(RuntimeError::new(
+                RuntimeErrorKind::DeadlineExceeded,
+                format!("the pool VM did not come up: {why}; console: {tail}"),
+            ));
+        }
+        let boot_id = agent.welcome().await.map(|w| w.boot_id).unwrap_or_default();
+        Ok(WarmVm {
+            name: name.to_owned(),
+            dir: dir.to_path_buf(),
+            endpoints,
+            transport,
+            agent,
+            virtiofsd,
+            size,
+            max: VmSize {
+                vcpus: spec.max_vcpus,
+                memory_mib: spec.max_memory_mib,
+            },
+            accel,
+            boot_id,
+            cgroup,
+            netns,
+        })
+    }
+
+    async fn undo_pool_boot(&self, name: &str, undo: Undo) {
+        if let Some((_, vm)) = &undo.vm {
+            let _ = self.hypervisor.stop(name, vm, QUIT_GRACE).await;
+        }
+        if let Some(pid) = undo.virtiofsd {
+            kill_virtiofsd(pid).await;
+        }
+        if let Some(cgroup) = &undo.cgroup {
+            self.remove_vm_cgroup(cgroup);
+        }
+        if let Some(ns) = &undo.netns {
+            let _ = ns.remove();
+        }
+    }
+
+    /// Stops a pool VM and removes all it had.
+    pub(crate) async fn discard(&self, vm: WarmVm) {
+        let dir = vm.dir.clone();
+        self.undo_pool_boot(
+            &vm.name,
+            Undo {
+                virtiofsd: Some(vm.virtiofsd),
+                cgroup: vm.cgroup,
+                vm: Some((vm.name.clone(), vm.endpoints)),
+                netns: vm.netns,
+                network: None,
+            },
+        )
+        .await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Discards the pool VMs that died while they waited.
+    async fn prune_pool(&self) {
+        let dead: Vec<WarmVm> = {
+            let mut warm = lock(&self.pool.warm);
+            let (alive, dead) = std::mem::take(&mut *warm)
+                .into_iter()
+                .partition(WarmVm::running);
+            *warm = alive;
+            dead
+        };
+        for vm in dead {
+            tracing::warn!(handler = %self.config.handler, vm = %vm.name, pid = vm.endpoints.pid,
+                "a pool VM died while it waited (see {}); replacing it", vm.endpoints.vmm_log.display());
+            self.discard(vm).await;
+        }
+    }
+
+    /// Stops filling the pool and discards its VMs (the daemon stops);
+    /// waits for a VM that is booting.
+    pub(crate) async fn drain_pool(&self) {
+        self.pool.stopped.store(true, Ordering::SeqCst);
+        self.pool.wake.notify_one();
+        let _booting = self.pool.booting.lock().await;
+        let warm = std::mem::take(&mut *lock(&self.pool.warm));
+        let count = warm.len();
+        for vm in warm {
+            self.discard(vm).await;
+        }
+        if count > 0 {
+            tracing::info!(handler = %self.config.handler, count, "pool VMs discarded");
+        }
+    }
+
+    /// Kills and removes the pool VMs an earlier daemon left (they have no
+    /// record); returns how many there were. Runs before any pool fills.
+    pub(crate) fn sweep_pool(&self) -> usize {
+        let dir = pool_dir(&self.config.state_dir);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return 0;
+        };
+        let mut swept = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(hex) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let name = format!("pool-{hex}");
+            if let Ok(endpoints) = self.hypervisor.find(&name, &path)
+                && let Ok(p) = Process::open(endpoints.pid)
+            {
+                p.signal(nix::sys::signal::Signal::SIGKILL);
+                // Its cgroup goes once it has exited.
+                let deadline = std::time::Instant::now() + Duration::from_secs(2);
+                while p.is_running() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                hypervisor::process::reap(endpoints.pid);
+            }
+            self.remove_pool_cgroup(&name);
+            let _ = pool_netns(&name).remove();
+            let _ = std::fs::remove_dir_all(&path);
+            swept += 1;
+        }
+        if swept > 0 {
+            tracing::info!(swept, "discarded the pool VMs of an earlier daemon");
+        }
+        swept
+    }
+}

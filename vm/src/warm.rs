@@ -1,0 +1,116 @@
+//! A pod gets a VM of the warm pool: the pool VM's directory becomes the
+//! pod's, the pod's network is hot-plugged, the VM grows to the pod's size,
+//! and the guest is set up as after a cold boot. What the pod sees is what a
+//! cold-started VM of its size would show.
+
+use std::path::Path;
+
+use hypervisor::Resources;
+use runtime_api::{RuntimeError, SandboxConfig};
+use telemetry::StartPhase;
+use tokio::time::Instant;
+
+use crate::boot::{Undo, record_phase};
+use crate::config::VmState;
+use crate::errors::{agent_failure, internal};
+use crate::pool::WarmVm;
+use crate::runtime::{AGENT_CALL, VmRuntime};
+use crate::sizing::VmSize;
+
+impl VmRuntime {
+    /// Gives the pool VM `warm` to pod `id`, whose directory is `dir`.
+    pub(crate) async fn boot_warm(
+        &self,
+        id: &str,
+        config: &SandboxConfig,
+        dir: &Path,
+        warm: WarmVm,
+        size: &VmSize,
+        undo: &mut Undo,
+    ) -> Result<VmState, RuntimeError> {
+        let started = Instant::now();
+        if let Err(e) = std::fs::rename(&warm.dir, dir) {
+            self.discard(warm).await;
+            return Err(internal("move a pool VM to its pod's directory", e));
+        }
+        let pid = warm.endpoints.pid;
+        let endpoints = self.hypervisor.endpoints(dir, pid);
+        warm.transport.retarget(&endpoints.agent_socket);
+        undo.vm = Some((warm.name.clone(), endpoints.clone()));
+        undo.virtiofsd = Some(warm.virtiofsd);
+        undo.cgroup = warm.cgroup.clone();
+        // QEMU keeps its empty namespace; its name is no longer needed.
+        if let Some(ns) = &warm.netns
+            && let Err(e) = ns.remove()
+        {
+            tracing::warn!(%id, "removing a pool VM's namespace name: {e}");
+        }
+        let netns = self.pod_netns(id, undo)?;
+        let mut pids = vec![pid, warm.virtiofsd];
+        pids.extend(crate::stats::children(warm.virtiofsd));
+        let target = Resources {
+            vcpus: size.vcpus,
+            memory_mib: size.memory_mib,
+        };
+        let cgroup = self.place_vm(id, config, &pids, &target)?;
+        if let Some(pool) = &warm.cgroup {
+            self.remove_vm_cgroup(pool);
+        }
+        undo.cgroup = cgroup.clone();
+        let attach = async {
+            match &netns {
+                Some(ns) => self.attach_network(id, config, ns, &endpoints).await,
+                None => (None, Ok(())),
+            }
+        };
+        let grow = async {
+            if *size == warm.size {
+                return Ok(());
+            }
+            let before = warm
+                .agent
+                .request(agent_api::calls::GuestInfo, AGENT_CALL)
+                .await
+                .map_err(|e| agent_failure("read the guest's size", e))?;
+            let current = Resources {
+                vcpus: warm.size.vcpus,
+                memory_mib: warm.size.memory_mib,
+            };
+            self.apply_size(
+                &endpoints,
+                &warm.agent,
+                &current,
+                before.mem_total_kib,
+                &target,
+            )
+            .await
+            .map(drop)
+        };
+        let ((pod_net, plugged), grown) = tokio::join!(attach, grow);
+        undo.network = pod_net.clone();
+        plugged?;
+        grown?;
+        let ready = Instant::now();
+        self.set_up_guest(&warm.agent, dir, config, pod_net.as_ref())
+            .await?;
+        record_phase(StartPhase::AgentReady, ready.elapsed());
+        tracing::info!(%id, pid, vm = %warm.name, vcpus = size.vcpus, memory_mib = size.memory_mib,
+            took = ?started.elapsed(), "pod VM ready (from the warm pool)");
+        let state = VmState {
+            pid,
+            dir: dir.to_path_buf(),
+            accel: warm.accel,
+            vcpus: size.vcpus,
+            memory_mib: size.memory_mib,
+            max_vcpus: warm.max.vcpus,
+            max_memory_mib: warm.max.memory_mib,
+            boot_id: warm.boot_id.clone(),
+            network: pod_net,
+            virtiofsd_pid: Some(warm.virtiofsd),
+            cgroup,
+            launched_as: Some(warm.name.clone()),
+        };
+        self.track(id, endpoints, warm.agent.clone(), Some(warm.virtiofsd))?;
+        Ok(state)
+    }
+}
