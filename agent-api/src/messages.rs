@@ -335,6 +335,10 @@ pub struct ExecResult {
 pub struct NetInterface {
     /// MAC address of the virtio-net device.
     pub mac: String,
+    /// The device's MAC now, when the agent must change it to `mac` (a NIC
+    /// the VM booted with, before its pod's network existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_mac: Option<String>,
     /// MTU to set.
     pub mtu: u32,
     /// Addresses in CIDR form (IPv4 or IPv6).

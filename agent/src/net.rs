@@ -97,7 +97,14 @@ async fn apply(
     let lo = read_index(Path::new("/sys/class/net/lo"))?;
     set_link(handle, lo, None).await?;
     for iface in interfaces {
-        let (name, index) = link_by_mac(&iface.mac).await?;
+        let (name, index) = match &iface.current_mac {
+            Some(current) if !current.eq_ignore_ascii_case(&iface.mac) => {
+                let (name, index) = link_by_mac(current).await?;
+                set_address(handle, index, &iface.mac).await?;
+                (name, index)
+            }
+            _ => link_by_mac(&iface.mac).await?,
+        };
         // The addresses were allocated by IPAM and are unique: skip duplicate
         // address detection, so IPv6 addresses work at once, as on other runtimes.
         let _ = fs::write(format!("/proc/sys/net/ipv6/conf/{name}/accept_dad"), "0");
@@ -132,6 +139,30 @@ async fn apply(
     Ok(())
 }
 
+/// Gives link `index` the MAC address `mac` (`aa:bb:cc:dd:ee:ff`).
+async fn set_address(handle: &Handle, index: u32, mac: &str) -> Result<(), AgentError> {
+    let bytes = parse_mac(mac)?;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).address(bytes).build())
+        .execute()
+        .await
+        .map_err(|e| internal(format!("set the MAC of link {index} to {mac}: {e}")))
+}
+
+/// The six bytes of a MAC address written `aa:bb:cc:dd:ee:ff`.
+fn parse_mac(mac: &str) -> Result<Vec<u8>, AgentError> {
+    let bytes: Vec<u8> = mac
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| invalid(format!("bad MAC address {mac:?}")))?;
+    if bytes.len() != 6 || mac.split(':').any(|b| b.len() != 2) {
+        return Err(invalid(format!("bad MAC address {mac:?}")));
+    }
+    Ok(bytes)
+}
+
 async fn set_link(handle: &Handle, index: u32, mtu: Option<u32>) -> Result<(), AgentError> {
     let mut link = LinkUnspec::new_with_index(index).up();
     if let Some(mtu) = mtu {
@@ -148,6 +179,23 @@ async fn set_link(handle: &Handle, index: u32, mtu: Option<u32>) -> Result<(), A
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_macs() {
+        assert_eq!(
+            parse_mac("aa:c6:88:7A:b0:1d").unwrap(),
+            vec![0xaa, 0xc6, 0x88, 0x7a, 0xb0, 0x1d]
+        );
+        for bad in [
+            "",
+            "aa:bb",
+            "aa:bb:cc:dd:ee:ff:00",
+            "aa:bb:cc:dd:ee:zz",
+            "a:bb:cc:dd:ee:ff0",
+        ] {
+            assert!(parse_mac(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn parses_cidr() {

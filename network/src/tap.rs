@@ -91,6 +91,47 @@ pub fn ensure_tun_device() -> Result<(), TapError> {
 
 /// Creates `tap` in `netns` and mirrors it to `ifname` both ways.
 pub async fn setup(netns: &Netns, ifname: &str, tap: &str) -> Result<TapLink, TapError> {
+    mirror(netns, ifname, tap, None).await
+}
+
+/// Like [`setup`], with the existing tap `tap` of namespace `from` (a VM
+/// booted with it) moved into `netns` instead of a new one.
+pub async fn adopt(
+    from: &Netns,
+    netns: &Netns,
+    ifname: &str,
+    tap: &str,
+) -> Result<TapLink, TapError> {
+    mirror(netns, ifname, tap, Some(from)).await
+}
+
+/// Makes the tap `tap` in `netns`, for a VM to boot with before it has a
+/// pod (see [`adopt`]).
+pub async fn create(netns: &Netns, tap: &str) -> Result<(), TapError> {
+    ensure_tun_device()?;
+    run(
+        "ip",
+        &[
+            "-n",
+            netns.name(),
+            "tuntap",
+            "add",
+            "dev",
+            tap,
+            "mode",
+            "tap",
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn mirror(
+    netns: &Netns,
+    ifname: &str,
+    tap: &str,
+    from: Option<&Netns>,
+) -> Result<TapLink, TapError> {
     ensure_tun_device()?;
     let ns = netns.name();
     let json = run("ip", &["-n", ns, "-j", "link", "show", "dev", ifname])
@@ -114,11 +155,22 @@ pub async fn setup(netns: &Netns, ifname: &str, tap: &str) -> Result<TapLink, Ta
             reason: "no such link".into(),
         })?;
     let mtu = info.mtu.to_string();
-    run(
-        "ip",
-        &["-n", ns, "tuntap", "add", "dev", tap, "mode", "tap"],
-    )
-    .await?;
+    match from {
+        Some(other) => {
+            run(
+                "ip",
+                &["-n", other.name(), "link", "set", "dev", tap, "netns", ns],
+            )
+            .await?
+        }
+        None => {
+            run(
+                "ip",
+                &["-n", ns, "tuntap", "add", "dev", tap, "mode", "tap"],
+            )
+            .await?
+        }
+    };
     run(
         "ip",
         &["-n", ns, "link", "set", "dev", tap, "mtu", &mtu, "up"],
@@ -205,5 +257,60 @@ mod tests {
         let err = setup(&ns, "eth9", "tap9").await.unwrap_err().to_string();
         assert!(err.contains("eth9"), "{err}");
         ns.remove().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_tap_made_ahead_moves_into_the_pod_namespace() {
+        let pool = Netns::new(format!("frakti-tap-pool-{}", std::process::id()));
+        let pod = Netns::new(format!("frakti-tap-pod-{}", std::process::id()));
+        pool.create().unwrap();
+        pod.create().unwrap();
+        create(&pool, "tap0").await.unwrap();
+        run(
+            "ip",
+            &[
+                "-n",
+                pod.name(),
+                "link",
+                "add",
+                "eth0",
+                "mtu",
+                "1450",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "peer0",
+            ],
+        )
+        .await
+        .unwrap();
+        let link = adopt(&pool, &pod, "eth0", "tap0").await.unwrap();
+        assert_eq!(link.mtu, 1450);
+        let moved = run("ip", &["-n", pod.name(), "-d", "link", "show", "tap0"])
+            .await
+            .unwrap();
+        assert!(
+            moved.contains("mtu 1450") && moved.contains("tun type tap"),
+            "{moved}"
+        );
+        assert!(moved.contains("UP"), "{moved}");
+        let left = run("ip", &["-n", pool.name(), "link", "show", "tap0"]).await;
+        assert!(left.is_err(), "the tap left the pool's namespace: {left:?}");
+        let filters = run(
+            "tc",
+            &["-n", pod.name(), "filter", "show", "dev", "eth0", "ingress"],
+        )
+        .await
+        .unwrap();
+        assert!(filters.contains("tap0"), "{filters}");
+        // A tap that is not there is an error, not a new tap.
+        let err = adopt(&pool, &pod, "eth0", "tap7")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tap7"), "{err}");
+        pool.remove().unwrap();
+        pod.remove().unwrap();
     }
 }

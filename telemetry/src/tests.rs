@@ -78,8 +78,8 @@ impl VmSource for TwoVms {
             .collect()
     }
 
-    fn pool(&self) -> Option<crate::PoolState> {
-        Some(crate::PoolState {
+    fn pool(&self) -> Option<PoolState> {
+        Some(PoolState {
             handler: "kata".into(),
             ready: 1,
             target: 2,

@@ -145,6 +145,11 @@ impl Daemon {
         if !extra.contains(&"--memory") {
             args.extend(["--memory".into(), "256".into()]);
         }
+        // FRAKTI_E2E_LOG_LEVEL=debug: a daemon that says more, its log
+        // printed when it goes.
+        if let Ok(level) = std::env::var("FRAKTI_E2E_LOG_LEVEL") {
+            args.extend(["--log-level".into(), level]);
+        }
         // No VMs booted ahead (each costs a TCG boot), unless the test asks.
         if !extra.contains(&"--vm-pool") {
             args.extend(["--vm-pool".into(), "0".into()]);
@@ -306,6 +311,13 @@ impl Drop for Daemon {
         for pid in pids_with_arg(&state) {
             // SAFETY: kill(2) on a QEMU process this test started.
             unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if std::env::var_os("FRAKTI_E2E_LOG_LEVEL").is_some() {
+            eprintln!(
+                "--- frakti log ({}) ---\n{}",
+                self.log_path().display(),
+                self.log()
+            );
         }
     }
 }

@@ -30,6 +30,17 @@ fn pool_pids(daemon: &Daemon) -> Vec<i32> {
         .collect()
 }
 
+/// The ids the pool's VMs were launched as.
+fn pool_names(daemon: &Daemon) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(daemon.state_dir().join("pool")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("launched-as")).ok())
+        .collect()
+}
+
 /// Waits (at most `limit`) until `frakti_vm_pool_ready` is `want`; returns
 /// the pool's pids then.
 async fn pool_ready(daemon: &Daemon, metrics: &str, want: f64, limit: Duration) -> Vec<i32> {
@@ -168,6 +179,13 @@ async fn a_pod_from_the_pool_is_like_a_cold_one_and_the_pool_refills() {
 
     let pooled = pool_ready(&daemon, &metrics, 1.0, Duration::from_secs(180)).await;
     assert_eq!(pooled.len(), 1, "{pooled:?}");
+    // It waits in a cgroup of frakti's with the least CPU weight.
+    let name = pool_names(&daemon).pop().unwrap();
+    let pool_cgroup = format!("/sys/fs/cgroup/cpu/frakti/{name}");
+    let shares = std::fs::read_to_string(format!("{pool_cgroup}/cpu.shares")).unwrap();
+    assert_eq!(shares.trim(), "2", "{pool_cgroup}");
+    let procs = std::fs::read_to_string(format!("{pool_cgroup}/vm/cgroup.procs")).unwrap();
+    assert!(procs.lines().any(|l| l == pooled[0].to_string()), "{procs}");
 
     // Two pods at once: one takes the pool VM, the other starts cold (the
     // pool takes a whole boot to refill).

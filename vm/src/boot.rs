@@ -181,7 +181,7 @@ impl VmRuntime {
         if let (false, Some(networks), Some(ns)) = (caps.nic_hotplug, &self.config.networks, &netns)
         {
             let net_started = Instant::now();
-            let pod_net = net::setup(networks, ns, id, config)
+            let pod_net = net::setup(networks, ns, id, config, None)
                 .await
                 .map_err(|e| internal("pod network", e))?;
             undo.network = Some(pod_net.clone());
@@ -214,7 +214,7 @@ impl VmRuntime {
                 return (early_net.clone(), Ok(()));
             }
             match &netns {
-                Some(ns) => self.attach_network(id, config, ns, &endpoints).await,
+                Some(ns) => self.attach_network(id, config, ns, &endpoints, None).await,
                 None => (None, Ok(())),
             }
         };
@@ -233,7 +233,7 @@ impl VmRuntime {
         let answered = Instant::now();
         record_phase(StartPhase::VmBoot, answered - started);
         let welcome = agent.welcome().await;
-        self.set_up_guest(&agent, dir, config, pod_net.as_ref())
+        self.set_up_guest(&agent, dir, config, pod_net.as_ref(), None)
             .await?;
         record_phase(StartPhase::AgentReady, answered.elapsed());
         tracing::info!(%id, pid = endpoints.pid, %accel, vcpus = size.vcpus, memory_mib = size.memory_mib,
@@ -273,25 +273,29 @@ impl VmRuntime {
     }
 
     /// CNI ADD for pod `id` in `netns`, then its NICs hot-plugged into the
-    /// VM: the network (if CNI made it) and whether it is all attached.
+    /// VM: the network (if CNI made it) and whether it is all attached. A
+    /// VM that booted with a NIC on a tap in `booted_with` keeps it for the
+    /// CNI interface: that tap moves into `netns`.
     pub(crate) async fn attach_network(
         &self,
         id: &str,
         config: &SandboxConfig,
         netns: &Netns,
         endpoints: &VmEndpoints,
+        booted_with: Option<&Netns>,
     ) -> (Option<VmNetwork>, Result<(), RuntimeError>) {
         let Some(networks) = &self.config.networks else {
             return (None, Ok(()));
         };
         let net_started = Instant::now();
-        let pod_net = match net::setup(networks, netns, id, config).await {
+        let pod_net = match net::setup(networks, netns, id, config, booted_with).await {
             Ok(n) => n,
             Err(e) => return (None, Err(internal("pod network", e))),
         };
         tracing::debug!(%id, elapsed = ?net_started.elapsed(), "CNI added");
         let mut plugged = Ok(());
-        for (index, nic) in pod_net.nics().enumerate() {
+        let plugged_at_boot = usize::from(booted_with.is_some());
+        for (index, nic) in pod_net.nics().enumerate().skip(plugged_at_boot) {
             plugged = self
                 .hypervisor
                 .add_nic(endpoints, index, &nic)
@@ -302,6 +306,7 @@ impl VmRuntime {
             }
         }
         if plugged.is_ok() {
+            tracing::debug!(%id, elapsed = ?net_started.elapsed(), "NIC hot-plugged");
             record_phase(StartPhase::Network, net_started.elapsed());
         }
         (Some(pod_net), plugged)
@@ -309,12 +314,15 @@ impl VmRuntime {
 
     /// Gives the booted guest its pod: hosts and resolv.conf, hostname,
     /// clock, shared directory, sysctls, then its network.
+    /// `boot_mac` is the MAC of the NIC the VM booted with for the CNI
+    /// interface (a pool VM's), which the guest changes to the pod's.
     pub(crate) async fn set_up_guest(
         &self,
         agent: &AgentClient,
         dir: &Path,
         config: &SandboxConfig,
         pod_net: Option<&VmNetwork>,
+        boot_mac: Option<&str>,
     ) -> Result<(), RuntimeError> {
         let ips = pod_net.map(|n| n.pod.result.pod_ips()).unwrap_or_default();
         container::podfiles::write(&dir.join("shared").join("sandbox"), config, &ips, false)
@@ -328,16 +336,22 @@ impl VmRuntime {
             share_tag: containers::SHARE_TAG.to_owned(),
             sysctls: config.sysctls.clone(),
         };
+        let started = Instant::now();
         agent
             .request(setup, AGENT_CALL)
             .await
             .map_err(|e| agent_failure("set up the guest", e))?;
+        tracing::debug!(elapsed = ?started.elapsed(), "guest set up");
         if let Some(n) = pod_net {
-            let (interfaces, routes) = net::guest_config(n);
+            let (mut interfaces, routes) = net::guest_config(n);
+            if let (Some(primary), Some(mac)) = (interfaces.first_mut(), boot_mac) {
+                primary.current_mac = Some(mac.to_owned());
+            }
             agent
                 .request(calls::ConfigureNetwork { interfaces, routes }, AGENT_CALL)
                 .await
                 .map_err(|e| agent_failure("configure the guest network", e))?;
+            tracing::debug!(elapsed = ?started.elapsed(), "guest network configured");
         }
         Ok(())
     }

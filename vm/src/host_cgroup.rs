@@ -127,9 +127,10 @@ impl VmRuntime {
         let placed = self
             .limit_vm(&cgroup, size)
             .and_then(|()| match cpu_shares {
+                // On the top cgroup: its siblings are the pods' cgroups.
                 Some(shares) => hierarchy
                     .update(
-                        &cgroup.path,
+                        &cgroup.pod,
                         &ContainerResources {
                             cpu_shares: shares,
                             ..Default::default()

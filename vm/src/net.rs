@@ -59,17 +59,19 @@ pub enum VmNetworkError {
 }
 
 /// Adds the pod network in `netns` and mirrors each of its interfaces in
-/// the namespace to a tap. On failure the network is removed again.
+/// the namespace to a tap; the CNI interface's tap is moved from `booted_with`
+/// when the VM booted with one there. On failure the network is removed again.
 pub async fn setup(
     networks: &PodNetworks,
     netns: &Netns,
     id: &str,
     config: &SandboxConfig,
+    booted_with: Option<&Netns>,
 ) -> Result<VmNetwork, VmNetworkError> {
     let pod = networks
         .add(netns, &PodIdentity::of_sandbox(id, config))
         .await?;
-    match taps(netns, &pod).await {
+    match taps(netns, &pod, booted_with).await {
         Ok((tap, extra_taps)) => Ok(VmNetwork {
             pod,
             tap,
@@ -84,9 +86,30 @@ pub async fn setup(
     }
 }
 
+/// The tap a VM of the warm pool boots with, in its own namespace.
+pub(crate) async fn boot_tap(netns: &Netns) -> Result<hypervisor::NicSpec, VmNetworkError> {
+    network::tap::create(netns, TAP).await?;
+    let bytes: [u8; 5] = rand::random();
+    // Locally administered, unicast; the pod's MAC replaces it.
+    let mac = std::iter::once(2u8)
+        .chain(bytes)
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    Ok(hypervisor::NicSpec {
+        tap: TAP.to_owned(),
+        mac,
+        netns: Some(netns.path()),
+    })
+}
+
 /// A tap for the CNI interface, and one for each other interface the
 /// plugins created in the namespace.
-async fn taps(netns: &Netns, pod: &PodNetwork) -> Result<(TapLink, Vec<TapLink>), VmNetworkError> {
+async fn taps(
+    netns: &Netns,
+    pod: &PodNetwork,
+    booted_with: Option<&Netns>,
+) -> Result<(TapLink, Vec<TapLink>), VmNetworkError> {
     let sandbox = netns.path().display().to_string();
     let others: Vec<String> = pod
         .result
@@ -98,7 +121,10 @@ async fn taps(netns: &Netns, pod: &PodNetwork) -> Result<(TapLink, Vec<TapLink>)
     if others.len() + 1 > MAX_NICS {
         return Err(VmNetworkError::TooManyInterfaces(others.len() + 1));
     }
-    let tap = network::tap::setup(netns, IFNAME, TAP).await?;
+    let tap = match booted_with {
+        Some(from) => network::tap::adopt(from, netns, IFNAME, TAP).await?,
+        None => network::tap::setup(netns, IFNAME, TAP).await?,
+    };
     let mut extra_taps = Vec::new();
     for (n, name) in others.iter().enumerate() {
         extra_taps.push(network::tap::setup(netns, name, &format!("tap{}", n + 1)).await?);
@@ -135,6 +161,7 @@ pub fn guest_config(net: &VmNetwork) -> (Vec<NetInterface>, Vec<NetRoute>) {
                 .collect();
             NetInterface {
                 mac: tap.mac.clone(),
+                current_mac: None,
                 mtu: tap.mtu,
                 addresses,
             }

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use agent_api::{AgentClient, UnixTransport};
+use agent_api::{AgentClient, UnixTransport, calls};
 use hypervisor::{Accel, Process, Resources, VmEndpoints};
 use network::Netns;
 use runtime_api::{RuntimeError, RuntimeErrorKind, report};
@@ -22,16 +22,24 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::boot::Undo;
-use crate::errors::launch_failure;
+use crate::containers;
+use crate::errors::{agent_failure, launch_failure};
 use crate::guest::{console_tail, wait_boot};
 use crate::host_cgroup::VmCgroup;
-use crate::runtime::{VmRuntime, lock};
+use crate::runtime::{AGENT_CALL, VmRuntime, lock};
 use crate::sizing::VmSize;
 use crate::teardown::kill_virtiofsd;
 
 /// The file in a pool VM's directory naming the id it was launched as: it
 /// stays with the directory when a pod takes the VM.
 pub(crate) const LAUNCHED_AS: &str = "launched-as";
+
+/// A pool VM's hostname until a pod has it.
+const POOL_HOSTNAME: &str = "frakti-pool";
+
+/// The MTU of a pool VM's NIC until its pod's network sets it (Ethernet's,
+/// which most pod networks keep).
+const BOOT_MTU: u32 = 1500;
 
 /// How often the pool looks for VMs that died while waiting.
 const CHECK_EVERY: Duration = Duration::from_secs(2);
@@ -73,8 +81,11 @@ pub(crate) struct WarmVm {
     pub(crate) accel: Accel,
     pub(crate) boot_id: String,
     pub(crate) cgroup: Option<VmCgroup>,
-    /// Its empty network namespace (QEMU stays in it).
+    /// Its own network namespace (QEMU stays in it), where the tap of the
+    /// NIC it booted with waits for the pod's network.
     pub(crate) netns: Option<Netns>,
+    /// That NIC's MAC, until the pod's replaces it.
+    pub(crate) boot_mac: Option<String>,
 }
 
 impl WarmVm {
@@ -226,7 +237,15 @@ impl VmRuntime {
             vcpus: self.config.default_vcpus,
             memory_mib: self.config.default_memory_mib,
         };
-        let spec = self.vm_spec(name, dir, &size, accel, netns.as_ref(), fs_socket);
+        let mut spec = self.vm_spec(name, dir, &size, accel, netns.as_ref(), fs_socket);
+        // A NIC probed at boot: the pod's network only moves its tap.
+        if let Some(ns) = &netns {
+            let nic = crate::net::boot_tap(ns)
+                .await
+                .map_err(|e| crate::errors::internal("a pool VM's NIC", e))?;
+            spec.nics.push(nic);
+        }
+        let boot_mac = spec.nics.first().map(|n| n.mac.clone());
         let started = Instant::now();
         let endpoints = self
             .hypervisor
@@ -252,6 +271,35 @@ impl VmRuntime {
             ));
         }
         let boot_id = agent.welcome().await.map(|w| w.boot_id).unwrap_or_default();
+        // What every pod's set-up does first (the shared directory mounted,
+        // its modules loaded, the pod's PID namespace): done now, the pod's
+        // own set-up finds it done. Hostname, clock and sysctls are the pod's.
+        let prepare = calls::SetupSandbox {
+            hostname: POOL_HOSTNAME.to_owned(),
+            clock_ns: 0,
+            share_tag: containers::SHARE_TAG.to_owned(),
+            sysctls: Default::default(),
+        };
+        agent
+            .request(prepare, AGENT_CALL)
+            .await
+            .map_err(|e| agent_failure("prepare the pool VM's guest", e))?;
+        // Its NIC up, buffers filled: the pod's network only renames it.
+        if let Some(mac) = &boot_mac {
+            let up = calls::ConfigureNetwork {
+                interfaces: vec![agent_api::NetInterface {
+                    mac: mac.clone(),
+                    current_mac: None,
+                    mtu: BOOT_MTU,
+                    addresses: Vec::new(),
+                }],
+                routes: Vec::new(),
+            };
+            agent
+                .request(up, AGENT_CALL)
+                .await
+                .map_err(|e| agent_failure("bring up the pool VM's NIC", e))?;
+        }
         Ok(WarmVm {
             name: name.to_owned(),
             dir: dir.to_path_buf(),
@@ -268,6 +316,7 @@ impl VmRuntime {
             boot_id,
             cgroup,
             netns,
+            boot_mac,
         })
     }
 

@@ -28,6 +28,27 @@ impl VmRuntime {
         size: &VmSize,
         undo: &mut Undo,
     ) -> Result<VmState, RuntimeError> {
+        let pool_netns = warm.netns.clone();
+        let given = self.give_warm(id, config, dir, warm, size, undo).await;
+        // QEMU keeps the pool VM's namespace, empty once its tap moved to
+        // the pod's (or the VM is gone); the name goes either way.
+        if let Some(ns) = pool_netns
+            && let Err(e) = ns.remove()
+        {
+            tracing::warn!(%id, "removing a pool VM's namespace name: {e}");
+        }
+        given
+    }
+
+    async fn give_warm(
+        &self,
+        id: &str,
+        config: &SandboxConfig,
+        dir: &Path,
+        warm: WarmVm,
+        size: &VmSize,
+        undo: &mut Undo,
+    ) -> Result<VmState, RuntimeError> {
         let started = Instant::now();
         if let Err(e) = std::fs::rename(&warm.dir, dir) {
             self.discard(warm).await;
@@ -39,12 +60,6 @@ impl VmRuntime {
         undo.vm = Some((warm.name.clone(), endpoints.clone()));
         undo.virtiofsd = Some(warm.virtiofsd);
         undo.cgroup = warm.cgroup.clone();
-        // QEMU keeps its empty namespace; its name is no longer needed.
-        if let Some(ns) = &warm.netns
-            && let Err(e) = ns.remove()
-        {
-            tracing::warn!(%id, "removing a pool VM's namespace name: {e}");
-        }
         let netns = self.pod_netns(id, undo)?;
         let mut pids = vec![pid, warm.virtiofsd];
         pids.extend(crate::stats::children(warm.virtiofsd));
@@ -59,7 +74,11 @@ impl VmRuntime {
         undo.cgroup = cgroup.clone();
         let attach = async {
             match &netns {
-                Some(ns) => self.attach_network(id, config, ns, &endpoints).await,
+                Some(ns) => {
+                    let booted_with = warm.netns.as_ref().filter(|_| warm.boot_mac.is_some());
+                    self.attach_network(id, config, ns, &endpoints, booted_with)
+                        .await
+                }
                 None => (None, Ok(())),
             }
         };
@@ -91,8 +110,14 @@ impl VmRuntime {
         plugged?;
         grown?;
         let ready = Instant::now();
-        self.set_up_guest(&warm.agent, dir, config, pod_net.as_ref())
-            .await?;
+        self.set_up_guest(
+            &warm.agent,
+            dir,
+            config,
+            pod_net.as_ref(),
+            warm.boot_mac.as_deref(),
+        )
+        .await?;
         record_phase(StartPhase::AgentReady, ready.elapsed());
         tracing::info!(%id, pid, vm = %warm.name, vcpus = size.vcpus, memory_mib = size.memory_mib,
             took = ?started.elapsed(), "pod VM ready (from the warm pool)");

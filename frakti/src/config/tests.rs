@@ -270,9 +270,16 @@ fn the_vm_pool_is_per_handler_and_bounded() {
     );
     let c = Config::merge(&cli(&[]), f).unwrap();
     assert_eq!(c.default_handler().vm_pool, Some(3));
-    assert_eq!(c.runtime_handlers["big"].vm_pool, Some(3), "the top-level key is the default");
+    assert_eq!(
+        c.runtime_handlers["big"].vm_pool,
+        Some(3),
+        "the top-level key is the default"
+    );
     assert_eq!(c.runtime_handlers["none"].vm_pool, Some(0));
-    assert_eq!(c.runtime_handlers["node"].vm_pool, None, "host pods have no VMs");
+    assert_eq!(
+        c.runtime_handlers["node"].vm_pool, None,
+        "host pods have no VMs"
+    );
     // The flag overrides the file.
     let c = Config::merge(&cli(&["--vm-pool", "0"]), file("vm_pool = 3\n")).unwrap();
     assert_eq!(c.vm_pool, 0);

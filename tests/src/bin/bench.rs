@@ -20,7 +20,12 @@
 //!
 //! Pod start alone (`--boot-only`): RunPodSandbox against the bare QEMU floor.
 //!
-//! Usage: frakti-bench [--runs N] [--accel auto|kvm|tcg] [--pull-only] [--streaming-only] [--stats-only] [--resize-only] [--overhead-only] [--boot-only]
+//! Side by side (`--side-by-side-only`, and first in every full run): the
+//! same CRI calls against Debian's containerd + runc (installed and run by
+//! the bench itself) and frakti with a warm VM pool and without.
+//! `--quick`: that comparison and the pod start, 3 runs each.
+//!
+//! Usage: frakti-bench [--runs N] [--accel auto|kvm|tcg] [--quick] [--side-by-side-only] [--pull-only] [--streaming-only] [--stats-only] [--resize-only] [--overhead-only] [--boot-only]
 
 use std::time::{Duration, Instant};
 
@@ -30,12 +35,16 @@ use e2e::registry::Registry;
 use e2e::{Daemon, guest_dir, pod_config, pod_status, run_pod, vm_pid, workload};
 use hypervisor::{Accel, Hypervisor, Qemu, QemuConfig, VmSpec};
 
+#[path = "bench/containerd.rs"]
+mod containerd;
 #[path = "bench/host_pods.rs"]
 mod host_pods;
 #[path = "bench/overhead.rs"]
 mod overhead;
 #[path = "bench/resize.rs"]
 mod resize;
+#[path = "bench/side_by_side.rs"]
+mod side_by_side;
 #[path = "bench/stats.rs"]
 mod stats;
 
@@ -49,6 +58,8 @@ async fn main() -> anyhow::Result<()> {
     let mut resize_only = false;
     let mut overhead_only = false;
     let mut boot_only = false;
+    let mut side_only = false;
+    let mut quick = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -60,12 +71,21 @@ async fn main() -> anyhow::Result<()> {
             "--resize-only" => resize_only = true,
             "--overhead-only" => overhead_only = true,
             "--boot-only" => boot_only = true,
+            "--side-by-side-only" => side_only = true,
+            "--quick" => quick = true,
             other => {
                 bail!(
-                    "unknown argument {other:?} (usage: frakti-bench [--runs N] [--accel MODE] [--pull-only] [--streaming-only] [--stats-only] [--resize-only] [--overhead-only] [--boot-only])"
+                    "unknown argument {other:?} (usage: frakti-bench [--runs N] [--accel MODE] [--quick] [--side-by-side-only] [--pull-only] [--streaming-only] [--stats-only] [--resize-only] [--overhead-only] [--boot-only])"
                 )
             }
         }
+    }
+    if quick {
+        side_by_side::side_by_side(&accel, 3).await?;
+        return boot_bench(&accel, 3).await;
+    }
+    if side_only {
+        return side_by_side::side_by_side(&accel, runs).await;
     }
     if streaming_only {
         return streaming_bench(&accel, runs).await;
@@ -81,6 +101,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if overhead_only {
         return overhead_bench(&accel, runs.clamp(1, 5)).await;
+    }
+    if !pull_only {
+        side_by_side::side_by_side(&accel, runs).await?;
     }
     pull_bench(runs.clamp(1, 5)).await?;
     if pull_only {
