@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::runtime::VmRuntime;
 
 /// What QEMU and virtiofsd may use beyond the guest's RAM: QEMU's own
-/// heap, device emulation and (under TCG) its 16 MiB translation buffer,
+/// heap, device emulation and (under TCG) its 64 MiB translation cache,
 /// and virtiofsd's. A generous allowance, not yet a measured figure.
 pub const VMM_OVERHEAD_MIB: u64 = 192;
 

@@ -78,7 +78,7 @@ fn after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
 #[test]
 fn tcg_command_line() {
     let args = qemu(true).args(&spec(Accel::Tcg), &fds());
-    assert_eq!(after(&args, "-accel"), ["tcg,tb-size=16"]);
+    assert_eq!(after(&args, "-accel"), ["tcg,tb-size=64"]);
     assert_eq!(after(&args, "-smp"), ["2"]);
     assert_eq!(after(&args, "-m"), ["512M"]);
     assert_eq!(after(&args, "-name"), ["frakti-abc"]);
