@@ -97,17 +97,27 @@ async fn apply(
     let lo = read_index(Path::new("/sys/class/net/lo"))?;
     set_link(handle, lo, None).await?;
     for iface in interfaces {
-        let (name, index) = match &iface.current_mac {
+        let (name, index, renamed) = match &iface.current_mac {
             Some(current) if !current.eq_ignore_ascii_case(&iface.mac) => {
                 let (name, index) = link_by_mac(current).await?;
                 set_address(handle, index, &iface.mac).await?;
-                (name, index)
+                (name, index, true)
             }
-            _ => link_by_mac(&iface.mac).await?,
+            _ => {
+                let (name, index) = link_by_mac(&iface.mac).await?;
+                (name, index, false)
+            }
         };
+        let ipv6 = format!("/proc/sys/net/ipv6/conf/{name}");
         // The addresses were allocated by IPAM and are unique: skip duplicate
         // address detection, so IPv6 addresses work at once, as on other runtimes.
-        let _ = fs::write(format!("/proc/sys/net/ipv6/conf/{name}/accept_dad"), "0");
+        let _ = fs::write(format!("{ipv6}/accept_dad"), "0");
+        if renamed {
+            // The link-local address was made from the old MAC: IPv6 off
+            // and on again drops it and makes the new MAC's.
+            let _ = fs::write(format!("{ipv6}/disable_ipv6"), "1");
+            let _ = fs::write(format!("{ipv6}/disable_ipv6"), "0");
+        }
         set_link(handle, index, Some(iface.mtu)).await?;
         for address in &iface.addresses {
             let (ip, prefix) = cidr(address)?;

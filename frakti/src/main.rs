@@ -248,13 +248,14 @@ async fn serve(config: Config, qemu: Arc<Qemu>) -> anyhow::Result<()> {
         tokio::time::sleep(SHUTDOWN_GRACE).await;
         tracing::warn!("clients still connected after {SHUTDOWN_GRACE:?}; closing anyway");
     };
-    tokio::select! {
-        served = server => served.context("serve the CRI")?,
-        () = stop => {}
-    }
+    let served = tokio::select! {
+        served = server => served.context("serve the CRI"),
+        () = stop => Ok(()),
+    };
     let _ = std::fs::remove_file(&config.listen);
     // VMs booted ahead belong to no pod: they go with the daemon.
     pods.cool_down().await;
+    served?;
     tracing::info!("frakti stopped; pod VMs keep running");
     Ok(())
 }

@@ -375,6 +375,15 @@ pub trait Hypervisor: Send + Sync + Debug {
         Capabilities::default()
     }
 
+    /// The most the VM of `spec` can grow to once it runs (what its
+    /// hot-plug room allows): `spec`'s maxima by default.
+    fn most(&self, spec: &VmSpec) -> Resources {
+        Resources {
+            vcpus: spec.max_vcpus.max(spec.vcpus),
+            memory_mib: spec.max_memory_mib.max(spec.memory_mib),
+        }
+    }
+
     /// Starts a VM; returns once the VMM process runs (not when the guest booted).
     async fn launch(&self, spec: &VmSpec) -> Result<VmEndpoints, LaunchError>;
 

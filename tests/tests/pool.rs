@@ -60,6 +60,25 @@ async fn pool_ready(daemon: &Daemon, metrics: &str, want: f64, limit: Duration) 
     }
 }
 
+/// The IPv6 link-local address a NIC with `mac` makes (modified EUI-64).
+fn link_local_of(mac: &str) -> String {
+    let b: Vec<u16> = mac
+        .split(':')
+        .map(|x| u16::from_str_radix(x, 16).unwrap())
+        .collect();
+    let ip = std::net::Ipv6Addr::new(
+        0xfe80,
+        0,
+        0,
+        0,
+        ((b[0] ^ 0x02) << 8) | b[1],
+        (b[2] << 8) | 0xff,
+        0xfe00 | b[3],
+        (b[4] << 8) | b[5],
+    );
+    ip.to_string()
+}
+
 fn ping(ip: &str) -> bool {
     Command::new("ping")
         .args(["-c", "2", "-W", "3", ip])
@@ -92,10 +111,12 @@ fn config(name: &str, logs: &Path) -> proto::PodSandboxConfig {
 /// What the pod's container sees of its pod, one value per line.
 const LOOK: &str = "hostname; nproc; grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2; \
      grep -c '^nameserver 10.9.8.7$' /etc/resolv.conf; grep -c 'search pool.example' /etc/resolv.conf; \
-     cat /data/hello; ip -4 -o addr show eth0 | tr -s ' ' | cut -d' ' -f4 | cut -d/ -f1";
+     cat /data/hello; ip -4 -o addr show eth0 | tr -s ' ' | cut -d' ' -f4 | cut -d/ -f1; \
+     cat /sys/class/net/eth0/address; \
+     ip -6 -o addr show dev eth0 scope link | tr -s ' ' | cut -d' ' -f4 | cut -d/ -f1";
 
 /// A pod's view: hostname, vCPUs, MemTotal (KiB), DNS lines found, the
-/// shared file, its IP.
+/// shared file, its IP, its NIC's MAC and IPv6 link-local address.
 #[derive(Debug)]
 struct View {
     hostname: String,
@@ -104,6 +125,8 @@ struct View {
     dns: (u32, u32),
     shared: String,
     ip: String,
+    mac: String,
+    link_local: String,
 }
 
 struct Pod {
@@ -145,7 +168,7 @@ async fn look(rt: &mut Runtime, pod: &Pod) -> View {
     assert_eq!(out.exit_code, 0, "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let lines: Vec<&str> = text.lines().map(str::trim).collect();
-    assert_eq!(lines.len(), 7, "{text:?}");
+    assert_eq!(lines.len(), 9, "{text:?}");
     View {
         hostname: lines[0].into(),
         cpus: lines[1].parse().unwrap(),
@@ -153,6 +176,8 @@ async fn look(rt: &mut Runtime, pod: &Pod) -> View {
         dns: (lines[3].parse().unwrap(), lines[4].parse().unwrap()),
         shared: lines[5].into(),
         ip: lines[6].into(),
+        mac: lines[7].into(),
+        link_local: lines[8].into(),
     }
 }
 
@@ -226,6 +251,12 @@ async fn a_pod_from_the_pool_is_like_a_cold_one_and_the_pool_refills() {
         assert_eq!(view.shared, "from the host");
         let ip = &status.network.as_ref().unwrap().ip;
         assert_eq!(&view.ip, ip, "{view:?}");
+        // The guest NIC has the pod's MAC (the CNI interface's), and the
+        // link-local address made from it, not from a pool VM's first MAC.
+        let (_, info) = pod_status(&mut rt, &pod.id).await.unwrap();
+        let cni_mac = info["vm"]["network"]["tap"]["mac"].as_str().unwrap();
+        assert_eq!(view.mac, cni_mac, "{view:?}");
+        assert_eq!(view.link_local, link_local_of(cni_mac), "{view:?}");
         assert!(ping(ip), "pod {name} at {ip} does not answer ping");
     }
     // The same size as a cold VM of that config (the guest rounds to its

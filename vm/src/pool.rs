@@ -115,6 +115,26 @@ fn pool_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("pool")
 }
 
+/// Whether `name` is a pool VM's id (`pool-` and 16 hex digits).
+pub(crate) fn is_pool_name(name: &str) -> bool {
+    name.strip_prefix("pool-")
+        .is_some_and(|hex| hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Kills process `pid` and waits (at most 2 s) for it to exit, so that its
+/// cgroup can go.
+pub(crate) fn kill_and_wait(pid: i32) {
+    let Ok(p) = Process::open(pid) else {
+        return;
+    };
+    p.signal(nix::sys::signal::Signal::SIGKILL);
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while p.is_running() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    hypervisor::process::reap(pid);
+}
+
 /// The empty network namespace of pool VM `name`.
 fn pool_netns(name: &str) -> Netns {
     network::PodNetworks::netns_for(name)
@@ -125,7 +145,17 @@ impl VmRuntime {
     pub fn pool_figures(&self) -> PoolFigures {
         PoolFigures {
             ready: lock(&self.pool.warm).len(),
-            target: self.config.pool,
+            target: self.pool_target(),
+        }
+    }
+
+    /// How many VMs the pool keeps: none on a machine that cannot hot-plug
+    /// a pod's NIC.
+    fn pool_target(&self) -> usize {
+        if self.hypervisor.capabilities().nic_hotplug {
+            self.config.pool
+        } else {
+            0
         }
     }
 
@@ -147,18 +177,24 @@ impl VmRuntime {
     /// Keeps `config.pool` VMs booted until the pool is drained: boots one
     /// at a time, replaces VMs that died, and backs off when boots fail.
     pub(crate) async fn keep_pool(&self) {
-        if self.config.pool == 0 {
-            return;
-        }
-        if !self.hypervisor.capabilities().nic_hotplug {
-            tracing::info!(handler = %self.config.handler,
-                "no warm pool: this machine type cannot hot-plug a pod's NIC");
+        if self.pool_target() == 0 {
+            if self.config.pool > 0 {
+                tracing::info!(handler = %self.config.handler,
+                    "no warm pool: this machine type cannot hot-plug a pod's NIC");
+            }
             return;
         }
         let mut retry = RETRY_FIRST;
         while !self.pool.stopped.load(Ordering::SeqCst) {
-            self.prune_pool().await;
-            let missing = self.config.pool > lock(&self.pool.warm).len();
+            {
+                // A drain waits for this discard as for a boot.
+                let _busy = self.pool.booting.lock().await;
+                if self.pool.stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                self.prune_pool().await;
+            }
+            let missing = self.pool_target() > lock(&self.pool.warm).len();
             let wait = if missing {
                 let _booting = self.pool.booting.lock().await;
                 if self.pool.stopped.load(Ordering::SeqCst) {
@@ -233,10 +269,8 @@ impl VmRuntime {
         };
         let (virtiofsd, fs_socket) = self.share(dir).await?;
         undo.virtiofsd = Some(virtiofsd);
-        let size = VmSize {
-            vcpus: self.config.default_vcpus,
-            memory_mib: self.config.default_memory_mib,
-        };
+        // The size a pod without limits gets (vCPUs capped at the host's).
+        let size = self.pod_size(&runtime_api::SandboxConfig::default());
         let mut spec = self.vm_spec(name, dir, &size, accel, netns.as_ref(), fs_socket);
         // A NIC probed at boot: the pod's network only moves its tap.
         if let Some(ns) = &netns {
@@ -246,6 +280,7 @@ impl VmRuntime {
             spec.nics.push(nic);
         }
         let boot_mac = spec.nics.first().map(|n| n.mac.clone());
+        let most = self.hypervisor.most(&spec);
         let started = Instant::now();
         let endpoints = self
             .hypervisor
@@ -309,8 +344,8 @@ impl VmRuntime {
             virtiofsd,
             size,
             max: VmSize {
-                vcpus: spec.max_vcpus,
-                memory_mib: spec.max_memory_mib,
+                vcpus: most.vcpus,
+                memory_mib: most.memory_mib,
             },
             accel,
             boot_id,
@@ -385,6 +420,16 @@ impl VmRuntime {
         }
     }
 
+    /// Removes what pool VM `name` had besides its process and directory:
+    /// its cgroup and its namespace's name.
+    pub(crate) fn remove_pool_remains(&self, name: &str) {
+        if !is_pool_name(name) {
+            return;
+        }
+        self.remove_pool_cgroup(name);
+        let _ = pool_netns(name).remove();
+    }
+
     /// Kills and removes the pool VMs an earlier daemon left (they have no
     /// record); returns how many there were. Runs before any pool fills.
     pub(crate) fn sweep_pool(&self) -> usize {
@@ -399,19 +444,10 @@ impl VmRuntime {
                 continue;
             };
             let name = format!("pool-{hex}");
-            if let Ok(endpoints) = self.hypervisor.find(&name, &path)
-                && let Ok(p) = Process::open(endpoints.pid)
-            {
-                p.signal(nix::sys::signal::Signal::SIGKILL);
-                // Its cgroup goes once it has exited.
-                let deadline = std::time::Instant::now() + Duration::from_secs(2);
-                while p.is_running() && std::time::Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                hypervisor::process::reap(endpoints.pid);
+            if let Ok(endpoints) = self.hypervisor.find(&name, &path) {
+                kill_and_wait(endpoints.pid);
             }
-            self.remove_pool_cgroup(&name);
-            let _ = pool_netns(&name).remove();
+            self.remove_pool_remains(&name);
             let _ = std::fs::remove_dir_all(&path);
             swept += 1;
         }
@@ -419,5 +455,25 @@ impl VmRuntime {
             tracing::info!(swept, "discarded the pool VMs of an earlier daemon");
         }
         swept
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_names_are_what_the_pool_makes() {
+        assert!(is_pool_name("pool-0123456789abcdef"));
+        for bad in [
+            "",
+            "pool-",
+            "pool-0123",
+            "pool-0123456789abcdeg",
+            "../../etc",
+            "x-0123456789abcdef",
+        ] {
+            assert!(!is_pool_name(bad), "{bad}");
+        }
     }
 }

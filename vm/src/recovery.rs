@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_api::{AgentClient, UnixTransport};
-use hypervisor::Process;
 use network::PodNetworks;
 use runtime_api::RuntimeError;
 use tokio::time::Instant;
@@ -63,15 +62,21 @@ impl VmRuntime {
             }
             // A VM of the warm pool was launched under its pool id.
             let launched_as = std::fs::read_to_string(entry.path().join(crate::pool::LAUNCHED_AS))
-                .unwrap_or_else(|_| id.clone());
-            let found = self.hypervisor.find(launched_as.trim(), &entry.path());
+                .ok()
+                .map(|n| n.trim().to_owned())
+                .filter(|n| crate::pool::is_pool_name(n));
+            let found = self
+                .hypervisor
+                .find(launched_as.as_deref().unwrap_or(&id), &entry.path());
             let pid = found.as_ref().ok().map(|e| e.pid);
-            if let Ok(endpoints) = found
-                && let Ok(p) = Process::open(endpoints.pid)
-            {
-                p.signal(nix::sys::signal::Signal::SIGKILL);
+            if let Ok(endpoints) = found {
+                crate::pool::kill_and_wait(endpoints.pid);
             }
             let _ = PodNetworks::netns_for(&id).remove();
+            // A daemon that died while it gave a pool VM to this pod.
+            if let Some(name) = &launched_as {
+                self.remove_pool_remains(name);
+            }
             let _ = std::fs::remove_dir_all(entry.path());
             tracing::warn!(%id, ?pid, "swept the remains of a pod without a record");
             swept += 1;

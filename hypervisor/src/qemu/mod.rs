@@ -186,6 +186,14 @@ impl Hypervisor for Qemu {
         }
     }
 
+    fn most(&self, spec: &VmSpec) -> Resources {
+        // Memory grows in whole blocks of the virtio-mem region.
+        Resources {
+            vcpus: spec.max_vcpus.max(spec.vcpus),
+            memory_mib: spec.memory_mib + resize::hotplug_region_mib(spec),
+        }
+    }
+
     async fn launch(&self, spec: &VmSpec) -> Result<VmEndpoints, LaunchError> {
         launch::launch(self, spec).await
     }

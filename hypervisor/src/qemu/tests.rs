@@ -170,8 +170,16 @@ fn a_vm_with_room_to_grow_has_spare_vcpus_and_a_virtio_mem_region() {
         ["2,maxcpus=4"],
         "KVM plugs vCPUs later"
     );
-    // The region is whole 128 MiB guest memory blocks.
+    // The region is whole 128 MiB guest memory blocks: the VM can reach
+    // 768 MiB, not the 812 asked.
     assert_eq!(after(&args, "-m"), ["512M,slots=1,maxmem=768M"]);
+    assert_eq!(
+        Hypervisor::most(&qemu(true), &grow),
+        Resources {
+            vcpus: 4,
+            memory_mib: 768
+        }
+    );
     assert!(
         after(&args, "-object").contains(&"memory-backend-memfd,id=vmem0-mem,size=256M,share=on")
     );
