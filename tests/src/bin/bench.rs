@@ -25,7 +25,10 @@
 //! the bench itself) and frakti with a warm VM pool and without.
 //! `--quick`: that comparison and the pod start, 3 runs each.
 //!
-//! Usage: frakti-bench [--runs N] [--accel auto|kvm|tcg] [--quick] [--side-by-side-only] [--pull-only] [--streaming-only] [--stats-only] [--resize-only] [--overhead-only] [--boot-only]
+//! Parallel starts (`--parallel-only`): 10 pods at once, cold and from a
+//! warm pool of 10, next to the serial pod start.
+//!
+//! Usage: frakti-bench [--runs N] [--accel auto|kvm|tcg] [--quick] [--side-by-side-only] [--parallel-only] [--pull-only] [--streaming-only] [--stats-only] [--resize-only] [--overhead-only] [--boot-only]
 
 use std::time::{Duration, Instant};
 
@@ -41,12 +44,17 @@ mod containerd;
 mod host_pods;
 #[path = "bench/overhead.rs"]
 mod overhead;
+#[path = "bench/parallel.rs"]
+mod parallel;
 #[path = "bench/resize.rs"]
 mod resize;
 #[path = "bench/side_by_side.rs"]
 mod side_by_side;
 #[path = "bench/stats.rs"]
 mod stats;
+
+/// Pods of the parallel-start burst.
+const PARALLEL_PODS: usize = 10;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -59,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
     let mut overhead_only = false;
     let mut boot_only = false;
     let mut side_only = false;
+    let mut parallel_only = false;
     let mut quick = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -72,10 +81,11 @@ async fn main() -> anyhow::Result<()> {
             "--overhead-only" => overhead_only = true,
             "--boot-only" => boot_only = true,
             "--side-by-side-only" => side_only = true,
+            "--parallel-only" => parallel_only = true,
             "--quick" => quick = true,
             other => {
                 bail!(
-                    "unknown argument {other:?} (usage: frakti-bench [--runs N] [--accel MODE] [--quick] [--side-by-side-only] [--pull-only] [--streaming-only] [--stats-only] [--resize-only] [--overhead-only] [--boot-only])"
+                    "unknown argument {other:?} (usage: frakti-bench [--runs N] [--accel MODE] [--quick] [--side-by-side-only] [--parallel-only] [--pull-only] [--streaming-only] [--stats-only] [--resize-only] [--overhead-only] [--boot-only])"
                 )
             }
         }
@@ -86,6 +96,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if side_only {
         return side_by_side::side_by_side(&accel, runs).await;
+    }
+    if parallel_only {
+        return parallel::parallel_starts(&accel, PARALLEL_PODS).await;
     }
     if streaming_only {
         return streaming_bench(&accel, runs).await;
@@ -104,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
     }
     if !pull_only {
         side_by_side::side_by_side(&accel, runs).await?;
+        parallel::parallel_starts(&accel, PARALLEL_PODS).await?;
     }
     pull_bench(runs.clamp(1, 5)).await?;
     if pull_only {

@@ -29,16 +29,16 @@ struct Steps {
     exec: Vec<f64>,
 }
 
-/// Waits until the daemon's warm pool has a VM ready.
-async fn pool_ready(metrics: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(300);
+/// Waits (at most `limit`) until the daemon's warm pool has `want` VMs ready.
+pub(super) async fn pool_ready(metrics: &str, want: f64, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
     loop {
         let (_, text) = scrape(metrics).await?;
-        if sample(&text, "frakti_vm_pool_ready", &[("handler", "frakti")]).unwrap_or(0.0) >= 1.0 {
+        if sample(&text, "frakti_vm_pool_ready", &[("handler", "frakti")]).unwrap_or(0.0) >= want {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("the warm pool did not fill within 5 minutes");
+            bail!("the warm pool did not reach {want} VMs within {limit:?}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -68,7 +68,7 @@ async fn measure(
     let mut steps = Steps::default();
     for i in 0..=runs {
         if let Some(m) = metrics {
-            pool_ready(m).await?;
+            pool_ready(m, 1.0, Duration::from_secs(300)).await?;
         }
         let pod = pod_config(&format!("side-{i}"), &[]);
         let begin = Instant::now();
