@@ -131,9 +131,15 @@ pub async fn run_container(
 
 /// Pulls `image` through the daemon's image service.
 pub async fn pull(daemon: &crate::Daemon, image: &str) -> anyhow::Result<()> {
-    daemon
-        .images()
-        .await?
+    pull_with(&mut daemon.images().await?, image).await
+}
+
+/// Pulls `image` through the image service `images` (any CRI runtime's).
+pub async fn pull_with(
+    images: &mut proto::image_service_client::ImageServiceClient<Channel>,
+    image: &str,
+) -> anyhow::Result<()> {
+    images
         .pull_image(proto::PullImageRequest {
             image: Some(proto::ImageSpec {
                 image: image.into(),

@@ -191,15 +191,8 @@ impl VmRuntime {
         let mut spec = self.vm_spec(id, dir, size, accel, netns.as_ref(), fs_socket);
         spec.nics = early_net.iter().flat_map(VmNetwork::nics).collect();
         let started = Instant::now();
-        let endpoints = self
-            .hypervisor
-            .launch(&spec)
-            .await
-            .map_err(launch_failure)?;
-        undo.vm = Some((id.to_owned(), endpoints.clone()));
+        let (endpoints, pids) = self.launch_vm(&spec, virtiofsd, undo).await?;
         tracing::debug!(%id, elapsed = ?started.elapsed(), "VMM started");
-        let mut pids = vec![endpoints.pid, virtiofsd];
-        pids.extend(crate::stats::children(virtiofsd));
         let boot_size = Resources {
             vcpus: size.vcpus,
             memory_mib: size.memory_mib,
@@ -254,6 +247,21 @@ impl VmRuntime {
         };
         self.track(id, endpoints, agent, Some(virtiofsd))?;
         Ok(state)
+    }
+
+    /// Launches the VM of `spec` (to be undone by its id); its endpoints,
+    /// and the processes its cgroup takes: QEMU, `virtiofsd` and its children.
+    pub(crate) async fn launch_vm(
+        &self,
+        spec: &VmSpec,
+        virtiofsd: i32,
+        undo: &mut Undo,
+    ) -> Result<(VmEndpoints, Vec<i32>), RuntimeError> {
+        let endpoints = self.hypervisor.launch(spec).await.map_err(launch_failure)?;
+        undo.vm = Some((spec.id.clone(), endpoints.clone()));
+        let mut pids = vec![endpoints.pid, virtiofsd];
+        pids.extend(crate::stats::children(virtiofsd));
+        Ok((endpoints, pids))
     }
 
     /// The network namespace of pod `id`, when pods have networking.

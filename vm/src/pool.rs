@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use crate::boot::Undo;
 use crate::containers;
-use crate::errors::{agent_failure, launch_failure};
+use crate::errors::agent_failure;
 use crate::guest::{console_tail, wait_boot};
 use crate::host_cgroup::VmCgroup;
 use crate::runtime::{AGENT_CALL, VmRuntime, lock};
@@ -282,14 +282,7 @@ impl VmRuntime {
         let boot_mac = spec.nics.first().map(|n| n.mac.clone());
         let most = self.hypervisor.most(&spec);
         let started = Instant::now();
-        let endpoints = self
-            .hypervisor
-            .launch(&spec)
-            .await
-            .map_err(launch_failure)?;
-        undo.vm = Some((name.to_owned(), endpoints.clone()));
-        let mut pids = vec![endpoints.pid, virtiofsd];
-        pids.extend(crate::stats::children(virtiofsd));
+        let (endpoints, pids) = self.launch_vm(&spec, virtiofsd, undo).await?;
         let resources = Resources {
             vcpus: size.vcpus,
             memory_mib: size.memory_mib,

@@ -53,6 +53,26 @@ mod side_by_side;
 #[path = "bench/stats.rs"]
 mod stats;
 
+/// ExecSync of `true` in container `id`: how long the call took.
+async fn exec_true(
+    c: &mut proto::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    id: &str,
+) -> anyhow::Result<Duration> {
+    let begin = Instant::now();
+    let r = c
+        .exec_sync(proto::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["true".into()],
+            timeout: 30,
+        })
+        .await?
+        .into_inner();
+    if r.exit_code != 0 {
+        bail!("ExecSync true exited {}", r.exit_code);
+    }
+    Ok(begin.elapsed())
+}
+
 /// Pods of the parallel-start burst.
 const PARALLEL_PODS: usize = 10;
 
@@ -171,19 +191,7 @@ async fn main() -> anyhow::Result<()> {
     let web = workload::run_container(&mut c, &id, &pod, server).await?;
     let mut execs = Vec::new();
     for _ in 0..20 {
-        let begin = Instant::now();
-        let r = c
-            .exec_sync(proto::ExecSyncRequest {
-                container_id: web.clone(),
-                cmd: vec!["true".into()],
-                timeout: 30,
-            })
-            .await?
-            .into_inner();
-        if r.exit_code != 0 {
-            bail!("ExecSync true exited {}", r.exit_code);
-        }
-        execs.push(begin.elapsed().as_secs_f64() * 1000.0);
+        execs.push(exec_true(&mut c, &web).await?.as_secs_f64() * 1000.0);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let pod_http = http_bench(&pod_ip).await?;

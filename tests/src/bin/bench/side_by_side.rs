@@ -11,10 +11,9 @@ use e2e::registry::Registry;
 use e2e::{Daemon, pod_config, sample, scrape, workload};
 
 use super::containerd::{Containerd, push_pause};
-use super::percentile;
+use super::{exec_true, percentile};
 
 type Runtime = proto::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
-type Images = proto::image_service_client::ImageServiceClient<tonic::transport::Channel>;
 
 /// One step's figures in [`Steps`].
 type Field = fn(&mut Steps) -> &mut Vec<f64>;
@@ -42,19 +41,6 @@ pub(super) async fn pool_ready(metrics: &str, want: f64, limit: Duration) -> any
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-async fn pull(images: &mut Images, image: &str) -> anyhow::Result<()> {
-    images
-        .pull_image(proto::PullImageRequest {
-            image: Some(proto::ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await?;
-    Ok(())
 }
 
 /// `runs` pods (after one that is not counted), each with one container
@@ -100,19 +86,7 @@ async fn measure(
         let started = Instant::now();
         let mut execs = Vec::new();
         for _ in 0..3 {
-            let t = Instant::now();
-            let r = rt
-                .exec_sync(proto::ExecSyncRequest {
-                    container_id: cid.clone(),
-                    cmd: vec!["true".into()],
-                    timeout: 30,
-                })
-                .await?
-                .into_inner();
-            if r.exit_code != 0 {
-                bail!("ExecSync true exited {}", r.exit_code);
-            }
-            execs.push(t.elapsed().as_secs_f64());
+            execs.push(exec_true(rt, &cid).await?.as_secs_f64());
         }
         rt.stop_pod_sandbox(proto::StopPodSandboxRequest {
             pod_sandbox_id: id.clone(),
@@ -139,8 +113,8 @@ pub async fn side_by_side(accel: &str, runs: usize) -> anyhow::Result<()> {
     let pause = push_pause(&registry).await?;
 
     let ctr = Containerd::start(&registry.host, &pause).await?;
-    pull(&mut ctr.images().await?, &pause).await?;
-    pull(&mut ctr.images().await?, &image).await?;
+    workload::pull_with(&mut ctr.images().await?, &pause).await?;
+    workload::pull_with(&mut ctr.images().await?, &image).await?;
     let reference = measure(&mut ctr.runtime().await?, &image, runs, None).await;
     let version = ctr.version.clone();
     if let Err(e) = &reference {
