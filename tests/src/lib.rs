@@ -66,6 +66,23 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         })
 }
 
+/// Waits (at most `limit`) until the default handler's warm pool on the
+/// metrics endpoint `metrics` has `want` VMs ready.
+pub async fn wait_pool_ready(metrics: &str, want: f64, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (_, text) = scrape(metrics).await?;
+        let ready = sample(&text, "frakti_vm_pool_ready", &[("handler", "frakti")]);
+        if ready == Some(want) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the warm pool did not reach {want} ready VMs within {limit:?}: {ready:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

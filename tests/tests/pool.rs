@@ -11,53 +11,42 @@ use std::time::Duration;
 use cri::proto;
 use e2e::registry::Registry;
 use e2e::workload::{container, pull, push_box, run_container};
-use e2e::{Daemon, pod_config, pod_status, process_running, run_pod, sample, scrape, vm_pid};
+use e2e::{
+    Daemon, pod_config, pod_status, process_running, run_pod, sample, scrape, vm_pid,
+    wait_pool_ready,
+};
 use tokio::time::Instant;
 
 const MIB: i64 = 1 << 20;
 
 type Runtime = proto::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
 
-/// The pool VMs waiting now: their QEMU pids (from the pool's pidfiles).
-fn pool_pids(daemon: &Daemon) -> Vec<i32> {
+/// The file `name` of each pool VM waiting now (`qemu.pid`, `launched-as`).
+fn pool_files(daemon: &Daemon, name: &str) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(daemon.state_dir().join("pool")) else {
         return Vec::new();
     };
     entries
         .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("qemu.pid")).ok())
-        .filter_map(|p| p.trim().parse().ok())
+        .filter_map(|e| std::fs::read_to_string(e.path().join(name)).ok())
         .collect()
 }
 
-/// The ids the pool's VMs were launched as.
-fn pool_names(daemon: &Daemon) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(daemon.state_dir().join("pool")) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("launched-as")).ok())
+/// The pool VMs waiting now: their QEMU pids (from the pool's pidfiles).
+fn pool_pids(daemon: &Daemon) -> Vec<i32> {
+    pool_files(daemon, "qemu.pid")
+        .iter()
+        .filter_map(|p| p.trim().parse().ok())
         .collect()
 }
 
 /// Waits (at most `limit`) until `frakti_vm_pool_ready` is `want`; returns
 /// the pool's pids then.
 async fn pool_ready(daemon: &Daemon, metrics: &str, want: f64, limit: Duration) -> Vec<i32> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let (_, text) = scrape(metrics).await.expect("scrape the metrics");
-        let ready = sample(&text, "frakti_vm_pool_ready", &[("handler", "frakti")]);
-        if ready == Some(want) {
-            return pool_pids(daemon);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the pool did not reach {want} ready VMs: {ready:?}\n{}",
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    if let Err(e) = wait_pool_ready(metrics, want, limit).await {
+        panic!("{e:#}\n{}", daemon.log());
     }
+    pool_pids(daemon)
 }
 
 /// The IPv6 link-local address a NIC with `mac` makes (modified EUI-64).
@@ -205,7 +194,7 @@ async fn a_pod_from_the_pool_is_like_a_cold_one_and_the_pool_refills() {
     let pooled = pool_ready(&daemon, &metrics, 1.0, Duration::from_secs(180)).await;
     assert_eq!(pooled.len(), 1, "{pooled:?}");
     // It waits in a cgroup of frakti's with the least CPU weight.
-    let name = pool_names(&daemon).pop().unwrap();
+    let name = pool_files(&daemon, "launched-as").pop().unwrap();
     let pool_cgroup = format!("/sys/fs/cgroup/cpu/frakti/{name}");
     let shares = std::fs::read_to_string(format!("{pool_cgroup}/cpu.shares")).unwrap();
     assert_eq!(shares.trim(), "2", "{pool_cgroup}");

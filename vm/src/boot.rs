@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_api::{AgentClient, UnixTransport, calls};
-use hypervisor::{Hypervisor, Resources, VmEndpoints, VmSpec};
+use hypervisor::{Hypervisor, VmEndpoints, VmSpec};
 use network::Netns;
 use runtime_api::{RuntimeError, RuntimeErrorKind, SandboxConfig};
 use telemetry::StartPhase;
@@ -72,7 +72,7 @@ impl VmRuntime {
         match booted {
             Ok(state) => Ok(state),
             Err(e) => {
-                self.undo(id, undo).await;
+                self.undo(id, undo, Duration::ZERO).await;
                 Err(e)
             }
         }
@@ -193,11 +193,7 @@ impl VmRuntime {
         let started = Instant::now();
         let (endpoints, pids) = self.launch_vm(&spec, virtiofsd, undo).await?;
         tracing::debug!(%id, elapsed = ?started.elapsed(), "VMM started");
-        let boot_size = Resources {
-            vcpus: size.vcpus,
-            memory_mib: size.memory_mib,
-        };
-        let cgroup = self.place_vm(id, config, &pids, &boot_size)?;
+        let cgroup = self.place_vm(id, config, &pids, &(*size).into())?;
         undo.cgroup = cgroup.clone();
         let agent = Arc::new(AgentClient::new(Arc::new(UnixTransport::new(
             &endpoints.agent_socket,
@@ -365,9 +361,10 @@ impl VmRuntime {
     }
 
     /// Undoes a failed start: the VM, then the network, then the namespace.
-    async fn undo(&self, id: &str, undo: Undo) {
+    /// QEMU gets `grace` to quit.
+    pub(crate) async fn undo(&self, id: &str, undo: Undo, grace: Duration) {
         if let Some((launched_as, vm)) = &undo.vm {
-            let _ = self.hypervisor.stop(launched_as, vm, Duration::ZERO).await;
+            let _ = self.hypervisor.stop(launched_as, vm, grace).await;
         }
         if let Some(pid) = undo.virtiofsd {
             kill_virtiofsd(pid).await;

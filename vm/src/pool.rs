@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use agent_api::{AgentClient, UnixTransport, calls};
-use hypervisor::{Accel, Process, Resources, VmEndpoints};
+use hypervisor::{Accel, Process, VmEndpoints};
 use network::Netns;
 use runtime_api::{RuntimeError, RuntimeErrorKind, report};
 use tokio::sync::Notify;
@@ -23,12 +23,11 @@ use tokio::time::Instant;
 
 use crate::boot::Undo;
 use crate::containers;
-use crate::errors::agent_failure;
+use crate::errors::{agent_failure, internal};
 use crate::guest::{console_tail, wait_boot};
 use crate::host_cgroup::VmCgroup;
 use crate::runtime::{AGENT_CALL, VmRuntime, lock};
 use crate::sizing::VmSize;
-use crate::teardown::kill_virtiofsd;
 
 /// The file in a pool VM's directory naming the id it was launched as: it
 /// stays with the directory when a pod takes the VM.
@@ -239,7 +238,7 @@ impl VmRuntime {
         match self.boot_pool_steps(&name, &dir, accel, &mut undo).await {
             Ok(vm) => Ok(vm),
             Err(e) => {
-                self.undo_pool_boot(&name, undo).await;
+                self.undo(&name, undo, QUIT_GRACE).await;
                 let _ = std::fs::remove_dir_all(&dir);
                 Err(e)
             }
@@ -253,7 +252,6 @@ impl VmRuntime {
         accel: Accel,
         undo: &mut Undo,
     ) -> Result<WarmVm, RuntimeError> {
-        let internal = |what: &str, e: std::io::Error| crate::errors::internal(what.to_owned(), e);
         std::fs::create_dir_all(dir).map_err(|e| internal("create a pool VM's directory", e))?;
         std::fs::write(dir.join(LAUNCHED_AS), name)
             .map_err(|e| internal("write a pool VM's name", e))?;
@@ -261,7 +259,7 @@ impl VmRuntime {
             Some(_) => {
                 let ns = pool_netns(name);
                 ns.create()
-                    .map_err(|e| crate::errors::internal("a pool VM's network namespace", e))?;
+                    .map_err(|e| internal("a pool VM's network namespace", e))?;
                 undo.netns = Some(ns.clone());
                 Some(ns)
             }
@@ -276,18 +274,14 @@ impl VmRuntime {
         if let Some(ns) = &netns {
             let nic = crate::net::boot_tap(ns)
                 .await
-                .map_err(|e| crate::errors::internal("a pool VM's NIC", e))?;
+                .map_err(|e| internal("a pool VM's NIC", e))?;
             spec.nics.push(nic);
         }
         let boot_mac = spec.nics.first().map(|n| n.mac.clone());
         let most = self.hypervisor.most(&spec);
         let started = Instant::now();
         let (endpoints, pids) = self.launch_vm(&spec, virtiofsd, undo).await?;
-        let resources = Resources {
-            vcpus: size.vcpus,
-            memory_mib: size.memory_mib,
-        };
-        let cgroup = self.place_pool_vm(name, &pids, &resources)?;
+        let cgroup = self.place_pool_vm(name, &pids, &size.into())?;
         undo.cgroup = cgroup.clone();
         let transport = Arc::new(UnixTransport::new(&endpoints.agent_socket));
         let agent = Arc::new(AgentClient::new(transport.clone()));
@@ -336,10 +330,7 @@ impl VmRuntime {
             agent,
             virtiofsd,
             size,
-            max: VmSize {
-                vcpus: most.vcpus,
-                memory_mib: most.memory_mib,
-            },
+            max: most.into(),
             accel,
             boot_id,
             cgroup,
@@ -348,25 +339,10 @@ impl VmRuntime {
         })
     }
 
-    async fn undo_pool_boot(&self, name: &str, undo: Undo) {
-        if let Some((_, vm)) = &undo.vm {
-            let _ = self.hypervisor.stop(name, vm, QUIT_GRACE).await;
-        }
-        if let Some(pid) = undo.virtiofsd {
-            kill_virtiofsd(pid).await;
-        }
-        if let Some(cgroup) = &undo.cgroup {
-            self.remove_vm_cgroup(cgroup);
-        }
-        if let Some(ns) = &undo.netns {
-            let _ = ns.remove();
-        }
-    }
-
     /// Stops a pool VM and removes all it had.
     pub(crate) async fn discard(&self, vm: WarmVm) {
         let dir = vm.dir.clone();
-        self.undo_pool_boot(
+        self.undo(
             &vm.name,
             Undo {
                 virtiofsd: Some(vm.virtiofsd),
@@ -375,6 +351,7 @@ impl VmRuntime {
                 netns: vm.netns,
                 network: None,
             },
+            QUIT_GRACE,
         )
         .await;
         let _ = std::fs::remove_dir_all(dir);

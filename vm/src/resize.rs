@@ -70,10 +70,7 @@ impl VmRuntime {
             memory_mib: plugged.memory_mib,
         };
         let target = if shrink {
-            Resources {
-                vcpus: target.vcpus,
-                memory_mib: target.memory_mib,
-            }
+            Resources::from(target)
         } else {
             Resources {
                 vcpus: target.vcpus.max(current.vcpus),

@@ -14,6 +14,24 @@ pub struct VmSize {
     pub memory_mib: u64,
 }
 
+impl From<VmSize> for hypervisor::Resources {
+    fn from(size: VmSize) -> Self {
+        Self {
+            vcpus: size.vcpus,
+            memory_mib: size.memory_mib,
+        }
+    }
+}
+
+impl From<hypervisor::Resources> for VmSize {
+    fn from(r: hypervisor::Resources) -> Self {
+        Self {
+            vcpus: r.vcpus,
+            memory_mib: r.memory_mib,
+        }
+    }
+}
+
 /// Sizes a pod's VM: vCPUs are the ceiling of the pod's CPU limit, memory is
 /// its memory limit plus the sandbox overhead; unset limits take the defaults.
 /// vCPUs are capped at `max_vcpus`; memory never drops below [`MIN_MEMORY_MIB`].

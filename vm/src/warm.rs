@@ -63,10 +63,7 @@ impl VmRuntime {
         let netns = self.pod_netns(id, undo)?;
         let mut pids = vec![pid, warm.virtiofsd];
         pids.extend(crate::stats::children(warm.virtiofsd));
-        let target = Resources {
-            vcpus: size.vcpus,
-            memory_mib: size.memory_mib,
-        };
+        let target: Resources = (*size).into();
         let cgroup = self.place_vm(id, config, &pids, &target)?;
         if let Some(pool) = &warm.cgroup {
             self.remove_vm_cgroup(pool);
@@ -91,14 +88,10 @@ impl VmRuntime {
                 .request(agent_api::calls::GuestInfo, AGENT_CALL)
                 .await
                 .map_err(|e| agent_failure("read the guest's size", e))?;
-            let current = Resources {
-                vcpus: warm.size.vcpus,
-                memory_mib: warm.size.memory_mib,
-            };
             self.apply_size(
                 &endpoints,
                 &warm.agent,
-                &current,
+                &warm.size.into(),
                 before.mem_total_kib,
                 &target,
             )

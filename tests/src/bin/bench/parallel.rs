@@ -8,7 +8,6 @@ use cri::proto;
 use e2e::{Daemon, pod_config, run_pod};
 
 use super::percentile;
-use super::side_by_side::pool_ready;
 
 type Runtime = proto::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
 
@@ -94,7 +93,7 @@ pub async fn parallel_starts(accel: &str, n: usize) -> anyhow::Result<()> {
         &metrics,
     ])
     .await?;
-    pool_ready(&metrics, n as f64, Duration::from_secs(60 * n as u64)).await?;
+    e2e::wait_pool_ready(&metrics, n as f64, Duration::from_secs(60 * n as u64)).await?;
     let mut warm = burst(&pooled, n, "warm").await?;
     drop(pooled);
 

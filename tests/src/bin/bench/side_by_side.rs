@@ -5,10 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
 use cri::proto;
 use e2e::registry::Registry;
-use e2e::{Daemon, pod_config, sample, scrape, workload};
+use e2e::{Daemon, pod_config, workload};
 
 use super::containerd::{Containerd, push_pause};
 use super::{exec_true, percentile};
@@ -28,21 +27,6 @@ struct Steps {
     exec: Vec<f64>,
 }
 
-/// Waits (at most `limit`) until the daemon's warm pool has `want` VMs ready.
-pub(super) async fn pool_ready(metrics: &str, want: f64, limit: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let (_, text) = scrape(metrics).await?;
-        if sample(&text, "frakti_vm_pool_ready", &[("handler", "frakti")]).unwrap_or(0.0) >= want {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("the warm pool did not reach {want} VMs within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// `runs` pods (after one that is not counted), each with one container
 /// and three ExecSync calls; `metrics` set: each pod waits for the pool.
 async fn measure(
@@ -54,7 +38,7 @@ async fn measure(
     let mut steps = Steps::default();
     for i in 0..=runs {
         if let Some(m) = metrics {
-            pool_ready(m, 1.0, Duration::from_secs(300)).await?;
+            e2e::wait_pool_ready(m, 1.0, Duration::from_secs(300)).await?;
         }
         let pod = pod_config(&format!("side-{i}"), &[]);
         let begin = Instant::now();
