@@ -97,8 +97,10 @@ pub struct SetupSandbox {
     pub share_tag: String,
     /// The pod's sysctls.
     pub sysctls: BTreeMap<String, String>,
+    /// The pod's user namespace, if it has one of its own.
+    pub userns: Option<runtime_api::container::UserNamespace>,
 }
-impl_call!(fields SetupSandbox { hostname, clock_ns, share_tag, sysctls } -> ()
+impl_call!(fields SetupSandbox { hostname, clock_ns, share_tag, sysctls, userns } -> ()
     { Response::Done => () });
 
 /// Configures the guest's network interfaces and routes (idempotent).

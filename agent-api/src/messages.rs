@@ -24,6 +24,10 @@ pub struct Welcome {
     pub boot_id: String,
 }
 
+/// Where the agent bind-mounts the namespaces of a pod with a user
+/// namespace: `user`, and the `pid` and `ipc` namespaces it owns.
+pub const POD_USERNS_DIR: &str = "/run/frakti/sandbox/userns";
+
 /// Host -> agent requests.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -45,6 +49,10 @@ pub enum Request {
         /// The pod's sysctls, set in the guest (the pod's namespaces are the VM's).
         #[serde(default)]
         sysctls: std::collections::BTreeMap<String, String>,
+        /// The pod's user namespace: the agent makes it, with PID and IPC
+        /// namespaces it owns, under [`POD_USERNS_DIR`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        userns: Option<runtime_api::container::UserNamespace>,
     },
     /// Configures the guest's network interfaces and routes (idempotent).
     ConfigureNetwork {

@@ -52,12 +52,16 @@ impl State {
                 clock_ns,
                 share_tag,
                 sysctls,
+                userns,
             } => {
                 set_hostname(&hostname)?;
                 crate::init::set_clock(clock_ns);
                 set_sysctls(&sysctls)?;
                 crate::init::sandbox_mounts(&share_tag)?;
-                crate::init::pod_pid_namespace()?;
+                crate::podns::pod_pid_namespace()?;
+                if let Some(userns) = &userns {
+                    crate::podns::pod_user_namespace(userns)?;
+                }
                 Ok(Response::Done)
             }
             Request::ConfigureNetwork { interfaces, routes } => {

@@ -13,59 +13,6 @@ const MODULE_DIR: &str = "/lib/modules";
 pub const SHARED_DIR: &str = "/run/frakti/shared";
 /// The pod's `/dev/shm`, shared by its containers.
 pub const POD_SHM_DIR: &str = "/run/frakti/sandbox/shm";
-/// The pod's shared PID namespace, bind-mounted (containers join it by path).
-pub const POD_PID_NS: &str = "/run/frakti/sandbox/pidns";
-
-/// Creates the pod's shared PID namespace once: a child that only waits is
-/// its PID 1 and keeps it alive; the namespace is bind-mounted at
-/// [`POD_PID_NS`]. Containers that share the pod's PID namespace join it, so
-/// they see each other but not the agent.
-pub fn pod_pid_namespace() -> Result<(), agent_api::AgentError> {
-    use agent_api::AgentError;
-    use agent_api::messages::AgentErrorKind;
-    let target = Path::new(POD_PID_NS);
-    if is_mount_point(target) {
-        return Ok(());
-    }
-    let fail = |what: &str, e: String| {
-        AgentError::new(
-            AgentErrorKind::Internal,
-            format!("pod PID namespace: {what}: {e}"),
-        )
-    };
-    // The child gets a copy of this memory (no CLONE_VM), stack included.
-    let stack: &'static mut [u8] = Box::leak(vec![0u8; 16 * 1024].into_boxed_slice());
-    let holder: Box<dyn FnMut() -> isize> = Box::new(|| {
-        loop {
-            // SAFETY: pause(2) only waits for a signal.
-            unsafe { libc::pause() };
-        }
-    });
-    // SAFETY: the child runs only the closure above, which calls nothing but
-    // the async-signal-safe pause(2), so a fork of this multi-threaded
-    // process is sound.
-    let pid = unsafe {
-        nix::sched::clone(
-            holder,
-            stack,
-            nix::sched::CloneFlags::CLONE_NEWPID,
-            Some(libc::SIGCHLD),
-        )
-    }
-    .map_err(|e| fail("clone", e.to_string()))?;
-    let _ = fs::create_dir_all(target.parent().unwrap_or(Path::new("/")));
-    fs::write(target, b"").map_err(|e| fail("create the mount point", e.to_string()))?;
-    let source = format!("/proc/{pid}/ns/pid");
-    mount(
-        Some(source.as_str()),
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(|e| fail("bind-mount", e.to_string()))
-}
-
 /// Makes `/` a real mount instead of the initramfs: `pivot_root(2)` refuses to
 /// leave the initramfs, and containers need it. `/` is bind-mounted onto a
 /// directory, which is then moved over `/` and entered with chroot.

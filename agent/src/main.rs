@@ -23,6 +23,7 @@ mod init;
 mod modprobe;
 mod net;
 mod output;
+mod podns;
 mod reaper;
 mod relay;
 mod resources;

@@ -13,6 +13,8 @@ pub mod console;
 pub mod devices;
 #[cfg(feature = "runner")]
 pub mod hugepages;
+#[cfg(feature = "spec")]
+pub mod idmap;
 #[cfg(feature = "logs")]
 pub mod logs;
 #[cfg(feature = "spec")]

@@ -30,6 +30,9 @@ pub enum BindError {
         #[source]
         errno: Errno,
     },
+    /// The ID-mapped copy of the source cannot be made
+    #[error(transparent)]
+    Idmap(crate::idmap::IdmapError),
     /// Setting the propagation of the new mount failed
     #[error("set the propagation of {}", .target.display())]
     Propagation {
@@ -136,24 +139,33 @@ pub fn resolve_host_path(m: &runtime_api::container::Mount) -> Result<PathBuf, H
 ///
 /// A shared bind only propagates to and from the host if `source`'s mount is
 /// shared itself (see [`check_shared`]).
+///
+/// With `idmap` (a user namespace from [`crate::idmap::user_namespace`]) the
+/// bind is an ID-mapped copy of the tree: a detached copy, so it is in no
+/// peer group of the host's, and its propagation reaches nothing.
 pub fn bind(
     source: &Path,
     target: &Path,
     propagation: Propagation,
     readonly: bool,
+    idmap: Option<std::os::fd::BorrowedFd<'_>>,
 ) -> Result<(), BindError> {
-    mount(
-        Some(source),
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(|errno| BindError::Bind {
-        from: source.to_path_buf(),
-        to: target.to_path_buf(),
-        errno,
-    })?;
+    if let Some(userns) = idmap {
+        crate::idmap::mount_idmapped(source, target, userns, true).map_err(BindError::Idmap)?;
+    } else {
+        mount(
+            Some(source),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|errno| BindError::Bind {
+            from: source.to_path_buf(),
+            to: target.to_path_buf(),
+            errno,
+        })?;
+    }
     let flag = match propagation {
         Propagation::Private => MsFlags::MS_PRIVATE,
         Propagation::HostToContainer => MsFlags::MS_SLAVE,
@@ -189,43 +201,23 @@ pub fn bind(
 /// Makes the mount at `target` and every mount under it read-only
 /// (`mount_setattr` with `AT_RECURSIVE`, Linux 5.12).
 pub fn readonly_recursively(target: &Path) -> Result<(), BindError> {
-    /// `struct mount_attr` of `<linux/mount.h>`.
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
     const MOUNT_ATTR_RDONLY: u64 = 0x1;
-    let failed = |errno| BindError::RecursiveReadonly {
-        target: target.to_path_buf(),
-        errno,
-    };
-    let path = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
-        .map_err(|_| failed(Errno::EINVAL))?;
-    let attr = MountAttr {
+    let attr = crate::idmap::MountAttr {
         attr_set: MOUNT_ATTR_RDONLY,
         attr_clr: 0,
         propagation: 0,
         userns_fd: 0,
     };
-    // SAFETY: mount_setattr(2) reads a NUL-terminated path and `size` bytes
-    // of `attr`, both valid for the call; it writes nothing of ours.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            libc::AT_RECURSIVE as libc::c_uint,
-            &attr as *const MountAttr,
-            size_of::<MountAttr>(),
-        )
-    };
-    if rc != 0 {
-        return Err(failed(Errno::last()));
-    }
-    Ok(())
+    crate::idmap::mount_setattr(
+        libc::AT_FDCWD,
+        target,
+        libc::AT_RECURSIVE as libc::c_uint,
+        &attr,
+    )
+    .map_err(|errno| BindError::RecursiveReadonly {
+        target: target.to_path_buf(),
+        errno,
+    })
 }
 
 /// Whether this kernel has `mount_setattr` (Linux 5.12), which recursive
@@ -528,14 +520,14 @@ mod tests {
         let (source, target) = (tmpfs.0.path().join("src"), tmpfs.0.path().join("dst"));
         std::fs::create_dir(&source).unwrap();
         std::fs::create_dir(&target).unwrap();
-        bind(&source, &target, Propagation::Bidirectional, true).unwrap();
+        bind(&source, &target, Propagation::Bidirectional, true, None).unwrap();
         check_shared(&target).unwrap();
         assert!(
             std::fs::write(target.join("f"), b"").is_err(),
             "not read-only"
         );
         nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH).unwrap();
-        bind(&source, &target, Propagation::Private, false).unwrap();
+        bind(&source, &target, Propagation::Private, false, None).unwrap();
         assert!(check_shared_or_slave(&target).is_err());
         std::fs::write(target.join("f"), b"").unwrap();
         nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH).unwrap();
@@ -544,6 +536,7 @@ mod tests {
             &target,
             Propagation::Private,
             false,
+            None,
         )
         .unwrap_err();
         assert!(err.to_string().starts_with("bind "), "{err}");

@@ -10,6 +10,8 @@ use serde_json::{Value, json};
 /// The pod's namespaces as the container's runtime reaches them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodNamespaces {
+    /// The pod's user namespace file; `None`: the runtime's own.
+    pub user: Option<PathBuf>,
     /// The pod's network namespace file; `None`: the runtime's own (the VM's, or the node's for a host-network pod).
     pub network: Option<PathBuf>,
     /// The pod's UTS namespace file; `None`: the runtime's own.
@@ -45,13 +47,19 @@ pub enum NamespaceError {
 }
 
 /// The `linux.namespaces` entries of a container with options `options` in a
-/// pod whose namespaces are `pod`: always a mount namespace of its own, then
-/// PID, IPC, network and UTS by the rules of [`PodNamespaces`].
+/// pod whose namespaces are `pod`: the pod's user namespace if it has one,
+/// always a mount namespace of its own, then PID, IPC, network and UTS by
+/// the rules of [`PodNamespaces`].
 pub fn entries(
     options: &NamespaceOptions,
     pod: &PodNamespaces,
 ) -> Result<Vec<Value>, NamespaceError> {
-    let mut out = vec![json!({"type": "mount"})];
+    let mut out = Vec::new();
+    // The user namespace first: the others are joined or made inside it.
+    if let Some(user) = &pod.user {
+        out.push(json!({"type": "user", "path": user}));
+    }
+    out.push(json!({"type": "mount"}));
     let join = |out: &mut Vec<Value>, kind: &str, path: &Option<PathBuf>| {
         // Without a path the pod's namespace is the runtime's own.
         if let Some(path) = path {
@@ -120,7 +128,7 @@ mod tests {
             ipc: Some("/run/p/ipc".into()),
             pid: Some("/run/p/pid".into()),
             node: true,
-            target_pid: None,
+            ..Default::default()
         }
     }
 
@@ -214,6 +222,26 @@ mod tests {
         };
         let none = entries(&options(NamespaceMode::Pod, NamespaceMode::Pod), &pod).unwrap();
         assert_eq!(none, [json!({"type": "mount"})]);
+    }
+
+    #[test]
+    fn the_pods_user_namespace_is_joined_before_the_others() {
+        let pod = PodNamespaces {
+            user: Some("/run/u/user".into()),
+            pid: Some("/run/u/pid".into()),
+            ipc: Some("/run/u/ipc".into()),
+            ..Default::default()
+        };
+        let list = entries(&options(NamespaceMode::Pod, NamespaceMode::Pod), &pod).unwrap();
+        assert_eq!(
+            list,
+            [
+                json!({"type": "user", "path": "/run/u/user"}),
+                json!({"type": "mount"}),
+                json!({"type": "pid", "path": "/run/u/pid"}),
+                json!({"type": "ipc", "path": "/run/u/ipc"}),
+            ]
+        );
     }
 
     #[test]

@@ -219,7 +219,11 @@ impl Runner {
         let builder = self.builder(id, stdio)?;
         let (uid, gid) = (user.uid(), user.gid());
         let gids = user.additional_gids().clone().unwrap_or_default();
+        let userns = self.user_namespace_of(id, &spec)?;
         self.isolated(id, move || {
+            if let Some(userns) = &userns {
+                join_user_namespace(userns)?;
+            }
             builder
                 .with_console_socket(console_socket)
                 .with_executor(ProcessExecutor { profile: seccomp })
@@ -266,8 +270,12 @@ impl Runner {
         let json = serde_json::to_vec(&process)
             .map_err(|e| RunError::Bundle(id.to_owned(), std::io::Error::other(e)))?;
         std::fs::write(&path, json).map_err(|e| RunError::Bundle(id.to_owned(), e))?;
+        let userns = self.user_namespace_of(id, &spec)?;
         let built = self.builder(id, Stdio::default()).and_then(|b| {
             self.isolated(id, || {
+                if let Some(userns) = &userns {
+                    join_user_namespace(userns)?;
+                }
                 b.with_console_socket(Some(console_socket))
                     .with_executor(ProcessExecutor { profile: seccomp })
                     .as_tenant()
@@ -281,6 +289,45 @@ impl Runner {
         let _ = std::fs::remove_file(&path);
         built
     }
+}
+
+impl Runner {
+    /// The user namespace file container `id` joins, from its `spec`; an
+    /// exec joins it before libcontainer runs (libcontainer's exec enters
+    /// every namespace of the container but its user namespace), which
+    /// needs a single-threaded caller: a forking runner.
+    fn user_namespace_of(
+        &self,
+        id: &str,
+        spec: &oci_spec::runtime::Spec,
+    ) -> Result<Option<PathBuf>, RunError> {
+        let path = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .and_then(|list| {
+                list.iter()
+                    .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User)
+            })
+            .and_then(|n| n.path().clone());
+        if path.is_some() && !self.fork {
+            return Err(rt(
+                id,
+                "an exec into a container with a user namespace needs a forking runner",
+            ));
+        }
+        Ok(path)
+    }
+}
+
+/// Moves this (single-threaded) process into the user namespace at `path`.
+/// As its owner's uid it has every capability there; libcontainer then
+/// joins the container's other namespaces, which that namespace owns.
+fn join_user_namespace(path: &Path) -> Result<(), String> {
+    let ns = std::fs::File::open(path)
+        .map_err(|e| format!("open the user namespace {}: {e}", path.display()))?;
+    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWUSER)
+        .map_err(|e| format!("join the user namespace {}: {e}", path.display()))
 }
 
 /// Runs `build` in a child of a `fork()` and returns what it returned: the

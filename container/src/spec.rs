@@ -191,9 +191,16 @@ pub fn build(
         },
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if sec.privileged { "rw" } else { "ro" }]}),
-        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", if sec.privileged { "rw" } else { "ro" }]}),
     ];
+    if layout.namespaces.user.is_some() {
+        // In a user namespace sysfs and cgroupfs cannot be mounted anew
+        // (the network namespace and cgroups are the runtime's): the
+        // runtime's /sys is bound, read-only, with its cgroup tree.
+        mounts.push(json!({"destination": "/sys", "type": "bind", "source": "/sys", "options": ["rbind", "rprivate", "nosuid", "noexec", "nodev", "ro"]}));
+    } else {
+        mounts.push(json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if sec.privileged { "rw" } else { "ro" }]}));
+        mounts.push(json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", if sec.privileged { "rw" } else { "ro" }]}));
+    }
     let has_mount = |dest: &str| config.mounts.iter().any(|m| m.container_path == dest);
     for (dest, source) in [
         ("/etc/hosts", &layout.etc_hosts),

@@ -45,23 +45,17 @@ pub(crate) async fn status(
     ];
     // Both runtimes make a recursive_read_only mount read-only all through,
     // on the host, where the kernel has mount_setattr.
-    let features = proto::RuntimeHandlerFeatures {
+    let features = |handler: &str| proto::RuntimeHandlerFeatures {
         recursive_read_only_mounts: container::mounts::recursive_readonly_supported(),
-        user_namespaces: false,
+        user_namespaces: svc.pods.user_namespaces(handler),
     };
-    let mut handlers = vec![proto::RuntimeHandler {
-        name: String::new(),
-        features: Some(features),
-    }];
-    handlers.extend(
-        svc.pods
-            .handlers()
-            .iter()
-            .map(|name| proto::RuntimeHandler {
-                name: name.clone(),
-                features: Some(features),
-            }),
-    );
+    let handlers = std::iter::once(String::new())
+        .chain(svc.pods.handlers())
+        .map(|name| proto::RuntimeHandler {
+            features: Some(features(&name)),
+            name,
+        })
+        .collect();
     let mut info = HashMap::new();
     if request.get_ref().verbose {
         info.insert("config".to_owned(), svc.config_info.to_string());

@@ -167,6 +167,7 @@ fn spec(
             pid: pod.pid_holder.as_ref().map(|h| h.file.clone()),
             node: true,
             target_pid,
+            user: None,
         },
     };
     let mut spec = container::spec::build(config, sandbox, &layout).map_err(|e| match e {

@@ -121,6 +121,12 @@ impl PodService {
             self.registry.get(&handler).cloned().ok_or_else(|| {
                 RunPodError::NotReady(format!("no runtime for handler {handler:?}"))
             })?;
+        if config.namespaces.userns.is_some() && !runtime.user_namespaces() {
+            return Err(RunPodError::Invalid(format!(
+                "user namespace mode POD: the pod runs on handler {handler:?} ({} runtime), which cannot give pods a user namespace",
+                runtime.name()
+            )));
+        }
         runtime
             .ready()
             .await

@@ -57,6 +57,17 @@ impl PodService {
         self.registry.handlers()
     }
 
+    /// Whether pods of `handler` (the default one for `""`) may have a user
+    /// namespace of their own.
+    pub fn user_namespaces(&self, handler: &str) -> bool {
+        let runtime = if handler.is_empty() {
+            Some(self.registry.default_runtime())
+        } else {
+            self.registry.get(handler)
+        };
+        runtime.is_some_and(|r| r.user_namespaces())
+    }
+
     /// Whether the default runtime can start pods.
     pub async fn runtime_ready(&self) -> Result<(), NotReady> {
         self.registry.default_runtime().ready().await

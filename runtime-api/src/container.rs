@@ -114,6 +114,46 @@ pub struct NamespaceOptions {
     pub ipc: NamespaceMode,
     /// Container whose namespace to join when a mode is `Target`.
     pub target_id: String,
+    /// The pod's user namespace (mode POD); `None`: the node's (mode NODE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<UserNamespace>,
+}
+
+/// One range of an ID mapping: `length` IDs from `container_id` inside the
+/// namespace are `host_id`.. outside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMapping {
+    /// First ID inside the namespace.
+    pub container_id: u32,
+    /// First ID outside it.
+    pub host_id: u32,
+    /// How many IDs the range holds.
+    pub length: u32,
+}
+
+/// A user namespace of the pod's own, with its UID and GID mappings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserNamespace {
+    /// UID mappings.
+    pub uids: Vec<IdMapping>,
+    /// GID mappings.
+    pub gids: Vec<IdMapping>,
+}
+
+impl UserNamespace {
+    /// The ID outside the namespace of `id` inside it, by `mappings`.
+    pub fn outside(mappings: &[IdMapping], id: u32) -> Option<u32> {
+        mappings.iter().find_map(|m| {
+            let offset = id.checked_sub(m.container_id)?;
+            (offset < m.length).then_some(())?;
+            m.host_id.checked_add(offset)
+        })
+    }
+
+    /// The host UID and GID of the namespace's root, if root is mapped.
+    pub fn root(&self) -> Option<(u32, u32)> {
+        Some((Self::outside(&self.uids, 0)?, Self::outside(&self.gids, 0)?))
+    }
 }
 
 /// Seccomp profile of a container.

@@ -21,6 +21,12 @@ pub trait SandboxRuntime: Send + Sync + Debug {
     /// Short name of the kind of runtime (e.g. `vm`), for logs and verbose status.
     fn name(&self) -> &'static str;
 
+    /// Whether pods of this runtime may have a user namespace of their own
+    /// (mode POD), with ID-mapped mounts of their image and volumes.
+    fn user_namespaces(&self) -> bool {
+        false
+    }
+
     /// Whether the runtime can start pods now; `Err` says why not.
     async fn ready(&self) -> Result<(), NotReady>;
 

@@ -220,6 +220,65 @@ async fn exec_in_a_pod_vm() {
         expected.len() as f64 / 1e6 / started.elapsed().as_secs_f64()
     );
 
+    // Right after a container restarted (the kubelet's new attempt), 10
+    // streaming Execs and 10 ExecSyncs at once: each gets its own output.
+    let mut restarting = pod.container("restarting", &["sleep 3600"]);
+    let first = pod.run(restarting.clone()).await;
+    pod.rt
+        .stop_container(proto::StopContainerRequest {
+            container_id: first.clone(),
+            timeout: 0,
+        })
+        .await
+        .unwrap();
+    pod.rt
+        .remove_container(proto::RemoveContainerRequest {
+            container_id: first,
+        })
+        .await
+        .unwrap();
+    if let Some(m) = restarting.metadata.as_mut() {
+        m.attempt = 1;
+    }
+    let again = pod.run(restarting).await;
+    let mut calls = Vec::new();
+    for n in 0..10 {
+        let url = pod
+            .exec_url(
+                &again,
+                &["sh", "-c", &format!("echo stream-{n}")],
+                (false, false),
+            )
+            .await
+            .unwrap();
+        calls.push(tokio::spawn(async move {
+            let run = run_command(&url, None, false, None).await;
+            (run.status.exit_code_of(), run.out())
+        }));
+        let mut rt = pod.rt.clone();
+        let req = proto::ExecSyncRequest {
+            container_id: again.clone(),
+            cmd: vec!["sh".into(), "-c".into(), format!("echo sync-{n}")],
+            timeout: 120,
+        };
+        calls.push(tokio::spawn(async move {
+            let out = rt
+                .exec_sync(req)
+                .await
+                .expect("a concurrent ExecSync")
+                .into_inner();
+            (
+                Some(out.exit_code),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        }));
+    }
+    for (i, call) in calls.into_iter().enumerate() {
+        let kind = if i % 2 == 0 { "stream" } else { "sync" };
+        let expected = (Some(0), format!("{kind}-{}\n", i / 2));
+        assert_eq!(call.await.unwrap(), expected);
+    }
+
     // The CRI refuses what cannot work.
     let err = pod.exec_url("nonexistent", &["true"], (false, false)).await;
     assert_eq!(err.unwrap_err().code(), Code::NotFound);

@@ -339,6 +339,7 @@ impl VmRuntime {
             clock_ns,
             share_tag: containers::SHARE_TAG.to_owned(),
             sysctls: config.sysctls.clone(),
+            userns: config.namespaces.userns.clone(),
         };
         let started = Instant::now();
         agent

@@ -29,6 +29,9 @@ pub const GUEST_SHARED: &str = "/run/frakti/shared";
 pub const GUEST_SHM: &str = "/run/frakti/sandbox/shm";
 /// The pod's shared PID namespace in the guest (the agent bind-mounts it).
 pub const GUEST_POD_PID_NS: &str = "/run/frakti/sandbox/pidns";
+/// Where the agent bind-mounts the namespaces of a pod with a user
+/// namespace: `user`, and the `pid` and `ipc` namespaces it owns.
+pub const GUEST_POD_USERNS: &str = agent_api::messages::POD_USERNS_DIR;
 /// virtio-fs tag of the shared directory.
 pub const SHARE_TAG: &str = "frakti";
 
@@ -56,8 +59,9 @@ fn bind(
     target: &Path,
     propagation: Propagation,
     readonly: bool,
+    idmap: Option<std::os::fd::BorrowedFd<'_>>,
 ) -> Result<(), RuntimeError> {
-    container::mounts::bind(source, target, propagation, readonly).map_err(|e| {
+    container::mounts::bind(source, target, propagation, readonly, idmap).map_err(|e| {
         internal(
             format!("bind {} on {}", source.display(), target.display()),
             e,
@@ -170,6 +174,38 @@ fn prepare_steps(
     for d in [&upper, &work, &rootfs] {
         std::fs::create_dir_all(d).map_err(|e| internal(format!("create {}", d.display()), e))?;
     }
+    // A pod with a user namespace sees its image through the pod's ID
+    // mapping (the image's root is the pod's root), and so do its volumes;
+    // the guest passes the IDs through, and the agent runs the container
+    // in a user namespace of the same mapping.
+    let userns = sandbox
+        .namespaces
+        .userns
+        .as_ref()
+        .map(|u| {
+            container::idmap::user_namespace(u)
+                .map_err(|e| internal("make the pod's ID mapping", e))
+                .map(|fd| (fd, u))
+        })
+        .transpose()?;
+    let idmap = userns.as_ref().map(|(fd, _)| std::os::fd::AsFd::as_fd(fd));
+    let lower = match (&userns, idmap) {
+        (Some((_, u)), Some(fd)) => {
+            let mapped = files.layer.join("lower");
+            std::fs::create_dir_all(&mapped)
+                .map_err(|e| internal(format!("create {}", mapped.display()), e))?;
+            container::idmap::mount_idmapped(lower, &mapped, fd, false)
+                .map_err(|e| internal("mount the image for the pod's user namespace", e))?;
+            files.mounts.push(mapped.clone());
+            let (uid, gid) = u.root().ok_or_else(|| {
+                invalid("a pod's user namespace must map ID 0 (its root) in uids and gids")
+            })?;
+            std::os::unix::fs::chown(&upper, Some(uid), Some(gid))
+                .map_err(|e| internal("give the writable layer to the pod's root", e))?;
+            mapped
+        }
+        _ => lower.clone(),
+    };
     let options = format!(
         "lowerdir={},upperdir={},workdir={}",
         lower.display(),
@@ -212,7 +248,7 @@ fn prepare_steps(
             std::fs::write(&target, b"")
         }
         .map_err(|e| internal(format!("create {}", target.display()), e))?;
-        bind(&resolved, &target, m.propagation, m.readonly)?;
+        bind(&resolved, &target, m.propagation, m.readonly, idmap)?;
         files.mounts.push(target.clone());
         if m.recursive_read_only {
             container::mounts::readonly_recursively(&target)
@@ -236,7 +272,7 @@ fn prepare_steps(
             .map_err(|e| internal(format!("create log directory {}", parent.display()), e))?;
         let target = files.dir.join("logs");
         std::fs::create_dir_all(&target).map_err(|e| internal("create the log mount point", e))?;
-        bind(parent, &target, Propagation::Private, false)?;
+        bind(parent, &target, Propagation::Private, false, None)?;
         files.mounts.push(target);
         guest_log = guest_dir.join("logs").join(name).display().to_string();
     }
@@ -251,13 +287,20 @@ fn prepare_steps(
         etc_hostname: guest_sandbox.join("hostname"),
         shm: PathBuf::from(GUEST_SHM),
         cgroup: format!("/frakti/{id}"),
-        namespaces: container::spec::PodNamespaces {
-            network: None,
-            uts: None,
-            ipc: None,
-            pid: Some(PathBuf::from(GUEST_POD_PID_NS)),
-            node: false,
-            target_pid: None,
+        namespaces: if sandbox.namespaces.userns.is_some() {
+            // The agent made the pod's user namespace, and PID and IPC
+            // namespaces it owns (mounting /proc and mqueue needs that).
+            container::spec::PodNamespaces {
+                user: Some(Path::new(GUEST_POD_USERNS).join("user")),
+                ipc: Some(Path::new(GUEST_POD_USERNS).join("ipc")),
+                pid: Some(Path::new(GUEST_POD_USERNS).join("pid")),
+                ..Default::default()
+            }
+        } else {
+            container::spec::PodNamespaces {
+                pid: Some(PathBuf::from(GUEST_POD_PID_NS)),
+                ..Default::default()
+            }
         },
     };
     let spec = container::spec::build(&guest_config, sandbox, &layout).map_err(|e| match e {

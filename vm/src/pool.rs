@@ -301,6 +301,7 @@ impl VmRuntime {
             clock_ns: 0,
             share_tag: containers::SHARE_TAG.to_owned(),
             sysctls: Default::default(),
+            userns: None,
         };
         agent
             .request(prepare, AGENT_CALL)

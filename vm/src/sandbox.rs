@@ -21,6 +21,10 @@ impl SandboxRuntime for VmRuntime {
         crate::runtime::NAME
     }
 
+    fn user_namespaces(&self) -> bool {
+        self.idmap_supported()
+    }
+
     async fn ready(&self) -> Result<(), NotReady> {
         for (what, path) in [
             ("guest kernel", &self.config.kernel),

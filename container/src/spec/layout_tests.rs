@@ -81,7 +81,7 @@ fn host_pods_join_their_namespace_files() {
         ipc: Some("/run/p/ipc".into()),
         pid: None,
         node: true,
-        target_pid: None,
+        ..Default::default()
     };
     let spec = build(
         &config(),
@@ -138,4 +138,56 @@ fn privileged_containers_get_the_runtimes_dev_and_every_device() {
     assert!(at("/dev") < at("/dev/pts") && at("/dev") < at("/dev/mqueue"));
     assert!(at("/dev") < at("/dev/shm"));
     assert_eq!(devices(&spec), json!([{"allow": true, "access": "rwm"}]));
+}
+
+/// In the pod's user namespace sysfs and cgroupfs cannot be mounted anew:
+/// the runtime's `/sys` is bound read-only instead; without one, both are
+/// mounted as before.
+#[test]
+fn a_user_namespace_binds_the_runtimes_sys() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = |namespaces: PodNamespaces| {
+        let spec = build(
+            &config(),
+            &SandboxConfig::default(),
+            &layout(dir.path(), namespaces),
+        )
+        .unwrap();
+        let mounts = spec.mounts().clone().unwrap_or_default();
+        let first = namespaces_of(&spec).starts_with(r#"[{"type":"user","path":"/run/u/user"}"#);
+        let under_sys: Vec<String> = mounts
+            .iter()
+            .filter(|m| m.destination().starts_with("/sys"))
+            .map(|m| {
+                format!(
+                    "{} {} {}",
+                    m.destination().display(),
+                    m.typ().clone().unwrap_or_default(),
+                    m.options().clone().unwrap_or_default().join(",")
+                )
+            })
+            .collect();
+        (first, under_sys)
+    };
+    let userns = PodNamespaces {
+        user: Some("/run/u/user".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        sys(userns),
+        (
+            true,
+            vec!["/sys bind rbind,rprivate,nosuid,noexec,nodev,ro".to_owned()]
+        )
+    );
+    assert_eq!(
+        sys(PodNamespaces::default()),
+        (
+            false,
+            vec![
+                "/sys sysfs nosuid,noexec,nodev,ro".to_owned(),
+                "/sys/fs/cgroup cgroup nosuid,noexec,nodev,relatime,ro".to_owned()
+            ]
+        )
+    );
 }

@@ -54,12 +54,113 @@ pub(crate) fn namespace_options(
         pid: namespace_mode(ns.pid, "pid")?,
         ipc: namespace_mode(ns.ipc, "ipc")?,
         target_id: ns.target_id.clone(),
+        userns: user_namespace(ns.userns_options.as_ref())?,
     };
     let targets = [options.network, options.pid, options.ipc].contains(&NamespaceMode::Target);
     if targets && options.target_id.is_empty() {
         return Err("namespace mode TARGET needs target_id".into());
     }
     Ok(options)
+}
+
+/// Most ranges the kernel takes in one `uid_map` or `gid_map`.
+const MAX_ID_RANGES: usize = 340;
+
+/// The pod's user namespace: `None` for mode NODE (or no options), the
+/// checked mappings for mode POD.
+fn user_namespace(
+    options: Option<&proto::UserNamespace>,
+) -> Result<Option<pods::container::UserNamespace>, String> {
+    let Some(options) = options else {
+        return Ok(None);
+    };
+    match proto::NamespaceMode::try_from(options.mode) {
+        Ok(proto::NamespaceMode::Node) => {
+            if !options.uids.is_empty() || !options.gids.is_empty() {
+                return Err("user namespace mode NODE takes no ID mappings".into());
+            }
+            Ok(None)
+        }
+        Ok(proto::NamespaceMode::Pod) => Ok(Some(pods::container::UserNamespace {
+            uids: id_mappings(&options.uids, "uids")?,
+            gids: id_mappings(&options.gids, "gids")?,
+        })),
+        Ok(other) => Err(format!(
+            "user namespace mode {} is not supported (only POD and NODE)",
+            other.as_str_name()
+        )),
+        Err(_) => Err(format!("unknown user namespace mode {}", options.mode)),
+    }
+}
+
+/// A pod's user namespace as the CRI reports it.
+pub(crate) fn proto_user_namespace(
+    userns: Option<&pods::container::UserNamespace>,
+) -> proto::UserNamespace {
+    let list = |l: &[pods::container::IdMapping]| {
+        l.iter()
+            .map(|m| proto::IdMapping {
+                host_id: m.host_id,
+                container_id: m.container_id,
+                length: m.length,
+            })
+            .collect()
+    };
+    match userns {
+        None => proto::UserNamespace {
+            mode: proto::NamespaceMode::Node as i32,
+            ..Default::default()
+        },
+        Some(u) => proto::UserNamespace {
+            mode: proto::NamespaceMode::Pod as i32,
+            uids: list(&u.uids),
+            gids: list(&u.gids),
+        },
+    }
+}
+
+/// Checks one side of a user namespace's mappings: at least one range, each
+/// non-empty and within 32 bits, none overlapping another inside or outside.
+fn id_mappings(
+    list: &[proto::IdMapping],
+    what: &str,
+) -> Result<Vec<pods::container::IdMapping>, String> {
+    if list.is_empty() {
+        return Err(format!("user namespace mode POD needs {what} mappings"));
+    }
+    if list.len() > MAX_ID_RANGES {
+        return Err(format!(
+            "user namespace {what}: {} ranges, the kernel takes at most {MAX_ID_RANGES}",
+            list.len()
+        ));
+    }
+    let mut out: Vec<pods::container::IdMapping> = Vec::with_capacity(list.len());
+    for m in list {
+        let end = |start: u32| u64::from(start) + u64::from(m.length);
+        if m.length == 0 || end(m.container_id) > 1 << 32 || end(m.host_id) > 1 << 32 {
+            return Err(format!(
+                "user namespace {what} mapping {}:{}:{} is empty or passes 2^32",
+                m.container_id, m.host_id, m.length
+            ));
+        }
+        let overlaps = |a: u32, b: u32, other: &pods::container::IdMapping| {
+            u64::from(a) < u64::from(b) + u64::from(other.length) && u64::from(b) < end(a)
+        };
+        if let Some(o) = out.iter().find(|o| {
+            overlaps(m.container_id, o.container_id, o) || overlaps(m.host_id, o.host_id, o)
+        }) {
+            return Err(format!(
+                "user namespace {what} mappings {}:{}:{} and {}:{}:{} overlap",
+                m.container_id, m.host_id, m.length, o.container_id, o.host_id, o.length
+            ));
+        }
+        out.push(pods::container::IdMapping {
+            container_id: m.container_id,
+            host_id: m.host_id,
+            length: m.length,
+        });
+    }
+    Ok(out)
 }
 
 /// Labels or annotations as the CRI carries them.

@@ -123,7 +123,9 @@ pub fn pod_sandbox_status(record: &SandboxRecord) -> proto::PodSandboxStatus {
                     pid: proto_namespace_mode(record.config.namespaces.pid),
                     ipc: proto_namespace_mode(record.config.namespaces.ipc),
                     target_id: record.config.namespaces.target_id.clone(),
-                    ..Default::default()
+                    userns_options: Some(super::proto_user_namespace(
+                        record.config.namespaces.userns.as_ref(),
+                    )),
                 }),
             }),
         }),
@@ -179,6 +181,108 @@ mod tests {
         assert_eq!(got.namespaces.network, NamespaceMode::Node);
         assert_eq!(got.namespaces.ipc, NamespaceMode::Node);
         assert_eq!(got.namespaces.pid, NamespaceMode::Pod);
+    }
+
+    fn with_userns(userns: proto::UserNamespace) -> Result<SandboxConfig, String> {
+        let config = proto::PodSandboxConfig {
+            linux: Some(proto::LinuxPodSandboxConfig {
+                security_context: Some(proto::LinuxSandboxSecurityContext {
+                    namespace_options: Some(proto::NamespaceOption {
+                        userns_options: Some(userns),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        sandbox_config(config, String::new())
+    }
+
+    fn range(container_id: u32, host_id: u32, length: u32) -> proto::IdMapping {
+        proto::IdMapping {
+            host_id,
+            container_id,
+            length,
+        }
+    }
+
+    #[test]
+    fn a_user_namespace_is_carried_checked_and_reported() {
+        let pod = |uids: Vec<proto::IdMapping>, gids: Vec<proto::IdMapping>| proto::UserNamespace {
+            mode: proto::NamespaceMode::Pod as i32,
+            uids,
+            gids,
+        };
+        let good = pod(
+            vec![range(0, 65_536, 65_536)],
+            vec![range(0, 65_536, 1000), range(1000, 200_000, 10)],
+        );
+        let got = with_userns(good.clone()).unwrap();
+        let userns = got.namespaces.userns.as_ref().unwrap();
+        assert_eq!(userns.root(), Some((65_536, 65_536)));
+        assert_eq!(
+            pods::container::UserNamespace::outside(&userns.gids, 1005),
+            Some(200_005)
+        );
+        assert_eq!(
+            pods::container::UserNamespace::outside(&userns.gids, 1010),
+            None
+        );
+        assert_eq!(super::super::proto_user_namespace(Some(userns)), good);
+        // Mode NODE (the node's user namespace) is none of the pod's own.
+        let node = proto::UserNamespace {
+            mode: proto::NamespaceMode::Node as i32,
+            ..Default::default()
+        };
+        assert_eq!(with_userns(node.clone()).unwrap().namespaces.userns, None);
+        assert_eq!(super::super::proto_user_namespace(None), node);
+
+        let refused = [
+            (pod(vec![], vec![range(0, 1, 1)]), "needs uids"),
+            (pod(vec![range(0, 1, 0)], vec![range(0, 1, 1)]), "empty"),
+            (
+                pod(vec![range(0, u32::MAX, 2)], vec![range(0, 1, 1)]),
+                "passes 2^32",
+            ),
+            (
+                pod(
+                    vec![range(0, 100, 10), range(10, 105, 10)],
+                    vec![range(0, 1, 1)],
+                ),
+                "overlap",
+            ),
+            (
+                pod(
+                    vec![range(0, 100, 10), range(5, 500, 10)],
+                    vec![range(0, 1, 1)],
+                ),
+                "overlap",
+            ),
+            (
+                proto::UserNamespace {
+                    mode: proto::NamespaceMode::Container as i32,
+                    ..Default::default()
+                },
+                "only POD and NODE",
+            ),
+            (
+                proto::UserNamespace {
+                    mode: proto::NamespaceMode::Node as i32,
+                    uids: vec![range(0, 1, 1)],
+                    gids: vec![],
+                },
+                "takes no ID mappings",
+            ),
+        ];
+        for (userns, why) in refused {
+            let err = with_userns(userns.clone()).unwrap_err();
+            assert!(err.contains(why), "{userns:?}: {err}");
+        }
+        let many = (0..341).map(|n| range(n, 1000 + n, 1)).collect();
+        let err = with_userns(pod(many, vec![range(0, 1, 1)])).unwrap_err();
+        assert!(err.contains("at most 340"), "{err}");
     }
 
     #[test]

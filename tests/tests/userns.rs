@@ -1,0 +1,183 @@
+//! Pods with a user namespace of their own (`userns_options` mode POD): a
+//! real VM pod under TCG whose containers run in a user namespace with the
+//! kubelet's mappings, seeing their image and volumes through ID-mapped
+//! mounts on the host.
+
+use std::os::unix::fs::MetadataExt;
+
+use cri::proto;
+use e2e::workload::TestPod;
+use tonic::Code;
+
+/// The first host ID of the pod's range (a multiple of 65536, as the kubelet gives).
+const BASE: u32 = 65_536 * 20;
+
+fn userns() -> proto::UserNamespace {
+    let range = proto::IdMapping {
+        host_id: BASE,
+        container_id: 0,
+        length: 65_536,
+    };
+    proto::UserNamespace {
+        mode: proto::NamespaceMode::Pod as i32,
+        uids: vec![range],
+        gids: vec![range],
+    }
+}
+
+fn with_userns(config: &mut proto::PodSandboxConfig, userns: proto::UserNamespace) {
+    config.linux = Some(proto::LinuxPodSandboxConfig {
+        security_context: Some(proto::LinuxSandboxSecurityContext {
+            namespace_options: Some(proto::NamespaceOption {
+                userns_options: Some(userns),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+}
+
+fn words(b: &[u8]) -> String {
+    String::from_utf8_lossy(b)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[tokio::test]
+async fn a_vm_pod_with_a_user_namespace() {
+    let host = tempfile::tempdir().unwrap();
+    let data = host.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("file"), "from-host").unwrap();
+    let open = data.join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+
+    let mut pod = TestPod::start("userns", |c| with_userns(c, userns()))
+        .await
+        .unwrap();
+
+    // Status: the VM handler (the default) gives user namespaces, the host
+    // handler does not.
+    let status = pod
+        .rt
+        .status(proto::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let userns_of = |name: &str| {
+        status
+            .runtime_handlers
+            .iter()
+            .find(|h| h.name == name)
+            .and_then(|h| h.features)
+            .map(|f| f.user_namespaces)
+    };
+    assert_eq!(userns_of(""), Some(true), "{:?}", status.runtime_handlers);
+    assert_eq!(userns_of("host"), Some(false));
+
+    // The pod's status gives its mappings back.
+    let reported = e2e::pod_status(&mut pod.rt, &pod.id)
+        .await
+        .unwrap()
+        .0
+        .linux
+        .and_then(|l| l.namespaces)
+        .and_then(|n| n.options)
+        .and_then(|o| o.userns_options);
+    assert_eq!(reported, Some(userns()));
+
+    let mut c = pod.container("root", &["sleep 100000"]);
+    c.mounts = vec![proto::Mount {
+        container_path: "/vol".into(),
+        host_path: data.display().to_string(),
+        ..Default::default()
+    }];
+    let root = pod.run(c.clone()).await;
+
+    // Root in the container is the mapping's root; the image and the volume
+    // belong to it, and what it writes to the volume is the host's root's.
+    let out = pod
+        .exec(
+            &root,
+            "cat /proc/self/uid_map /proc/self/gid_map; id -u; id -g; \
+             stat -c %u:%g / /etc/passwd /vol/file; \
+             echo made > /vol/by-root && stat -c %u:%g /vol/by-root; \
+             echo made > /made-in-rootfs && stat -c %u:%g /made-in-rootfs; \
+             awk '$2 == \"/dev/mqueue\" {print $3}' /proc/mounts; ls /proc/self/ns/user >/dev/null && echo proc-ok",
+        )
+        .await;
+    assert_eq!(
+        words(&out.stdout),
+        format!("0 {BASE} 65536 0 {BASE} 65536 0 0 0:0 0:0 0:0 0:0 0:0 mqueue proc-ok"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let by_root = std::fs::metadata(data.join("by-root")).unwrap();
+    assert_eq!((by_root.uid(), by_root.gid()), (0, 0));
+    // The container's writable layer holds its files as the host sees the
+    // pod's root.
+    let found = std::process::Command::new("find")
+        .arg(pod.daemon.dir_path())
+        .args(["-path", "*/upper/made-in-rootfs"])
+        .output()
+        .unwrap();
+    let path = String::from_utf8_lossy(&found.stdout).trim().to_owned();
+    let layer_file = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    assert_eq!((layer_file.uid(), layer_file.gid()), (BASE, BASE));
+
+    // Root of the pod is not root of the VM: the guest's own files that
+    // the pod's mapping does not cover are nobody's to it.
+    let out = pod
+        .exec(
+            &root,
+            "stat -c %u /sys/kernel; echo x > /sys/kernel/x || echo refused",
+        )
+        .await;
+    assert_eq!(words(&out.stdout), "65534 refused");
+
+    // Another user of the pod: its files on the volume are its own on the host.
+    let mut user = pod.container("user", &["sleep 100000"]);
+    user.mounts = c.mounts.clone();
+    user.linux = Some(proto::LinuxContainerConfig {
+        security_context: Some(proto::LinuxContainerSecurityContext {
+            run_as_user: Some(proto::Int64Value { value: 1000 }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let user = pod.run(user).await;
+    let out = pod
+        .exec(
+            &user,
+            "id -u; echo made > /vol/open/by-user; stat -c %u /vol/open/by-user; \
+             echo x > /vol/by-user || echo refused",
+        )
+        .await;
+    assert_eq!(words(&out.stdout), "1000 1000 refused");
+    assert_eq!(std::fs::metadata(open.join("by-user")).unwrap().uid(), 1000);
+
+    // A pod that the host runtime would run cannot have one.
+    let mut config = e2e::pod_config("userns-host", &[]);
+    with_userns(&mut config, userns());
+    config.annotations.insert(
+        "runtime.frakti.alpha.kubernetes.io/OSContainer".into(),
+        "true".into(),
+    );
+    let status = e2e::run_pod(&mut pod.rt, config).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("user namespace"), "{status:?}");
+
+    // Mappings that cannot work are refused before any VM starts.
+    let mut bad = userns();
+    bad.uids[0].length = 0;
+    let mut config = e2e::pod_config("userns-bad", &[]);
+    with_userns(&mut config, bad);
+    let status = e2e::run_pod(&mut pod.rt, config).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+    pod.remove(&root).await;
+    pod.remove(&user).await;
+}
