@@ -246,6 +246,26 @@ pub fn supported_under(dir: &Path) -> bool {
     works
 }
 
+/// Whether ID-mapped mounts work under one directory, probed once.
+#[derive(Debug, Default)]
+pub struct Probe(std::sync::OnceLock<bool>);
+
+impl Probe {
+    /// The answer for `dir` (made if missing), probed on the first call.
+    pub fn supported(&self, dir: &Path) -> bool {
+        *self.0.get_or_init(|| {
+            let works = std::fs::create_dir_all(dir).is_ok() && supported_under(dir);
+            if !works {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    "no ID-mapped mounts here: pods with a user namespace are refused"
+                );
+            }
+            works
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

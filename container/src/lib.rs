@@ -23,6 +23,8 @@ pub mod mounts;
 pub mod namespaces;
 #[cfg(feature = "spec")]
 pub mod podfiles;
+#[cfg(feature = "spec")]
+pub mod rootfs;
 #[cfg(feature = "runner")]
 pub mod runner;
 #[cfg(feature = "spec")]

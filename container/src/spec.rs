@@ -193,10 +193,16 @@ pub fn build(
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
     ];
     if layout.namespaces.user.is_some() {
-        // In a user namespace sysfs and cgroupfs cannot be mounted anew
-        // (the network namespace and cgroups are the runtime's): the
-        // runtime's /sys is bound, read-only, with its cgroup tree.
-        mounts.push(json!({"destination": "/sys", "type": "bind", "source": "/sys", "options": ["rbind", "rprivate", "nosuid", "noexec", "nodev", "ro"]}));
+        // In a user namespace, sysfs can be mounted only for a network
+        // namespace it owns (the pod's on the host; in a VM the network is
+        // the guest's, whose /sys is bound instead), and cgroupfs not at
+        // all: the runtime's cgroup tree is bound, read-only.
+        if layout.namespaces.network.is_some() {
+            mounts.push(json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}));
+        } else {
+            mounts.push(json!({"destination": "/sys", "type": "bind", "source": "/sys", "options": ["rbind", "rprivate", "nosuid", "noexec", "nodev", "ro"]}));
+        }
+        mounts.push(json!({"destination": "/sys/fs/cgroup", "type": "bind", "source": "/sys/fs/cgroup", "options": ["rbind", "rprivate", "nosuid", "noexec", "nodev", "ro"]}));
     } else {
         mounts.push(json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if sec.privileged { "rw" } else { "ro" }]}));
         mounts.push(json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", if sec.privileged { "rw" } else { "ro" }]}));

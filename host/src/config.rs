@@ -91,6 +91,20 @@ pub struct HostSandbox {
     pub shm: Option<PathBuf>,
     /// The pod's cgroup.
     pub cgroup: PodCgroup,
+    /// The pod's user namespace, when it has one of its own (its holder
+    /// is `pid_holder`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<PodUserns>,
+}
+
+/// A host pod's own user namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodUserns {
+    /// The bind-mounted namespace file.
+    pub file: PathBuf,
+    /// The host uid of the pod's root, which may search the pod's
+    /// directories (see [`crate::acl`]).
+    pub root_uid: u32,
 }
 
 /// The process that holds a pod's PID namespace.
@@ -119,6 +133,10 @@ pub struct HostContainer {
     pub cgroup: String,
     /// It runs on a terminal.
     pub tty: bool,
+    /// Host mounts made for it besides the root filesystem (a pod with a
+    /// user namespace: the ID-mapped image and volumes), in mount order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<PathBuf>,
 }
 
 impl HostContainer {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use container::mounts::{HostPathError, check_shared, check_shared_or_slave, resolve_host_path};
 use container::spec::{Layout, PodNamespaces};
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::mount::{MntFlags, MsFlags, umount2};
 use runtime_api::container::{ContainerConfig, Propagation};
 use runtime_api::{RuntimeError, RuntimeErrorKind, SandboxConfig};
 
@@ -53,10 +53,18 @@ pub fn prepare(
         pid: 0,
         cgroup: pod.cgroup.container(id),
         tty: config.tty,
+        mounts: Vec::new(),
     };
     let hierarchy = cgroups::Hierarchy::new(&cfg.cgroup_root);
+    let mut container = container;
     match spec(
-        sandbox, pod, config, log_path, &container, target_pid, &hierarchy,
+        sandbox,
+        pod,
+        config,
+        log_path,
+        &mut container,
+        target_pid,
+        &hierarchy,
     ) {
         Ok(spec) => Ok(Prepared { container, spec }),
         Err(e) => {
@@ -102,7 +110,7 @@ fn spec(
     pod: &HostSandbox,
     config: &ContainerConfig,
     log_path: &str,
-    c: &HostContainer,
+    c: &mut HostContainer,
     target_pid: Option<PathBuf>,
     hierarchy: &cgroups::Hierarchy,
 ) -> Result<oci_spec::runtime::Spec, RuntimeError> {
@@ -117,29 +125,70 @@ fn spec(
             ),
         ));
     }
-    let sources = config
+    let mut sources = config
         .mounts
         .iter()
         .map(mount_source)
         .collect::<Result<Vec<_>, _>>()?;
-    let (upper, work) = (c.layer.join("upper"), c.layer.join("work"));
-    for d in [&upper, &work, &c.rootfs] {
-        std::fs::create_dir_all(d).map_err(|e| internal(format!("create {}", d.display()), e))?;
+    // A pod with a user namespace sees its image and volumes through that
+    // namespace's ID mapping: the host's root is the pod's root.
+    let userns = match &pod.userns {
+        Some(u) => {
+            // The pod's root sets the container up: it must reach the
+            // container's directory.
+            crate::acl::grant_search(&c.dir, u.root_uid)
+                .map_err(|e| internal("let the pod's root reach its container", e))?;
+            Some(std::fs::File::open(&u.file).map_err(|e| {
+                internal(
+                    format!("open the pod's user namespace {}", u.file.display()),
+                    e,
+                )
+            })?)
+        }
+        None => None,
+    };
+    let root = sandbox.namespaces.userns.as_ref().and_then(|u| u.root());
+    let idmap = match (&userns, root) {
+        (Some(file), Some(root)) => Some(container::rootfs::Idmap {
+            userns: std::os::fd::AsFd::as_fd(file),
+            root,
+        }),
+        (Some(_), None) => {
+            return Err(invalid(
+                RuntimeErrorKind::InvalidArgument,
+                "a pod's user namespace must map ID 0 (its root) in uids and gids",
+            ));
+        }
+        _ => None,
+    };
+    let made =
+        container::rootfs::mount_overlay(lower, &c.layer, &c.rootfs, MsFlags::empty(), idmap)
+            .map_err(|e| internal(e.to_string(), e))?;
+    // The root filesystem is unmounted by its own path.
+    c.mounts.extend(made.into_iter().filter(|m| *m != c.rootfs));
+    if let Some(idmap) = idmap {
+        for (n, (m, source)) in config.mounts.iter().zip(sources.iter_mut()).enumerate() {
+            let target = c.dir.join("mounts").join(n.to_string());
+            std::fs::create_dir_all(c.dir.join("mounts"))
+                .map_err(|e| internal("create the mounts directory", e))?;
+            if source.is_dir() {
+                std::fs::create_dir_all(&target)
+            } else {
+                std::fs::write(&target, b"")
+            }
+            .map_err(|e| internal(format!("create {}", target.display()), e))?;
+            container::mounts::bind(
+                source,
+                &target,
+                Propagation::Private,
+                false,
+                Some(idmap.userns),
+            )
+            .map_err(|e| internal(format!("mount {}", m.container_path), e))?;
+            c.mounts.push(target.clone());
+            *source = target;
+        }
     }
-    let options = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.display(),
-        upper.display(),
-        work.display()
-    );
-    mount(
-        Some("overlay"),
-        &c.rootfs,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(options.as_str()),
-    )
-    .map_err(|e| internal("mount the container's root filesystem", e))?;
     if !log_path.is_empty() {
         let path = Path::new(log_path);
         let Some(parent) = path.parent().filter(|_| path.file_name().is_some()) else {
@@ -167,7 +216,7 @@ fn spec(
             pid: pod.pid_holder.as_ref().map(|h| h.file.clone()),
             node: true,
             target_pid,
-            user: None,
+            user: pod.userns.as_ref().map(|u| u.file.clone()),
         },
     };
     let mut spec = container::spec::build(config, sandbox, &layout).map_err(|e| match e {
@@ -306,6 +355,9 @@ fn cap_name(c: &oci_spec::runtime::Capability) -> String {
 /// writable layer; a missing one is not an error.
 pub fn remove(c: &HostContainer) -> Result<(), RuntimeError> {
     unmount(&c.rootfs)?;
+    for m in c.mounts.iter().rev() {
+        unmount(m)?;
+    }
     remove_dir(&c.dir)?;
     remove_dir(&c.layer)
 }

@@ -14,6 +14,7 @@
 //! It implements the three `runtime-api` traits; it must not know pods'
 //! records, the CRI, VMs or the agent.
 
+mod acl;
 pub mod config;
 mod container_ops;
 mod exec;

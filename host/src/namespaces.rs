@@ -157,27 +157,42 @@ pub fn create(dir: &Path, new: &NewNamespaces) -> Result<NamespaceFiles, Namespa
 
 /// Sets `sysctls` inside the network namespace at `netns`.
 pub fn set_net_sysctls(netns: &Path, sysctls: &[(String, String)]) -> Result<(), NamespaceError> {
+    set_sysctls_in(netns, CloneFlags::CLONE_NEWNET, sysctls)
+}
+
+/// Sets `sysctls` inside the IPC namespace at `file`.
+pub fn set_ipc_sysctls(file: &Path, sysctls: &[(String, String)]) -> Result<(), NamespaceError> {
+    set_sysctls_in(file, CloneFlags::CLONE_NEWIPC, sysctls)
+}
+
+/// Sets `sysctls` inside the namespace of kind `kind` at `file`, from a
+/// thread that enters it.
+fn set_sysctls_in(
+    file: &Path,
+    kind: CloneFlags,
+    sysctls: &[(String, String)],
+) -> Result<(), NamespaceError> {
     if sysctls.is_empty() {
         return Ok(());
     }
-    let ns = File::open(netns).map_err(|e| NamespaceError::Sysctl {
+    let ns = File::open(file).map_err(|e| NamespaceError::Sysctl {
         key: sysctls[0].0.clone(),
         value: sysctls[0].1.clone(),
-        message: format!("open {}: {e}", netns.display()),
+        message: format!("open {}: {e}", file.display()),
     })?;
     let sysctls = sysctls.to_vec();
     std::thread::spawn(move || -> Result<(), NamespaceError> {
-        setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| NamespaceError::Sysctl {
+        setns(ns.as_fd(), kind).map_err(|e| NamespaceError::Sysctl {
             key: sysctls[0].0.clone(),
             value: sysctls[0].1.clone(),
-            message: format!("enter the network namespace: {e}"),
+            message: format!("enter the namespace: {e}"),
         })?;
         write_sysctls(&sysctls)
     })
     .join()
     .unwrap_or_else(|_| {
         Err(NamespaceError::Release(
-            netns.to_path_buf(),
+            file.to_path_buf(),
             "the sysctl thread panicked".into(),
         ))
     })

@@ -25,6 +25,8 @@ pub struct HostRuntime {
     watched: Arc<Mutex<HashSet<String>>>,
     /// What the containers' writable layers use in all.
     pub(crate) layers: Arc<usage::dir::CachedDirUsage>,
+    /// Whether ID-mapped mounts work where containers' layers go.
+    pub(crate) idmap: container::idmap::Probe,
 }
 
 impl HostRuntime {
@@ -37,6 +39,7 @@ impl HostRuntime {
             events,
             watched: Arc::default(),
             layers: Arc::new(layers),
+            idmap: container::idmap::Probe::default(),
         }
     }
 

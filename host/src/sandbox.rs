@@ -79,6 +79,34 @@ impl HostRuntime {
         std::fs::create_dir_all(&pod.dir)
             .map_err(|e| RuntimeError::internal(format!("create {}", pod.dir.display()), e))?;
         let mut ips = Vec::new();
+        let ns_dir = pod.dir.join("ns");
+        if let Some(userns) = &ns.userns {
+            // The pod's user namespace owns its network, UTS, IPC and PID
+            // namespaces (the pod service refused host namespaces): one
+            // holder makes them all, and the steps below find them made.
+            let netns = PodNetworks::netns_for(id).path();
+            let hostname = container::podfiles::pod_hostname(config);
+            pod.pid_holder = Some(
+                supervise::hold_user_namespace(&self.config, &ns_dir, &netns, userns, &hostname)
+                    .await?,
+            );
+            let root_uid = userns.root().map_or(0, |(uid, _)| uid);
+            pod.userns = Some(config::PodUserns {
+                file: ns_dir.join("user"),
+                root_uid,
+            });
+            // libcontainer joins the namespaces as the pod's root.
+            crate::acl::grant_search(&ns_dir, root_uid).map_err(|e| {
+                RuntimeError::internal("let the pod's root reach its namespaces", e)
+            })?;
+            pod.netns = Some(netns);
+            pod.namespaces = namespaces::NamespaceFiles {
+                uts: Some(ns_dir.join("uts")),
+                ipc: Some(ns_dir.join("ipc")),
+            };
+            namespaces::set_ipc_sysctls(&ns_dir.join("ipc"), &ipc_sysctls)
+                .map_err(|e| invalid(e.to_string()))?;
+        }
         if !pod.host_network {
             let networks = self.networks().ok_or_else(|| {
                 RuntimeError::new(
@@ -105,22 +133,9 @@ impl HostRuntime {
             namespaces::set_net_sysctls(&netns.path(), &net_sysctls)
                 .map_err(|e| invalid(e.to_string()))?;
         }
-        let ns_dir = pod.dir.join("ns");
-        pod.namespaces = namespaces::create(
-            &ns_dir,
-            &NewNamespaces {
-                hostname: (!pod.host_network).then(|| container::podfiles::pod_hostname(config)),
-                ipc: !host_ipc,
-                ipc_sysctls,
-            },
-        )
-        .map_err(|e| match e {
-            namespaces::NamespaceError::Sysctl { .. } => invalid(e.to_string()),
-            other => RuntimeError::internal("create the pod's namespaces", other),
-        })?;
-        if ns.pid == NamespaceMode::Pod {
-            pod.pid_holder =
-                Some(supervise::hold_pid_namespace(&self.config, &ns_dir.join("pid")).await?);
+        if ns.userns.is_none() {
+            self.own_namespaces(config, pod, &ns_dir, host_ipc, ipc_sysctls)
+                .await?;
         }
         if !host_ipc {
             let shm = pod.dir.join("shm");
@@ -142,6 +157,35 @@ impl HostRuntime {
         Ok(ips)
     }
 
+    /// Makes the pod's UTS and IPC namespaces (and its PID namespace's
+    /// holder, mode POD) in the node's user namespace.
+    async fn own_namespaces(
+        &self,
+        config: &SandboxConfig,
+        pod: &mut HostSandbox,
+        ns_dir: &Path,
+        host_ipc: bool,
+        ipc_sysctls: Vec<(String, String)>,
+    ) -> Result<(), RuntimeError> {
+        pod.namespaces = namespaces::create(
+            ns_dir,
+            &NewNamespaces {
+                hostname: (!pod.host_network).then(|| container::podfiles::pod_hostname(config)),
+                ipc: !host_ipc,
+                ipc_sysctls,
+            },
+        )
+        .map_err(|e| match e {
+            namespaces::NamespaceError::Sysctl { .. } => invalid(e.to_string()),
+            other => RuntimeError::internal("create the pod's namespaces", other),
+        })?;
+        if config.namespaces.pid == NamespaceMode::Pod {
+            pod.pid_holder =
+                Some(supervise::hold_pid_namespace(&self.config, &ns_dir.join("pid")).await?);
+        }
+        Ok(())
+    }
+
     /// Releases what a pod holds on the host: network, namespaces, holder,
     /// `/dev/shm`. Idempotent.
     async fn release(&self, id: &str, pod: &HostSandbox) -> Result<(), RuntimeError> {
@@ -159,6 +203,10 @@ impl HostRuntime {
                 .map_err(|e| RuntimeError::internal("remove the pod's network namespace", e))?;
         }
         namespaces::release_all(&pod.namespaces);
+        if let Some(userns) = &pod.userns {
+            namespaces::release(&userns.file)
+                .map_err(|e| RuntimeError::internal("release the pod's user namespace", e))?;
+        }
         if let Some(shm) = &pod.shm {
             crate::files::unmount(shm)?;
         }
@@ -167,6 +215,14 @@ impl HostRuntime {
 
     /// Removes what is left of pod `id` on the host after its release.
     fn remove_dirs(&self, pod: &HostSandbox) -> Result<(), RuntimeError> {
+        if let Some(userns) = &pod.userns {
+            // What the pod's root was let through: the directories above
+            // the pod's and its containers' (those go below).
+            for dir in [pod.dir.clone(), self.config.container_dir("-")] {
+                crate::acl::revoke_search(&dir, userns.root_uid)
+                    .map_err(|e| RuntimeError::internal("take back the pod's root's access", e))?;
+            }
+        }
         if pod.cgroup.owned {
             Hierarchy::new(&self.config.cgroup_root)
                 .remove(&pod.cgroup.path)
@@ -180,6 +236,10 @@ impl HostRuntime {
 impl SandboxRuntime for HostRuntime {
     fn name(&self) -> &'static str {
         "host"
+    }
+
+    fn user_namespaces(&self) -> bool {
+        self.idmap.supported(&self.config.layers_dir)
     }
 
     async fn ready(&self) -> Result<(), NotReady> {
@@ -225,6 +285,7 @@ impl SandboxRuntime for HostRuntime {
             pid_holder: None,
             shm: None,
             cgroup,
+            userns: None,
         };
         match self.start_steps(id, config, &mut pod).await {
             Ok(ips) => Ok(StartedSandbox {

@@ -102,11 +102,47 @@ pub async fn hold_pid_namespace(
 ) -> Result<PidHolder, RuntimeError> {
     let args = monitor::args::PidnsArgs {
         file: file.to_path_buf(),
+        userns: None,
     };
     let out = run_helper(cfg, "create the pod's PID namespace", args.to_args()).await?;
     Ok(PidHolder {
         pid: parse_pid("create the pod's PID namespace", &out)?,
         file: file.to_path_buf(),
+    })
+}
+
+/// Starts the holder of a pod's user namespace (mappings `userns`) and of
+/// the network, UTS, IPC and PID namespaces it owns: their files are
+/// `<dir>/{user,uts,ipc,pid}` and `net`; the UTS namespace gets `hostname`.
+pub async fn hold_user_namespace(
+    cfg: &HostRuntimeConfig,
+    dir: &Path,
+    net: &Path,
+    userns: &runtime_api::container::UserNamespace,
+    hostname: &str,
+) -> Result<PidHolder, RuntimeError> {
+    let map = |list: &[runtime_api::container::IdMapping]| {
+        list.iter()
+            .map(|m| format!("{}:{}:{}", m.container_id, m.host_id, m.length))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let file = dir.join("pid");
+    let args = monitor::args::PidnsArgs {
+        file: file.clone(),
+        userns: Some(monitor::args::UsernsArgs {
+            dir: dir.to_path_buf(),
+            net: net.to_path_buf(),
+            uid_map: map(&userns.uids),
+            gid_map: map(&userns.gids),
+            hostname: Some(hostname.to_owned()),
+        }),
+    };
+    let what = "create the pod's user namespace";
+    let out = run_helper(cfg, what, args.to_args()).await?;
+    Ok(PidHolder {
+        pid: parse_pid(what, &out)?,
+        file,
     })
 }
 

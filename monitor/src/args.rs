@@ -10,7 +10,10 @@
 //!                       [--console-socket PATH] -- ARG...
 //! frakti-monitor delete --id ID --root DIR --bundles DIR
 //! frakti-monitor pidns  --file PATH
+//!                       [--userns DIR --net PATH --uid-map MAP --gid-map MAP [--hostname NAME]]
 //! ```
+//!
+//! A `MAP` is `container:host:length` ranges joined by commas.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -80,6 +83,43 @@ pub struct DeleteArgs {
 pub struct PidnsArgs {
     /// The file the namespace is bind-mounted on (created).
     pub file: PathBuf,
+    /// A user namespace of the pod's own, owning its other namespaces.
+    pub userns: Option<UsernsArgs>,
+}
+
+/// A pod's user namespace, and the network, UTS and IPC namespaces it owns
+/// (the PID namespace too), all held by the PID namespace's init.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsernsArgs {
+    /// The files `user`, `uts` and `ipc` are bind-mounted in this directory.
+    pub dir: PathBuf,
+    /// The file the network namespace is bind-mounted on.
+    pub net: PathBuf,
+    /// UID ranges, `container:host:length` joined by commas.
+    pub uid_map: String,
+    /// GID ranges, likewise.
+    pub gid_map: String,
+    /// The hostname set in the new UTS namespace, if any.
+    pub hostname: Option<String>,
+}
+
+impl UsernsArgs {
+    /// `map` (`container:host:length,...`) as the text of a `uid_map`.
+    pub fn map_text(map: &str) -> Result<String, String> {
+        let mut out = String::new();
+        for range in map.split(',') {
+            let fields: Vec<u32> = range
+                .split(':')
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .map_err(|_| format!("bad ID range {range:?}"))?;
+            let [inside, outside, length] = fields[..] else {
+                return Err(format!("bad ID range {range:?}"));
+            };
+            out.push_str(&format!("{inside} {outside} {length}\n"));
+        }
+        Ok(out)
+    }
 }
 
 /// A parsed `frakti-monitor` command line.
@@ -184,6 +224,15 @@ impl PidnsArgs {
     pub fn to_args(&self) -> Vec<OsString> {
         let mut out = vec!["pidns".into()];
         push(&mut out, "--file", &self.file);
+        if let Some(u) = &self.userns {
+            push(&mut out, "--userns", &u.dir);
+            push(&mut out, "--net", &u.net);
+            push(&mut out, "--uid-map", &u.uid_map);
+            push(&mut out, "--gid-map", &u.gid_map);
+            if let Some(h) = &u.hostname {
+                push(&mut out, "--hostname", h);
+            }
+        }
         out
     }
 }
@@ -245,6 +294,20 @@ impl Flags {
             Some(v) => Ok(Some(v.into())),
             None => Ok(None),
         }
+    }
+
+    fn optional_text(&mut self, flag: &'static str) -> Result<Option<String>, ArgsError> {
+        self.values
+            .remove(flag)
+            .map(|v| {
+                v.into_string()
+                    .map_err(|v| ArgsError::Invalid(flag, v.to_string_lossy().into_owned()))
+            })
+            .transpose()
+    }
+
+    fn text(&mut self, flag: &'static str) -> Result<String, ArgsError> {
+        self.optional_text(flag)?.ok_or(ArgsError::Missing(flag))
     }
 
     fn id(&mut self) -> Result<String, ArgsError> {
@@ -347,10 +410,31 @@ impl Command {
                 }))
             }
             Some("pidns") => {
-                let mut f = Flags::read(args, &["--file"], &[], false)?;
-                Ok(Self::Pidns(PidnsArgs {
-                    file: f.path("--file")?,
-                }))
+                let mut f = Flags::read(
+                    args,
+                    &[
+                        "--file",
+                        "--userns",
+                        "--net",
+                        "--uid-map",
+                        "--gid-map",
+                        "--hostname",
+                    ],
+                    &[],
+                    false,
+                )?;
+                let file = f.path("--file")?;
+                let userns = match f.optional_path("--userns")? {
+                    None => None,
+                    Some(dir) => Some(UsernsArgs {
+                        dir,
+                        net: f.path("--net")?,
+                        uid_map: f.text("--uid-map")?,
+                        gid_map: f.text("--gid-map")?,
+                        hostname: f.optional_text("--hostname")?,
+                    }),
+                };
+                Ok(Self::Pidns(PidnsArgs { file, userns }))
             }
             _ => Err(ArgsError::UnknownCommand(
                 command.to_string_lossy().into_owned(),
@@ -426,11 +510,35 @@ mod tests {
                 root: "r".into(),
                 bundles: "b".into(),
             }),
-            Command::Pidns(PidnsArgs { file: odd_path }),
+            Command::Pidns(PidnsArgs {
+                file: odd_path.clone(),
+                userns: None,
+            }),
+            Command::Pidns(PidnsArgs {
+                file: odd_path,
+                userns: Some(UsernsArgs {
+                    dir: "ns".into(),
+                    net: "/run/netns/p".into(),
+                    uid_map: "0:65536:65536".into(),
+                    gid_map: "0:65536:1000,1000:5:1".into(),
+                    hostname: Some("web".into()),
+                }),
+            }),
         ];
         for command in commands {
             let args = command.to_args();
             assert_eq!(Command::parse(args.clone()).unwrap(), command, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn id_maps_read_as_kernel_text() {
+        assert_eq!(
+            UsernsArgs::map_text("0:65536:1000,1000:5:1").unwrap(),
+            "0 65536 1000\n1000 5 1\n"
+        );
+        for bad in ["", "0:1", "0:1:2:3", "a:1:2", "0:1:2,"] {
+            assert!(UsernsArgs::map_text(bad).is_err(), "{bad:?}");
         }
     }
 

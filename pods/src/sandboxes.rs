@@ -116,6 +116,7 @@ impl PodService {
         validate_hostname(&config.hostname).map_err(RunPodError::Invalid)?;
         validate_metadata(metadata).map_err(RunPodError::Invalid)?;
         validate_ports(&config.port_mappings).map_err(RunPodError::Invalid)?;
+        validate_userns(&config).map_err(RunPodError::Invalid)?;
         let handler = self.registry.route(&config)?;
         let runtime =
             self.registry.get(&handler).cloned().ok_or_else(|| {
@@ -310,6 +311,27 @@ impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         lock(self.set).remove(&self.key);
     }
+}
+
+/// A pod with a user namespace of its own shares none of the node's
+/// namespaces and is not privileged (Kubernetes' rule for `hostUsers: false`).
+fn validate_userns(config: &SandboxConfig) -> Result<(), String> {
+    if config.namespaces.userns.is_none() {
+        return Ok(());
+    }
+    let ns = &config.namespaces;
+    let node = [("network", ns.network), ("pid", ns.pid), ("ipc", ns.ipc)]
+        .into_iter()
+        .find(|(_, mode)| *mode == runtime_api::container::NamespaceMode::Node);
+    if let Some((what, _)) = node {
+        return Err(format!(
+            "user namespace mode POD cannot go with the node's {what} namespace"
+        ));
+    }
+    if config.privileged {
+        return Err("user namespace mode POD cannot go with a privileged pod".into());
+    }
+    Ok(())
 }
 
 fn validate_hostname(hostname: &str) -> Result<(), String> {

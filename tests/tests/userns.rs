@@ -1,9 +1,10 @@
 //! Pods with a user namespace of their own (`userns_options` mode POD): a
-//! real VM pod under TCG whose containers run in a user namespace with the
-//! kubelet's mappings, seeing their image and volumes through ID-mapped
-//! mounts on the host.
+//! real VM pod under TCG and a host pod, whose containers run in a user
+//! namespace with the kubelet's mappings, seeing their image and volumes
+//! through ID-mapped mounts on the host.
 
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 use cri::proto;
 use e2e::workload::TestPod;
@@ -46,7 +47,7 @@ fn words(b: &[u8]) -> String {
 }
 
 #[tokio::test]
-async fn a_vm_pod_with_a_user_namespace() {
+async fn vm_and_host_pods_with_a_user_namespace() {
     let host = tempfile::tempdir().unwrap();
     let data = host.path().join("data");
     std::fs::create_dir(&data).unwrap();
@@ -59,8 +60,8 @@ async fn a_vm_pod_with_a_user_namespace() {
         .await
         .unwrap();
 
-    // Status: the VM handler (the default) gives user namespaces, the host
-    // handler does not.
+    // Status: the VM handler (the default) and the host handler give user
+    // namespaces.
     let status = pod
         .rt
         .status(proto::StatusRequest { verbose: false })
@@ -76,7 +77,7 @@ async fn a_vm_pod_with_a_user_namespace() {
             .map(|f| f.user_namespaces)
     };
     assert_eq!(userns_of(""), Some(true), "{:?}", status.runtime_handlers);
-    assert_eq!(userns_of("host"), Some(false));
+    assert_eq!(userns_of("host"), Some(true));
 
     // The pod's status gives its mappings back.
     let reported = e2e::pod_status(&mut pod.rt, &pod.id)
@@ -89,6 +90,79 @@ async fn a_vm_pod_with_a_user_namespace() {
         .and_then(|o| o.userns_options);
     assert_eq!(reported, Some(userns()));
 
+    check_pod(&mut pod, &data, "vm").await;
+
+    // The same in a host pod (the OSContainer annotation sends it to the
+    // host runtime), in the same daemon.
+    let mut config = e2e::pod_config("userns-host", &[]);
+    config.log_directory = pod.logs.path().display().to_string();
+    with_userns(&mut config, userns());
+    config.annotations.insert(
+        "runtime.frakti.alpha.kubernetes.io/OSContainer".into(),
+        "true".into(),
+    );
+    let host_id = e2e::run_pod(&mut pod.rt, config.clone()).await.unwrap();
+    let (vm_id, vm_config) = (
+        std::mem::replace(&mut pod.id, host_id.clone()),
+        std::mem::replace(&mut pod.config, config),
+    );
+    let (status, info) = e2e::pod_status(&mut pod.rt, &host_id).await.unwrap();
+    assert_eq!(info["runtime"], "host", "{info}");
+    let reported = status
+        .linux
+        .and_then(|l| l.namespaces)
+        .and_then(|n| n.options)
+        .and_then(|o| o.userns_options);
+    assert_eq!(reported, Some(userns()));
+    check_pod(&mut pod, &data, "host").await;
+    let netns = info["netns"].as_str().unwrap().to_owned();
+    pod.rt
+        .stop_pod_sandbox(proto::StopPodSandboxRequest {
+            pod_sandbox_id: host_id.clone(),
+        })
+        .await
+        .unwrap();
+    pod.rt
+        .remove_pod_sandbox(proto::RemovePodSandboxRequest {
+            pod_sandbox_id: host_id,
+        })
+        .await
+        .unwrap();
+    assert!(!Path::new(&netns).exists(), "{netns} left behind");
+    pod.id = vm_id;
+    pod.config = vm_config;
+
+    // A user namespace cannot go with the node's namespaces.
+    let mut config = e2e::pod_config("userns-host-net", &[]);
+    with_userns(&mut config, userns());
+    if let Some(ns) = config
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut())
+    {
+        ns.network = proto::NamespaceMode::Node as i32;
+    }
+    let status = e2e::run_pod(&mut pod.rt, config).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("network namespace"), "{status:?}");
+
+    // Mappings that cannot work are refused before any VM starts.
+    let mut bad = userns();
+    bad.uids[0].length = 0;
+    let mut config = e2e::pod_config("userns-bad", &[]);
+    with_userns(&mut config, bad);
+    let status = e2e::run_pod(&mut pod.rt, config).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+}
+
+/// Runs a root container and a user-1000 container with `data` at `/vol`
+/// in `pod` and checks what the pod's user namespace gives them; removes
+/// them again.
+async fn check_pod(pod: &mut TestPod, data: &Path, label: &str) {
+    let open = data.join("open");
+    let _ = std::fs::remove_file(data.join("by-root"));
+    let _ = std::fs::remove_file(open.join("by-user"));
     let mut c = pod.container("root", &["sleep 100000"]);
     c.mounts = vec![proto::Mount {
         container_path: "/vol".into(),
@@ -102,16 +176,20 @@ async fn a_vm_pod_with_a_user_namespace() {
     let out = pod
         .exec(
             &root,
-            "cat /proc/self/uid_map /proc/self/gid_map; id -u; id -g; \
-             stat -c %u:%g / /etc/passwd /vol/file; \
-             echo made > /vol/by-root && stat -c %u:%g /vol/by-root; \
-             echo made > /made-in-rootfs && stat -c %u:%g /made-in-rootfs; \
-             awk '$2 == \"/dev/mqueue\" {print $3}' /proc/mounts; ls /proc/self/ns/user >/dev/null && echo proc-ok",
+            &format!(
+                "cat /proc/self/uid_map /proc/self/gid_map; id -u; id -g; \
+                 stat -c %u:%g / /etc/passwd /vol/file; \
+                 echo made > /vol/by-root && stat -c %u:%g /vol/by-root; \
+                 echo made > /made-in-{label} && stat -c %u:%g /made-in-{label}; \
+                 awk '$2 == \"/dev/mqueue\" {{print $3}}' /proc/mounts; \
+                 ls /proc/self/ns/user >/dev/null && echo proc-ok; hostname"
+            ),
         )
         .await;
+    let hostname = pod.config.hostname.clone();
     assert_eq!(
         words(&out.stdout),
-        format!("0 {BASE} 65536 0 {BASE} 65536 0 0 0:0 0:0 0:0 0:0 0:0 mqueue proc-ok"),
+        format!("0 {BASE} 65536 0 {BASE} 65536 0 0 0:0 0:0 0:0 0:0 0:0 mqueue proc-ok {hostname}"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -121,15 +199,15 @@ async fn a_vm_pod_with_a_user_namespace() {
     // pod's root.
     let found = std::process::Command::new("find")
         .arg(pod.daemon.dir_path())
-        .args(["-path", "*/upper/made-in-rootfs"])
+        .args(["-path", &format!("*/upper/made-in-{label}")])
         .output()
         .unwrap();
     let path = String::from_utf8_lossy(&found.stdout).trim().to_owned();
     let layer_file = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
     assert_eq!((layer_file.uid(), layer_file.gid()), (BASE, BASE));
 
-    // Root of the pod is not root of the VM: the guest's own files that
-    // the pod's mapping does not cover are nobody's to it.
+    // Root of the pod is not root of its VM or node: the files that the
+    // pod's mapping does not cover are nobody's to it.
     let out = pod
         .exec(
             &root,
@@ -159,25 +237,31 @@ async fn a_vm_pod_with_a_user_namespace() {
     assert_eq!(words(&out.stdout), "1000 1000 refused");
     assert_eq!(std::fs::metadata(open.join("by-user")).unwrap().uid(), 1000);
 
-    // A pod that the host runtime would run cannot have one.
-    let mut config = e2e::pod_config("userns-host", &[]);
-    with_userns(&mut config, userns());
-    config.annotations.insert(
-        "runtime.frakti.alpha.kubernetes.io/OSContainer".into(),
-        "true".into(),
-    );
-    let status = e2e::run_pod(&mut pod.rt, config).await.unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert!(status.message().contains("user namespace"), "{status:?}");
-
-    // Mappings that cannot work are refused before any VM starts.
-    let mut bad = userns();
-    bad.uids[0].length = 0;
-    let mut config = e2e::pod_config("userns-bad", &[]);
-    with_userns(&mut config, bad);
-    let status = e2e::run_pod(&mut pod.rt, config).await.unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-
+    let info = pod
+        .rt
+        .container_status(proto::ContainerStatusRequest {
+            container_id: root.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .info;
+    let info: serde_json::Value = info
+        .get("info")
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default();
+    // On the host (a host pod's container is a host process) the pod's
+    // root is the mapping's first ID, not root.
+    if label == "host" {
+        let pid = info["runtime"]["pid"].as_i64().unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        assert_eq!(
+            words(uids.as_bytes()),
+            format!("Uid: {BASE} {BASE} {BASE} {BASE}")
+        );
+    }
     pod.remove(&root).await;
     pod.remove(&user).await;
 }

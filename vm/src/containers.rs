@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::mount::{MntFlags, MsFlags, umount2};
 use runtime_api::container::{
     ContainerConfig, ContainerRuntimeStatus, ContainerState, Propagation,
 };
@@ -169,11 +169,7 @@ fn prepare_steps(
             )));
         }
     }
-    let (upper, work) = (files.layer.join("upper"), files.layer.join("work"));
     let rootfs = files.dir.join("rootfs");
-    for d in [&upper, &work, &rootfs] {
-        std::fs::create_dir_all(d).map_err(|e| internal(format!("create {}", d.display()), e))?;
-    }
     // A pod with a user namespace sees its image through the pod's ID
     // mapping (the image's root is the pod's root), and so do its volumes;
     // the guest passes the IDs through, and the agent runs the container
@@ -183,47 +179,31 @@ fn prepare_steps(
         .userns
         .as_ref()
         .map(|u| {
-            container::idmap::user_namespace(u)
-                .map_err(|e| internal("make the pod's ID mapping", e))
-                .map(|fd| (fd, u))
-        })
-        .transpose()?;
-    let idmap = userns.as_ref().map(|(fd, _)| std::os::fd::AsFd::as_fd(fd));
-    let lower = match (&userns, idmap) {
-        (Some((_, u)), Some(fd)) => {
-            let mapped = files.layer.join("lower");
-            std::fs::create_dir_all(&mapped)
-                .map_err(|e| internal(format!("create {}", mapped.display()), e))?;
-            container::idmap::mount_idmapped(lower, &mapped, fd, false)
-                .map_err(|e| internal("mount the image for the pod's user namespace", e))?;
-            files.mounts.push(mapped.clone());
-            let (uid, gid) = u.root().ok_or_else(|| {
+            let root = u.root().ok_or_else(|| {
                 invalid("a pod's user namespace must map ID 0 (its root) in uids and gids")
             })?;
-            std::os::unix::fs::chown(&upper, Some(uid), Some(gid))
-                .map_err(|e| internal("give the writable layer to the pod's root", e))?;
-            mapped
-        }
-        _ => lower.clone(),
-    };
-    let options = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.display(),
-        upper.display(),
-        work.display()
-    );
+            container::idmap::user_namespace(u)
+                .map_err(|e| internal("make the pod's ID mapping", e))
+                .map(|fd| (fd, root))
+        })
+        .transpose()?;
+    let idmap = userns.as_ref().map(|(fd, root)| container::rootfs::Idmap {
+        userns: std::os::fd::AsFd::as_fd(fd),
+        root: *root,
+    });
     // nosuid and nodev on the host: what the guest writes into the layer
     // (a setuid-root binary, a device node) must be inert on the host. The
     // guest still sees the files' modes and uses them inside the VM.
-    mount(
-        Some("overlay"),
+    let made = container::rootfs::mount_overlay(
+        lower,
+        &files.layer,
         &rootfs,
-        Some("overlay"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(options.as_str()),
+        idmap,
     )
-    .map_err(|e| internal("mount the container's root filesystem", e))?;
-    files.mounts.push(rootfs.clone());
+    .map_err(|e| internal(e.to_string(), e))?;
+    files.mounts.extend(made);
+    let idmap = idmap.map(|i| i.userns);
 
     let mut sources = Vec::new();
     // The guest sees a CRI mount as one virtio-fs tree, submounts included:

@@ -99,7 +99,7 @@ pub struct VmRuntime {
     /// VMs booted ahead for the next pods.
     pub(crate) pool: crate::pool::Pool,
     /// Whether ID-mapped mounts work where containers' layers go (probed once).
-    idmap: std::sync::OnceLock<bool>,
+    idmap: container::idmap::Probe,
 }
 
 impl VmRuntime {
@@ -121,22 +121,14 @@ impl VmRuntime {
             events,
             layers: Arc::new(layers),
             pool: crate::pool::Pool::default(),
-            idmap: std::sync::OnceLock::new(),
+            idmap: container::idmap::Probe::default(),
         }
     }
 
     /// Whether this kernel makes ID-mapped mounts where the containers'
     /// layers go, which pods with a user namespace need (probed once).
     pub(crate) fn idmap_supported(&self) -> bool {
-        *self.idmap.get_or_init(|| {
-            let dir = &self.config.containers_dir;
-            let works = std::fs::create_dir_all(dir).is_ok()
-                && container::idmap::supported_under(dir);
-            if !works {
-                tracing::warn!(dir = %dir.display(), "no ID-mapped mounts here: pods with a user namespace are refused");
-            }
-            works
-        })
+        self.idmap.supported(&self.config.containers_dir)
     }
 
     /// This runtime with `other`'s accelerator verdict (probed once for both).

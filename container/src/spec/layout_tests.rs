@@ -140,9 +140,9 @@ fn privileged_containers_get_the_runtimes_dev_and_every_device() {
     assert_eq!(devices(&spec), json!([{"allow": true, "access": "rwm"}]));
 }
 
-/// In the pod's user namespace sysfs and cgroupfs cannot be mounted anew:
-/// the runtime's `/sys` is bound read-only instead; without one, both are
-/// mounted as before.
+/// In the pod's user namespace cgroupfs cannot be mounted anew, nor sysfs
+/// without a network namespace of the pod's: the runtime's are bound
+/// read-only instead; without one, both are mounted as before.
 #[test]
 fn a_user_namespace_binds_the_runtimes_sys() {
     let dir = tempfile::tempdir().unwrap();
@@ -173,11 +173,27 @@ fn a_user_namespace_binds_the_runtimes_sys() {
         user: Some("/run/u/user".into()),
         ..Default::default()
     };
+    let cgroup = "/sys/fs/cgroup bind rbind,rprivate,nosuid,noexec,nodev,ro".to_owned();
     assert_eq!(
-        sys(userns),
+        sys(userns.clone()),
         (
             true,
-            vec!["/sys bind rbind,rprivate,nosuid,noexec,nodev,ro".to_owned()]
+            vec![
+                "/sys bind rbind,rprivate,nosuid,noexec,nodev,ro".to_owned(),
+                cgroup.clone()
+            ]
+        )
+    );
+    // With a network namespace of the pod's (owned by its user namespace).
+    let own_network = PodNamespaces {
+        network: Some("/run/u/net".into()),
+        ..userns
+    };
+    assert_eq!(
+        sys(own_network),
+        (
+            true,
+            vec!["/sys sysfs nosuid,noexec,nodev,ro".to_owned(), cgroup]
         )
     );
     assert_eq!(

@@ -219,7 +219,13 @@ impl Fixture {
     /// Runs `frakti-monitor pidns`; the holder's pid.
     pub fn pidns(&self, file: &Path) -> i32 {
         let out = Command::new(BIN)
-            .args(PidnsArgs { file: file.into() }.to_args())
+            .args(
+                PidnsArgs {
+                    file: file.into(),
+                    userns: None,
+                }
+                .to_args(),
+            )
             .output()
             .unwrap();
         assert!(

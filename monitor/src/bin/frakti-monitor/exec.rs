@@ -48,7 +48,10 @@ fn run(args: &ExecArgs) -> ExecReport {
             return failed(format!("install a handler for {s}: {e}"));
         }
     }
-    let runner = Runner::new(&args.root, &args.bundles);
+    // Each build in a forked child: an exec into a container with a user
+    // namespace joins it there first. The process it starts is reparented
+    // to this subreaper.
+    let runner = Runner::new(&args.root, &args.bundles).forking();
     let started = match &args.console_socket {
         Some(socket) => runner.exec_terminal(&args.id, args.args.clone(), socket),
         None => {
