@@ -30,14 +30,15 @@ pub(crate) async fn create_container(
     let mut config = convert::container_config(config).map_err(Status::invalid_argument)?;
     config.image = resolve_image(svc, image_spec).await?;
     let name = config.metadata.name.clone();
+    let sandbox = req.pod_sandbox_id;
     let id = svc
-        .pods
-        .create_container(&req.pod_sandbox_id, config)
-        .await
-        .map_err(|e| {
-            tracing::warn!(container = %name, sandbox = %req.pod_sandbox_id, "CreateContainer failed: {e}");
-            e.status()
-        })?;
+        .to_completion("CreateContainer", move |pods| async move {
+            pods.create_container(&sandbox, config).await.map_err(|e| {
+                tracing::warn!(container = %name, %sandbox, "CreateContainer failed: {e}");
+                e.status()
+            })
+        })
+        .await?;
     Ok(Response::new(proto::CreateContainerResponse {
         container_id: id,
     }))
@@ -49,10 +50,13 @@ pub(crate) async fn start_container(
 ) -> Result<Response<proto::StartContainerResponse>, Status> {
     let id = request.into_inner().container_id;
     require_id(&id, "container_id")?;
-    svc.pods.start_container(&id).await.map_err(|e| {
-        tracing::warn!(%id, "StartContainer failed: {e}");
-        e.status()
-    })?;
+    svc.to_completion("StartContainer", move |pods| async move {
+        pods.start_container(&id).await.map_err(|e| {
+            tracing::warn!(%id, "StartContainer failed: {e}");
+            e.status()
+        })
+    })
+    .await?;
     Ok(Response::new(proto::StartContainerResponse {}))
 }
 
@@ -64,10 +68,12 @@ pub(crate) async fn stop_container(
     require_id(&req.container_id, "container_id")?;
     // A negative timeout is read as 0: terminate at once.
     let timeout = Duration::from_secs(u64::try_from(req.timeout).unwrap_or(0));
-    svc.pods
-        .stop_container(&req.container_id, timeout)
-        .await
-        .map_err(|e| e.status())?;
+    svc.to_completion("StopContainer", move |pods| async move {
+        pods.stop_container(&req.container_id, timeout)
+            .await
+            .map_err(|e| e.status())
+    })
+    .await?;
     Ok(Response::new(proto::StopContainerResponse {}))
 }
 
@@ -77,10 +83,10 @@ pub(crate) async fn remove_container(
 ) -> Result<Response<proto::RemoveContainerResponse>, Status> {
     let id = request.into_inner().container_id;
     require_id(&id, "container_id")?;
-    svc.pods
-        .remove_container(&id)
-        .await
-        .map_err(|e| e.status())?;
+    svc.to_completion("RemoveContainer", move |pods| async move {
+        pods.remove_container(&id).await.map_err(|e| e.status())
+    })
+    .await?;
     Ok(Response::new(proto::RemoveContainerResponse {}))
 }
 
@@ -152,10 +158,12 @@ pub(crate) async fn update_container_resources(
     let linux = req
         .linux
         .ok_or_else(|| Status::invalid_argument("linux resources are required"))?;
-    svc.pods
-        .update_container_resources(&req.container_id, convert::container_resources(linux))
-        .await
-        .map_err(|e| e.status())?;
+    svc.to_completion("UpdateContainerResources", move |pods| async move {
+        pods.update_container_resources(&req.container_id, convert::container_resources(linux))
+            .await
+            .map_err(|e| e.status())
+    })
+    .await?;
     Ok(Response::new(proto::UpdateContainerResourcesResponse {}))
 }
 

@@ -25,10 +25,15 @@ pub(crate) async fn run_pod_sandbox(
         .as_ref()
         .map(|m| m.name.clone())
         .unwrap_or_default();
-    let id = svc.pods.run(config).await.map_err(|e| {
-        tracing::warn!(pod = %name, "RunPodSandbox failed: {e}");
-        e.status()
-    })?;
+    let pod = name.clone();
+    let id = svc
+        .to_completion("RunPodSandbox", move |pods| async move {
+            pods.run(config).await.map_err(|e| {
+                tracing::warn!(pod = %pod, "RunPodSandbox failed: {e}");
+                e.status()
+            })
+        })
+        .await?;
     tracing::info!(pod = %name, %id, "pod sandbox ready");
     Ok(Response::new(proto::RunPodSandboxResponse {
         pod_sandbox_id: id,
@@ -41,7 +46,10 @@ pub(crate) async fn stop_pod_sandbox(
 ) -> Result<Response<proto::StopPodSandboxResponse>, Status> {
     let id = request.into_inner().pod_sandbox_id;
     require_id(&id, "pod_sandbox_id")?;
-    svc.pods.stop(&id).await.map_err(|e| e.status())?;
+    svc.to_completion("StopPodSandbox", move |pods| async move {
+        pods.stop(&id).await.map_err(|e| e.status())
+    })
+    .await?;
     Ok(Response::new(proto::StopPodSandboxResponse {}))
 }
 
@@ -51,7 +59,10 @@ pub(crate) async fn remove_pod_sandbox(
 ) -> Result<Response<proto::RemovePodSandboxResponse>, Status> {
     let id = request.into_inner().pod_sandbox_id;
     require_id(&id, "pod_sandbox_id")?;
-    svc.pods.remove(&id).await.map_err(|e| e.status())?;
+    svc.to_completion("RemovePodSandbox", move |pods| async move {
+        pods.remove(&id).await.map_err(|e| e.status())
+    })
+    .await?;
     Ok(Response::new(proto::RemovePodSandboxResponse {}))
 }
 
@@ -124,13 +135,15 @@ pub(crate) async fn update_pod_sandbox_resources(
 ) -> Result<Response<proto::UpdatePodSandboxResourcesResponse>, Status> {
     let req = request.into_inner();
     require_id(&req.pod_sandbox_id, "pod_sandbox_id")?;
-    svc.pods
-        .update_pod_resources(
+    svc.to_completion("UpdatePodSandboxResources", move |pods| async move {
+        pods.update_pod_resources(
             &req.pod_sandbox_id,
             req.resources.map(convert::pod_resources),
             req.overhead.map(convert::pod_resources),
         )
         .await
-        .map_err(|e| e.status())?;
+        .map_err(|e| e.status())
+    })
+    .await?;
     Ok(Response::new(proto::UpdatePodSandboxResourcesResponse {}))
 }

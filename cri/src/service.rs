@@ -38,6 +38,39 @@ impl RuntimeService {
         self
     }
 
+    /// Runs `call` on the pod service to its end even if the client goes
+    /// away meanwhile (its deadline passed, its connection closed): a
+    /// mutating call dropped half-way would leave a VM, a container or a
+    /// half-updated record that nothing names. A result nobody waits for
+    /// any more is logged; the kubelet finds what it made by listing.
+    pub(crate) async fn to_completion<T, F, Fut>(
+        &self,
+        what: &'static str,
+        call: F,
+    ) -> Result<T, Status>
+    where
+        F: FnOnce(Arc<PodService>) -> Fut,
+        Fut: Future<Output = Result<T, Status>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let work = call(self.pods.clone());
+        tokio::spawn(async move {
+            let out = work.await;
+            if let Err(out) = answer.send(out) {
+                match out {
+                    Ok(_) => tracing::info!("{what} finished after its client went away"),
+                    Err(e) => {
+                        tracing::warn!("{what} failed after its client went away: {}", e.message())
+                    }
+                }
+            }
+        });
+        answered
+            .await
+            .map_err(|_| Status::internal(format!("{what} ended without an answer")))?
+    }
+
     pub(crate) fn streaming(&self) -> Result<&StreamingServer, Status> {
         self.streaming
             .as_deref()

@@ -334,4 +334,65 @@ async fn pod_vm_lifecycle() {
     // The daemon log says why each step happened.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(daemon.log().contains("pod VM ready"), "{}", daemon.log());
+
+    // A RunPodSandbox whose client gives up (its deadline, a closed
+    // connection) runs to its end: the pod is listed, ready, the kubelet
+    // finds it by its labels, and its VM is removed with it. Before, the
+    // dropped call left a VM that no record named.
+    let abandoned = pod_config("abandoned", &[("app", "abandoned")]);
+    let mut impatient = c.clone();
+    let call = impatient.run_pod_sandbox(proto::RunPodSandboxRequest {
+        config: Some(abandoned.clone()),
+        runtime_handler: String::new(),
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), call)
+            .await
+            .is_err(),
+        "the pod started within 0.3 s"
+    );
+    let by_app = proto::PodSandboxFilter {
+        label_selector: [("app".to_string(), "abandoned".to_string())].into(),
+        ..Default::default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let id = loop {
+        let pods = c
+            .list_pod_sandbox(list(by_app.clone()))
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+        if let Some(p) = pods.iter().find(|p| p.state == READY) {
+            break p.id.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned pod never became ready: {pods:?}\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let err = run_pod(&mut c, abandoned).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{}", err.message());
+    let pid = vm_pid(&pod_status(&mut c, &id).await.unwrap().1);
+    assert!(pid > 0 && process_running(pid));
+    c.stop_pod_sandbox(proto::StopPodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    c.remove_pod_sandbox(proto::RemovePodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    assert!(!process_running(pid), "its VM outlived its removal");
+    assert!(
+        daemon
+            .log()
+            .contains("RunPodSandbox finished after its client went away"),
+        "{}",
+        daemon.log()
+    );
 }
