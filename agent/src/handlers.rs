@@ -1,5 +1,6 @@
 //! Request handlers.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::time::Duration;
 
@@ -56,11 +57,29 @@ impl State {
             } => {
                 set_hostname(&hostname)?;
                 crate::init::set_clock(clock_ns);
-                set_sysctls(&sysctls)?;
                 crate::init::sandbox_mounts(&share_tag)?;
                 crate::podns::pod_pid_namespace()?;
-                if let Some(userns) = &userns {
-                    crate::podns::pod_user_namespace(userns)?;
+                match &userns {
+                    None => set_sysctls(&sysctls)?,
+                    Some(userns) => {
+                        crate::podns::pod_user_namespace(userns)?;
+                        // IPC sysctls belong to the pod's own IPC namespace.
+                        let (ipc, rest): (BTreeMap<_, _>, BTreeMap<_, _>) =
+                            sysctls.into_iter().partition(|(k, _)| {
+                                container::spec::is_ipc_sysctl(&k.replace('/', "."))
+                            });
+                        set_sysctls(&rest)?;
+                        let ipc: Vec<(String, String)> = ipc.into_iter().collect();
+                        for (key, _) in &ipc {
+                            check_sysctl_name(key)?;
+                        }
+                        container::idmap::set_ipc_sysctls(
+                            &std::path::Path::new(agent_api::messages::POD_USERNS_DIR).join("ipc"),
+                            userns.root(),
+                            &ipc,
+                        )
+                        .map_err(|e| AgentError::new(AgentErrorKind::InvalidArgument, e))?;
+                    }
                 }
                 Ok(Response::Done)
             }
@@ -191,15 +210,22 @@ impl State {
 }
 
 /// Writes each sysctl under `/proc/sys` (`a.b.c` or `a/b/c` names).
-fn set_sysctls(sysctls: &std::collections::BTreeMap<String, String>) -> Result<(), AgentError> {
+/// Refuses a sysctl name that is not a plain path under `/proc/sys`.
+fn check_sysctl_name(key: &str) -> Result<(), AgentError> {
+    let rel = key.replace('.', "/");
+    if rel.is_empty() || rel.split('/').any(|c| c.is_empty() || c == "..") {
+        return Err(AgentError::new(
+            AgentErrorKind::InvalidArgument,
+            format!("invalid sysctl name {key:?}"),
+        ));
+    }
+    Ok(())
+}
+
+fn set_sysctls(sysctls: &BTreeMap<String, String>) -> Result<(), AgentError> {
     for (key, value) in sysctls {
+        check_sysctl_name(key)?;
         let rel = key.replace('.', "/");
-        if rel.is_empty() || rel.split('/').any(|c| c.is_empty() || c == "..") {
-            return Err(AgentError::new(
-                AgentErrorKind::InvalidArgument,
-                format!("invalid sysctl name {key:?}"),
-            ));
-        }
         let path = std::path::Path::new("/proc/sys").join(&rel);
         fs::write(&path, value).map_err(|e| {
             AgentError::new(

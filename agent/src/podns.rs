@@ -32,14 +32,19 @@ fn fail(what: &str, e: impl std::fmt::Display) -> AgentError {
 fn holder(flags: CloneFlags) -> Result<nix::unistd::Pid, AgentError> {
     let mut stack = vec![0u8; 16 * 1024];
     let waiter: Box<dyn FnMut() -> isize> = Box::new(|| {
+        // Not dumpable: a container that sees the holder as its PID 1
+        // cannot trace it or reach its root and files without a capability
+        // in the guest's own user namespace.
+        // SAFETY: prctl(2) with integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
         loop {
             // SAFETY: pause(2) only waits for a signal.
             unsafe { libc::pause() };
         }
     });
     // SAFETY: the child runs only the closure above, which calls nothing but
-    // the async-signal-safe pause(2), so a clone of this multi-threaded
-    // process is sound. Without CLONE_VM the child runs on its own copy of
+    // the async-signal-safe prctl(2) and pause(2), so a clone of this
+    // multi-threaded process is sound. Without CLONE_VM the child runs on its own copy of
     // `stack`, so the buffer may go when clone returns.
     unsafe { nix::sched::clone(waiter, &mut stack, flags, Some(libc::SIGCHLD)) }
         .map_err(|e| fail("clone", e))

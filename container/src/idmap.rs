@@ -211,39 +211,110 @@ pub fn mount_idmapped(
     Ok(())
 }
 
-/// Whether this kernel makes ID-mapped mounts of the filesystem holding
-/// `dir` (tried once per call with an identity-free mapping on a scratch
-/// directory under `dir`).
+/// Whether this kernel does what pods with a user namespace need, under
+/// `dir`: an ID-mapped copy of a directory of the filesystem holding `dir`
+/// (Linux 5.12 and the filesystem's support), an overlay over such a copy
+/// (5.19), and an ID-mapped tmpfs (6.3; Secrets and service-account
+/// tokens are tmpfs volumes). Tried once per call on a scratch directory.
 pub fn supported_under(dir: &Path) -> bool {
+    use std::os::fd::AsFd;
     let scratch = dir.join(format!(".idmap-probe-{}", std::process::id()));
-    let (source, target) = (scratch.join("a"), scratch.join("b"));
-    let made = std::fs::create_dir_all(&source)
-        .and_then(|()| std::fs::create_dir_all(&target))
-        .is_ok();
-    let probe = UserNamespace {
-        uids: vec![IdMapping {
-            container_id: 0,
-            host_id: 1 << 30,
-            length: 1,
-        }],
-        gids: vec![IdMapping {
-            container_id: 0,
-            host_id: 1 << 30,
-            length: 1,
-        }],
+    let path = |name: &str| scratch.join(name);
+    let range = IdMapping {
+        container_id: 0,
+        host_id: 1 << 30,
+        length: 1,
     };
-    let works = made
-        && user_namespace(&probe)
-            .and_then(|ns| {
-                use std::os::fd::AsFd;
-                mount_idmapped(&source, &target, ns.as_fd(), false)
-            })
-            .is_ok();
-    if works {
-        let _ = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH);
+    let probe = UserNamespace {
+        uids: vec![range],
+        gids: vec![range],
+    };
+    let mut mounted = Vec::new();
+    let works = (|| -> Option<()> {
+        for d in ["plain", "mapped", "tmpfs", "tmpfs-mapped"] {
+            std::fs::create_dir_all(path(d)).ok()?;
+        }
+        let ns = user_namespace(&probe).ok()?;
+        mount_idmapped(&path("plain"), &path("mapped"), ns.as_fd(), false).ok()?;
+        mounted.push(path("mapped"));
+        let overlay = crate::rootfs::mount_overlay(
+            &path("plain"),
+            &path("layer"),
+            &path("merged"),
+            nix::mount::MsFlags::empty(),
+            Some(crate::rootfs::Idmap {
+                userns: ns.as_fd(),
+                root: (1 << 30, 1 << 30),
+            }),
+        )
+        .ok()?;
+        mounted.extend(overlay);
+        nix::mount::mount(
+            Some("tmpfs"),
+            &path("tmpfs"),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=4k"),
+        )
+        .ok()?;
+        mounted.push(path("tmpfs"));
+        mount_idmapped(&path("tmpfs"), &path("tmpfs-mapped"), ns.as_fd(), false).ok()?;
+        mounted.push(path("tmpfs-mapped"));
+        Some(())
+    })()
+    .is_some();
+    for m in mounted.iter().rev() {
+        let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
     }
     let _ = std::fs::remove_dir_all(&scratch);
     works
+}
+
+/// Sets IPC `sysctls` (keys with dots) inside the IPC namespace at
+/// `ipc_ns`, from a thread of their own that enters it. With `owner` (the
+/// host UID and GID of the root of the user namespace that owns it) the
+/// thread takes them as its effective IDs first: the kernel lets only that
+/// root write an IPC namespace's sysctls, not the node's root. Only that
+/// thread changes IDs (raw syscalls, not the C library's process-wide
+/// ones), and it ends with the call.
+pub fn set_ipc_sysctls(
+    ipc_ns: &Path,
+    owner: Option<(u32, u32)>,
+    sysctls: &[(String, String)],
+) -> Result<(), String> {
+    if sysctls.is_empty() {
+        return Ok(());
+    }
+    let ns = File::open(ipc_ns).map_err(|e| format!("open {}: {e}", ipc_ns.display()))?;
+    let sysctls = sysctls.to_vec();
+    std::thread::spawn(move || -> Result<(), String> {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWIPC)
+            .map_err(|e| format!("enter the IPC namespace: {e}"))?;
+        if let Some((uid, gid)) = owner {
+            let keep = libc::c_long::from(-1i32);
+            // SAFETY: setresgid(2)/setresuid(2) as raw syscalls change the
+            // calling thread's credentials only; -1 keeps an ID as it is.
+            let rc =
+                unsafe { libc::syscall(libc::SYS_setresgid, keep, libc::c_long::from(gid), keep) };
+            if rc != 0 {
+                return Err(format!("take gid {gid}: {}", Errno::last()));
+            }
+            // SAFETY: as above.
+            let rc =
+                unsafe { libc::syscall(libc::SYS_setresuid, keep, libc::c_long::from(uid), keep) };
+            if rc != 0 {
+                return Err(format!("take uid {uid}: {}", Errno::last()));
+            }
+        }
+        for (key, value) in &sysctls {
+            let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+            std::fs::write(&path, value)
+                .map_err(|e| format!("cannot set sysctl {key}={value}: {e}"))?;
+        }
+        Ok(())
+    })
+    .join()
+    .unwrap_or_else(|_| Err("the sysctl thread panicked".into()))
 }
 
 /// Whether ID-mapped mounts work under one directory, probed once.

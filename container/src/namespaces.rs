@@ -60,6 +60,11 @@ pub fn entries(
         out.push(json!({"type": "user", "path": user}));
     }
     out.push(json!({"type": "mount"}));
+    if pod.user.is_some() {
+        // cgroupfs can be mounted in a user namespace only for a cgroup
+        // namespace it owns.
+        out.push(json!({"type": "cgroup"}));
+    }
     let join = |out: &mut Vec<Value>, kind: &str, path: &Option<PathBuf>| {
         // Without a path the pod's namespace is the runtime's own.
         if let Some(path) = path {
@@ -238,6 +243,7 @@ mod tests {
             [
                 json!({"type": "user", "path": "/run/u/user"}),
                 json!({"type": "mount"}),
+                json!({"type": "cgroup"}),
                 json!({"type": "pid", "path": "/run/u/pid"}),
                 json!({"type": "ipc", "path": "/run/u/ipc"}),
             ]

@@ -192,17 +192,15 @@ pub fn build(
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
     ];
-    if layout.namespaces.user.is_some() {
-        // In a user namespace, sysfs can be mounted only for a network
-        // namespace it owns (the pod's on the host; in a VM the network is
-        // the guest's, whose /sys is bound instead), and cgroupfs not at
-        // all: the runtime's cgroup tree is bound, read-only.
-        if layout.namespaces.network.is_some() {
-            mounts.push(json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}));
-        } else {
-            mounts.push(json!({"destination": "/sys", "type": "bind", "source": "/sys", "options": ["rbind", "rprivate", "nosuid", "noexec", "nodev", "ro"]}));
-        }
-        mounts.push(json!({"destination": "/sys/fs/cgroup", "type": "bind", "source": "/sys/fs/cgroup", "options": ["rbind", "rprivate", "nosuid", "noexec", "nodev", "ro"]}));
+    if layout.namespaces.user.is_some() && layout.namespaces.network.is_none() {
+        // In a user namespace sysfs can be mounted only for a network
+        // namespace it owns: in a VM pod the network is the guest's, whose
+        // /sys (with its cgroup tree, the VM's alone) is bound read-only.
+        // A host pod's network namespace is the pod's own: sysfs and
+        // cgroupfs are mounted as below (the container has a cgroup
+        // namespace of its own; on cgroup v1 the host runtime binds the
+        // container's own cgroups instead).
+        mounts.push(json!({"destination": "/sys", "type": "bind", "source": "/sys", "options": ["rbind", "rprivate", "nosuid", "noexec", "nodev", "ro"]}));
     } else {
         mounts.push(json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if sec.privileged { "rw" } else { "ro" }]}));
         mounts.push(json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", if sec.privileged { "rw" } else { "ro" }]}));

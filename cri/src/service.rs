@@ -55,6 +55,7 @@ impl RuntimeService {
     {
         let (answer, answered) = tokio::sync::oneshot::channel();
         let work = call(self.pods.clone());
+        let work = tracing::Instrument::in_current_span(work);
         tokio::spawn(async move {
             let out = work.await;
             if let Err(out) = answer.send(out) {

@@ -158,9 +158,25 @@ fn write(dir: &Path, mut entries: Vec<Entry>) -> Result<(), AclError> {
     Ok(())
 }
 
+/// Serialises every read-modify-write of an ACL here: pods and containers
+/// are set up and removed concurrently, on directories they share.
+static EDITS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn edits() -> std::sync::MutexGuard<'static, ()> {
+    EDITS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Whether `dir` gives `uid` an entry of its own.
+pub fn names(dir: &Path, uid: u32) -> bool {
+    read(dir).is_ok_and(|entries| entries.iter().any(|e| e.tag == USER && e.id == uid))
+}
+
 /// Lets `uid` search `path` and every directory above it that others
 /// cannot search; idempotent.
 pub fn grant_search(path: &Path, uid: u32) -> Result<(), AclError> {
+    let _edits = edits();
     for dir in path.ancestors() {
         let Ok(meta) = std::fs::metadata(dir) else {
             continue;
@@ -186,9 +202,26 @@ pub fn grant_search(path: &Path, uid: u32) -> Result<(), AclError> {
     Ok(())
 }
 
-/// Takes back what [`grant_search`] gave `uid` on `path` and the
-/// directories above it; a missing directory is skipped.
-pub fn revoke_search(path: &Path, uid: u32) -> Result<(), AclError> {
+/// Takes back what [`grant_search`] gave `uid` on each of `paths` and the
+/// directories above them (a missing directory is skipped), unless
+/// `still_used` (asked under the same lock as every grant) says another
+/// holder of the uid still needs them.
+pub fn revoke_search_unless(
+    paths: &[&Path],
+    uid: u32,
+    still_used: impl FnOnce() -> bool,
+) -> Result<(), AclError> {
+    let _edits = edits();
+    if still_used() {
+        return Ok(());
+    }
+    for path in paths {
+        revoke_locked(path, uid)?;
+    }
+    Ok(())
+}
+
+fn revoke_locked(path: &Path, uid: u32) -> Result<(), AclError> {
     for dir in path.ancestors() {
         if !dir.is_dir() {
             continue;
@@ -206,6 +239,27 @@ pub fn revoke_search(path: &Path, uid: u32) -> Result<(), AclError> {
         )?;
     }
     Ok(())
+}
+
+/// Whether the filesystem holding `dir` takes access ACLs (tried on a
+/// scratch directory under it).
+pub fn supported_under(dir: &Path) -> bool {
+    let scratch = dir.join(format!(".acl-probe-{}", std::process::id()));
+    let probe = u32::MAX - 1;
+    let works = std::fs::create_dir_all(&scratch).is_ok()
+        && read(&scratch)
+            .and_then(|mut entries| {
+                entries.push(Entry {
+                    tag: USER,
+                    id: probe,
+                    perm: SEARCH,
+                });
+                write(&scratch, entries)
+            })
+            .is_ok()
+        && names(&scratch, probe);
+    let _ = std::fs::remove_dir_all(&scratch);
+    works
 }
 
 #[cfg(test)]
@@ -273,7 +327,11 @@ mod tests {
             1,
             "granting twice adds one entry"
         );
-        revoke_search(&inner, 300_000).unwrap();
+        revoke_search_unless(&[&inner], 300_000, || true).unwrap();
+        assert!(probe(300_000), "kept while still used");
+        assert!(names(&private, 300_000));
+        revoke_search_unless(&[&inner], 300_000, || false).unwrap();
+        assert!(!names(&private, 300_000));
         assert!(!probe(300_000), "taken back");
         let mode = std::fs::metadata(&private).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700, "the mode is as before: {mode:o}");

@@ -160,9 +160,20 @@ pub fn set_net_sysctls(netns: &Path, sysctls: &[(String, String)]) -> Result<(),
     set_sysctls_in(netns, CloneFlags::CLONE_NEWNET, sysctls)
 }
 
-/// Sets `sysctls` inside the IPC namespace at `file`.
-pub fn set_ipc_sysctls(file: &Path, sysctls: &[(String, String)]) -> Result<(), NamespaceError> {
-    set_sysctls_in(file, CloneFlags::CLONE_NEWIPC, sysctls)
+/// Sets `sysctls` inside the IPC namespace at `file`, owned by a user
+/// namespace whose root is `owner` on the host.
+pub fn set_ipc_sysctls(
+    file: &Path,
+    owner: (u32, u32),
+    sysctls: &[(String, String)],
+) -> Result<(), NamespaceError> {
+    container::idmap::set_ipc_sysctls(file, Some(owner), sysctls).map_err(|message| {
+        NamespaceError::Sysctl {
+            key: sysctls.first().map(|s| s.0.clone()).unwrap_or_default(),
+            value: sysctls.first().map(|s| s.1.clone()).unwrap_or_default(),
+            message,
+        }
+    })
 }
 
 /// Sets `sysctls` inside the namespace of kind `kind` at `file`, from a

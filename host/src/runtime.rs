@@ -27,6 +27,8 @@ pub struct HostRuntime {
     pub(crate) layers: Arc<usage::dir::CachedDirUsage>,
     /// Whether ID-mapped mounts work where containers' layers go.
     pub(crate) idmap: container::idmap::Probe,
+    /// Whether the state directory takes ACLs (see [`crate::acl`]).
+    pub(crate) acl: std::sync::OnceLock<bool>,
 }
 
 impl HostRuntime {
@@ -40,6 +42,7 @@ impl HostRuntime {
             watched: Arc::default(),
             layers: Arc::new(layers),
             idmap: container::idmap::Probe::default(),
+            acl: std::sync::OnceLock::new(),
         }
     }
 

@@ -95,16 +95,23 @@ impl HostRuntime {
                 file: ns_dir.join("user"),
                 root_uid,
             });
-            // libcontainer joins the namespaces as the pod's root.
-            crate::acl::grant_search(&ns_dir, root_uid).map_err(|e| {
-                RuntimeError::internal("let the pod's root reach its namespaces", e)
-            })?;
             pod.netns = Some(netns);
             pod.namespaces = namespaces::NamespaceFiles {
                 uts: Some(ns_dir.join("uts")),
                 ipc: Some(ns_dir.join("ipc")),
             };
-            namespaces::set_ipc_sysctls(&ns_dir.join("ipc"), &ipc_sysctls)
+            // libcontainer joins the namespaces as the pod's root; the
+            // entry on the pod's own `ns` (private to it) also marks the
+            // uid as in use.
+            std::fs::set_permissions(&ns_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .map_err(|e| {
+                    RuntimeError::internal("make the pod's namespace directory private", e)
+                })?;
+            crate::acl::grant_search(&ns_dir, root_uid).map_err(|e| {
+                RuntimeError::internal("let the pod's root reach its namespaces", e)
+            })?;
+            let owner = userns.root().unwrap_or((root_uid, root_uid));
+            namespaces::set_ipc_sysctls(&ns_dir.join("ipc"), owner, &ipc_sysctls)
                 .map_err(|e| invalid(e.to_string()))?;
         }
         if !pod.host_network {
@@ -217,11 +224,25 @@ impl HostRuntime {
     fn remove_dirs(&self, pod: &HostSandbox) -> Result<(), RuntimeError> {
         if let Some(userns) = &pod.userns {
             // What the pod's root was let through: the directories above
-            // the pod's and its containers' (those go below).
-            for dir in [pod.dir.clone(), self.config.container_dir("-")] {
-                crate::acl::revoke_search(&dir, userns.root_uid)
-                    .map_err(|e| RuntimeError::internal("take back the pod's root's access", e))?;
-            }
+            // the pod's and its containers' (those go below), unless
+            // another pod of the same root (the kubelet's next sandbox of
+            // the same pod) still needs them.
+            let uid = userns.root_uid;
+            let pods = self.config.pod_dir("-");
+            let pods = pods.parent().unwrap_or(&pods);
+            let still_used = || {
+                std::fs::read_dir(pods).is_ok_and(|list| {
+                    list.flatten().any(|other| {
+                        other.path() != pod.dir && crate::acl::names(&other.path().join("ns"), uid)
+                    })
+                })
+            };
+            crate::acl::revoke_search_unless(
+                &[&pod.dir, &self.config.container_dir("-")],
+                uid,
+                still_used,
+            )
+            .map_err(|e| RuntimeError::internal("take back the pod's root's access", e))?;
         }
         if pod.cgroup.owned {
             Hierarchy::new(&self.config.cgroup_root)
@@ -240,6 +261,9 @@ impl SandboxRuntime for HostRuntime {
 
     fn user_namespaces(&self) -> bool {
         self.idmap.supported(&self.config.layers_dir)
+            && *self
+                .acl
+                .get_or_init(|| crate::acl::supported_under(&self.config.state_dir))
     }
 
     async fn ready(&self) -> Result<(), NotReady> {

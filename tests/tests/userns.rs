@@ -26,8 +26,11 @@ fn userns() -> proto::UserNamespace {
     }
 }
 
+/// The pod's user namespace, and an IPC sysctl that must reach the IPC
+/// namespace the user namespace owns.
 fn with_userns(config: &mut proto::PodSandboxConfig, userns: proto::UserNamespace) {
     config.linux = Some(proto::LinuxPodSandboxConfig {
+        sysctls: [("kernel.shm_rmid_forced".to_string(), "1".to_string())].into(),
         security_context: Some(proto::LinuxSandboxSecurityContext {
             namespace_options: Some(proto::NamespaceOption {
                 userns_options: Some(userns),
@@ -116,19 +119,53 @@ async fn vm_and_host_pods_with_a_user_namespace() {
     assert_eq!(reported, Some(userns()));
     check_pod(&mut pod, &data, "host").await;
     let netns = info["netns"].as_str().unwrap().to_owned();
-    pod.rt
-        .stop_pod_sandbox(proto::StopPodSandboxRequest {
-            pod_sandbox_id: host_id.clone(),
-        })
-        .await
-        .unwrap();
-    pod.rt
-        .remove_pod_sandbox(proto::RemovePodSandboxRequest {
-            pod_sandbox_id: host_id,
-        })
-        .await
-        .unwrap();
+    let holder = info["pidHolder"]["pid"].as_i64().unwrap() as i32;
+    // The holder of the pod's namespaces is the pod's root, not the node's.
+    let status = std::fs::read_to_string(format!("/proc/{holder}/status")).unwrap();
+    let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(
+        words(uids.as_bytes()),
+        format!("Uid: {BASE} {BASE} {BASE} {BASE}")
+    );
+    let host_dir = Path::new(info["dir"].as_str().unwrap())
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .to_path_buf();
+
+    // The kubelet's next sandbox of the same pod (same mappings) starts
+    // before the first is removed: the first's removal must leave the
+    // second its way through the private directories.
+    let mut again = pod.config.clone();
+    if let Some(m) = again.metadata.as_mut() {
+        m.attempt = 1;
+    }
+    let second = e2e::run_pod(&mut pod.rt, again.clone()).await.unwrap();
+    remove_pod(&mut pod, &host_id).await;
     assert!(!Path::new(&netns).exists(), "{netns} left behind");
+    assert!(!e2e::process_running(holder), "the holder outlived its pod");
+    pod.id = second.clone();
+    pod.config = again;
+    let c = pod.container("again", &["sleep 100000"]);
+    let c = pod.run(c).await;
+    let out = pod.exec(&c, "id -u; cat /proc/self/uid_map").await;
+    assert_eq!(words(&out.stdout), format!("0 0 {BASE} 65536"));
+    pod.remove(&c).await;
+    remove_pod(&mut pod, &second).await;
+    // With both gone, no directory names the pod's root any more.
+    for dir in [host_dir.clone(), host_dir.join("pods"), host_dir.join("c")] {
+        let listed = std::process::Command::new("ls")
+            .args(["-ld"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        let mode = String::from_utf8_lossy(&listed.stdout).to_string();
+        assert!(
+            !mode.split_whitespace().next().unwrap_or("").ends_with('+'),
+            "an ACL is left on {}: {mode}",
+            dir.display()
+        );
+    }
     pod.id = vm_id;
     pod.config = vm_config;
 
@@ -156,6 +193,21 @@ async fn vm_and_host_pods_with_a_user_namespace() {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
 }
 
+async fn remove_pod(pod: &mut TestPod, id: &str) {
+    pod.rt
+        .stop_pod_sandbox(proto::StopPodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await
+        .unwrap();
+    pod.rt
+        .remove_pod_sandbox(proto::RemovePodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await
+        .unwrap();
+}
+
 /// Runs a root container and a user-1000 container with `data` at `/vol`
 /// in `pod` and checks what the pod's user namespace gives them; removes
 /// them again.
@@ -169,6 +221,18 @@ async fn check_pod(pod: &mut TestPod, data: &Path, label: &str) {
         host_path: data.display().to_string(),
         ..Default::default()
     }];
+    // With SYS_PTRACE (in the pod's user namespace) the pod's PID 1, the
+    // holder of its namespaces, must still give nothing away ("sealed").
+    c.linux = Some(proto::LinuxContainerConfig {
+        security_context: Some(proto::LinuxContainerSecurityContext {
+            capabilities: Some(proto::Capability {
+                add_capabilities: vec!["SYS_PTRACE".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
     let root = pod.run(c.clone()).await;
 
     // Root in the container is the mapping's root; the image and the volume
@@ -182,14 +246,18 @@ async fn check_pod(pod: &mut TestPod, data: &Path, label: &str) {
                  echo made > /vol/by-root && stat -c %u:%g /vol/by-root; \
                  echo made > /made-in-{label} && stat -c %u:%g /made-in-{label}; \
                  awk '$2 == \"/dev/mqueue\" {{print $3}}' /proc/mounts; \
-                 ls /proc/self/ns/user >/dev/null && echo proc-ok; hostname"
+                 ls /proc/self/ns/user >/dev/null && echo proc-ok; hostname; \
+                 cat /proc/sys/kernel/shm_rmid_forced; \
+                 ls /proc/1/root/ >/dev/null 2>&1 || echo sealed"
             ),
         )
         .await;
     let hostname = pod.config.hostname.clone();
     assert_eq!(
         words(&out.stdout),
-        format!("0 {BASE} 65536 0 {BASE} 65536 0 0 0:0 0:0 0:0 0:0 0:0 mqueue proc-ok {hostname}"),
+        format!(
+            "0 {BASE} 65536 0 {BASE} 65536 0 0 0:0 0:0 0:0 0:0 0:0 mqueue proc-ok {hostname} 1 sealed"
+        ),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -218,7 +286,7 @@ async fn check_pod(pod: &mut TestPod, data: &Path, label: &str) {
 
     // Another user of the pod: its files on the volume are its own on the host.
     let mut user = pod.container("user", &["sleep 100000"]);
-    user.mounts = c.mounts.clone();
+    user.mounts = c.mounts;
     user.linux = Some(proto::LinuxContainerConfig {
         security_context: Some(proto::LinuxContainerSecurityContext {
             run_as_user: Some(proto::Int64Value { value: 1000 }),

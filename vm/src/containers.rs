@@ -218,6 +218,12 @@ fn prepare_steps(
             sources.push(source.clone());
             continue;
         }
+        if idmap.is_some() && m.propagation != Propagation::Private {
+            return Err(invalid(format!(
+                "mount {}: a pod with a user namespace gets ID-mapped copies of its volumes, which take no mount propagation (PROPAGATION_PRIVATE only)",
+                m.container_path
+            )));
+        }
         let resolved = resolve_host_path(m)?;
         let target = files.dir.join("mounts").join(n.to_string());
         std::fs::create_dir_all(files.dir.join("mounts"))

@@ -81,10 +81,19 @@ fn user_namespace(
             }
             Ok(None)
         }
-        Ok(proto::NamespaceMode::Pod) => Ok(Some(pods::container::UserNamespace {
-            uids: id_mappings(&options.uids, "uids")?,
-            gids: id_mappings(&options.gids, "gids")?,
-        })),
+        Ok(proto::NamespaceMode::Pod) => {
+            let userns = pods::container::UserNamespace {
+                uids: id_mappings(&options.uids, "uids")?,
+                gids: id_mappings(&options.gids, "gids")?,
+            };
+            if userns.root().is_none() {
+                return Err(
+                    "user namespace mode POD must map ID 0 (the pod's root) in uids and gids"
+                        .into(),
+                );
+            }
+            Ok(Some(userns))
+        }
         Ok(other) => Err(format!(
             "user namespace mode {} is not supported (only POD and NODE)",
             other.as_str_name()

@@ -243,6 +243,10 @@ mod tests {
             (pod(vec![], vec![range(0, 1, 1)]), "needs uids"),
             (pod(vec![range(0, 1, 0)], vec![range(0, 1, 1)]), "empty"),
             (
+                pod(vec![range(1, 100, 10)], vec![range(0, 1, 1)]),
+                "must map ID 0",
+            ),
+            (
                 pod(vec![range(0, u32::MAX, 2)], vec![range(0, 1, 1)]),
                 "passes 2^32",
             ),

@@ -85,10 +85,18 @@ fn make(file: &Path) -> Result<i32, String> {
 }
 
 /// PID 1 of the namespace: reaps whatever is orphaned to it, exits on SIGTERM.
+///
+/// The pod's containers see it as their PID 1, so it gives them nothing to
+/// reach through it: it is not dumpable (`/proc/1/root`, `/proc/1/fd` and
+/// ptrace need a capability in the node's user namespace), and its root is
+/// an empty, read-only tmpfs in a mount namespace of its own, not the
+/// node's file system.
 fn init() -> ! {
     let _ = nix::unistd::setsid();
-    let _ = nix::unistd::chdir("/");
     let _ = sys::stdio_to_null();
+    if jail().is_err() {
+        std::process::exit(1);
+    }
     // A namespace's init gets no signal from outside for which it has no
     // handler: install one for SIGTERM (and SIGCHLD), then take both
     // synchronously.
@@ -108,6 +116,30 @@ fn init() -> ! {
             Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
         }
     }
+}
+
+/// Makes this process non-dumpable and moves its root into an empty
+/// read-only tmpfs of a private mount namespace.
+fn jail() -> nix::Result<()> {
+    nix::sys::prctl::set_dumpable(false)?;
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS)?;
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )?;
+    let empty = "/tmp";
+    nix::mount::mount(
+        Some("tmpfs"),
+        empty,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
+        Some("size=4k,mode=0555"),
+    )?;
+    nix::unistd::chroot(empty)?;
+    nix::unistd::chdir("/")
 }
 
 /// Creates the namespace files of a pod with a user namespace, runs the
@@ -133,6 +165,10 @@ fn make_with_userns(pid_file: &Path, u: &UsernsArgs) -> Result<i32, String> {
         }
     };
     for (_, file) in &files {
+        if file.exists() {
+            undo(&made);
+            return Err(format!("{} exists already", file.display()));
+        }
         let created = file
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
@@ -255,6 +291,15 @@ fn in_child(
     if let Some(name) = hostname {
         nix::unistd::sethostname(name).map_err(|e| format!("set hostname {name:?}: {e}"))?;
     }
+    // The init is the pod's root (the mapping's first host ID), not the
+    // node's: with no groups of the node's either.
+    nix::unistd::setgroups(&[]).map_err(|e| format!("drop the node's groups: {e}"))?;
+    let root_gid = nix::unistd::Gid::from_raw(0);
+    let root_uid = nix::unistd::Uid::from_raw(0);
+    nix::unistd::setresgid(root_gid, root_gid, root_gid)
+        .map_err(|e| format!("become the pod's root group: {e}"))?;
+    nix::unistd::setresuid(root_uid, root_uid, root_uid)
+        .map_err(|e| format!("become the pod's root: {e}"))?;
     match sys::fork() {
         Ok(ForkResult::Child) => init(),
         Ok(ForkResult::Parent { child }) => Ok(child.as_raw()),
