@@ -134,6 +134,31 @@ pub fn resolve_host_path(m: &runtime_api::container::Mount) -> Result<PathBuf, H
     std::fs::canonicalize(host).map_err(|e| HostPathError::Resolve(host.into(), e))
 }
 
+/// Makes `target` a mount point for `source`: a directory for a directory,
+/// an empty file for anything else; its parent is made too.
+pub fn mount_point_for(source: &Path, target: &Path) -> std::io::Result<()> {
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    if source.is_dir() {
+        std::fs::create_dir_all(target)
+    } else {
+        std::fs::write(target, b"")
+    }
+}
+
+/// A volume of a pod with a user namespace is an ID-mapped copy, which
+/// takes no mount propagation: `Err` says so for a mount that asks for it.
+pub fn check_idmapped_propagation(m: &runtime_api::container::Mount) -> Result<(), String> {
+    if m.propagation == Propagation::Private {
+        return Ok(());
+    }
+    Err(format!(
+        "mount {}: a pod with a user namespace gets ID-mapped copies of its volumes, which take no mount propagation (PROPAGATION_PRIVATE only)",
+        m.container_path
+    ))
+}
+
 /// Bind-mounts `source` (recursively) on `target`, which must exist, with
 /// `propagation` (private, slave or shared) and read-only if `readonly`.
 ///

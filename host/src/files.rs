@@ -168,24 +168,11 @@ fn spec(
     c.mounts.extend(made.into_iter().filter(|m| *m != c.rootfs));
     if let Some(idmap) = idmap {
         for (n, (m, source)) in config.mounts.iter().zip(sources.iter_mut()).enumerate() {
-            if m.propagation != Propagation::Private {
-                return Err(invalid(
-                    RuntimeErrorKind::InvalidArgument,
-                    format!(
-                        "mount {}: a pod with a user namespace gets ID-mapped copies of its volumes, which take no mount propagation (PROPAGATION_PRIVATE only)",
-                        m.container_path
-                    ),
-                ));
-            }
+            container::mounts::check_idmapped_propagation(m)
+                .map_err(|e| invalid(RuntimeErrorKind::InvalidArgument, e))?;
             let target = c.dir.join("mounts").join(n.to_string());
-            std::fs::create_dir_all(c.dir.join("mounts"))
-                .map_err(|e| internal("create the mounts directory", e))?;
-            if source.is_dir() {
-                std::fs::create_dir_all(&target)
-            } else {
-                std::fs::write(&target, b"")
-            }
-            .map_err(|e| internal(format!("create {}", target.display()), e))?;
+            container::mounts::mount_point_for(source, &target)
+                .map_err(|e| internal(format!("create {}", target.display()), e))?;
             container::mounts::bind(
                 source,
                 &target,

@@ -252,6 +252,24 @@ impl TestPod {
             .expect("RemoveContainer");
     }
 
+    /// The container's verbose `info` (parsed JSON; null when absent);
+    /// panics if the container is unknown.
+    pub async fn info(&mut self, id: &str) -> serde_json::Value {
+        let resp = self
+            .rt
+            .container_status(proto::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: true,
+            })
+            .await
+            .expect("ContainerStatus")
+            .into_inner();
+        resp.info
+            .get("info")
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default()
+    }
+
     /// The container's status; panics if it is unknown.
     pub async fn status(&mut self, id: &str) -> proto::ContainerStatus {
         self.rt

@@ -34,22 +34,6 @@ fn sh(script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-async fn container_info(pod: &mut TestPod, id: &str) -> serde_json::Value {
-    let resp = pod
-        .rt
-        .container_status(proto::ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    resp.info
-        .get("info")
-        .and_then(|s| serde_json::from_str(s).ok())
-        .unwrap_or_default()
-}
-
 async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !check() {
@@ -174,7 +158,7 @@ async fn an_os_container_pod_runs_on_the_host_and_survives_a_daemon_restart() {
     );
     let err = pod.exec_with(&printer, "sleep 30", 1).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
-    let cinfo = container_info(&mut pod, &printer).await["runtime"].clone();
+    let cinfo = pod.info(&printer).await["runtime"].clone();
     assert_eq!(cinfo["runtime"], "host", "{cinfo}");
     let cgroup = cinfo["cgroup"].as_str().unwrap().to_owned();
     let memory_cgroup = Path::new("/sys/fs/cgroup/memory").join(cgroup.trim_start_matches('/'));

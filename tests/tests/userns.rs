@@ -305,20 +305,7 @@ async fn check_pod(pod: &mut TestPod, data: &Path, label: &str) {
     assert_eq!(words(&out.stdout), "1000 1000 refused");
     assert_eq!(std::fs::metadata(open.join("by-user")).unwrap().uid(), 1000);
 
-    let info = pod
-        .rt
-        .container_status(proto::ContainerStatusRequest {
-            container_id: root.clone(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .info;
-    let info: serde_json::Value = info
-        .get("info")
-        .and_then(|s| serde_json::from_str(s).ok())
-        .unwrap_or_default();
+    let info = pod.info(&root).await;
     // On the host (a host pod's container is a host process) the pod's
     // root is the mapping's first ID, not root.
     if label == "host" {

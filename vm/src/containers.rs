@@ -218,22 +218,13 @@ fn prepare_steps(
             sources.push(source.clone());
             continue;
         }
-        if idmap.is_some() && m.propagation != Propagation::Private {
-            return Err(invalid(format!(
-                "mount {}: a pod with a user namespace gets ID-mapped copies of its volumes, which take no mount propagation (PROPAGATION_PRIVATE only)",
-                m.container_path
-            )));
+        if idmap.is_some() {
+            container::mounts::check_idmapped_propagation(m).map_err(invalid)?;
         }
         let resolved = resolve_host_path(m)?;
         let target = files.dir.join("mounts").join(n.to_string());
-        std::fs::create_dir_all(files.dir.join("mounts"))
-            .map_err(|e| internal("create the mounts directory", e))?;
-        if resolved.is_dir() {
-            std::fs::create_dir_all(&target)
-        } else {
-            std::fs::write(&target, b"")
-        }
-        .map_err(|e| internal(format!("create {}", target.display()), e))?;
+        container::mounts::mount_point_for(&resolved, &target)
+            .map_err(|e| internal(format!("create {}", target.display()), e))?;
         bind(&resolved, &target, m.propagation, m.readonly, idmap)?;
         files.mounts.push(target.clone());
         if m.recursive_read_only {
