@@ -73,8 +73,9 @@ impl State {
                         for (key, _) in &ipc {
                             check_sysctl_name(key)?;
                         }
-                        container::idmap::set_ipc_sysctls(
+                        container::namespaces::set_sysctls_in(
                             &std::path::Path::new(agent_api::messages::POD_USERNS_DIR).join("ipc"),
+                            nix::sched::CloneFlags::CLONE_NEWIPC,
                             userns.root(),
                             &ipc,
                         )

@@ -14,7 +14,7 @@ use agent_api::AgentError;
 use agent_api::messages::{AgentErrorKind, POD_USERNS_DIR};
 use nix::mount::{MsFlags, mount};
 use nix::sched::CloneFlags;
-use runtime_api::container::{IdMapping, UserNamespace};
+use runtime_api::container::UserNamespace;
 
 use crate::init::is_mount_point;
 
@@ -28,26 +28,9 @@ fn fail(what: &str, e: impl std::fmt::Display) -> AgentError {
     )
 }
 
-/// Clones a child into new namespaces `flags` that only waits; returns its pid.
+/// A holder of new namespaces `flags` (see [`container::namespaces::hold`]).
 fn holder(flags: CloneFlags) -> Result<nix::unistd::Pid, AgentError> {
-    let mut stack = vec![0u8; 16 * 1024];
-    let waiter: Box<dyn FnMut() -> isize> = Box::new(|| {
-        // Not dumpable: a container that sees the holder as its PID 1
-        // cannot trace it or reach its root and files without a capability
-        // in the guest's own user namespace.
-        // SAFETY: prctl(2) with integer arguments only.
-        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
-        loop {
-            // SAFETY: pause(2) only waits for a signal.
-            unsafe { libc::pause() };
-        }
-    });
-    // SAFETY: the child runs only the closure above, which calls nothing but
-    // the async-signal-safe prctl(2) and pause(2), so a clone of this
-    // multi-threaded process is sound. Without CLONE_VM the child runs on its own copy of
-    // `stack`, so the buffer may go when clone returns.
-    unsafe { nix::sched::clone(waiter, &mut stack, flags, Some(libc::SIGCHLD)) }
-        .map_err(|e| fail("clone", e))
+    container::namespaces::hold(flags).map_err(|e| fail("clone", e))
 }
 
 /// Bind-mounts namespace `kind` of process `pid` on `target` (a new file).
@@ -76,29 +59,6 @@ pub fn pod_pid_namespace() -> Result<(), AgentError> {
     bind_namespace(pid, "pid", target)
 }
 
-/// Checks mappings from the host before the kernel sees them: at least one
-/// range, none empty or past 32 bits, at most the kernel's 340.
-fn checked(what: &str, list: &[IdMapping]) -> Result<String, AgentError> {
-    let bad = |why: &str| {
-        AgentError::new(
-            AgentErrorKind::InvalidArgument,
-            format!("user namespace {what}: {why}"),
-        )
-    };
-    if list.is_empty() || list.len() > 340 {
-        return Err(bad("needs 1 to 340 ranges"));
-    }
-    let mut text = String::new();
-    for m in list {
-        let end = |start: u32| u64::from(start) + u64::from(m.length);
-        if m.length == 0 || end(m.container_id) > 1 << 32 || end(m.host_id) > 1 << 32 {
-            return Err(bad("a range is empty or passes 2^32"));
-        }
-        text.push_str(&format!("{} {} {}\n", m.container_id, m.host_id, m.length));
-    }
-    Ok(text)
-}
-
 /// Creates the pod's user namespace with `userns`'s mappings, and PID and
 /// IPC namespaces it owns, once, under [`POD_USERNS_DIR`].
 pub fn pod_user_namespace(userns: &UserNamespace) -> Result<(), AgentError> {
@@ -106,17 +66,16 @@ pub fn pod_user_namespace(userns: &UserNamespace) -> Result<(), AgentError> {
     if is_mount_point(&dir.join("user")) {
         return Ok(());
     }
-    let (uid_map, gid_map) = (
-        checked("uids", &userns.uids)?,
-        checked("gids", &userns.gids)?,
-    );
+    // The host checked them too; the kernel must not see bad ones.
+    userns
+        .check()
+        .map_err(|e| AgentError::new(AgentErrorKind::InvalidArgument, e))?;
     // With CLONE_NEWUSER the other new namespaces are owned by the new
     // user namespace. The holder needs no mapping to wait.
     let pid =
         holder(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC)?;
     let made = (|| {
-        fs::write(format!("/proc/{pid}/uid_map"), uid_map).map_err(|e| fail("write uid_map", e))?;
-        fs::write(format!("/proc/{pid}/gid_map"), gid_map).map_err(|e| fail("write gid_map", e))?;
+        container::idmap::write_maps(pid, userns).map_err(|e| fail("map", e))?;
         // The user namespace last: it marks the whole set as made.
         for kind in ["pid", "ipc", "user"] {
             bind_namespace(pid, kind, &dir.join(kind))?;
@@ -135,6 +94,7 @@ pub fn pod_user_namespace(userns: &UserNamespace) -> Result<(), AgentError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use runtime_api::container::IdMapping;
 
     #[test]
     fn mappings_from_the_host_are_checked() {
@@ -143,12 +103,17 @@ mod tests {
             host_id,
             length,
         };
+        let pod = |uids: Vec<IdMapping>| UserNamespace {
+            gids: uids.clone(),
+            uids,
+        };
         assert_eq!(
-            checked("uids", &[range(0, 100_000, 65_536)]).unwrap(),
+            container::idmap::map_text(&pod(vec![range(0, 100_000, 65_536)]).uids),
             "0 100000 65536\n"
         );
         for bad in [vec![], vec![range(0, 1, 0)], vec![range(0, u32::MAX, 2)]] {
-            let e = checked("uids", &bad).unwrap_err();
+            // Refused before any namespace is made.
+            let e = pod_user_namespace(&pod(bad.clone())).unwrap_err();
             assert_eq!(e.kind, AgentErrorKind::InvalidArgument, "{bad:?}");
         }
     }

@@ -89,39 +89,26 @@ pub fn map_text(mappings: &[IdMapping]) -> String {
         .collect()
 }
 
+/// Writes `userns`'s mappings as the `uid_map` and `gid_map` of process
+/// `pid` (a child just cloned into a new user namespace).
+pub fn write_maps(pid: nix::unistd::Pid, userns: &UserNamespace) -> Result<(), IdmapError> {
+    for (file, mappings) in [("uid_map", &userns.uids), ("gid_map", &userns.gids)] {
+        let path = PathBuf::from(format!("/proc/{pid}/{file}"));
+        std::fs::write(&path, map_text(mappings)).map_err(|e| IdmapError::Proc(path, e))?;
+    }
+    Ok(())
+}
+
 /// A user namespace with `userns`'s mappings, as an open nsfs file.
 pub fn user_namespace(userns: &UserNamespace) -> Result<OwnedFd, IdmapError> {
-    let mut stack = vec![0u8; 16 * 1024];
-    let waiter: Box<dyn FnMut() -> isize> = Box::new(|| {
-        loop {
-            // SAFETY: pause(2) only waits for a signal.
-            unsafe { libc::pause() };
-        }
-    });
-    // SAFETY: the child runs only the closure above, which calls nothing but
-    // the async-signal-safe pause(2), so a clone of this multi-threaded
-    // process is sound. Without CLONE_VM the child has its own copy of
-    // `stack`, so the buffer may go when clone returns.
-    let pid = unsafe {
-        nix::sched::clone(
-            waiter,
-            &mut stack,
-            nix::sched::CloneFlags::CLONE_NEWUSER,
-            Some(libc::SIGCHLD),
-        )
-    }
-    .map_err(IdmapError::Namespace)?;
-    drop(stack);
-    let made = (|| {
-        for (file, mappings) in [("uid_map", &userns.uids), ("gid_map", &userns.gids)] {
-            let path = PathBuf::from(format!("/proc/{pid}/{file}"));
-            std::fs::write(&path, map_text(mappings)).map_err(|e| IdmapError::Proc(path, e))?;
-        }
+    let pid = crate::namespaces::hold(nix::sched::CloneFlags::CLONE_NEWUSER)
+        .map_err(IdmapError::Namespace)?;
+    let made = write_maps(pid, userns).and_then(|()| {
         let path = PathBuf::from(format!("/proc/{pid}/ns/user"));
         File::open(&path)
             .map(OwnedFd::from)
             .map_err(|e| IdmapError::Proc(path, e))
-    })();
+    });
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
     let _ = nix::sys::wait::waitpid(pid, None);
     made
@@ -268,53 +255,6 @@ pub fn supported_under(dir: &Path) -> bool {
     }
     let _ = std::fs::remove_dir_all(&scratch);
     works
-}
-
-/// Sets IPC `sysctls` (keys with dots) inside the IPC namespace at
-/// `ipc_ns`, from a thread of their own that enters it. With `owner` (the
-/// host UID and GID of the root of the user namespace that owns it) the
-/// thread takes them as its effective IDs first: the kernel lets only that
-/// root write an IPC namespace's sysctls, not the node's root. Only that
-/// thread changes IDs (raw syscalls, not the C library's process-wide
-/// ones), and it ends with the call.
-pub fn set_ipc_sysctls(
-    ipc_ns: &Path,
-    owner: Option<(u32, u32)>,
-    sysctls: &[(String, String)],
-) -> Result<(), String> {
-    if sysctls.is_empty() {
-        return Ok(());
-    }
-    let ns = File::open(ipc_ns).map_err(|e| format!("open {}: {e}", ipc_ns.display()))?;
-    let sysctls = sysctls.to_vec();
-    std::thread::spawn(move || -> Result<(), String> {
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWIPC)
-            .map_err(|e| format!("enter the IPC namespace: {e}"))?;
-        if let Some((uid, gid)) = owner {
-            let keep = libc::c_long::from(-1i32);
-            // SAFETY: setresgid(2)/setresuid(2) as raw syscalls change the
-            // calling thread's credentials only; -1 keeps an ID as it is.
-            let rc =
-                unsafe { libc::syscall(libc::SYS_setresgid, keep, libc::c_long::from(gid), keep) };
-            if rc != 0 {
-                return Err(format!("take gid {gid}: {}", Errno::last()));
-            }
-            // SAFETY: as above.
-            let rc =
-                unsafe { libc::syscall(libc::SYS_setresuid, keep, libc::c_long::from(uid), keep) };
-            if rc != 0 {
-                return Err(format!("take uid {uid}: {}", Errno::last()));
-            }
-        }
-        for (key, value) in &sysctls {
-            let path = Path::new("/proc/sys").join(key.replace('.', "/"));
-            std::fs::write(&path, value)
-                .map_err(|e| format!("cannot set sysctl {key}={value}: {e}"))?;
-        }
-        Ok(())
-    })
-    .join()
-    .unwrap_or_else(|_| Err("the sysctl thread panicked".into()))
 }
 
 /// Whether ID-mapped mounts work under one directory, probed once.

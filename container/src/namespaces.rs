@@ -2,7 +2,7 @@
 //! pod's network, UTS, IPC and PID namespaces as its runtime reaches them (a
 //! namespace file to join, or the runtime's own namespace when there is none).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use runtime_api::container::{NamespaceMode, NamespaceOptions};
 use serde_json::{Value, json};
@@ -94,6 +94,74 @@ pub fn entries(
     join(&mut out, "network", &pod.network);
     join(&mut out, "uts", &pod.uts);
     Ok(out)
+}
+
+/// Clones a child into new namespaces `flags` that only waits (it holds
+/// them), not dumpable: a container that sees it as its PID 1 cannot trace
+/// it or reach its root and files without a capability in the caller's
+/// user namespace. Returns its pid; the caller kills and reaps it.
+pub fn hold(flags: nix::sched::CloneFlags) -> nix::Result<nix::unistd::Pid> {
+    let mut stack = vec![0u8; 16 * 1024];
+    let waiter: Box<dyn FnMut() -> isize> = Box::new(|| {
+        // SAFETY: prctl(2) with integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+        loop {
+            // SAFETY: pause(2) only waits for a signal.
+            unsafe { libc::pause() };
+        }
+    });
+    // SAFETY: the child runs only the closure above, which calls nothing but
+    // the async-signal-safe prctl(2) and pause(2), so a clone of a
+    // multi-threaded process is sound. Without CLONE_VM the child runs on
+    // its own copy of `stack`, so the buffer may go when clone returns.
+    unsafe { nix::sched::clone(waiter, &mut stack, flags, Some(libc::SIGCHLD)) }
+}
+
+/// Sets `sysctls` (`a.b.c` or `a/b/c` names) inside the namespace of kind
+/// `kind` at `file`, from a thread of their own that enters it. With
+/// `owner` (the host UID and GID of the root of the user namespace that
+/// owns it) the thread takes them as its effective IDs first: the kernel
+/// lets only that root write an IPC namespace's sysctls, not the node's
+/// root. Only that thread changes IDs (raw syscalls, not the C library's
+/// process-wide ones), and it ends with the call. `Err` says what failed.
+pub fn set_sysctls_in(
+    file: &Path,
+    kind: nix::sched::CloneFlags,
+    owner: Option<(u32, u32)>,
+    sysctls: &[(String, String)],
+) -> Result<(), String> {
+    if sysctls.is_empty() {
+        return Ok(());
+    }
+    let ns = std::fs::File::open(file).map_err(|e| format!("open {}: {e}", file.display()))?;
+    let sysctls = sysctls.to_vec();
+    std::thread::spawn(move || -> Result<(), String> {
+        nix::sched::setns(&ns, kind).map_err(|e| format!("enter the namespace: {e}"))?;
+        if let Some((uid, gid)) = owner {
+            let keep = libc::c_long::from(-1i32);
+            // SAFETY: setresgid(2)/setresuid(2) as raw syscalls change the
+            // calling thread's credentials only; -1 keeps an ID as it is.
+            let rc =
+                unsafe { libc::syscall(libc::SYS_setresgid, keep, libc::c_long::from(gid), keep) };
+            if rc != 0 {
+                return Err(format!("take gid {gid}: {}", nix::errno::Errno::last()));
+            }
+            // SAFETY: as above.
+            let rc =
+                unsafe { libc::syscall(libc::SYS_setresuid, keep, libc::c_long::from(uid), keep) };
+            if rc != 0 {
+                return Err(format!("take uid {uid}: {}", nix::errno::Errno::last()));
+            }
+        }
+        for (key, value) in &sysctls {
+            let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+            std::fs::write(&path, value)
+                .map_err(|e| format!("cannot set sysctl {key}={value}: {e}"))?;
+        }
+        Ok(())
+    })
+    .join()
+    .unwrap_or_else(|_| Err("the sysctl thread panicked".into()))
 }
 
 #[cfg(test)]

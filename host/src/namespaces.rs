@@ -4,11 +4,10 @@
 //! the way `ip netns` keeps network namespaces. Containers join them by path.
 
 use std::fs::File;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sched::{CloneFlags, setns, unshare};
+use nix::sched::{CloneFlags, unshare};
 
 /// Which namespace a pod sysctl belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,7 +156,7 @@ pub fn create(dir: &Path, new: &NewNamespaces) -> Result<NamespaceFiles, Namespa
 
 /// Sets `sysctls` inside the network namespace at `netns`.
 pub fn set_net_sysctls(netns: &Path, sysctls: &[(String, String)]) -> Result<(), NamespaceError> {
-    set_sysctls_in(netns, CloneFlags::CLONE_NEWNET, sysctls)
+    set_sysctls_in(netns, CloneFlags::CLONE_NEWNET, None, sysctls)
 }
 
 /// Sets `sysctls` inside the IPC namespace at `file`, owned by a user
@@ -167,45 +166,23 @@ pub fn set_ipc_sysctls(
     owner: (u32, u32),
     sysctls: &[(String, String)],
 ) -> Result<(), NamespaceError> {
-    container::idmap::set_ipc_sysctls(file, Some(owner), sysctls).map_err(|message| {
+    set_sysctls_in(file, CloneFlags::CLONE_NEWIPC, Some(owner), sysctls)
+}
+
+/// [`container::namespaces::set_sysctls_in`], its failure named by the
+/// first sysctl.
+fn set_sysctls_in(
+    file: &Path,
+    kind: CloneFlags,
+    owner: Option<(u32, u32)>,
+    sysctls: &[(String, String)],
+) -> Result<(), NamespaceError> {
+    container::namespaces::set_sysctls_in(file, kind, owner, sysctls).map_err(|message| {
         NamespaceError::Sysctl {
             key: sysctls.first().map(|s| s.0.clone()).unwrap_or_default(),
             value: sysctls.first().map(|s| s.1.clone()).unwrap_or_default(),
             message,
         }
-    })
-}
-
-/// Sets `sysctls` inside the namespace of kind `kind` at `file`, from a
-/// thread that enters it.
-fn set_sysctls_in(
-    file: &Path,
-    kind: CloneFlags,
-    sysctls: &[(String, String)],
-) -> Result<(), NamespaceError> {
-    if sysctls.is_empty() {
-        return Ok(());
-    }
-    let ns = File::open(file).map_err(|e| NamespaceError::Sysctl {
-        key: sysctls[0].0.clone(),
-        value: sysctls[0].1.clone(),
-        message: format!("open {}: {e}", file.display()),
-    })?;
-    let sysctls = sysctls.to_vec();
-    std::thread::spawn(move || -> Result<(), NamespaceError> {
-        setns(ns.as_fd(), kind).map_err(|e| NamespaceError::Sysctl {
-            key: sysctls[0].0.clone(),
-            value: sysctls[0].1.clone(),
-            message: format!("enter the namespace: {e}"),
-        })?;
-        write_sysctls(&sysctls)
-    })
-    .join()
-    .unwrap_or_else(|_| {
-        Err(NamespaceError::Release(
-            file.to_path_buf(),
-            "the sysctl thread panicked".into(),
-        ))
     })
 }
 

@@ -90,7 +90,8 @@ impl HostRuntime {
                 supervise::hold_user_namespace(&self.config, &ns_dir, &netns, userns, &hostname)
                     .await?,
             );
-            let root_uid = userns.root().map_or(0, |(uid, _)| uid);
+            // The pod service checked that ID 0 is mapped.
+            let (root_uid, root_gid) = userns.root().unwrap_or_default();
             pod.userns = Some(config::PodUserns {
                 file: ns_dir.join("user"),
                 root_uid,
@@ -110,8 +111,7 @@ impl HostRuntime {
             crate::acl::grant_search(&ns_dir, root_uid).map_err(|e| {
                 RuntimeError::internal("let the pod's root reach its namespaces", e)
             })?;
-            let owner = userns.root().unwrap_or((root_uid, root_uid));
-            namespaces::set_ipc_sysctls(&ns_dir.join("ipc"), owner, &ipc_sysctls)
+            namespaces::set_ipc_sysctls(&ns_dir.join("ipc"), (root_uid, root_gid), &ipc_sysctls)
                 .map_err(|e| invalid(e.to_string()))?;
         }
         if !pod.host_network {

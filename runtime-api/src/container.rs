@@ -154,6 +154,58 @@ impl UserNamespace {
     pub fn root(&self) -> Option<(u32, u32)> {
         Some((Self::outside(&self.uids, 0)?, Self::outside(&self.gids, 0)?))
     }
+
+    /// Checks what the kernel and the pod need of the mappings: on each
+    /// side 1 to [`MAX_ID_RANGES`] ranges, none empty, past 2^32 or
+    /// overlapping another inside or outside; and ID 0 (the pod's root)
+    /// mapped. `Err` says what is wrong.
+    pub fn check(&self) -> Result<(), String> {
+        check_side(&self.uids, "uids")?;
+        check_side(&self.gids, "gids")?;
+        if self.root().is_none() {
+            return Err(
+                "user namespace mode POD must map ID 0 (the pod's root) in uids and gids".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Most ranges the kernel takes in one `uid_map` or `gid_map`.
+pub const MAX_ID_RANGES: usize = 340;
+
+/// One side (`what`: uids or gids) of [`UserNamespace::check`].
+fn check_side(list: &[IdMapping], what: &str) -> Result<(), String> {
+    if list.is_empty() {
+        return Err(format!("user namespace mode POD needs {what} mappings"));
+    }
+    if list.len() > MAX_ID_RANGES {
+        return Err(format!(
+            "user namespace {what}: {} ranges, the kernel takes at most {MAX_ID_RANGES}",
+            list.len()
+        ));
+    }
+    for (n, m) in list.iter().enumerate() {
+        let end = |start: u32| u64::from(start) + u64::from(m.length);
+        if m.length == 0 || end(m.container_id) > 1 << 32 || end(m.host_id) > 1 << 32 {
+            return Err(format!(
+                "user namespace {what} mapping {}:{}:{} is empty or passes 2^32",
+                m.container_id, m.host_id, m.length
+            ));
+        }
+        let overlaps = |a: u32, b: u32, other: &IdMapping| {
+            u64::from(a) < u64::from(b) + u64::from(other.length) && u64::from(b) < end(a)
+        };
+        if let Some(o) = list[..n].iter().find(|o| {
+            overlaps(m.container_id, o.container_id, o) || overlaps(m.host_id, o.host_id, o)
+        }) {
+            return Err(format!(
+                "user namespace {what} mappings {}:{}:{} and {}:{}:{} overlap",
+                m.container_id, m.host_id, m.length, o.container_id, o.host_id, o.length
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Seccomp profile of a container.

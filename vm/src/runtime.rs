@@ -99,7 +99,7 @@ pub struct VmRuntime {
     /// VMs booted ahead for the next pods.
     pub(crate) pool: crate::pool::Pool,
     /// Whether ID-mapped mounts work where containers' layers go (probed once).
-    idmap: container::idmap::Probe,
+    pub(crate) idmap: container::idmap::Probe,
 }
 
 impl VmRuntime {
@@ -123,12 +123,6 @@ impl VmRuntime {
             pool: crate::pool::Pool::default(),
             idmap: container::idmap::Probe::default(),
         }
-    }
-
-    /// Whether this kernel makes ID-mapped mounts where the containers'
-    /// layers go, which pods with a user namespace need (probed once).
-    pub(crate) fn idmap_supported(&self) -> bool {
-        self.idmap.supported(&self.config.containers_dir)
     }
 
     /// This runtime with `other`'s accelerator verdict (probed once for both).

@@ -22,7 +22,7 @@ impl SandboxRuntime for VmRuntime {
     }
 
     fn user_namespaces(&self) -> bool {
-        self.idmap_supported()
+        self.idmap.supported(&self.config.containers_dir)
     }
 
     async fn ready(&self) -> Result<(), NotReady> {

@@ -63,9 +63,6 @@ pub(crate) fn namespace_options(
     Ok(options)
 }
 
-/// Most ranges the kernel takes in one `uid_map` or `gid_map`.
-const MAX_ID_RANGES: usize = 340;
-
 /// The pod's user namespace: `None` for mode NODE (or no options), the
 /// checked mappings for mode POD.
 fn user_namespace(
@@ -83,15 +80,10 @@ fn user_namespace(
         }
         Ok(proto::NamespaceMode::Pod) => {
             let userns = pods::container::UserNamespace {
-                uids: id_mappings(&options.uids, "uids")?,
-                gids: id_mappings(&options.gids, "gids")?,
+                uids: id_mappings(&options.uids),
+                gids: id_mappings(&options.gids),
             };
-            if userns.root().is_none() {
-                return Err(
-                    "user namespace mode POD must map ID 0 (the pod's root) in uids and gids"
-                        .into(),
-                );
-            }
+            userns.check()?;
             Ok(Some(userns))
         }
         Ok(other) => Err(format!(
@@ -128,48 +120,15 @@ pub(crate) fn proto_user_namespace(
     }
 }
 
-/// Checks one side of a user namespace's mappings: at least one range, each
-/// non-empty and within 32 bits, none overlapping another inside or outside.
-fn id_mappings(
-    list: &[proto::IdMapping],
-    what: &str,
-) -> Result<Vec<pods::container::IdMapping>, String> {
-    if list.is_empty() {
-        return Err(format!("user namespace mode POD needs {what} mappings"));
-    }
-    if list.len() > MAX_ID_RANGES {
-        return Err(format!(
-            "user namespace {what}: {} ranges, the kernel takes at most {MAX_ID_RANGES}",
-            list.len()
-        ));
-    }
-    let mut out: Vec<pods::container::IdMapping> = Vec::with_capacity(list.len());
-    for m in list {
-        let end = |start: u32| u64::from(start) + u64::from(m.length);
-        if m.length == 0 || end(m.container_id) > 1 << 32 || end(m.host_id) > 1 << 32 {
-            return Err(format!(
-                "user namespace {what} mapping {}:{}:{} is empty or passes 2^32",
-                m.container_id, m.host_id, m.length
-            ));
-        }
-        let overlaps = |a: u32, b: u32, other: &pods::container::IdMapping| {
-            u64::from(a) < u64::from(b) + u64::from(other.length) && u64::from(b) < end(a)
-        };
-        if let Some(o) = out.iter().find(|o| {
-            overlaps(m.container_id, o.container_id, o) || overlaps(m.host_id, o.host_id, o)
-        }) {
-            return Err(format!(
-                "user namespace {what} mappings {}:{}:{} and {}:{}:{} overlap",
-                m.container_id, m.host_id, m.length, o.container_id, o.host_id, o.length
-            ));
-        }
-        out.push(pods::container::IdMapping {
+/// One side of a user namespace's mappings in the domain's terms.
+fn id_mappings(list: &[proto::IdMapping]) -> Vec<pods::container::IdMapping> {
+    list.iter()
+        .map(|m| pods::container::IdMapping {
             container_id: m.container_id,
             host_id: m.host_id,
             length: m.length,
-        });
-    }
-    Ok(out)
+        })
+        .collect()
 }
 
 /// Labels or annotations as the CRI carries them.
